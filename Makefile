@@ -1,0 +1,70 @@
+# Valet — developer tasks. `make` alone lists them.
+# Services (PostgreSQL, NATS with JetStream) are set up by scripts/services.sh,
+# which installs them from Debian's packages when missing.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+# Database of `make setup` / `make run` (valet migrate creates it if missing).
+VALET_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/valet
+# Server URL without a database: tests create (and drop) their own databases.
+VALET_TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432
+export VALET_TEST_DATABASE_URL
+
+VALET := target/release/valet
+
+.PHONY: help setup run test lint bench clean
+
+help:
+	@echo "Valet make targets:"
+	@echo "  make run     setup, then serve on http://127.0.0.1:8080 (valet serve)"
+	@echo "  make setup   start/install PostgreSQL and NATS, build target/release/valet, migrate"
+	@echo "  make test    start services, run the workspace tests (nextest if installed)"
+	@echo "  make lint    cargo fmt --check and clippy -D warnings"
+	@echo "  make bench   start services, run the benchmarks"
+	@echo "  make clean   cargo clean, stop a NATS started by setup, remove .build/"
+	@echo "  make help    this list"
+	@echo "Variables: VALET_DATABASE_URL=$(VALET_DATABASE_URL)"
+	@echo "           VALET_TEST_DATABASE_URL=$(VALET_TEST_DATABASE_URL)"
+
+setup:
+	bash scripts/services.sh
+	cargo build --release -p valet-cli
+	VALET_DATABASE_URL='$(VALET_DATABASE_URL)' $(VALET) migrate
+
+run: setup
+	VALET_DATABASE_URL='$(VALET_DATABASE_URL)' exec $(VALET) serve
+
+test:
+	bash scripts/services.sh
+	@# Databases left behind by interrupted test runs (tests drop their own on success).
+	@for db in $$(psql '$(VALET_TEST_DATABASE_URL)/postgres' -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'valet\_t\_%'"); do \
+	  psql -q '$(VALET_TEST_DATABASE_URL)/postgres' -c "DROP DATABASE IF EXISTS \"$$db\" WITH (FORCE)"; \
+	done
+	@if cargo nextest --version >/dev/null 2>&1; then \
+	  echo "cargo nextest run --workspace --no-fail-fast"; \
+	  cargo nextest run --workspace --no-fail-fast; \
+	else \
+	  echo "cargo-nextest not installed: cargo test --workspace --no-fail-fast"; \
+	  cargo test --workspace --no-fail-fast; \
+	fi
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+# Later issues add more benches here.
+bench:
+	bash scripts/services.sh
+	cargo bench -p valet-store --bench append
+
+# A nats-server started by scripts/services.sh keeps its JetStream store in
+# .build/nats: stop it (and only it, by its pid file) before removing .build.
+clean:
+	cargo clean
+	@if [ -f .build/nats/nats.pid ]; then \
+	  PATH="$$PATH:/usr/sbin:/sbin" start-stop-daemon --stop --quiet --oknodo --retry 10 \
+	    --pidfile .build/nats/nats.pid --exec "$$(command -v nats-server)"; \
+	fi
+	rm -rf .build

@@ -1,0 +1,15 @@
+//! Use cases and ports of Valet.
+//!
+//! The application layer loads a stream, lets the pure domain decide, and appends the
+//! resulting events with optimistic concurrency. Everything that touches the world
+//! (the event store, the clock, randomness) is a port defined here and implemented in
+//! the shell (valet-store, valet-cli).
+
+pub mod log;
+pub mod ports;
+
+pub use log::{LogCursor, LogFollower, NewEvent, RecordedEvent};
+pub use ports::{
+    AppendError, AppendOutcome, EventMetadata, EventStore, ExpectedVersion, Readiness, StoreError,
+    StreamVersion,
+};

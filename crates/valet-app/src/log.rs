@@ -1,0 +1,150 @@
+//! Events as the log stores them, and a follower that reads the log in order.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::ports::{EventMetadata, EventStore, StoreError, StreamVersion};
+
+/// An event about to be appended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub payload: Value,
+    pub metadata: EventMetadata,
+}
+
+impl NewEvent {
+    /// Wraps a domain event; `event_id` should be a UUID v7 drawn by the caller.
+    pub fn from_domain<E: valet_domain::DomainEvent>(
+        event_id: Uuid,
+        event: &E,
+        metadata: EventMetadata,
+    ) -> Self {
+        NewEvent {
+            event_id,
+            event_type: event.event_type().to_owned(),
+            schema_version: event.schema_version(),
+            payload: event.to_payload(),
+            metadata,
+        }
+    }
+}
+
+/// An event read back from the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedEvent {
+    pub position: i64,
+    /// The id of the transaction that wrote it: the first half of the commit-safe cursor.
+    pub xact: i64,
+    pub event_id: Uuid,
+    pub stream_id: String,
+    pub stream_version: StreamVersion,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub payload: Value,
+    pub metadata: EventMetadata,
+    /// Unix microseconds at which the store recorded it.
+    pub recorded_at_micros: i64,
+}
+
+impl RecordedEvent {
+    pub fn cursor(&self) -> LogCursor {
+        LogCursor {
+            xact: self.xact,
+            position: self.position,
+        }
+    }
+
+    pub fn decode<E: valet_domain::DomainEvent>(
+        &self,
+    ) -> Result<E, valet_domain::event::DecodeError> {
+        E::from_payload(&self.event_type, self.schema_version, self.payload.clone())
+    }
+}
+
+/// A point in the log's commit-safe order: (writing transaction, position).
+///
+/// Positions alone are not safe: they are drawn at insert, not at commit, so a slow
+/// transaction can commit a lower position after a reader already passed a higher one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct LogCursor {
+    pub xact: i64,
+    pub position: i64,
+}
+
+impl LogCursor {
+    pub const START: LogCursor = LogCursor {
+        xact: 0,
+        position: 0,
+    };
+}
+
+/// Follows the log from a cursor: returns batches in order and sleeps until woken when
+/// it has caught up. A fallback poll covers wake-ups lost to a broken connection and
+/// transactions of other writers that hold the commit horizon back.
+pub struct LogFollower<'s, S: EventStore> {
+    store: &'s S,
+    cursor: LogCursor,
+    wakeups: tokio::sync::watch::Receiver<u64>,
+    batch: usize,
+    fallback_poll: Duration,
+}
+
+impl<'s, S: EventStore> LogFollower<'s, S> {
+    pub fn new(store: &'s S, from: LogCursor) -> Self {
+        let mut wakeups = store.wakeups();
+        wakeups.mark_unchanged();
+        LogFollower {
+            store,
+            cursor: from,
+            wakeups,
+            batch: 1000,
+            fallback_poll: Duration::from_millis(500),
+        }
+    }
+
+    pub fn with_batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    pub fn with_fallback_poll(mut self, every: Duration) -> Self {
+        self.fallback_poll = every;
+        self
+    }
+
+    pub fn cursor(&self) -> LogCursor {
+        self.cursor
+    }
+
+    /// Events after the cursor, if any are readable now; does not wait.
+    pub async fn poll(&mut self) -> Result<Vec<RecordedEvent>, StoreError> {
+        // Mark first: a wake-up that races with the read below is then kept for `next`.
+        self.wakeups.mark_unchanged();
+        let events = self.store.read_log(self.cursor, self.batch).await?;
+        if let Some(last) = events.last() {
+            self.cursor = last.cursor();
+        }
+        Ok(events)
+    }
+
+    /// The next non-empty batch, waiting for new commits when caught up.
+    pub async fn next(&mut self) -> Result<Vec<RecordedEvent>, StoreError> {
+        loop {
+            let events = self.poll().await?;
+            if !events.is_empty() {
+                return Ok(events);
+            }
+            // Either a wake-up or the fallback poll; a closed channel degrades to polling.
+            if let Ok(Err(_closed)) =
+                tokio::time::timeout(self.fallback_poll, self.wakeups.changed()).await
+            {
+                tokio::time::sleep(self.fallback_poll).await;
+            }
+        }
+    }
+}

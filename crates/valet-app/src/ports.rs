@@ -1,0 +1,132 @@
+//! Ports: what the use cases need from the outside world.
+
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use valet_domain::StreamId;
+
+use crate::log::{LogCursor, NewEvent, RecordedEvent};
+
+/// The version of a stream: the number of events in it (0 = the stream does not exist).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct StreamVersion(pub u64);
+
+impl StreamVersion {
+    pub const EMPTY: StreamVersion = StreamVersion(0);
+}
+
+impl std::fmt::Display for StreamVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What the writer believes the stream's version is; the append fails unless it is so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream must be exactly at this version.
+    Exactly(StreamVersion),
+}
+
+impl ExpectedVersion {
+    pub fn as_version(self) -> StreamVersion {
+        match self {
+            ExpectedVersion::NoStream => StreamVersion::EMPTY,
+            ExpectedVersion::Exactly(v) => v,
+        }
+    }
+
+    /// The expectation that holds for a stream loaded at `version`.
+    pub fn from_loaded(version: StreamVersion) -> Self {
+        if version == StreamVersion::EMPTY {
+            ExpectedVersion::NoStream
+        } else {
+            ExpectedVersion::Exactly(version)
+        }
+    }
+}
+
+/// Who did it and on whose behalf: recorded with every event, never a secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventMetadata {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// The stream's version after the append.
+    pub version: StreamVersion,
+    /// Global positions of the appended events, in order.
+    pub positions: Vec<i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Another writer got there first (or the expectation was wrong): reload and decide again.
+    #[error("stream {stream} is not at the expected version {expected:?} (it is at {actual})")]
+    Conflict {
+        stream: String,
+        expected: ExpectedVersion,
+        actual: StreamVersion,
+    },
+    #[error("an event with id {0} was already appended")]
+    DuplicateEventId(uuid::Uuid),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The store could not be reached or answered something unexpected.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
+    #[error("event store returned a malformed row: {0}")]
+    Malformed(String),
+}
+
+/// The event log. Implementations: PostgreSQL (valet-store) and in memory (tests).
+///
+/// Contract:
+/// - `append` is atomic: all events land with contiguous stream versions, or none do.
+/// - `read_log` returns events in the log's commit-safe order after `cursor`: an event is
+///   only returned once no event can ever appear before it, so a follower never skips one.
+/// - `wakeups` changes after every append made through any store on the same log
+///   (eventually, for other processes), so followers need not poll fast.
+pub trait EventStore: Send + Sync + 'static {
+    fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<AppendOutcome, AppendError>> + Send;
+
+    fn read_stream(
+        &self,
+        stream: &StreamId,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    fn read_log(
+        &self,
+        after: LogCursor,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// A receiver whose value changes whenever new events may be readable.
+    fn wakeups(&self) -> watch::Receiver<u64>;
+}
+
+/// Whether the process can serve requests that need the database.
+pub trait Readiness: Send + Sync + 'static {
+    fn ready(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}

@@ -1,0 +1,186 @@
+//! `valet`: the composition root. Parses options (flags win over the environment),
+//! wires the store, use cases and HTTP server together, and runs one command.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use valet_store::{PgEventStore, PgStoreConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "valet",
+    version,
+    about = "Valet: an event-sourced OAuth 2.0 authorization server",
+    long_about = "Valet: an event-sourced OAuth 2.0 authorization server.\n\n\
+        Every option has an environment variable; a flag wins over the environment.\n\
+        Exit status is 0 on success, non-zero with a one-line error on stderr otherwise."
+)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Config {
+    /// PostgreSQL URL of the event log and read models.
+    #[arg(
+        long,
+        env = "VALET_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/valet",
+        global = true
+    )]
+    database_url: String,
+    /// NATS server that token lifecycle events are published to.
+    #[arg(
+        long,
+        env = "VALET_NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        global = true
+    )]
+    nats_url: String,
+    /// Address the HTTP server listens on.
+    #[arg(
+        long,
+        env = "VALET_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    listen: SocketAddr,
+    /// Issuer identifier (RFC 8414); defaults to http://<listen address>.
+    #[arg(long, env = "VALET_ISSUER", global = true)]
+    issuer: Option<String>,
+    /// Access-token lifetime in seconds.
+    #[arg(
+        long,
+        env = "VALET_ACCESS_TOKEN_TTL",
+        default_value_t = 3600,
+        global = true
+    )]
+    access_token_ttl: u32,
+    /// Refresh-token lifetime in seconds.
+    #[arg(
+        long,
+        env = "VALET_REFRESH_TOKEN_TTL",
+        default_value_t = 2_592_000,
+        global = true
+    )]
+    refresh_token_ttl: u32,
+    /// Authorization-code lifetime in seconds (at most 600).
+    #[arg(long, env = "VALET_CODE_TTL", default_value_t = 60, global = true)]
+    code_ttl: u32,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create the database if it does not exist and apply migrations (idempotent).
+    Migrate,
+    /// Serve the HTTP endpoints (and, as they land, the projector and NATS relay).
+    Serve,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain of causes joined by ": ".
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VALET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.config;
+    validate(&config)?;
+    match cli.command {
+        Command::Migrate => {
+            let report = valet_store::migrate(&config.database_url)
+                .await
+                .context("migrate")?;
+            if report.database_created {
+                println!("created database");
+            }
+            if report.applied.is_empty() {
+                println!("schema up to date");
+            } else {
+                println!("applied migrations {:?}", report.applied);
+            }
+            Ok(())
+        }
+        Command::Serve => serve(config).await,
+    }
+}
+
+fn validate(config: &Config) -> anyhow::Result<()> {
+    valet_domain::CodeTtl::new(config.code_ttl).context("--code-ttl")?;
+    valet_domain::AccessTokenTtl::new(config.access_token_ttl).context("--access-token-ttl")?;
+    valet_domain::RefreshTokenTtl::new(config.refresh_token_ttl).context("--refresh-token-ttl")?;
+    Ok(())
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let store = PgEventStore::connect(PgStoreConfig::new(config.database_url.clone()))
+        .await
+        .context("connect to the event store")?;
+    let app = valet_http::router(valet_http::AppState { readiness: store });
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listen on {}", config.listen))?;
+    let issuer = config
+        .issuer
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", config.listen));
+    tracing::info!(listen = %config.listen, %issuer, "valet serving");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("http server")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,138 @@
+//! An in-memory event store with the same contract as PostgreSQL, for fast tests.
+//!
+//! Appends are serialised by a mutex, so commit order equals position order and the
+//! transaction half of the cursor is simply the position.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use valet_app::{
+    AppendError, AppendOutcome, EventStore, ExpectedVersion, LogCursor, NewEvent, RecordedEvent,
+    StoreError, StreamVersion,
+};
+use valet_domain::StreamId;
+
+#[derive(Clone)]
+pub struct MemoryEventStore {
+    inner: Arc<Mutex<Log>>,
+    wake: Arc<watch::Sender<u64>>,
+}
+
+#[derive(Default)]
+struct Log {
+    events: Vec<RecordedEvent>,
+    streams: HashMap<String, Vec<usize>>,
+    ids: HashSet<uuid::Uuid>,
+}
+
+impl Default for MemoryEventStore {
+    fn default() -> Self {
+        MemoryEventStore {
+            inner: Arc::default(),
+            wake: Arc::new(watch::channel(0).0),
+        }
+    }
+}
+
+impl MemoryEventStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn log(&self) -> MutexGuard<'_, Log> {
+        // A panic while holding the lock cannot leave the log half-written (every append
+        // validates before it pushes), so a poisoned lock is still consistent.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl EventStore for MemoryEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, AppendError> {
+        let outcome = {
+            let mut log = self.log();
+            let current = StreamVersion(
+                log.streams
+                    .get(stream.as_str())
+                    .map_or(0, |indexes| indexes.len() as u64),
+            );
+            if current != expected.as_version() {
+                return Err(AppendError::Conflict {
+                    stream: stream.as_str().to_owned(),
+                    expected,
+                    actual: current,
+                });
+            }
+            if let Some(dup) = events.iter().find(|e| log.ids.contains(&e.event_id)) {
+                return Err(AppendError::DuplicateEventId(dup.event_id));
+            }
+            let recorded_at_micros = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64);
+            let mut positions = Vec::with_capacity(events.len());
+            for (offset, event) in events.into_iter().enumerate() {
+                let position = log.events.len() as i64 + 1;
+                let index = log.events.len();
+                log.ids.insert(event.event_id);
+                log.events.push(RecordedEvent {
+                    position,
+                    xact: position,
+                    event_id: event.event_id,
+                    stream_id: stream.as_str().to_owned(),
+                    stream_version: StreamVersion(current.0 + offset as u64 + 1),
+                    event_type: event.event_type,
+                    schema_version: event.schema_version,
+                    payload: event.payload,
+                    metadata: event.metadata,
+                    recorded_at_micros,
+                });
+                log.streams
+                    .entry(stream.as_str().to_owned())
+                    .or_default()
+                    .push(index);
+                positions.push(position);
+            }
+            AppendOutcome {
+                version: StreamVersion(current.0 + positions.len() as u64),
+                positions,
+            }
+        };
+        self.wake.send_modify(|v| *v = v.wrapping_add(1));
+        Ok(outcome)
+    }
+
+    async fn read_stream(&self, stream: &StreamId) -> Result<Vec<RecordedEvent>, StoreError> {
+        let log = self.log();
+        Ok(log
+            .streams
+            .get(stream.as_str())
+            .map(|indexes| indexes.iter().map(|&i| log.events[i].clone()).collect())
+            .unwrap_or_default())
+    }
+
+    async fn read_log(
+        &self,
+        after: LogCursor,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let log = self.log();
+        let start = log.events.partition_point(|e| e.cursor() <= after);
+        Ok(log.events[start..].iter().take(limit).cloned().collect())
+    }
+
+    fn wakeups(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
+    }
+}
+
+impl valet_app::Readiness for MemoryEventStore {
+    async fn ready(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,397 @@
+//! The PostgreSQL event store.
+//!
+//! Appends are one autocommit statement: the expected-version check and the insert happen
+//! together, and the unique (stream_id, stream_version) index makes concurrent writers at
+//! the same version collide, so no lock is held across commit and writers of different
+//! streams never wait for each other.
+//!
+//! Wake-ups: writers do not NOTIFY inside their transaction, because PostgreSQL
+//! serialises the commits of all notifying transactions on one global lock. Instead a
+//! background task sends one NOTIFY after commits, coalescing bursts, and readers in the
+//! same process are woken directly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{AsyncMessage, NoTls, Row};
+use uuid::Uuid;
+use valet_app::{
+    AppendError, AppendOutcome, EventMetadata, EventStore, ExpectedVersion, LogCursor, NewEvent,
+    RecordedEvent, StoreError, StreamVersion,
+};
+use valet_domain::StreamId;
+
+const CHANNEL: &str = "valet_events";
+
+const APPEND_SQL: &str = "
+WITH cur AS (
+    SELECT coalesce(max(stream_version), 0) AS v FROM events WHERE stream_id = $1
+)
+INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
+SELECT e.event_id, $1, cur.v + e.ord, e.event_type, e.schema_version, e.payload, e.metadata
+FROM cur,
+     unnest($3::uuid[], $4::text[], $5::int4[], $6::jsonb[], $7::jsonb[])
+         WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, metadata, ord)
+WHERE cur.v = $2
+ORDER BY e.ord
+RETURNING position, stream_version";
+
+const VERSION_SQL: &str =
+    "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1";
+
+const COLUMNS: &str = "position, xact, event_id, stream_id, stream_version, event_type, \
+     schema_version, payload, metadata, (extract(epoch FROM recorded_at) * 1000000)::bigint";
+
+#[derive(Debug, Clone)]
+pub struct PgStoreConfig {
+    pub database_url: String,
+    /// Connections in the pool.
+    pub pool_size: usize,
+}
+
+impl PgStoreConfig {
+    pub fn new(database_url: impl Into<String>) -> Self {
+        PgStoreConfig {
+            database_url: database_url.into(),
+            pool_size: 16,
+        }
+    }
+}
+
+/// Cheap to clone; all clones share the pool and the wake-up machinery.
+#[derive(Clone)]
+pub struct PgEventStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    wake: Arc<watch::Sender<u64>>,
+    notify_needed: Arc<Notify>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl PgEventStore {
+    /// Opens the pool and checks that the database answers.
+    pub async fn connect(config: PgStoreConfig) -> Result<Self, StoreError> {
+        let pg: tokio_postgres::Config = config
+            .database_url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| StoreError::Unavailable(e.to_string()))?;
+        let manager = Manager::from_config(
+            pg.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.max(2))
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        drop(pool.get().await.map_err(unavailable)?);
+
+        let wake = Arc::new(watch::channel(0u64).0);
+        let notify_needed = Arc::new(Notify::new());
+        let tasks = vec![
+            tokio::spawn(listen_forever(pg, wake.clone())),
+            tokio::spawn(notify_forever(pool.clone(), notify_needed.clone())),
+        ];
+        Ok(PgEventStore {
+            inner: Arc::new(Inner {
+                pool,
+                wake,
+                notify_needed,
+                tasks,
+            }),
+        })
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    /// Tells readers that events were committed. `append` calls it; callers that append
+    /// inside their own transaction with [`append_on`] call it after their commit.
+    pub fn announce_commit(&self) {
+        self.inner.wake.send_modify(|v| *v = v.wrapping_add(1));
+        self.inner.notify_needed.notify_one();
+    }
+
+    /// The current version of a stream (0 when it does not exist).
+    pub async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, StoreError> {
+        let client = self.inner.pool.get().await.map_err(unavailable)?;
+        current_version(&client, stream.as_str()).await
+    }
+}
+
+/// Appends inside the caller's connection or transaction, so read-model rows can be
+/// written atomically with the events. The caller announces the commit.
+pub async fn append_on<C: GenericClient + Sync>(
+    client: &C,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+) -> Result<AppendOutcome, AppendError> {
+    let expected_version = expected.as_version();
+    let expected_i64 = i64::try_from(expected_version.0)
+        .map_err(|_| StoreError::Malformed("expected version out of range".into()))?;
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let versions: Vec<i32> = events
+        .iter()
+        .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
+        .collect();
+    let payloads: Vec<&Value> = events.iter().map(|e| &e.payload).collect();
+    let metadata: Vec<Value> = events
+        .iter()
+        .map(|e| serde_json::to_value(&e.metadata).unwrap_or(Value::Null))
+        .collect();
+
+    let statement = client.prepare_cached(APPEND_SQL).await.map_err(db_error)?;
+    let result = client
+        .query(
+            &statement,
+            &[
+                &stream.as_str(),
+                &expected_i64,
+                &ids,
+                &types,
+                &versions,
+                &payloads,
+                &metadata,
+            ],
+        )
+        .await;
+    let rows = match result {
+        Ok(rows) => rows,
+        Err(e) => {
+            return Err(match e.as_db_error() {
+                Some(db) if *db.code() == SqlState::UNIQUE_VIOLATION => {
+                    if db.constraint() == Some("events_event_id_key") {
+                        AppendError::DuplicateEventId(ids.first().copied().unwrap_or_default())
+                    } else {
+                        // The version was taken by a concurrent writer; inside a failed
+                        // transaction we cannot ask which version won.
+                        AppendError::Conflict {
+                            stream: stream.as_str().to_owned(),
+                            expected,
+                            actual: StreamVersion(expected_version.0 + 1),
+                        }
+                    }
+                }
+                _ => AppendError::Store(db_error(e)),
+            });
+        }
+    };
+    if rows.len() != events.len() {
+        let actual = current_version(client, stream.as_str()).await?;
+        return Err(AppendError::Conflict {
+            stream: stream.as_str().to_owned(),
+            expected,
+            actual,
+        });
+    }
+    let mut landed: Vec<(i64, i64)> = rows.iter().map(|r| (r.get(1), r.get(0))).collect();
+    landed.sort_unstable();
+    Ok(AppendOutcome {
+        version: StreamVersion(expected_version.0 + events.len() as u64),
+        positions: landed.into_iter().map(|(_, position)| position).collect(),
+    })
+}
+
+async fn current_version<C: GenericClient + Sync>(
+    client: &C,
+    stream: &str,
+) -> Result<StreamVersion, StoreError> {
+    let statement = client.prepare_cached(VERSION_SQL).await.map_err(db_error)?;
+    let row = client
+        .query_one(&statement, &[&stream])
+        .await
+        .map_err(db_error)?;
+    Ok(StreamVersion(row.get::<_, i64>(0) as u64))
+}
+
+impl EventStore for PgEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, AppendError> {
+        if events.is_empty() {
+            let actual = self.stream_version(stream).await?;
+            return if actual == expected.as_version() {
+                Ok(AppendOutcome {
+                    version: actual,
+                    positions: Vec::new(),
+                })
+            } else {
+                Err(AppendError::Conflict {
+                    stream: stream.as_str().to_owned(),
+                    expected,
+                    actual,
+                })
+            };
+        }
+        let client = self.inner.pool.get().await.map_err(unavailable)?;
+        let outcome = append_on(&client, stream, expected, &events).await?;
+        self.announce_commit();
+        Ok(outcome)
+    }
+
+    async fn read_stream(&self, stream: &StreamId) -> Result<Vec<RecordedEvent>, StoreError> {
+        let client = self.inner.pool.get().await.map_err(unavailable)?;
+        let sql =
+            format!("SELECT {COLUMNS} FROM events WHERE stream_id = $1 ORDER BY stream_version");
+        let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
+        let rows = client
+            .query(&statement, &[&stream.as_str()])
+            .await
+            .map_err(db_error)?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    async fn read_log(
+        &self,
+        after: LogCursor,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let client = self.inner.pool.get().await.map_err(unavailable)?;
+        // Only transactions below the snapshot's xmin are finished: everything they wrote
+        // is visible now and nothing can ever commit below them again.
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events
+             WHERE (xact, position) > ($1, $2)
+               AND xact < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+             ORDER BY xact, position
+             LIMIT $3"
+        );
+        let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = client
+            .query(&statement, &[&after.xact, &after.position, &limit])
+            .await
+            .map_err(db_error)?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    fn wakeups(&self) -> watch::Receiver<u64> {
+        self.inner.wake.subscribe()
+    }
+}
+
+fn decode_row(row: &Row) -> Result<RecordedEvent, StoreError> {
+    let metadata: Value = row.try_get(8).map_err(malformed)?;
+    Ok(RecordedEvent {
+        position: row.try_get(0).map_err(malformed)?,
+        xact: row.try_get(1).map_err(malformed)?,
+        event_id: row.try_get(2).map_err(malformed)?,
+        stream_id: row.try_get(3).map_err(malformed)?,
+        stream_version: StreamVersion(row.try_get::<_, i64>(4).map_err(malformed)? as u64),
+        event_type: row.try_get(5).map_err(malformed)?,
+        schema_version: row.try_get::<_, i32>(6).map_err(malformed)? as u32,
+        payload: row.try_get(7).map_err(malformed)?,
+        metadata: serde_json::from_value::<EventMetadata>(metadata)
+            .map_err(|e| StoreError::Malformed(e.to_string()))?,
+        recorded_at_micros: row.try_get(9).map_err(malformed)?,
+    })
+}
+
+/// Keeps a LISTEN connection open and turns notifications into wake-ups; reconnects with
+/// backoff, waking readers after each reconnect since notifications may have been lost.
+async fn listen_forever(config: tokio_postgres::Config, wake: Arc<watch::Sender<u64>>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match listen_once(&config, &wake).await {
+            Ok(()) => backoff = Duration::from_millis(100),
+            Err(error) => tracing::warn!(%error, "event log LISTEN connection lost"),
+        }
+        wake.send_modify(|v| *v = v.wrapping_add(1));
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    wake: &watch::Sender<u64>,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(_)) => {
+                    if tx.send(()).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    });
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    wake.send_modify(|v| *v = v.wrapping_add(1));
+    while rx.recv().await.is_some() {
+        wake.send_modify(|v| *v = v.wrapping_add(1));
+    }
+    drop(client);
+    match driver.await {
+        Ok(result) => result,
+        Err(_) => Ok(()),
+    }
+}
+
+/// Sends at most one NOTIFY at a time; appends made meanwhile are covered by the next.
+async fn notify_forever(pool: Pool, needed: Arc<Notify>) {
+    let sql = format!("NOTIFY {CHANNEL}");
+    loop {
+        needed.notified().await;
+        let sent = match pool.get().await {
+            Ok(client) => client.batch_execute(&sql).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(error) = sent {
+            tracing::warn!(%error, "event log NOTIFY failed; readers fall back to polling");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn unavailable(e: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn db_error(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn malformed(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Malformed(e.to_string())
+}
+
+impl valet_app::Readiness for PgEventStore {
+    async fn ready(&self) -> Result<(), StoreError> {
+        let client = self.inner.pool.get().await.map_err(unavailable)?;
+        client.simple_query("SELECT 1").await.map_err(db_error)?;
+        Ok(())
+    }
+}

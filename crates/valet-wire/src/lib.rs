@@ -1,0 +1,1 @@
+//! See ARCHITECTURE.md: filled by a later issue.
