@@ -1,0 +1,701 @@
+//! The client aggregate (stream `client-<id>`): registration and lifecycle.
+
+use serde::{Deserialize, Serialize};
+
+use crate::common::GrantType;
+use crate::event::domain_event;
+use crate::ids::{ClientId, ClientName};
+use crate::redirect::{LoopbackPortRule, RedirectUri};
+use crate::scope::{Scope, ScopeSet};
+use crate::secret::TokenHash;
+use crate::time::Timestamp;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientKind {
+    /// Authenticates with a secret; only its SHA-256 is kept.
+    Confidential { secret_hash: TokenHash },
+    /// Cannot keep a secret (native and browser apps); relies on PKCE.
+    Public,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Register {
+        client_id: ClientId,
+        name: ClientName,
+        kind: ClientKind,
+        redirect_uris: Vec<RedirectUri>,
+        /// Empty means "the defaults for this shape of client".
+        grant_types: Vec<GrantType>,
+        scopes: ScopeSet,
+        at: Timestamp,
+    },
+    Disable {
+        at: Timestamp,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum Event {
+    ClientRegistered {
+        client_id: ClientId,
+        name: ClientName,
+        kind: ClientKind,
+        redirect_uris: Vec<RedirectUri>,
+        /// Resolved: defaults applied, deduplicated, in canonical order.
+        grant_types: Vec<GrantType>,
+        scopes: ScopeSet,
+        at: Timestamp,
+    },
+    ClientDisabled {
+        at: Timestamp,
+    },
+}
+domain_event!(Event {
+    ClientRegistered,
+    ClientDisabled
+});
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("client is already registered")]
+    AlreadyRegistered,
+    #[error("client not found")]
+    NotFound,
+    #[error("a client needs at least one scope")]
+    EmptyScope,
+    #[error("redirect URI registered twice: {0}")]
+    DuplicateRedirectUri(RedirectUri),
+    #[error("a public client needs a redirect URI")]
+    PublicClientWithoutRedirectUri,
+    #[error("a public client cannot use client_credentials")]
+    PublicClientCredentials,
+    #[error("authorization_code needs at least one redirect URI")]
+    AuthorizationCodeWithoutRedirectUri,
+    #[error("refresh_token needs authorization_code")]
+    RefreshTokenWithoutAuthorizationCode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RedirectError {
+    #[error("client not found")]
+    UnknownClient,
+    #[error("client has no redirect URI")]
+    NoneRegistered,
+    #[error("redirect_uri is required when several are registered")]
+    Ambiguous,
+    #[error("redirect_uri does not match a registered URI")]
+    NotRegistered,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScopeError {
+    #[error("client not found")]
+    UnknownClient,
+    #[error("empty scope requested")]
+    Empty,
+    #[error("scope {0} is not allowed for this client")]
+    NotAllowed(Scope),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    pub client_id: ClientId,
+    pub name: ClientName,
+    pub kind: ClientKind,
+    pub redirect_uris: Vec<RedirectUri>,
+    pub grant_types: Vec<GrantType>,
+    pub scopes: ScopeSet,
+    pub registered_at: Timestamp,
+    pub disabled_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct State(Option<Client>);
+
+impl State {
+    pub fn from_events<'a>(events: impl IntoIterator<Item = &'a Event>) -> Self {
+        crate::event::fold(events, evolve)
+    }
+
+    pub fn client(&self) -> Option<&Client> {
+        self.0.as_ref()
+    }
+
+    pub fn is_registered(&self) -> bool {
+        self.0.is_some()
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active().is_some()
+    }
+
+    fn active(&self) -> Option<&Client> {
+        self.0.as_ref().filter(|c| c.disabled_at.is_none())
+    }
+
+    pub fn kind(&self) -> Option<&ClientKind> {
+        self.0.as_ref().map(|c| &c.kind)
+    }
+
+    /// False for unknown and disabled clients (fails closed).
+    pub fn allows_grant(&self, grant_type: GrantType) -> bool {
+        self.active()
+            .is_some_and(|c| c.grant_types.contains(&grant_type))
+    }
+
+    /// RFC 6749 §3.1.2.3: with one registered URI the parameter may be
+    /// omitted; otherwise the sent value must match a registered one. On a
+    /// match the value as sent is returned (it may carry a loopback port).
+    pub fn resolve_redirect_uri(
+        &self,
+        requested: Option<&str>,
+    ) -> Result<RedirectUri, RedirectError> {
+        let client = self.0.as_ref().ok_or(RedirectError::UnknownClient)?;
+        let Some(requested) = requested else {
+            return match client.redirect_uris.as_slice() {
+                [only] => Ok(only.clone()),
+                [] => Err(RedirectError::NoneRegistered),
+                _ => Err(RedirectError::Ambiguous),
+            };
+        };
+        let rule = match client.kind {
+            ClientKind::Public => LoopbackPortRule::AnyPort,
+            ClientKind::Confidential { .. } => LoopbackPortRule::Exact,
+        };
+        if client
+            .redirect_uris
+            .iter()
+            .any(|r| r.matches_request(requested, rule))
+        {
+            RedirectUri::parse(requested).map_err(|_| RedirectError::NotRegistered)
+        } else {
+            Err(RedirectError::NotRegistered)
+        }
+    }
+
+    /// The scope to grant: all registered scopes when none is requested,
+    /// otherwise the request, which must be within the registered scopes.
+    pub fn grantable_scope(&self, requested: Option<&ScopeSet>) -> Result<ScopeSet, ScopeError> {
+        let client = self.0.as_ref().ok_or(ScopeError::UnknownClient)?;
+        let Some(requested) = requested else {
+            return Ok(client.scopes.clone());
+        };
+        if requested.is_empty() {
+            return Err(ScopeError::Empty);
+        }
+        match requested.iter().find(|s| !client.scopes.contains(s)) {
+            Some(scope) => Err(ScopeError::NotAllowed(scope.clone())),
+            None => Ok(requested.clone()),
+        }
+    }
+
+    /// Constant-time; false for public, unknown and disabled clients.
+    pub fn verify_secret(&self, presented: &TokenHash) -> bool {
+        match self.active().map(|c| &c.kind) {
+            Some(ClientKind::Confidential { secret_hash }) => secret_hash.ct_eq(presented),
+            _ => false,
+        }
+    }
+}
+
+pub fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Error> {
+    match cmd {
+        Command::Register {
+            client_id,
+            name,
+            kind,
+            redirect_uris,
+            grant_types,
+            scopes,
+            at,
+        } => {
+            if state.is_registered() {
+                return Err(Error::AlreadyRegistered);
+            }
+            if scopes.is_empty() {
+                return Err(Error::EmptyScope);
+            }
+            for (i, uri) in redirect_uris.iter().enumerate() {
+                if redirect_uris[..i].contains(uri) {
+                    return Err(Error::DuplicateRedirectUri(uri.clone()));
+                }
+            }
+            let public = kind == ClientKind::Public;
+            if public && redirect_uris.is_empty() {
+                return Err(Error::PublicClientWithoutRedirectUri);
+            }
+            let grant_types = resolve_grant_types(grant_types, &redirect_uris);
+            let has = |g| grant_types.contains(&g);
+            if has(GrantType::AuthorizationCode) && redirect_uris.is_empty() {
+                return Err(Error::AuthorizationCodeWithoutRedirectUri);
+            }
+            if has(GrantType::RefreshToken) && !has(GrantType::AuthorizationCode) {
+                return Err(Error::RefreshTokenWithoutAuthorizationCode);
+            }
+            if public && has(GrantType::ClientCredentials) {
+                return Err(Error::PublicClientCredentials);
+            }
+            Ok(vec![Event::ClientRegistered {
+                client_id,
+                name,
+                kind,
+                redirect_uris,
+                grant_types,
+                scopes,
+                at,
+            }])
+        }
+        Command::Disable { at } => match state.client() {
+            None => Err(Error::NotFound),
+            Some(c) if c.disabled_at.is_some() => Ok(vec![]),
+            Some(_) => Ok(vec![Event::ClientDisabled { at }]),
+        },
+    }
+}
+
+fn resolve_grant_types(
+    mut requested: Vec<GrantType>,
+    redirect_uris: &[RedirectUri],
+) -> Vec<GrantType> {
+    if requested.is_empty() {
+        return if redirect_uris.is_empty() {
+            vec![GrantType::ClientCredentials]
+        } else {
+            vec![GrantType::AuthorizationCode, GrantType::RefreshToken]
+        };
+    }
+    requested.sort();
+    requested.dedup();
+    requested
+}
+
+pub fn evolve(state: State, event: &Event) -> State {
+    match (state.0, event) {
+        (
+            None,
+            Event::ClientRegistered {
+                client_id,
+                name,
+                kind,
+                redirect_uris,
+                grant_types,
+                scopes,
+                at,
+            },
+        ) => State(Some(Client {
+            client_id: client_id.clone(),
+            name: name.clone(),
+            kind: kind.clone(),
+            redirect_uris: redirect_uris.clone(),
+            grant_types: grant_types.clone(),
+            scopes: scopes.clone(),
+            registered_at: *at,
+            disabled_at: None,
+        })),
+        (Some(mut client), Event::ClientDisabled { at }) => {
+            client.disabled_at.get_or_insert(*at);
+            State(Some(client))
+        }
+        // decide never produces other sequences; replay stays total regardless.
+        (other, _) => State(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redirect::uri;
+    use crate::scope::scopes;
+    use crate::testing::{self, Aggregate};
+    use GrantType::{AuthorizationCode, ClientCredentials, RefreshToken};
+
+    struct ClientAggregate;
+    impl Aggregate for ClientAggregate {
+        type State = State;
+        type Command = Command;
+        type Event = Event;
+        type Error = Error;
+        fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Error> {
+            decide(state, cmd)
+        }
+        fn evolve(state: State, event: &Event) -> State {
+            evolve(state, event)
+        }
+    }
+
+    fn given(events: &[Event]) -> testing::Given<ClientAggregate> {
+        testing::given(events)
+    }
+
+    const T0: Timestamp = Timestamp::from_unix_millis(1_000);
+    const T1: Timestamp = Timestamp::from_unix_millis(2_000);
+
+    fn id() -> ClientId {
+        ClientId::parse("web").unwrap()
+    }
+
+    fn secret() -> ClientKind {
+        ClientKind::Confidential {
+            secret_hash: TokenHash::of("s3cret"),
+        }
+    }
+
+    fn register(kind: ClientKind, uris: &[&str], grant_types: &[GrantType]) -> Command {
+        Command::Register {
+            client_id: id(),
+            name: ClientName::parse("Web").unwrap(),
+            kind,
+            redirect_uris: uris.iter().map(|u| uri(u)).collect(),
+            grant_types: grant_types.to_vec(),
+            scopes: scopes("read write"),
+            at: T0,
+        }
+    }
+
+    fn registered(kind: ClientKind, uris: &[&str], grant_types: &[GrantType]) -> Event {
+        Event::ClientRegistered {
+            client_id: id(),
+            name: ClientName::parse("Web").unwrap(),
+            kind,
+            redirect_uris: uris.iter().map(|u| uri(u)).collect(),
+            grant_types: grant_types.to_vec(),
+            scopes: scopes("read write"),
+            at: T0,
+        }
+    }
+
+    fn web() -> Event {
+        registered(
+            secret(),
+            &["https://app.example/cb"],
+            &[AuthorizationCode, RefreshToken],
+        )
+    }
+
+    #[test]
+    fn registers_with_default_grant_types() {
+        given(&[])
+            .when(register(secret(), &["https://app.example/cb"], &[]))
+            .then_events(&[web()]);
+        given(&[])
+            .when(register(secret(), &[], &[]))
+            .then_events(&[registered(secret(), &[], &[ClientCredentials])]);
+        given(&[])
+            .when(register(ClientKind::Public, &["http://127.0.0.1/cb"], &[]))
+            .then_events(&[registered(
+                ClientKind::Public,
+                &["http://127.0.0.1/cb"],
+                &[AuthorizationCode, RefreshToken],
+            )]);
+    }
+
+    #[test]
+    fn explicit_grant_types_are_deduplicated_and_ordered() {
+        given(&[])
+            .when(register(
+                secret(),
+                &["https://app.example/cb"],
+                &[
+                    ClientCredentials,
+                    RefreshToken,
+                    AuthorizationCode,
+                    ClientCredentials,
+                ],
+            ))
+            .then_events(&[registered(
+                secret(),
+                &["https://app.example/cb"],
+                &[AuthorizationCode, RefreshToken, ClientCredentials],
+            )]);
+    }
+
+    #[test]
+    fn registration_rules_table() {
+        let cb = &["https://app.example/cb"][..];
+        let table: &[(ClientKind, &[&str], &[GrantType], Error)] = &[
+            (
+                secret(),
+                &[],
+                &[AuthorizationCode],
+                Error::AuthorizationCodeWithoutRedirectUri,
+            ),
+            (
+                secret(),
+                &[],
+                &[AuthorizationCode, RefreshToken],
+                Error::AuthorizationCodeWithoutRedirectUri,
+            ),
+            (
+                secret(),
+                cb,
+                &[RefreshToken],
+                Error::RefreshTokenWithoutAuthorizationCode,
+            ),
+            (
+                secret(),
+                &[],
+                &[RefreshToken, ClientCredentials],
+                Error::RefreshTokenWithoutAuthorizationCode,
+            ),
+            (
+                ClientKind::Public,
+                cb,
+                &[ClientCredentials],
+                Error::PublicClientCredentials,
+            ),
+            (
+                ClientKind::Public,
+                cb,
+                &[AuthorizationCode, ClientCredentials],
+                Error::PublicClientCredentials,
+            ),
+            (
+                ClientKind::Public,
+                &[],
+                &[],
+                Error::PublicClientWithoutRedirectUri,
+            ),
+            (
+                ClientKind::Public,
+                &[],
+                &[ClientCredentials],
+                Error::PublicClientWithoutRedirectUri,
+            ),
+            (
+                secret(),
+                &[
+                    "https://app.example/cb",
+                    "https://app.example/other",
+                    "https://app.example/cb",
+                ],
+                &[],
+                Error::DuplicateRedirectUri(uri("https://app.example/cb")),
+            ),
+        ];
+        for (kind, uris, grants, error) in table {
+            given(&[])
+                .when(register(kind.clone(), uris, grants))
+                .then_error(error.clone());
+        }
+        // Allowed shapes for comparison.
+        for (kind, uris, grants) in [
+            (secret(), cb, &[ClientCredentials][..]),
+            (secret(), cb, &[AuthorizationCode][..]),
+            (ClientKind::Public, cb, &[AuthorizationCode][..]),
+        ] {
+            assert!(decide(&State::default(), register(kind, uris, grants)).is_ok());
+        }
+    }
+
+    #[test]
+    fn registration_needs_scopes_and_happens_once() {
+        let Command::Register {
+            client_id,
+            name,
+            kind,
+            redirect_uris,
+            grant_types,
+            at,
+            ..
+        } = register(secret(), &["https://app.example/cb"], &[])
+        else {
+            unreachable!()
+        };
+        given(&[])
+            .when(Command::Register {
+                client_id,
+                name,
+                kind,
+                redirect_uris,
+                grant_types,
+                scopes: ScopeSet::default(),
+                at,
+            })
+            .then_error(Error::EmptyScope);
+        given(&[web()])
+            .when(register(secret(), &["https://app.example/cb"], &[]))
+            .then_error(Error::AlreadyRegistered);
+    }
+
+    #[test]
+    fn disable_is_idempotent() {
+        given(&[])
+            .when(Command::Disable { at: T1 })
+            .then_error(Error::NotFound);
+        given(&[web()])
+            .when(Command::Disable { at: T1 })
+            .then_events(&[Event::ClientDisabled { at: T1 }]);
+        given(&[web(), Event::ClientDisabled { at: T1 }])
+            .when(Command::Disable { at: T1 })
+            .then_nothing();
+    }
+
+    #[test]
+    fn queries_fail_closed_when_disabled() {
+        let active = given(&[web()]).state();
+        assert!(active.is_active());
+        assert!(active.allows_grant(AuthorizationCode));
+        assert!(active.allows_grant(RefreshToken));
+        assert!(!active.allows_grant(ClientCredentials));
+        assert!(active.verify_secret(&TokenHash::of("s3cret")));
+        assert!(!active.verify_secret(&TokenHash::of("wrong")));
+        assert_eq!(active.kind(), Some(&secret()));
+
+        let disabled = given(&[web(), Event::ClientDisabled { at: T1 }]).state();
+        assert!(disabled.is_registered());
+        assert!(!disabled.is_active());
+        assert!(!disabled.allows_grant(AuthorizationCode));
+        assert!(!disabled.verify_secret(&TokenHash::of("s3cret")));
+        assert_eq!(disabled.client().unwrap().disabled_at, Some(T1));
+
+        let unknown = State::default();
+        assert!(!unknown.is_active());
+        assert!(!unknown.allows_grant(ClientCredentials));
+        assert!(!unknown.verify_secret(&TokenHash::of("s3cret")));
+        assert_eq!(unknown.kind(), None);
+    }
+
+    #[test]
+    fn public_clients_have_no_secret() {
+        let public = given(&[registered(
+            ClientKind::Public,
+            &["http://127.0.0.1/cb"],
+            &[AuthorizationCode],
+        )])
+        .state();
+        assert!(!public.verify_secret(&TokenHash::of("")));
+        assert!(!public.verify_secret(&TokenHash::of("s3cret")));
+    }
+
+    #[test]
+    fn redirect_resolution() {
+        let one = given(&[web()]).state();
+        assert_eq!(
+            one.resolve_redirect_uri(None),
+            Ok(uri("https://app.example/cb"))
+        );
+        assert_eq!(
+            one.resolve_redirect_uri(Some("https://app.example/cb")),
+            Ok(uri("https://app.example/cb"))
+        );
+        assert_eq!(
+            one.resolve_redirect_uri(Some("https://app.example/cb/")),
+            Err(RedirectError::NotRegistered)
+        );
+        assert_eq!(
+            one.resolve_redirect_uri(Some("not a uri")),
+            Err(RedirectError::NotRegistered)
+        );
+
+        let two = given(&[registered(
+            secret(),
+            &["https://app.example/cb", "https://app.example/other"],
+            &[AuthorizationCode],
+        )])
+        .state();
+        assert_eq!(
+            two.resolve_redirect_uri(None),
+            Err(RedirectError::Ambiguous)
+        );
+        assert_eq!(
+            two.resolve_redirect_uri(Some("https://app.example/other")),
+            Ok(uri("https://app.example/other"))
+        );
+
+        let none = given(&[registered(secret(), &[], &[ClientCredentials])]).state();
+        assert_eq!(
+            none.resolve_redirect_uri(None),
+            Err(RedirectError::NoneRegistered)
+        );
+        assert_eq!(
+            State::default().resolve_redirect_uri(None),
+            Err(RedirectError::UnknownClient)
+        );
+    }
+
+    #[test]
+    fn loopback_port_freedom_only_for_public_clients() {
+        let public = given(&[registered(
+            ClientKind::Public,
+            &["http://127.0.0.1/cb"],
+            &[AuthorizationCode],
+        )])
+        .state();
+        assert_eq!(
+            public.resolve_redirect_uri(Some("http://127.0.0.1:49152/cb")),
+            Ok(uri("http://127.0.0.1:49152/cb"))
+        );
+        assert_eq!(
+            public.resolve_redirect_uri(Some("http://127.0.0.1:49152/x")),
+            Err(RedirectError::NotRegistered)
+        );
+
+        let confidential = given(&[registered(
+            secret(),
+            &["http://127.0.0.1/cb"],
+            &[AuthorizationCode],
+        )])
+        .state();
+        assert_eq!(
+            confidential.resolve_redirect_uri(Some("http://127.0.0.1:49152/cb")),
+            Err(RedirectError::NotRegistered)
+        );
+    }
+
+    #[test]
+    fn scope_selection() {
+        let state = given(&[web()]).state();
+        assert_eq!(state.grantable_scope(None), Ok(scopes("read write")));
+        assert_eq!(
+            state.grantable_scope(Some(&scopes("read"))),
+            Ok(scopes("read"))
+        );
+        assert_eq!(
+            state.grantable_scope(Some(&scopes("write read"))),
+            Ok(scopes("read write"))
+        );
+        assert_eq!(
+            state.grantable_scope(Some(&scopes("read admin"))),
+            Err(ScopeError::NotAllowed(Scope::parse("admin").unwrap()))
+        );
+        assert_eq!(
+            state.grantable_scope(Some(&ScopeSet::default())),
+            Err(ScopeError::Empty)
+        );
+        assert_eq!(
+            State::default().grantable_scope(None),
+            Err(ScopeError::UnknownClient)
+        );
+    }
+
+    #[test]
+    fn events_round_trip() {
+        use crate::event::DomainEvent;
+        testing::assert_round_trips(
+            &[
+                web(),
+                registered(
+                    ClientKind::Public,
+                    &["http://[::1]/cb"],
+                    &[AuthorizationCode],
+                ),
+                Event::ClientDisabled { at: T1 },
+            ],
+            Event::EVENT_TYPES,
+        );
+        let payload = registered(ClientKind::Public, &[], &[ClientCredentials]).to_payload();
+        assert_eq!(payload["kind"], serde_json::json!({"type": "public"}));
+        assert_eq!(
+            payload["grant_types"],
+            serde_json::json!(["client_credentials"])
+        );
+        assert_eq!(payload["scopes"], "read write");
+        assert_eq!(
+            web().to_payload()["kind"]["secret_hash"],
+            TokenHash::of("s3cret").to_string()
+        );
+    }
+}
