@@ -5,9 +5,13 @@
 //! (the event store, the clock, randomness) is a port defined here and implemented in
 //! the shell (valet-store, valet-cli).
 
+pub mod aggregate;
+pub mod clock;
 pub mod log;
 pub mod ports;
 
+pub use aggregate::{execute, load, Aggregate, ExecuteError, Executed, Loaded};
+pub use clock::{Clock, SystemClock};
 pub use log::{LogCursor, LogFollower, NewEvent, RecordedEvent};
 pub use ports::{
     AppendError, AppendOutcome, EventMetadata, EventStore, ExpectedVersion, Readiness, StoreError,
