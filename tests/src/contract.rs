@@ -44,8 +44,8 @@ pub async fn append_then_read_stream<S: EventStore>(store: &S) {
         .await
         .expect("first append");
     assert_eq!(outcome.version, StreamVersion(2));
-    assert_eq!(outcome.positions.len(), 2);
-    assert!(outcome.positions[0] < outcome.positions[1]);
+    assert_eq!(outcome.recorded.len(), 2);
+    assert!(outcome.recorded[0].position < outcome.recorded[1].position);
     store
         .append(&stream, v(2), vec![event(3)])
         .await

@@ -103,11 +103,11 @@ async fn commit_safe_reading_delivers_a_late_commit_with_a_lower_position() {
         let p1 = append_on(&t1, &slow, ExpectedVersion::NoStream, &[event(1)])
             .await
             .expect("t1 append")
-            .positions[0];
+            .positions()[0];
         let p2 = append_on(&t2, &fast, ExpectedVersion::NoStream, &[event(2)])
             .await
             .expect("t2 append")
-            .positions[0];
+            .positions()[0];
         assert!(p1 < p2, "T1 must hold the lower position");
         t2.commit().await.expect("commit t2");
         store.announce_commit();

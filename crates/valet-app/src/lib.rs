@@ -5,15 +5,19 @@
 //! (the event store, the clock, randomness) is a port defined here and implemented in
 //! the shell (valet-store, valet-cli).
 
+pub mod admin;
 pub mod aggregate;
 pub mod clock;
 pub mod log;
+pub mod oauth;
 pub mod ports;
+pub mod read;
+pub mod secrets;
 
 pub use aggregate::{execute, load, Aggregate, ExecuteError, Executed, Loaded};
 pub use clock::{Clock, SystemClock};
 pub use log::{LogCursor, LogFollower, NewEvent, RecordedEvent};
 pub use ports::{
     AppendError, AppendOutcome, EventMetadata, EventStore, ExpectedVersion, Readiness, StoreError,
-    StreamVersion,
+    StreamVersion, StreamWrite,
 };

@@ -63,12 +63,26 @@ pub struct EventMetadata {
 }
 
 /// Where an append landed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AppendOutcome {
     /// The stream's version after the append.
     pub version: StreamVersion,
-    /// Global positions of the appended events, in order.
-    pub positions: Vec<i64>,
+    /// The appended events as the log recorded them, in order.
+    pub recorded: Vec<RecordedEvent>,
+}
+
+impl AppendOutcome {
+    pub fn positions(&self) -> Vec<i64> {
+        self.recorded.iter().map(|e| e.position).collect()
+    }
+}
+
+/// Events for one stream, part of an atomic multi-stream append.
+#[derive(Debug, Clone)]
+pub struct StreamWrite {
+    pub stream: StreamId,
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +107,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("event store returned a malformed row: {0}")]
     Malformed(String),
+    /// A read model refused the change (e.g. a username taken by a concurrent writer).
+    #[error("constraint violated: {0}")]
+    Constraint(String),
 }
 
 /// The event log. Implementations: PostgreSQL (valet-store) and in memory (tests).
@@ -110,6 +127,12 @@ pub trait EventStore: Send + Sync + 'static {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> impl Future<Output = Result<AppendOutcome, AppendError>> + Send;
+
+    /// Appends to several streams atomically: all writes land, or none does.
+    fn append_all(
+        &self,
+        writes: Vec<StreamWrite>,
+    ) -> impl Future<Output = Result<Vec<AppendOutcome>, AppendError>> + Send;
 
     fn read_stream(
         &self,

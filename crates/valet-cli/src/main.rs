@@ -6,6 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+mod admin;
+mod wiring;
+
 use valet_store::{PgEventStore, PgStoreConfig};
 
 #[derive(Parser, Debug)]
@@ -78,8 +81,71 @@ struct Config {
 enum Command {
     /// Create the database if it does not exist and apply migrations (idempotent).
     Migrate,
-    /// Serve the HTTP endpoints (and, as they land, the projector and NATS relay).
+    /// Serve the OAuth endpoints (read models are maintained inline with every write).
     Serve,
+    /// Register, list and disable clients (applications).
+    #[command(subcommand)]
+    Client(ClientCommand),
+    /// Create and disable users (resource owners who log in on the authorization page).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ClientCommand {
+    /// Register a client. Prints its id and, for confidential clients, its secret (shown
+    /// once: only a SHA-256 digest is kept).
+    Create {
+        /// Display name shown on the consent page.
+        #[arg(long)]
+        name: String,
+        /// A redirect URI (https, or http on a loopback host). Repeat for several.
+        #[arg(long = "redirect-uri", value_name = "URI")]
+        redirect_uris: Vec<String>,
+        /// A public client (native or browser app): no secret, PKCE required.
+        #[arg(long)]
+        public: bool,
+        /// authorization_code, refresh_token or client_credentials. Repeat for several.
+        /// Default: authorization_code + refresh_token with a redirect URI,
+        /// client_credentials without.
+        #[arg(long = "grant-type", value_name = "GRANT_TYPE")]
+        grant_types: Vec<String>,
+        /// A scope the client may be granted. Repeat for several; at least one.
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// Print one JSON object {"client_id": ..., "client_secret": ...}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List registered clients.
+    List {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable a client and revoke every grant it holds.
+    Disable {
+        #[arg(value_name = "CLIENT_ID")]
+        client_id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    /// Create a user; the password is read from standard input (one trailing newline is
+    /// stripped) and stored as an argon2id hash, outside the event log.
+    Create {
+        #[arg(long)]
+        username: String,
+        /// Read the password from standard input (the only way: never on the command line).
+        #[arg(long = "password-stdin", required = true)]
+        password_stdin: bool,
+    },
+    /// Disable a user and revoke every grant made on their behalf.
+    Disable {
+        #[arg(value_name = "USERNAME")]
+        username: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -133,6 +199,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => serve(config).await,
+        Command::Client(command) => admin::client(&config, command).await,
+        Command::User(command) => admin::user(&config, command).await,
     }
 }
 

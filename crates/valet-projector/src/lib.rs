@@ -1,1 +1,27 @@
-//! See ARCHITECTURE.md: filled by a later issue.
+//! Read models: projections of the event log into the tables the endpoints query.
+//!
+//! `ReadModelProjection` is applied inline, inside the transaction of every append, so
+//! the read models never lag the log the server wrote (read-your-writes). The same
+//! function is what a rebuild replays. `PgReadModels` answers the use cases' queries.
+
+mod project;
+mod queries;
+
+pub use project::ReadModelProjection;
+pub use queries::PgReadModels;
+
+use tokio_postgres::error::SqlState;
+use valet_app::StoreError;
+
+fn db_error(e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) if *db.code() == SqlState::UNIQUE_VIOLATION => StoreError::Constraint(
+            match db.constraint() {
+                Some("users_username_key") => "username".to_owned(),
+                Some(other) => other.to_owned(),
+                None => "unique value".to_owned(),
+            },
+        ),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}

@@ -9,7 +9,7 @@ mod pg;
 
 pub use memory::MemoryEventStore;
 pub use migrate::{migrate, MigrateError, MigrationReport, MIGRATIONS};
-pub use pg::{append_on, PgEventStore, PgStoreConfig};
+pub use pg::{append_on, InlineProjection, PgEventStore, PgStoreConfig};
 
 /// Connects to PostgreSQL without TLS: the database is expected on a trusted network
 /// (loopback or a private link); put TLS termination in front of it otherwise.

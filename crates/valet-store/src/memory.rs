@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use valet_app::{
     AppendError, AppendOutcome, EventStore, ExpectedVersion, LogCursor, NewEvent, RecordedEvent,
-    StoreError, StreamVersion,
+    StoreError, StreamVersion, StreamWrite,
 };
 use valet_domain::StreamId;
 
@@ -36,6 +36,44 @@ impl Default for MemoryEventStore {
     }
 }
 
+impl Log {
+    fn version(&self, stream: &str) -> StreamVersion {
+        StreamVersion(self.streams.get(stream).map_or(0, |i| i.len() as u64))
+    }
+
+    fn push(&mut self, write: StreamWrite, recorded_at_micros: i64) -> AppendOutcome {
+        let current = self.version(write.stream.as_str());
+        let mut recorded = Vec::with_capacity(write.events.len());
+        for (offset, event) in write.events.into_iter().enumerate() {
+            let position = self.events.len() as i64 + 1;
+            let index = self.events.len();
+            self.ids.insert(event.event_id);
+            let event = RecordedEvent {
+                position,
+                xact: position,
+                event_id: event.event_id,
+                stream_id: write.stream.as_str().to_owned(),
+                stream_version: StreamVersion(current.0 + offset as u64 + 1),
+                event_type: event.event_type,
+                schema_version: event.schema_version,
+                payload: event.payload,
+                metadata: event.metadata,
+                recorded_at_micros,
+            };
+            recorded.push(event.clone());
+            self.events.push(event);
+            self.streams
+                .entry(write.stream.as_str().to_owned())
+                .or_default()
+                .push(index);
+        }
+        AppendOutcome {
+            version: StreamVersion(current.0 + recorded.len() as u64),
+            recorded,
+        }
+    }
+}
+
 impl MemoryEventStore {
     pub fn new() -> Self {
         Self::default()
@@ -55,56 +93,46 @@ impl EventStore for MemoryEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendOutcome, AppendError> {
-        let outcome = {
+        let mut outcomes = self
+            .append_all(vec![StreamWrite {
+                stream: stream.clone(),
+                expected,
+                events,
+            }])
+            .await?;
+        Ok(outcomes.remove(0))
+    }
+
+    async fn append_all(&self, writes: Vec<StreamWrite>) -> Result<Vec<AppendOutcome>, AppendError> {
+        let outcomes = {
             let mut log = self.log();
-            let current = StreamVersion(
-                log.streams
-                    .get(stream.as_str())
-                    .map_or(0, |indexes| indexes.len() as u64),
-            );
-            if current != expected.as_version() {
-                return Err(AppendError::Conflict {
-                    stream: stream.as_str().to_owned(),
-                    expected,
-                    actual: current,
-                });
-            }
-            if let Some(dup) = events.iter().find(|e| log.ids.contains(&e.event_id)) {
-                return Err(AppendError::DuplicateEventId(dup.event_id));
+            // Validate every write before touching the log: all or nothing.
+            let mut seen = HashSet::new();
+            for write in &writes {
+                let current = log.version(write.stream.as_str());
+                if current != write.expected.as_version() {
+                    return Err(AppendError::Conflict {
+                        stream: write.stream.as_str().to_owned(),
+                        expected: write.expected,
+                        actual: current,
+                    });
+                }
+                for event in &write.events {
+                    if log.ids.contains(&event.event_id) || !seen.insert(event.event_id) {
+                        return Err(AppendError::DuplicateEventId(event.event_id));
+                    }
+                }
             }
             let recorded_at_micros = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as i64);
-            let mut positions = Vec::with_capacity(events.len());
-            for (offset, event) in events.into_iter().enumerate() {
-                let position = log.events.len() as i64 + 1;
-                let index = log.events.len();
-                log.ids.insert(event.event_id);
-                log.events.push(RecordedEvent {
-                    position,
-                    xact: position,
-                    event_id: event.event_id,
-                    stream_id: stream.as_str().to_owned(),
-                    stream_version: StreamVersion(current.0 + offset as u64 + 1),
-                    event_type: event.event_type,
-                    schema_version: event.schema_version,
-                    payload: event.payload,
-                    metadata: event.metadata,
-                    recorded_at_micros,
-                });
-                log.streams
-                    .entry(stream.as_str().to_owned())
-                    .or_default()
-                    .push(index);
-                positions.push(position);
-            }
-            AppendOutcome {
-                version: StreamVersion(current.0 + positions.len() as u64),
-                positions,
-            }
+            writes
+                .into_iter()
+                .map(|write| log.push(write, recorded_at_micros))
+                .collect::<Vec<_>>()
         };
         self.wake.send_modify(|v| *v = v.wrapping_add(1));
-        Ok(outcome)
+        Ok(outcomes)
     }
 
     async fn read_stream(&self, stream: &StreamId) -> Result<Vec<RecordedEvent>, StoreError> {

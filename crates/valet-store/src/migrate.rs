@@ -20,6 +20,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "read_models",
         sql: include_str!("../../../migrations/0002_read_models.sql"),
     },
+    Migration {
+        version: 3,
+        name: "server_secrets",
+        sql: include_str!("../../../migrations/0003_server_secrets.sql"),
+    },
 ];
 
 /// Serialises concurrent `valet migrate` runs (several replicas starting at once).

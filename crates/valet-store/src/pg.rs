@@ -23,7 +23,7 @@ use tokio_postgres::{AsyncMessage, NoTls, Row};
 use uuid::Uuid;
 use valet_app::{
     AppendError, AppendOutcome, EventMetadata, EventStore, ExpectedVersion, LogCursor, NewEvent,
-    RecordedEvent, StoreError, StreamVersion,
+    RecordedEvent, StoreError, StreamVersion, StreamWrite,
 };
 use valet_domain::StreamId;
 
@@ -40,7 +40,7 @@ FROM cur,
          WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, metadata, ord)
 WHERE cur.v = $2
 ORDER BY e.ord
-RETURNING position, stream_version";
+RETURNING position, stream_version, xact, (extract(epoch FROM recorded_at) * 1000000)::bigint";
 
 const VERSION_SQL: &str =
     "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1";
@@ -70,8 +70,19 @@ pub struct PgEventStore {
     inner: Arc<Inner>,
 }
 
+/// Writes read-model rows inside the append's transaction, so a reader of the read
+/// models sees exactly the committed log (read-your-writes).
+pub trait InlineProjection: Send + Sync + 'static {
+    fn project<'a>(
+        &'a self,
+        tx: &'a deadpool_postgres::Transaction<'a>,
+        events: &'a [RecordedEvent],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send + 'a>>;
+}
+
 struct Inner {
     pool: Pool,
+    projection: Option<Arc<dyn InlineProjection>>,
     wake: Arc<watch::Sender<u64>>,
     notify_needed: Arc<Notify>,
     tasks: Vec<JoinHandle<()>>,
@@ -88,6 +99,14 @@ impl Drop for Inner {
 impl PgEventStore {
     /// Opens the pool and checks that the database answers.
     pub async fn connect(config: PgStoreConfig) -> Result<Self, StoreError> {
+        Self::connect_with(config, None).await
+    }
+
+    /// Like [`connect`](Self::connect), with read models maintained in every append.
+    pub async fn connect_with(
+        config: PgStoreConfig,
+        projection: Option<Arc<dyn InlineProjection>>,
+    ) -> Result<Self, StoreError> {
         let pg: tokio_postgres::Config = config
             .database_url
             .parse()
@@ -114,6 +133,7 @@ impl PgEventStore {
         Ok(PgEventStore {
             inner: Arc::new(Inner {
                 pool,
+                projection,
                 wake,
                 notify_needed,
                 tasks,
@@ -130,6 +150,27 @@ impl PgEventStore {
     pub fn announce_commit(&self) {
         self.inner.wake.send_modify(|v| *v = v.wrapping_add(1));
         self.inner.notify_needed.notify_one();
+    }
+
+    /// A 32-byte key shared by all replicas: the stored one, or `candidate` if this is
+    /// the first process to ask (the caller draws it from the OS CSPRNG).
+    pub async fn shared_secret(&self, name: &str, candidate: [u8; 32]) -> Result<[u8; 32], StoreError> {
+        let client = self.inner.pool.get().await.map_err(unavailable)?;
+        client
+            .execute(
+                "INSERT INTO server_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                &[&name, &candidate.as_slice()],
+            )
+            .await
+            .map_err(db_error)?;
+        let row = client
+            .query_one("SELECT value FROM server_secrets WHERE name = $1", &[&name])
+            .await
+            .map_err(db_error)?;
+        let value: &[u8] = row.get(0);
+        value
+            .try_into()
+            .map_err(|_| StoreError::Malformed(format!("server secret {name} is not 32 bytes")))
     }
 
     /// The current version of a stream (0 when it does not exist).
@@ -206,12 +247,53 @@ pub async fn append_on<C: GenericClient + Sync>(
             actual,
         });
     }
-    let mut landed: Vec<(i64, i64)> = rows.iter().map(|r| (r.get(1), r.get(0))).collect();
+    let mut landed: Vec<(i64, i64, i64, i64)> = rows
+        .iter()
+        .map(|r| (r.get(1), r.get(0), r.get(2), r.get(3)))
+        .collect();
     landed.sort_unstable();
+    let recorded = landed
+        .into_iter()
+        .zip(events)
+        .map(
+            |((version, position, xact, recorded_at_micros), event)| RecordedEvent {
+                position,
+                xact,
+                event_id: event.event_id,
+                stream_id: stream.as_str().to_owned(),
+                stream_version: StreamVersion(version as u64),
+                event_type: event.event_type.clone(),
+                schema_version: event.schema_version,
+                payload: event.payload.clone(),
+                metadata: event.metadata.clone(),
+                recorded_at_micros,
+            },
+        )
+        .collect();
     Ok(AppendOutcome {
         version: StreamVersion(expected_version.0 + events.len() as u64),
-        positions: landed.into_iter().map(|(_, position)| position).collect(),
+        recorded,
     })
+}
+
+/// An empty write still asserts the stream's version.
+async fn check_version<C: GenericClient + Sync>(
+    client: &C,
+    write: &StreamWrite,
+) -> Result<AppendOutcome, AppendError> {
+    let actual = current_version(client, write.stream.as_str()).await?;
+    if actual == write.expected.as_version() {
+        Ok(AppendOutcome {
+            version: actual,
+            recorded: Vec::new(),
+        })
+    } else {
+        Err(AppendError::Conflict {
+            stream: write.stream.as_str().to_owned(),
+            expected: write.expected,
+            actual,
+        })
+    }
 }
 
 async fn current_version<C: GenericClient + Sync>(
@@ -233,25 +315,50 @@ impl EventStore for PgEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendOutcome, AppendError> {
-        if events.is_empty() {
-            let actual = self.stream_version(stream).await?;
-            return if actual == expected.as_version() {
-                Ok(AppendOutcome {
-                    version: actual,
-                    positions: Vec::new(),
-                })
+        let mut outcomes = self
+            .append_all(vec![StreamWrite {
+                stream: stream.clone(),
+                expected,
+                events,
+            }])
+            .await?;
+        Ok(outcomes.remove(0))
+    }
+
+    async fn append_all(&self, writes: Vec<StreamWrite>) -> Result<Vec<AppendOutcome>, AppendError> {
+        let mut client = self.inner.pool.get().await.map_err(unavailable)?;
+        let mut outcomes = Vec::with_capacity(writes.len());
+        let projection = self.inner.projection.as_ref();
+        if writes.len() == 1 && projection.is_none() {
+            // One autocommit statement: no BEGIN/COMMIT round trips.
+            let write = &writes[0];
+            outcomes.push(if write.events.is_empty() {
+                check_version(&client, write).await?
             } else {
-                Err(AppendError::Conflict {
-                    stream: stream.as_str().to_owned(),
-                    expected,
-                    actual,
-                })
-            };
+                append_on(&client, &write.stream, write.expected, &write.events).await?
+            });
+        } else {
+            let tx = client.transaction().await.map_err(db_error)?;
+            for write in &writes {
+                outcomes.push(if write.events.is_empty() {
+                    check_version(&tx, write).await?
+                } else {
+                    append_on(&tx, &write.stream, write.expected, &write.events).await?
+                });
+            }
+            if let Some(projection) = projection {
+                let recorded: Vec<RecordedEvent> = outcomes
+                    .iter()
+                    .flat_map(|o| o.recorded.iter().cloned())
+                    .collect();
+                projection.project(&tx, &recorded).await?;
+            }
+            tx.commit().await.map_err(db_error)?;
         }
-        let client = self.inner.pool.get().await.map_err(unavailable)?;
-        let outcome = append_on(&client, stream, expected, &events).await?;
-        self.announce_commit();
-        Ok(outcome)
+        if outcomes.iter().any(|o| !o.recorded.is_empty()) {
+            self.announce_commit();
+        }
+        Ok(outcomes)
     }
 
     async fn read_stream(&self, stream: &StreamId) -> Result<Vec<RecordedEvent>, StoreError> {

@@ -1,0 +1,133 @@
+//! `valet client …` and `valet user …`.
+
+use std::io::Read;
+
+use anyhow::Context;
+use serde_json::json;
+use valet_app::admin::{ClientType, NewClient};
+use valet_app::oauth::RequestMeta;
+
+use crate::{wiring, ClientCommand, Config, UserCommand};
+
+fn issuer(config: &Config) -> String {
+    config
+        .issuer
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", config.listen))
+}
+
+pub async fn client(config: &Config, command: ClientCommand) -> anyhow::Result<()> {
+    let oauth = wiring::oauth(config, issuer(config), 4).await?;
+    let meta = RequestMeta::default();
+    match command {
+        ClientCommand::Create {
+            name,
+            redirect_uris,
+            public,
+            grant_types,
+            scopes,
+            json,
+        } => {
+            let created = oauth
+                .create_client(
+                    NewClient {
+                        name,
+                        client_type: if public {
+                            ClientType::Public
+                        } else {
+                            ClientType::Confidential
+                        },
+                        redirect_uris,
+                        grant_types,
+                        scopes,
+                    },
+                    &meta,
+                )
+                .await
+                .context("client create")?;
+            if json {
+                let mut out = json!({ "client_id": created.client_id });
+                if let Some(secret) = &created.client_secret {
+                    out["client_secret"] = json!(secret);
+                }
+                println!("{out}");
+            } else {
+                println!("client_id:     {}", created.client_id);
+                if let Some(secret) = &created.client_secret {
+                    println!("client_secret: {secret}");
+                    println!("(the secret is shown once; only its SHA-256 digest is kept)");
+                }
+            }
+        }
+        ClientCommand::List { json } => {
+            let clients = oauth.list_clients().await.context("client list")?;
+            if json {
+                let list: Vec<_> = clients
+                    .iter()
+                    .map(|c| {
+                        json!({
+                            "client_id": c.client_id,
+                            "name": c.name,
+                            "type": c.kind,
+                            "redirect_uris": c.redirect_uris,
+                            "grant_types": c.grant_types,
+                            "scope": c.scopes,
+                            "active": c.active,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                println!("{:<34} {:<12} {:<9} {:<24} NAME", "CLIENT_ID", "TYPE", "STATUS", "SCOPE");
+                for c in &clients {
+                    println!(
+                        "{:<34} {:<12} {:<9} {:<24} {}",
+                        c.client_id,
+                        c.kind,
+                        if c.active { "active" } else { "disabled" },
+                        c.scopes,
+                        c.name
+                    );
+                }
+            }
+        }
+        ClientCommand::Disable { client_id } => {
+            let revoked = oauth
+                .disable_client(&client_id, &meta)
+                .await
+                .context("client disable")?;
+            println!("disabled client {client_id}; revoked {revoked} grant(s)");
+        }
+    }
+    Ok(())
+}
+
+pub async fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
+    let oauth = wiring::oauth(config, issuer(config), 4).await?;
+    let meta = RequestMeta::default();
+    match command {
+        UserCommand::Create { username, .. } => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_to_string(&mut password)
+                .context("read the password from standard input")?;
+            let password = password
+                .strip_suffix('\n')
+                .map(|p| p.strip_suffix('\r').unwrap_or(p))
+                .unwrap_or(&password);
+            let user_id = oauth
+                .create_user(&username, password, &meta)
+                .await
+                .context("user create")?;
+            println!("created user {username} ({user_id})");
+        }
+        UserCommand::Disable { username } => {
+            let revoked = oauth
+                .disable_user(&username, &meta)
+                .await
+                .context("user disable")?;
+            println!("disabled user {username}; revoked {revoked} grant(s)");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! The read-model queries of the use cases, on PostgreSQL.
+
+use deadpool_postgres::Pool;
+use tokio_postgres::Row;
+use uuid::Uuid;
+use valet_app::read::{
+    AccessTokenView, ClientSummary, ReadModels, RefreshStatus, RefreshTokenView, UserCredentials,
+};
+use valet_app::StoreError;
+use valet_domain::{ClientId, GrantId, ScopeSet, Timestamp, TokenHash, UserId, Username};
+
+use crate::db_error;
+
+/// Cheap to clone: shares the store's connection pool.
+#[derive(Clone)]
+pub struct PgReadModels {
+    pool: Pool,
+}
+
+impl PgReadModels {
+    pub fn new(pool: Pool) -> Self {
+        PgReadModels { pool }
+    }
+
+    async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<Row>, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(db_error)?;
+        client.query_opt(&statement, params).await.map_err(db_error)
+    }
+
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(db_error)?;
+        client.query(&statement, params).await.map_err(db_error)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+}
+
+fn malformed(what: &str) -> StoreError {
+    StoreError::Malformed(format!("read model holds an invalid {what}"))
+}
+
+fn client_id(row: &Row, index: usize) -> Result<ClientId, StoreError> {
+    ClientId::parse(row.get::<_, &str>(index)).map_err(|_| malformed("client id"))
+}
+
+fn scope(row: &Row, index: usize) -> Result<ScopeSet, StoreError> {
+    ScopeSet::parse(row.get::<_, &str>(index)).map_err(|_| malformed("scope"))
+}
+
+fn username(row: &Row, index: usize) -> Result<Option<Username>, StoreError> {
+    row.get::<_, Option<&str>>(index)
+        .map(|u| Username::parse(u).map_err(|_| malformed("username")))
+        .transpose()
+}
+
+impl ReadModels for PgReadModels {
+    async fn access_token(&self, hash: &TokenHash) -> Result<Option<AccessTokenView>, StoreError> {
+        let row = self
+            .query_opt(
+                "SELECT grant_id, client_id, user_id, username, scope, issued_at, expires_at,
+                        revoked_at IS NOT NULL
+                 FROM access_tokens WHERE token_sha256 = $1",
+                &[&hash.as_bytes().as_slice()],
+            )
+            .await?;
+        row.map(|row| {
+            Ok(AccessTokenView {
+                grant_id: GrantId::new(row.get(0)),
+                client_id: client_id(&row, 1)?,
+                user_id: row.get::<_, Option<Uuid>>(2).map(UserId::new),
+                username: username(&row, 3)?,
+                scope: scope(&row, 4)?,
+                issued_at: Timestamp::from_unix_millis(row.get(5)),
+                expires_at: Timestamp::from_unix_millis(row.get(6)),
+                revoked: row.get(7),
+            })
+        })
+        .transpose()
+    }
+
+    async fn refresh_token(&self, hash: &TokenHash) -> Result<Option<RefreshTokenView>, StoreError> {
+        let row = self
+            .query_opt(
+                "SELECT r.grant_id, r.client_id, g.user_id, g.username, g.scope, r.issued_at,
+                        r.expires_at, r.status
+                 FROM refresh_tokens r JOIN grants g ON g.grant_id = r.grant_id
+                 WHERE r.token_sha256 = $1",
+                &[&hash.as_bytes().as_slice()],
+            )
+            .await?;
+        row.map(|row| {
+            Ok(RefreshTokenView {
+                grant_id: GrantId::new(row.get(0)),
+                client_id: client_id(&row, 1)?,
+                user_id: row.get::<_, Option<Uuid>>(2).map(UserId::new),
+                username: username(&row, 3)?,
+                scope: scope(&row, 4)?,
+                issued_at: Timestamp::from_unix_millis(row.get(5)),
+                expires_at: Timestamp::from_unix_millis(row.get(6)),
+                status: match row.get::<_, &str>(7) {
+                    "current" => RefreshStatus::Current,
+                    "rotated" => RefreshStatus::Rotated,
+                    _ => RefreshStatus::Revoked,
+                },
+            })
+        })
+        .transpose()
+    }
+
+    async fn user_by_name(&self, name: &Username) -> Result<Option<UserCredentials>, StoreError> {
+        let row = self
+            .query_opt(
+                "SELECT u.user_id, u.username, u.disabled_at IS NULL, c.password_hash
+                 FROM users u LEFT JOIN user_credentials c ON c.user_id = u.user_id
+                 WHERE u.username = $1",
+                &[&name.as_str()],
+            )
+            .await?;
+        row.map(|row| {
+            Ok(UserCredentials {
+                user_id: UserId::new(row.get(0)),
+                username: username(&row, 1)?.ok_or_else(|| malformed("username"))?,
+                active: row.get(2),
+                password_hash: row.get(3),
+            })
+        })
+        .transpose()
+    }
+
+    async fn set_password(&self, user_id: UserId, password_hash: &str) -> Result<(), StoreError> {
+        self.query(
+            "INSERT INTO user_credentials (user_id, password_hash) VALUES ($1, $2)
+             ON CONFLICT (user_id) DO UPDATE SET password_hash = $2, updated_at = now()",
+            &[&user_id.as_uuid(), &password_hash],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn active_grants_of_client(&self, client: &ClientId) -> Result<Vec<GrantId>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT grant_id FROM grants WHERE client_id = $1 AND revoked_at IS NULL ORDER BY grant_id",
+                &[&client.as_str()],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| GrantId::new(r.get(0))).collect())
+    }
+
+    async fn active_grants_of_user(&self, user: UserId) -> Result<Vec<GrantId>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT grant_id FROM grants WHERE user_id = $1 AND revoked_at IS NULL ORDER BY grant_id",
+                &[&user.as_uuid()],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| GrantId::new(r.get(0))).collect())
+    }
+
+    async fn clients(&self) -> Result<Vec<ClientSummary>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT client_id, name, kind, redirect_uris, grant_types, scopes, disabled_at IS NULL
+                 FROM clients ORDER BY created_at, client_id",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ClientSummary {
+                client_id: r.get(0),
+                name: r.get(1),
+                kind: r.get(2),
+                redirect_uris: r.get(3),
+                grant_types: r.get(4),
+                scopes: r.get(5),
+                active: r.get(6),
+            })
+            .collect())
+    }
+}
