@@ -10,6 +10,7 @@ pub mod aggregate;
 pub mod clock;
 pub mod log;
 pub mod oauth;
+pub mod outbox;
 pub mod ports;
 pub mod read;
 pub mod secrets;

@@ -1,1 +1,223 @@
-//! See ARCHITECTURE.md: filled by a later issue.
+//! The outbox relay: publishes committed token lifecycle events from the PostgreSQL log
+//! to NATS JetStream, in log order, exactly once for consumers.
+//!
+//! - One active relay across processes: it holds a lease (an advisory lock); the others
+//!   stand by and take over when the holder's session ends.
+//! - It follows the log with a commit-safe cursor, woken by new commits.
+//! - Each message carries `Nats-Msg-Id` = the event id, so a republish after a crash
+//!   between PubAck and checkpoint is dropped by JetStream's duplicate window.
+//! - A batch is published pipelined (all messages sent, then the acks awaited in order)
+//!   and the checkpoint advances only after every ack. NATS down: the batch is retried
+//!   with backoff; nothing is skipped and the HTTP API is unaffected.
+
+mod mapping;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::PublishMessage, stream::StorageType};
+use async_nats::HeaderMap;
+use valet_app::outbox::{Lease, Leadership, RelayStatus};
+use valet_app::{EventStore, LogCursor, LogFollower, RecordedEvent, StoreError};
+use valet_wire::{TokenEvent, MSG_ID_HEADER, STREAM, SUBJECTS};
+
+pub use mapping::{GrantDirectory, MappingError};
+
+/// The lease name of the relay.
+pub const LEASE: &str = "nats-relay";
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub nats_url: String,
+    /// JetStream keeps messages this long: at least the longest access-token lifetime,
+    /// so a new resource service can bootstrap by replaying the stream.
+    pub max_age: Duration,
+    /// Events read from the log per batch.
+    pub batch: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Mapping(#[from] MappingError),
+    #[error("nats: {0}")]
+    Nats(String),
+}
+
+/// Runs forever: stand by until this process leads, then relay until the lease is lost.
+pub async fn run<S>(store: S, config: RelayConfig, status: Arc<RelayStatus>)
+where
+    S: EventStore + Leadership + Clone,
+{
+    let nats = connect(&config.nats_url, status.clone()).await;
+    let mut backoff = Backoff::new();
+    loop {
+        let lease = match store.try_acquire(LEASE).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "relay cannot reach PostgreSQL; retrying");
+                backoff.wait().await;
+                continue;
+            }
+        };
+        tracing::info!("relay is active");
+        status.set_active(true);
+        let result = lead(&store, lease, &nats, &config, &status).await;
+        status.set_active(false);
+        if let Err(error) = result {
+            tracing::warn!(%error, "relay stopped leading; standing by");
+        }
+        backoff.wait().await;
+    }
+}
+
+async fn connect(url: &str, status: Arc<RelayStatus>) -> async_nats::Client {
+    let events = status.clone();
+    let options = async_nats::ConnectOptions::new()
+        // Start even when NATS is down: events wait in PostgreSQL.
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(2))
+        .event_callback(move |event| {
+            let status = events.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => status.set_connected(true),
+                    async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                        status.set_connected(false)
+                    }
+                    _ => {}
+                }
+            }
+        });
+    loop {
+        match options.clone().connect(url).await {
+            Ok(client) => {
+                status.set_connected(client.connection_state() == async_nats::connection::State::Connected);
+                return client;
+            }
+            Err(error) => {
+                // Only a malformed URL gets here (retry_on_initial_connect handles the rest).
+                tracing::error!(%error, "cannot create the NATS client; retrying");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    }
+}
+
+/// Creates or updates the stream so its definition matches this version of Valet.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    max_age: Duration,
+) -> Result<(), RelayError> {
+    js.create_or_update_stream(jetstream::stream::Config {
+        name: STREAM.to_owned(),
+        subjects: vec![SUBJECTS.to_owned()],
+        storage: StorageType::File,
+        max_age,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| RelayError::Nats(e.to_string()))?;
+    Ok(())
+}
+
+async fn lead<S, L>(
+    store: &S,
+    mut lease: L,
+    nats: &async_nats::Client,
+    config: &RelayConfig,
+    status: &RelayStatus,
+) -> Result<(), RelayError>
+where
+    S: EventStore,
+    L: Lease,
+{
+    let js = jetstream::new(nats.clone());
+    let mut backoff = Backoff::new();
+    while let Err(error) = ensure_stream(&js, config.max_age).await {
+        status.record_failure();
+        tracing::warn!(%error, "cannot set up stream {STREAM}; retrying");
+        backoff.wait().await;
+    }
+    let mut cursor = lease.checkpoint().await?.unwrap_or(LogCursor::START);
+    status.set_backlog(lease.backlog(cursor).await?);
+    let mut follower = LogFollower::new(store, cursor).with_batch(config.batch);
+    let mut directory = GrantDirectory::default();
+    loop {
+        let batch = follower.next().await?;
+        let messages = directory.map_batch(store, &batch).await?;
+        let last = batch.last().map(RecordedEvent::cursor).unwrap_or(cursor);
+        let mut backoff = Backoff::new();
+        loop {
+            match publish(&js, &messages).await {
+                Ok(duplicates) => {
+                    status.set_connected(true);
+                    status.record_published(messages.len() as u64, duplicates, last.position);
+                    break;
+                }
+                Err(error) => {
+                    status.record_failure();
+                    status.set_connected(false);
+                    tracing::warn!(%error, pending = messages.len(), "publishing to NATS failed; retrying");
+                    // The checkpoint has not moved: report how far behind we are.
+                    status.set_backlog(lease.backlog(cursor).await?);
+                    backoff.wait().await;
+                }
+            }
+        }
+        lease.save_checkpoint(last).await?;
+        cursor = last;
+        if batch.len() >= config.batch {
+            status.set_backlog(lease.backlog(cursor).await?);
+        } else {
+            status.set_backlog(0);
+        }
+    }
+}
+
+/// Sends every message, then awaits the acks in order. Returns how many JetStream
+/// reported as duplicates (a republish after a crash).
+async fn publish(js: &jetstream::Context, messages: &[TokenEvent]) -> Result<u64, RelayError> {
+    let mut acks = Vec::with_capacity(messages.len());
+    for message in messages {
+        let mut headers = HeaderMap::new();
+        headers.insert(MSG_ID_HEADER, message.event_id.as_str());
+        let publish = PublishMessage::build()
+            .payload(message.to_json().into())
+            .headers(headers);
+        let ack = js
+            .send_publish(message.subject(), publish)
+            .await
+            .map_err(|e| RelayError::Nats(e.to_string()))?;
+        acks.push(ack);
+    }
+    let mut duplicates = 0;
+    for ack in acks {
+        let ack = ack.await.map_err(|e| RelayError::Nats(e.to_string()))?;
+        if ack.duplicate {
+            duplicates += 1;
+        }
+    }
+    Ok(duplicates)
+}
+
+/// Exponential backoff from 100 ms to 5 s.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff(Duration::from_millis(100))
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+    }
+}

@@ -3,10 +3,12 @@
 //! See `valet_app::EventStore` for the contract and ARCHITECTURE.md for why readers
 //! follow a (transaction id, position) cursor instead of the position alone.
 
+mod lease;
 mod memory;
 mod migrate;
 mod pg;
 
+pub use lease::PgLease;
 pub use memory::MemoryEventStore;
 pub use migrate::{migrate, MigrateError, MigrationReport, MIGRATIONS};
 pub use pg::{append_on, InlineProjection, PgEventStore, PgStoreConfig};

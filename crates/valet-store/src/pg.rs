@@ -82,6 +82,7 @@ pub trait InlineProjection: Send + Sync + 'static {
 
 struct Inner {
     pool: Pool,
+    config: tokio_postgres::Config,
     projection: Option<Arc<dyn InlineProjection>>,
     wake: Arc<watch::Sender<u64>>,
     notify_needed: Arc<Notify>,
@@ -127,18 +128,23 @@ impl PgEventStore {
         let wake = Arc::new(watch::channel(0u64).0);
         let notify_needed = Arc::new(Notify::new());
         let tasks = vec![
-            tokio::spawn(listen_forever(pg, wake.clone())),
+            tokio::spawn(listen_forever(pg.clone(), wake.clone())),
             tokio::spawn(notify_forever(pool.clone(), notify_needed.clone())),
         ];
         Ok(PgEventStore {
             inner: Arc::new(Inner {
                 pool,
+                config: pg.clone(),
                 projection,
                 wake,
                 notify_needed,
                 tasks,
             }),
         })
+    }
+
+    pub(crate) fn config(&self) -> &tokio_postgres::Config {
+        &self.inner.config
     }
 
     pub fn pool(&self) -> &Pool {

@@ -1,1 +1,227 @@
-//! See ARCHITECTURE.md: filled by a later issue.
+//! The public contract between Valet and resource services: the NATS JetStream stream,
+//! its subjects, and the JSON payload of every token lifecycle message.
+//!
+//! This crate is the stability boundary. It depends on nothing of Valet, so a resource
+//! service links it without the server. A changed payload shape gets a new
+//! `schema_version`; consumers refuse versions they do not know (fail closed) rather
+//! than skipping what might be a revocation.
+
+use serde::{Deserialize, Serialize};
+
+/// The JetStream stream holding token lifecycle events.
+pub const STREAM: &str = "VALET_TOKENS";
+/// Every subject of the stream starts with this.
+pub const SUBJECT_PREFIX: &str = "valet.v1";
+/// The stream's subject filter.
+pub const SUBJECTS: &str = "valet.v1.>";
+/// The message header carrying the event id, used by JetStream to drop duplicates.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+/// The payload schema this crate writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// What happened to a token or grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventType {
+    #[serde(rename = "token.issued")]
+    TokenIssued,
+    #[serde(rename = "token.revoked")]
+    TokenRevoked,
+    #[serde(rename = "grant.revoked")]
+    GrantRevoked,
+}
+
+impl EventType {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventType::TokenIssued => "token.issued",
+            EventType::TokenRevoked => "token.revoked",
+            EventType::GrantRevoked => "grant.revoked",
+        }
+    }
+
+    /// `valet.v1.<type>.<client_id>`; client ids are subject-safe by construction.
+    pub fn subject(self, client_id: &str) -> String {
+        format!("{SUBJECT_PREFIX}.{}.{client_id}", self.as_str())
+    }
+}
+
+/// Why a token or grant stopped being valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationReason {
+    ClientRequest,
+    CodeReplay,
+    RefreshReuse,
+    ConsentRevoked,
+    UserDisabled,
+    ClientDisabled,
+    Admin,
+}
+
+/// One message on the stream. Token events carry the token's SHA-256, never the token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEvent {
+    pub schema_version: u32,
+    /// The id of the event in Valet's log (also the `Nats-Msg-Id` header).
+    pub event_id: String,
+    /// The event's position in Valet's log; increases along the stream.
+    pub position: i64,
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// RFC 3339, UTC.
+    pub occurred_at: String,
+    pub client_id: String,
+    pub grant_id: String,
+    /// Lowercase hex SHA-256 of the token string (token events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<String>,
+    /// `access_token` (token events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_type: Option<String>,
+    /// The user the token acts for; absent for client_credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Space-separated, as in OAuth (token.issued).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// Unix seconds (token.issued).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+    /// Revocations only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<RevocationReason>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// A payload written by a newer (or unknown) schema: stop, do not skip it.
+    #[error("unknown schema version {0} (this consumer knows {SCHEMA_VERSION})")]
+    UnknownSchemaVersion(u32),
+    #[error("malformed token event: {0}")]
+    Malformed(String),
+}
+
+impl TokenEvent {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a token event always serialises")
+    }
+
+    /// Reads a message payload, refusing unknown schema versions before anything else.
+    pub fn from_json(payload: &[u8]) -> Result<Self, DecodeError> {
+        #[derive(Deserialize)]
+        struct Version {
+            schema_version: Option<u32>,
+        }
+        let version: Version =
+            serde_json::from_slice(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        match version.schema_version {
+            Some(SCHEMA_VERSION) => {}
+            Some(other) => return Err(DecodeError::UnknownSchemaVersion(other)),
+            None => return Err(DecodeError::Malformed("no schema_version".into())),
+        }
+        serde_json::from_slice(payload).map_err(|e| DecodeError::Malformed(e.to_string()))
+    }
+
+    pub fn subject(&self) -> String {
+        self.event_type.subject(&self.client_id)
+    }
+}
+
+/// Formats Unix milliseconds as RFC 3339 UTC with millisecond precision.
+pub fn rfc3339_from_unix_millis(millis: i64) -> String {
+    let secs = millis.div_euclid(1000);
+    let ms = millis.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 → proleptic Gregorian (year, month, day); H. Hinnant's algorithm.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> TokenEvent {
+        TokenEvent {
+            schema_version: SCHEMA_VERSION,
+            event_id: "0192f4d2-0000-7000-8000-000000000001".into(),
+            position: 42,
+            event_type: EventType::TokenIssued,
+            occurred_at: rfc3339_from_unix_millis(0),
+            client_id: "app".into(),
+            grant_id: "0192f4d2-0000-7000-8000-000000000002".into(),
+            token_sha256: Some("ab".repeat(32)),
+            token_type: Some("access_token".into()),
+            sub: None,
+            username: None,
+            scope: Some("read write".into()),
+            expires_at: Some(3600),
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn rfc3339_formatting() {
+        assert_eq!(rfc3339_from_unix_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_from_unix_millis(1_764_300_000_123),
+            "2025-11-28T03:20:00.123Z"
+        );
+        assert_eq!(
+            rfc3339_from_unix_millis(951_782_400_000),
+            "2000-02-29T00:00:00.000Z"
+        );
+        assert_eq!(rfc3339_from_unix_millis(-1), "1969-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn subjects_follow_the_contract() {
+        assert_eq!(EventType::TokenIssued.subject("app"), "valet.v1.token.issued.app");
+        assert_eq!(EventType::TokenRevoked.subject("app"), "valet.v1.token.revoked.app");
+        assert_eq!(EventType::GrantRevoked.subject("app"), "valet.v1.grant.revoked.app");
+    }
+
+    #[test]
+    fn round_trip_and_wire_names() {
+        let mut event = sample();
+        event.reason = Some(RevocationReason::RefreshReuse);
+        let json = event.to_json();
+        let text = String::from_utf8(json.clone()).expect("utf-8");
+        assert!(text.contains("\"type\":\"token.issued\""), "{text}");
+        assert!(text.contains("\"reason\":\"refresh_reuse\""), "{text}");
+        assert!(!text.contains("\"sub\""), "absent fields are omitted: {text}");
+        assert_eq!(TokenEvent::from_json(&json).expect("decode"), event);
+    }
+
+    #[test]
+    fn unknown_schema_versions_fail_closed() {
+        let mut value: serde_json::Value = serde_json::from_slice(&sample().to_json()).expect("json");
+        value["schema_version"] = 2.into();
+        let err = TokenEvent::from_json(value.to_string().as_bytes()).expect_err("must refuse");
+        assert!(matches!(err, DecodeError::UnknownSchemaVersion(2)));
+        value.as_object_mut().expect("object").remove("schema_version");
+        assert!(TokenEvent::from_json(value.to_string().as_bytes()).is_err());
+    }
+}
