@@ -2,6 +2,9 @@
 //! contract suite that every `EventStore` implementation must pass.
 
 pub mod contract;
+pub mod html;
+pub mod nats;
+pub mod server;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

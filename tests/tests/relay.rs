@@ -1,0 +1,273 @@
+//! The outbox relay against the real PostgreSQL and a private nats-server:
+//! log order and Nats-Msg-Id, deduplicated republish after a crash before the
+//! checkpoint (SECURITY.md 39, relay side), a NATS outage during issuance and
+//! revocation (SECURITY.md 40), and standby takeover.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use valet_app::admin::{ClientType, NewClient};
+use valet_app::oauth::{ClientAuth, OAuth, RequestMeta, Settings};
+use valet_app::outbox::{Lease, Leadership, RelayStatus};
+use valet_app::{LogCursor, SystemClock};
+use valet_domain::{AccessTokenTtl, CodeTtl, RefreshTokenTtl, TokenHash};
+use valet_projector::{PgReadModels, ReadModelProjection};
+use valet_relay::RelayConfig;
+use valet_store::{PgEventStore, PgStoreConfig};
+use valet_tests::nats::TestNats;
+use valet_tests::TestDb;
+use valet_wire::{EventType, TokenEvent, STREAM};
+
+type App = OAuth<PgEventStore, PgReadModels, SystemClock>;
+
+async fn app(db: &TestDb) -> App {
+    let store = PgEventStore::connect_with(
+        PgStoreConfig::new(db.url.clone()),
+        Some(Arc::new(ReadModelProjection)),
+    )
+    .await
+    .expect("store");
+    let reads = PgReadModels::new(store.pool().clone());
+    OAuth::new(
+        store,
+        reads,
+        SystemClock,
+        Settings {
+            issuer: "http://127.0.0.1:8080".into(),
+            access_ttl: AccessTokenTtl::new(3600).expect("ttl"),
+            refresh_ttl: RefreshTokenTtl::new(86_400).expect("ttl"),
+            code_ttl: CodeTtl::new(60).expect("ttl"),
+        },
+    )
+}
+
+struct Service {
+    auth: ClientAuth,
+    client_id: String,
+}
+
+async fn service(app: &App) -> Service {
+    let created = app
+        .create_client(
+            NewClient {
+                name: "svc".into(),
+                client_type: ClientType::Confidential,
+                redirect_uris: vec![],
+                grant_types: vec![],
+                scopes: vec!["read".into()],
+            },
+            &RequestMeta::default(),
+        )
+        .await
+        .expect("client");
+    Service {
+        auth: ClientAuth::Secret {
+            client_id: created.client_id.clone(),
+            secret: created.client_secret.expect("secret"),
+        },
+        client_id: created.client_id,
+    }
+}
+
+/// Issues `n` tokens and revokes every other one; returns the raw tokens.
+async fn issue_and_revoke(app: &App, svc: &Service, n: usize) -> Vec<String> {
+    let client = app.authenticate(&svc.auth).await.expect("auth");
+    let meta = RequestMeta::default();
+    let mut tokens = Vec::new();
+    for i in 0..n {
+        let token = app
+            .client_credentials(&client, None, &meta)
+            .await
+            .expect("token")
+            .access_token;
+        if i % 2 == 1 {
+            app.revoke(&client, &token, None, &meta).await.expect("revoke");
+        }
+        tokens.push(token);
+    }
+    tokens
+}
+
+fn relay_config(nats: &TestNats) -> RelayConfig {
+    RelayConfig {
+        nats_url: nats.url(),
+        max_age: Duration::from_secs(86_400),
+        batch: 100,
+    }
+}
+
+fn start_relay(app: &App, nats: &TestNats) -> (tokio::task::JoinHandle<()>, Arc<RelayStatus>) {
+    let status = Arc::new(RelayStatus::default());
+    let task = tokio::spawn(valet_relay::run(
+        app.store.clone(),
+        relay_config(nats),
+        status.clone(),
+    ));
+    (task, status)
+}
+
+async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn events_in_stream(nats: &TestNats) -> Vec<(TokenEvent, String)> {
+    nats.stream_messages(STREAM)
+        .await
+        .into_iter()
+        .map(|m| {
+            let id = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .map(|v| v.as_str().to_owned())
+                .expect("every message carries Nats-Msg-Id");
+            let event = TokenEvent::from_json(&m.payload).expect("a valid token event");
+            assert_eq!(m.subject.as_str(), event.subject());
+            (event, id)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_publishes_every_token_event_in_log_order_with_its_event_id() {
+    let db = TestDb::create().await;
+    let nats = TestNats::start().await;
+    let app = app(&db).await;
+    let svc = service(&app).await;
+    let tokens = issue_and_revoke(&app, &svc, 10).await;
+    let (relay, status) = start_relay(&app, &nats);
+    wait_until("15 messages", Duration::from_secs(20), || status.snapshot().published >= 15).await;
+
+    let events = events_in_stream(&nats).await;
+    assert_eq!(events.len(), 15, "10 issued + 5 revoked");
+    for (event, msg_id) in &events {
+        assert_eq!(&event.event_id, msg_id);
+        assert_eq!(event.client_id, svc.client_id);
+    }
+    assert!(events.windows(2).all(|w| w[0].0.position < w[1].0.position));
+    let issued = events.iter().filter(|(e, _)| e.event_type == EventType::TokenIssued).count();
+    let revoked = events.iter().filter(|(e, _)| e.event_type == EventType::TokenRevoked).count();
+    assert_eq!((issued, revoked), (10, 5));
+    // The stream names tokens by digest only.
+    for (event, _) in &events {
+        assert_eq!(event.token_sha256.as_deref().map(str::len), Some(64));
+    }
+    assert_eq!(
+        events[0].0.token_sha256.as_deref(),
+        Some(TokenHash::of(&tokens[0]).to_string().as_str())
+    );
+    let snapshot = status.snapshot();
+    assert!(snapshot.active && snapshot.nats_connected);
+    assert_eq!(snapshot.backlog, 0);
+    relay.abort();
+    db.drop_database().await;
+}
+
+/// SECURITY.md 39 (relay side): the relay dies after publishing but before saving its
+/// checkpoint. Its successor republishes from the old checkpoint; JetStream drops the
+/// duplicates by Nats-Msg-Id, so consumers see each event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s39_republish_after_a_crash_before_the_checkpoint_is_deduplicated() {
+    let db = TestDb::create().await;
+    let nats = TestNats::start().await;
+    let app = app(&db).await;
+    let svc = service(&app).await;
+    issue_and_revoke(&app, &svc, 6).await;
+    let (relay, status) = start_relay(&app, &nats);
+    wait_until("9 messages", Duration::from_secs(20), || status.snapshot().published >= 9).await;
+    relay.abort();
+    let _ = relay.await;
+
+    // Rewind the checkpoint: exactly what a crash between PubAck and checkpoint leaves.
+    let mut lease = loop {
+        if let Some(lease) = app.store.try_acquire(valet_relay::LEASE).await.expect("lease") {
+            break lease;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    lease.save_checkpoint(LogCursor::START).await.expect("rewind");
+    drop(lease);
+
+    let (relay, status) = start_relay(&app, &nats);
+    wait_until("the republish", Duration::from_secs(20), || status.snapshot().published >= 9).await;
+    let snapshot = status.snapshot();
+    assert_eq!(snapshot.duplicates, 9, "every republished message was a duplicate");
+    assert_eq!(events_in_stream(&nats).await.len(), 9, "the stream holds each event once");
+    relay.abort();
+    db.drop_database().await;
+}
+
+/// SECURITY.md 40: NATS goes down while tokens are issued and revoked. Issuance keeps
+/// working, the relay reports the backlog, and once NATS is back every event arrives,
+/// in log order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s40_nats_outage_during_issuance_and_revocation_loses_nothing() {
+    let db = TestDb::create().await;
+    let mut nats = TestNats::start().await;
+    let app = app(&db).await;
+    let svc = service(&app).await;
+    let (relay, status) = start_relay(&app, &nats);
+    issue_and_revoke(&app, &svc, 4).await;
+    wait_until("6 messages", Duration::from_secs(20), || status.snapshot().published >= 6).await;
+
+    nats.stop().await;
+    let during = issue_and_revoke(&app, &svc, 20).await;
+    assert_eq!(during.len(), 20, "the use cases do not depend on NATS");
+    wait_until("the backlog to show", Duration::from_secs(30), || {
+        let s = status.snapshot();
+        !s.nats_connected && s.backlog > 0
+    })
+    .await;
+
+    nats.resume().await;
+    wait_until("the backlog to drain", Duration::from_secs(60), || {
+        let s = status.snapshot();
+        s.published >= 36 && s.backlog == 0
+    })
+    .await;
+    let events = events_in_stream(&nats).await;
+    assert_eq!(events.len(), 36, "6 before + 30 during the outage");
+    assert!(events.windows(2).all(|w| w[0].0.position < w[1].0.position));
+    relay.abort();
+    db.drop_database().await;
+}
+
+/// One relay is active at a time; when it dies a standby takes over and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_relay_takes_over_when_the_active_one_dies() {
+    let db = TestDb::create().await;
+    let nats = TestNats::start().await;
+    let app = app(&db).await;
+    let svc = service(&app).await;
+    let (first, first_status) = start_relay(&app, &nats);
+    wait_until("the first relay to lead", Duration::from_secs(10), || {
+        first_status.snapshot().active
+    })
+    .await;
+    let (second, second_status) = start_relay(&app, &nats);
+    issue_and_revoke(&app, &svc, 2).await;
+    wait_until("3 messages", Duration::from_secs(20), || {
+        first_status.snapshot().published >= 3
+    })
+    .await;
+    assert!(!second_status.snapshot().active, "two relays active at once");
+
+    first.abort();
+    let _ = first.await;
+    wait_until("the standby to take over", Duration::from_secs(15), || {
+        second_status.snapshot().active
+    })
+    .await;
+    issue_and_revoke(&app, &svc, 2).await;
+    wait_until("3 more messages", Duration::from_secs(20), || {
+        second_status.snapshot().published >= 3
+    })
+    .await;
+    assert_eq!(events_in_stream(&nats).await.len(), 6);
+    second.abort();
+    db.drop_database().await;
+}
