@@ -89,7 +89,11 @@ pub fn forms(html: &str) -> Vec<Form> {
             }
             "input" | "button" if !tag.closing => {
                 if let Some(form) = current.as_mut() {
-                    let default_kind = if tag.name == "input" { "text" } else { "submit" };
+                    let default_kind = if tag.name == "input" {
+                        "text"
+                    } else {
+                        "submit"
+                    };
                     form.fields.push(Field {
                         tag: tag.name.clone(),
                         kind: tag
@@ -221,7 +225,10 @@ pub fn unescape(s: &str) -> String {
     while let Some(amp) = rest.find('&') {
         out.push_str(&rest[..amp]);
         rest = &rest[amp..];
-        let Some(semi) = rest[..rest.len().min(12)].find(';') else {
+        // Entities are short; look for the ';' within the first 12 bytes (on a char
+        // boundary: `rest` may hold multi-byte characters).
+        let window = rest.char_indices().nth(12).map_or(rest.len(), |(i, _)| i);
+        let Some(semi) = rest[..window].find(';') else {
             out.push('&');
             rest = &rest[1..];
             continue;

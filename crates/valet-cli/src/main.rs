@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand};
 mod admin;
 mod wiring;
 
-use valet_store::{PgEventStore, PgStoreConfig};
+use std::sync::Arc;
+use std::time::Duration;
+
+use valet_app::outbox::RelayStatus;
+use valet_relay::RelayConfig;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -75,6 +79,9 @@ struct Config {
     /// Authorization-code lifetime in seconds (at most 600).
     #[arg(long, env = "VALET_CODE_TTL", default_value_t = 60, global = true)]
     code_ttl: u32,
+    /// PostgreSQL connections of `valet serve`.
+    #[arg(long, env = "VALET_DB_POOL_SIZE", default_value_t = 32, global = true)]
+    db_pool_size: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -212,22 +219,49 @@ fn validate(config: &Config) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let store = PgEventStore::connect(PgStoreConfig::new(config.database_url.clone()))
-        .await
-        .context("connect to the event store")?;
-    let app = valet_http::router(valet_http::AppState { readiness: store });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
+    let addr = listener.local_addr().context("read the bound address")?;
     let issuer = config
         .issuer
         .clone()
-        .unwrap_or_else(|| format!("http://{}", config.listen));
-    tracing::info!(listen = %config.listen, %issuer, "valet serving");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let oauth = wiring::oauth(&config, issuer.clone(), config.db_pool_size).await?;
+    let candidate = valet_app::secrets::random_bytes::<32>().context("draw a session key")?;
+    let session_key = oauth
+        .store
+        .shared_secret("session_key", candidate)
         .await
-        .context("http server")?;
+        .context("load the session key")?;
+
+    let relay_status = Arc::new(RelayStatus::default());
+    let relay = tokio::spawn(valet_relay::run(
+        oauth.store.clone(),
+        RelayConfig {
+            nats_url: config.nats_url.clone(),
+            // Resource services bootstrap by replaying the stream: keep at least a day,
+            // and never less than an access token lives.
+            max_age: Duration::from_secs(u64::from(config.access_token_ttl).max(86_400)),
+            batch: 500,
+        },
+        relay_status.clone(),
+    ));
+
+    let state = Arc::new(valet_http::AppState::new(oauth, session_key).with_relay(relay_status));
+    let app = valet_http::router(state);
+    tracing::info!(listen = %addr, %issuer, "valet serving");
+    // Scripts and tests wait for this line: the socket is bound and accepting.
+    println!("valet listening on http://{addr}");
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .context("http server")?;
+    relay.abort();
     Ok(())
 }
 

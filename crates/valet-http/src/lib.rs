@@ -1,45 +1,286 @@
 //! The HTTP surface: axum routers, RFC 6749 error mapping, login and consent pages.
 //!
 //! Handlers are thin: extract, build a command, call one use case, map the result.
+//! Nothing here logs a token, code, secret, password, query string or body: the request
+//! log names the matched route only.
+
+mod authorize;
+mod client_auth;
+mod html;
+mod observe;
+mod params;
+mod rate_limit;
+mod signing;
+mod token;
 
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{from_fn, from_fn_with_state, map_response};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
-use valet_app::Readiness;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use valet_app::oauth::OAuth;
+use valet_app::outbox::RelayStatus;
+use valet_app::read::ReadModels;
+use valet_app::secrets::{random_bytes, RandomnessError};
+use valet_app::{Clock, EventStore, Readiness};
+
+pub use authorize::{CookieTransport, CSRF_COOKIE, SESSION_COOKIE};
+pub use observe::{Metrics, RequestContext, X_REQUEST_ID};
+
+use crate::observe::observe;
+use crate::params::{FormError, Params};
+use crate::rate_limit::{FailureLimiter, LimitPolicy};
+use crate::signing::Signer;
 
 /// Request bodies above this size are refused with 413 before any parsing.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// Everything the handlers need, shared by all requests.
-pub struct AppState<R> {
-    pub readiness: R,
+/// Everything the handlers need, shared by all requests. The event store doubles as the
+/// readiness probe (`/readyz` asks it).
+pub struct AppState<S, R, C> {
+    pub oauth: OAuth<S, R, C>,
+    signer: Signer,
+    cookie_transport: CookieTransport,
+    /// Failed client authentications at /token, /revoke and /introspect.
+    client_failures: FailureLimiter,
+    /// Failed sign-ins on the login page.
+    login_failures: FailureLimiter,
+    metrics: Arc<Metrics>,
+    /// The NATS relay of this process, reported by `/readyz` and `/metrics`.
+    relay: Option<Arc<RelayStatus>>,
 }
 
-pub fn router<R: Readiness>(state: AppState<R>) -> Router {
+impl<S, R, C> AppState<S, R, C> {
+    /// `session_key` signs session and CSRF cookies. With a key generated at start-up
+    /// ([`random_session_key`]) sessions end when the process restarts; pass a stored
+    /// key to keep them, and the same key to every instance behind one issuer.
+    pub fn new(oauth: OAuth<S, R, C>, session_key: [u8; 32]) -> Self {
+        let cookie_transport = CookieTransport::for_issuer(&oauth.settings.issuer);
+        AppState {
+            oauth,
+            signer: Signer::new(session_key),
+            cookie_transport,
+            client_failures: FailureLimiter::new(LimitPolicy::DEFAULT),
+            login_failures: FailureLimiter::new(LimitPolicy::DEFAULT),
+            metrics: Arc::default(),
+            relay: None,
+        }
+    }
+
+    /// Reports the relay's state (lease, NATS connection, backlog) in `/readyz` and
+    /// `/metrics`.
+    pub fn with_relay(mut self, status: Arc<RelayStatus>) -> Self {
+        self.relay = Some(status);
+        self
+    }
+}
+
+/// 256 bits from the OS CSPRNG, for [`AppState::new`].
+pub fn random_session_key() -> Result<[u8; 32], RandomnessError> {
+    random_bytes()
+}
+
+pub fn router<S, R, C>(state: Arc<AppState<S, R, C>>) -> Router
+where
+    S: EventStore + Readiness,
+    R: ReadModels,
+    C: Clock,
+{
+    let metrics = state.metrics.clone();
+    let no_store = || map_response(token::no_store);
     Router::new()
+        .route("/authorize", get(authorize::show::<S, R, C>))
+        .route("/authorize/login", post(authorize::login::<S, R, C>))
+        .route("/authorize/consent", post(authorize::consent::<S, R, C>))
+        .route("/token", post(token::token::<S, R, C>).layer(no_store()))
+        .route("/revoke", post(token::revoke::<S, R, C>).layer(no_store()))
+        .route(
+            "/introspect",
+            post(token::introspect::<S, R, C>).layer(no_store()),
+        )
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(server_metadata::<S, R, C>),
+        )
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz::<R>))
+        .route("/readyz", get(readyz::<S, R, C>))
+        .route("/metrics", get(metrics_text::<S, R, C>))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(Arc::new(state))
+        .layer(from_fn(observe::refuse_large_bodies))
+        .layer(from_fn_with_state(metrics, observe))
+        .with_state(state)
+}
+
+/// Why a form body was refused (400 at every endpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum FormRejection {
+    #[error("the body is not application/x-www-form-urlencoded")]
+    ContentType,
+    #[error(transparent)]
+    Undecodable(#[from] FormError),
+    #[error("a parameter was repeated")]
+    Repeated,
+}
+
+/// A form body, with repeated parameters refused (RFC 6749 §3.1, §3.2).
+pub(crate) fn read_form(headers: &HeaderMap, body: &[u8]) -> Result<Params, FormRejection> {
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| {
+            mime.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !is_form {
+        return Err(FormRejection::ContentType);
+    }
+    let form = Params::parse(body)?;
+    if form.first_repeated().is_some() {
+        return Err(FormRejection::Repeated);
+    }
+    Ok(form)
+}
+
+/// RFC 8414 §2. Only what is implemented is advertised: no implicit or password grant,
+/// S256 only.
+#[derive(Serialize)]
+struct ServerMetadata<'a> {
+    issuer: &'a str,
+    authorization_endpoint: String,
+    token_endpoint: String,
+    revocation_endpoint: String,
+    introspection_endpoint: String,
+    response_types_supported: [&'static str; 1],
+    grant_types_supported: [&'static str; 3],
+    code_challenge_methods_supported: [&'static str; 1],
+    token_endpoint_auth_methods_supported: [&'static str; 3],
+    revocation_endpoint_auth_methods_supported: [&'static str; 2],
+    introspection_endpoint_auth_methods_supported: [&'static str; 2],
+}
+
+async fn server_metadata<S, R, C>(State(app): State<Arc<AppState<S, R, C>>>) -> Response
+where
+    S: EventStore + Readiness,
+    R: ReadModels,
+    C: Clock,
+{
+    let issuer = app.oauth.settings.issuer.as_str();
+    let base = issuer.trim_end_matches('/');
+    let endpoint = |path: &str| format!("{base}{path}");
+    let secret_methods = ["client_secret_basic", "client_secret_post"];
+    Json(ServerMetadata {
+        issuer,
+        authorization_endpoint: endpoint("/authorize"),
+        token_endpoint: endpoint("/token"),
+        revocation_endpoint: endpoint("/revoke"),
+        introspection_endpoint: endpoint("/introspect"),
+        response_types_supported: ["code"],
+        grant_types_supported: ["authorization_code", "refresh_token", "client_credentials"],
+        code_challenge_methods_supported: ["S256"],
+        token_endpoint_auth_methods_supported: [
+            "client_secret_basic",
+            "client_secret_post",
+            "none",
+        ],
+        revocation_endpoint_auth_methods_supported: secret_methods,
+        introspection_endpoint_auth_methods_supported: secret_methods,
+    })
+    .into_response()
 }
 
 async fn healthz() -> Response {
     plain(StatusCode::OK, "ok\n")
 }
 
-async fn readyz<R: Readiness>(State(state): State<Arc<AppState<R>>>) -> Response {
-    match state.readiness.ready().await {
-        Ok(()) => plain(StatusCode::OK, "ready\n"),
+/// `/readyz` body: whether the database answers, and what the relay is doing. A NATS
+/// outage does not make the server unready (events wait in the log), it shows here.
+#[derive(Serialize)]
+struct ReadyBody {
+    status: &'static str,
+    database: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relay: Option<RelayBody>,
+}
+
+#[derive(Serialize)]
+struct RelayBody {
+    /// This process holds the relay lease (another process may be relaying instead).
+    active: bool,
+    nats_connected: bool,
+    backlog: i64,
+    last_position: i64,
+}
+
+async fn readyz<S, R, C>(State(app): State<Arc<AppState<S, R, C>>>) -> Response
+where
+    S: EventStore + Readiness,
+    R: ReadModels,
+    C: Clock,
+{
+    let relay = app.relay.as_ref().map(|r| {
+        let s = r.snapshot();
+        RelayBody {
+            active: s.active,
+            nats_connected: s.nats_connected,
+            backlog: s.backlog,
+            last_position: s.last_position,
+        }
+    });
+    let (status, body) = match app.oauth.store.ready().await {
+        Ok(()) => (
+            StatusCode::OK,
+            ReadyBody {
+                status: "ready",
+                database: "ok",
+                relay,
+            },
+        ),
         Err(error) => {
             // The detail goes to the log only: it may name hosts or database internals.
             tracing::warn!(%error, "readiness check failed");
-            plain(StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n")
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ReadyBody {
+                    status: "unavailable",
+                    database: "unreachable",
+                    relay,
+                },
+            )
         }
+    };
+    let mut res = (status, Json(body)).into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+async fn metrics_text<S, R, C>(State(app): State<Arc<AppState<S, R, C>>>) -> Response
+where
+    S: EventStore + Readiness,
+    R: ReadModels,
+    C: Clock,
+{
+    let mut text = app.metrics.render();
+    if let Some(relay) = &app.relay {
+        observe::render_relay(&mut text, &relay.snapshot());
     }
+    (
+        StatusCode::OK,
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        text,
+    )
+        .into_response()
 }
 
 fn plain(status: StatusCode, body: &'static str) -> Response {
@@ -52,4 +293,42 @@ fn plain(status: StatusCode, body: &'static str) -> Response {
         body,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form_headers(content_type: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(content_type).unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn forms_need_the_form_content_type() {
+        let ok = form_headers("application/x-www-form-urlencoded; charset=UTF-8");
+        assert!(read_form(&ok, b"a=1").is_ok());
+        assert_eq!(
+            read_form(&form_headers("application/json"), b"a=1"),
+            Err(FormRejection::ContentType)
+        );
+        assert_eq!(
+            read_form(&HeaderMap::new(), b""),
+            Err(FormRejection::ContentType)
+        );
+    }
+
+    #[test]
+    fn forms_refuse_repeats_and_binary() {
+        let h = form_headers("application/x-www-form-urlencoded");
+        assert_eq!(read_form(&h, b"a=1&a=2"), Err(FormRejection::Repeated));
+        assert!(matches!(
+            read_form(&h, b"a=\xff\xfe"),
+            Err(FormRejection::Undecodable(_))
+        ));
+    }
 }

@@ -1,0 +1,602 @@
+//! The authorization endpoint (RFC 6749 §4.1.1) and its login and consent forms.
+//!
+//! Parameters travel GET → form → POST through the browser, so every POST validates
+//! them again. Errors about the client or its redirect URI are shown here and never
+//! redirected (§4.1.2.1); every other error goes back to the client with its `state`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{Extension, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use valet_app::oauth::{
+    AuthenticatedUser, AuthorizationRequest, AuthorizeParams, AuthorizeRejection, ErrorCode,
+    LoginError, OAuthError,
+};
+use valet_app::read::ReadModels;
+use valet_app::{Clock, EventStore, Readiness};
+use valet_domain::UserId;
+
+use crate::html::{self, ConsentView, Hidden, LoginFailed, LoginView};
+use crate::observe::RequestContext;
+use crate::params::{append_query, encode_pairs, Params};
+use crate::rate_limit::{LimitKey, Verdict};
+use crate::signing::{self, SESSION_SECONDS};
+use crate::{read_form, AppState};
+
+pub const SESSION_COOKIE: &str = "valet_session";
+pub const CSRF_COOKIE: &str = "valet_csrf";
+
+/// Whether a parameter came twice, and whether that leaves the redirect URI trustworthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    None,
+    /// client_id or redirect_uri: we cannot know where to send the error.
+    Untrusted,
+    Other,
+}
+
+/// The authorization parameters of a query string or a re-posted form.
+struct Incoming {
+    params: AuthorizeParams,
+    repeat: Repeat,
+}
+
+impl Incoming {
+    fn read(p: &Params) -> Self {
+        let repeat = if p.is_repeated("client_id") || p.is_repeated("redirect_uri") {
+            Repeat::Untrusted
+        } else if p.first_repeated().is_some() {
+            Repeat::Other
+        } else {
+            Repeat::None
+        };
+        let value = |name| p.field(name).value().map(str::to_owned);
+        Incoming {
+            params: AuthorizeParams {
+                client_id: value("client_id"),
+                redirect_uri: value("redirect_uri"),
+                response_type: value("response_type"),
+                scope: value("scope"),
+                state: value("state"),
+                code_challenge: value("code_challenge"),
+                code_challenge_method: value("code_challenge_method"),
+            },
+            repeat,
+        }
+    }
+}
+
+/// The parameters present, by name, in a fixed order.
+fn param_pairs(p: &AuthorizeParams) -> Vec<(&'static str, &str)> {
+    [
+        ("response_type", &p.response_type),
+        ("client_id", &p.client_id),
+        ("redirect_uri", &p.redirect_uri),
+        ("scope", &p.scope),
+        ("state", &p.state),
+        ("code_challenge", &p.code_challenge),
+        ("code_challenge_method", &p.code_challenge_method),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| value.as_deref().map(|v| (name, v)))
+    .collect()
+}
+
+/// 302 answers a GET; after a POST it must be 303 so the browser does not re-post the
+/// form (with the password) to the client (RFC 9700 §4.12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answering {
+    Get,
+    Post,
+}
+
+fn redirect(answering: Answering, location: &str) -> Response {
+    let status = match answering {
+        Answering::Get => StatusCode::FOUND,
+        Answering::Post => StatusCode::SEE_OTHER,
+    };
+    let Ok(location) = HeaderValue::from_str(location) else {
+        // Registered URIs are ASCII; this would be a registration bug, not user input.
+        tracing::error!("a redirect URI is not a valid Location header");
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Something is wrong with this application",
+            "Its return address cannot be used. Please contact the application's developer.",
+        );
+    };
+    let mut res = status.into_response();
+    let h = res.headers_mut();
+    h.insert(header::LOCATION, location);
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    res
+}
+
+/// Sends an error back to the client (RFC 6749 §4.1.2.1).
+fn redirect_error(
+    answering: Answering,
+    redirect_uri: &str,
+    code: ErrorCode,
+    description: &str,
+    state: Option<&str>,
+) -> Response {
+    let mut pairs = vec![("error", code.as_str()), ("error_description", description)];
+    pairs.extend(state.map(|s| ("state", s)));
+    redirect(answering, &append_query(redirect_uri, &pairs))
+}
+
+fn page(status: StatusCode, title: &str, message: &str) -> Response {
+    html::response(status, html::message_page(title, message))
+}
+
+fn no_redirect(reason: &str) -> Response {
+    page(
+        StatusCode::BAD_REQUEST,
+        "This request can't be completed",
+        reason,
+    )
+}
+
+fn undecodable() -> Response {
+    no_redirect("The request is malformed. Go back to the application and try again.")
+}
+
+fn forbidden() -> Response {
+    page(
+        StatusCode::FORBIDDEN,
+        "This form has expired",
+        "The form was not sent from this page or is too old. Go back to the application and start again.",
+    )
+}
+
+fn unavailable(detail: &str) -> Response {
+    tracing::warn!(%detail, "authorization failed: service unavailable");
+    page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Temporarily unavailable",
+        "We can't complete your sign-in right now. Please try again in a moment.",
+    )
+}
+
+fn too_many_attempts(retry_after: std::time::Duration) -> Response {
+    let mut res = page(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many attempts",
+        "Too many failed sign-in attempts. Please wait a minute and try again.",
+    );
+    res.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(retry_after.as_secs()),
+    );
+    res
+}
+
+/// Validates the parameters; any answer other than a valid request is the response.
+async fn validate<S, R, C>(
+    app: &AppState<S, R, C>,
+    incoming: &Incoming,
+    answering: Answering,
+) -> Result<AuthorizationRequest, Response>
+where
+    S: EventStore + Readiness,
+    R: ReadModels,
+    C: Clock,
+{
+    if incoming.repeat == Repeat::Untrusted {
+        return Err(no_redirect(
+            "The request names its application or return address more than once.",
+        ));
+    }
+    let repeated = |redirect_uri: &str| {
+        redirect_error(
+            answering,
+            redirect_uri,
+            ErrorCode::InvalidRequest,
+            "a parameter was repeated",
+            incoming.params.state.as_deref(),
+        )
+    };
+    match app.oauth.validate_authorization(&incoming.params).await {
+        Err(AuthorizeRejection::NoRedirect { reason }) => Err(no_redirect(reason)),
+        Err(AuthorizeRejection::Unavailable(detail)) => Err(unavailable(&detail)),
+        Err(AuthorizeRejection::Redirect { redirect_uri, .. })
+            if incoming.repeat == Repeat::Other =>
+        {
+            Err(repeated(&redirect_uri))
+        }
+        Err(AuthorizeRejection::Redirect {
+            redirect_uri,
+            code,
+            description,
+            state,
+        }) => Err(redirect_error(
+            answering,
+            &redirect_uri,
+            code,
+            description,
+            state.as_deref(),
+        )),
+        Ok(request) if incoming.repeat == Repeat::Other => {
+            Err(repeated(request.redirect_uri.as_str()))
+        }
+        Ok(request) => Ok(request),
+    }
+}
+
+/// The values of every cookie called `name`, across all Cookie headers.
+fn cookies<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(move |pair| {
+            let (n, value) = pair.trim().split_once('=')?;
+            (n == name).then_some(value.trim())
+        })
+}
+
+fn set_cookie_attributes<S, R, C>(app: &AppState<S, R, C>) -> &'static str {
+    match app.cookie_transport {
+        CookieTransport::HttpsOnly => "; Path=/; HttpOnly; SameSite=Lax; Secure",
+        CookieTransport::Any => "; Path=/; HttpOnly; SameSite=Lax",
+    }
+}
+
+/// Whether cookies get the `Secure` attribute (when the issuer is https).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CookieTransport {
+    HttpsOnly,
+    Any,
+}
+
+impl CookieTransport {
+    pub fn for_issuer(issuer: &str) -> Self {
+        if issuer
+            .get(..8)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+        {
+            CookieTransport::HttpsOnly
+        } else {
+            CookieTransport::Any
+        }
+    }
+}
+
+/// The user of a valid session cookie, if any.
+fn session_user<S, R, C: Clock>(app: &AppState<S, R, C>, headers: &HeaderMap) -> Option<UserId> {
+    let now = app.oauth.clock.now().as_unix_seconds();
+    cookies(headers, SESSION_COOKIE).find_map(|v| app.signer.verify_session(v, now).ok())
+}
+
+fn csrf_matches<S, R, C>(app: &AppState<S, R, C>, headers: &HeaderMap, form: &Params) -> bool {
+    let Some(field) = form.field("csrf_token").value() else {
+        return false;
+    };
+    cookies(headers, CSRF_COOKIE).any(|cookie| app.signer.verify_csrf(cookie, field))
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create a CSRF cookie: {0}")]
+struct CsrfCookieError(String);
+
+/// The CSRF cookie to use for a page: the browser's own if it has one, else a new one
+/// (with its Set-Cookie header).
+fn csrf_cookie<S, R, C>(
+    app: &AppState<S, R, C>,
+    headers: &HeaderMap,
+) -> Result<(String, Option<HeaderValue>), CsrfCookieError> {
+    if let Some(existing) = cookies(headers, CSRF_COOKIE).find(|v| signing::is_csrf_cookie(v)) {
+        return Ok((existing.to_owned(), None));
+    }
+    let fresh = signing::new_csrf_cookie().map_err(|e| CsrfCookieError(e.to_string()))?;
+    let header = format!("{CSRF_COOKIE}={fresh}{}", set_cookie_attributes(app));
+    let header = HeaderValue::from_str(&header).map_err(|e| CsrfCookieError(e.to_string()))?;
+    Ok((fresh, Some(header)))
+}
+
+fn with_cookie(mut res: Response, cookie: Option<HeaderValue>) -> Response {
+    if let Some(cookie) = cookie {
+        res.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    res
+}
+
+fn hidden_fields<'a>(csrf: &'a str, params: &'a AuthorizeParams) -> Vec<Hidden<'a>> {
+    std::iter::once(("csrf_token", csrf))
+        .chain(param_pairs(params))
+        .map(|(name, value)| Hidden { name, value })
+        .collect()
+}
+
+fn login_form<S, R, C>(
+    app: &AppState<S, R, C>,
+    headers: &HeaderMap,
+    request: &AuthorizationRequest,
+    params: &AuthorizeParams,
+    username: &str,
+    failed: LoginFailed,
+) -> Response {
+    let (csrf, set_cookie) = match csrf_cookie(app, headers) {
+        Ok(c) => c,
+        Err(e) => return unavailable(&e.to_string()),
+    };
+    let field = app.signer.csrf_field(&csrf);
+    let body = html::login_page(&LoginView {
+        client_name: &request.client_name,
+        hidden: &hidden_fields(&field, params),
+        username,
+        failed,
+    });
+    let status = match failed {
+        LoginFailed::No => StatusCode::OK,
+        LoginFailed::Yes => StatusCode::UNAUTHORIZED,
+    };
+    with_cookie(html::response(status, body), set_cookie)
+}
+
+fn consent_form<S, R, C>(
+    app: &AppState<S, R, C>,
+    headers: &HeaderMap,
+    request: &AuthorizationRequest,
+    params: &AuthorizeParams,
+    user: &AuthenticatedUser,
+) -> Response {
+    let (csrf, set_cookie) = match csrf_cookie(app, headers) {
+        Ok(c) => c,
+        Err(e) => return unavailable(&e.to_string()),
+    };
+    let field = app.signer.csrf_field(&csrf);
+    let body = html::consent_page(&ConsentView {
+        client_name: &request.client_name,
+        username: user.username.as_str(),
+        scopes: request.scope.iter().map(|s| s.as_str()).collect(),
+        redirect_uri: request.redirect_uri.as_str(),
+        hidden: &hidden_fields(&field, params),
+    });
+    with_cookie(html::response(StatusCode::OK, body), set_cookie)
+}
+
+/// The user approved (now or earlier): issue a code and send it to the client.
+async fn issue_code<S, R, C>(
+    app: &AppState<S, R, C>,
+    ctx: &RequestContext,
+    user: &AuthenticatedUser,
+    request: &AuthorizationRequest,
+    answering: Answering,
+) -> Response
+where
+    S: EventStore + Readiness,
+    R: ReadModels,
+    C: Clock,
+{
+    let redirect_uri = request.redirect_uri.as_str();
+    let state = request.state.as_deref();
+    match app.oauth.approve(user, request, &ctx.meta()).await {
+        Ok(code) => {
+            let mut pairs = vec![("code", code.as_str())];
+            pairs.extend(state.map(|s| ("state", s)));
+            redirect(answering, &append_query(redirect_uri, &pairs))
+        }
+        Err(OAuthError::Protocol { code, description }) => {
+            redirect_error(answering, redirect_uri, code, description, state)
+        }
+        Err(OAuthError::Unavailable(detail)) => unavailable(&detail),
+    }
+}
+
+/// `GET /authorize`.
+pub async fn show<S, R, C>(
+    State(app): State<Arc<AppState<S, R, C>>>,
+    Extension(ctx): Extension<RequestContext>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response
+where
+    S: EventStore + Readiness,
+    R: ReadModels,
+    C: Clock,
+{
+    let Ok(query) = Params::parse(uri.query().unwrap_or_default().as_bytes()) else {
+        return undecodable();
+    };
+    let incoming = Incoming::read(&query);
+    let request = match validate(&app, &incoming, Answering::Get).await {
+        Ok(request) => request,
+        Err(res) => return res,
+    };
+    let params = &incoming.params;
+    let sign_in = || login_form(&app, &headers, &request, params, "", LoginFailed::No);
+    let Some(user_id) = session_user(&app, &headers) else {
+        return sign_in();
+    };
+    let user = match app.oauth.active_user(user_id).await {
+        Ok(Some(user)) => user,
+        // Disabled or deleted since the session began: sign in again.
+        Ok(None) => return sign_in(),
+        Err(e) => return unavailable(&e.to_string()),
+    };
+    match app.oauth.consent_covers(&user, &request).await {
+        Ok(true) => issue_code(&app, &ctx, &user, &request, Answering::Get).await,
+        Ok(false) => consent_form(&app, &headers, &request, params, &user),
+        Err(e) => unavailable(&e.to_string()),
+    }
+}
+
+/// `POST /authorize/login`.
+pub async fn login<S, R, C>(
+    State(app): State<Arc<AppState<S, R, C>>>,
+    Extension(ctx): Extension<RequestContext>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response
+where
+    S: EventStore + Readiness,
+    R: ReadModels,
+    C: Clock,
+{
+    let Ok(form) = read_form(&headers, &body) else {
+        return undecodable();
+    };
+    if !csrf_matches(&app, &headers, &form) {
+        return forbidden();
+    }
+    let incoming = Incoming::read(&form);
+    let request = match validate(&app, &incoming, Answering::Post).await {
+        Ok(request) => request,
+        Err(res) => return res,
+    };
+    let username = form.field("username").value().unwrap_or_default();
+    let password = form.field("password").value().unwrap_or_default();
+    let key = LimitKey::new(username, ctx.ip());
+    if let Verdict::Limited { retry_after } = app.login_failures.check(&key, Instant::now()) {
+        app.metrics.record_rate_limited();
+        return too_many_attempts(retry_after);
+    }
+    match app.oauth.login(username, password).await {
+        Ok(user) => {
+            let expires_at = app.oauth.clock.now().as_unix_seconds() + SESSION_SECONDS;
+            let session = app.signer.session(user.user_id, expires_at);
+            let cookie = format!(
+                "{SESSION_COOKIE}={session}; Max-Age={SESSION_SECONDS}{}",
+                set_cookie_attributes(&app)
+            );
+            let location = format!("/authorize?{}", encode_pairs(param_pairs(&incoming.params)));
+            let res = redirect(Answering::Post, &location);
+            with_cookie(res, HeaderValue::from_str(&cookie).ok())
+        }
+        Err(LoginError::InvalidCredentials) => {
+            app.login_failures.record_failure(key, Instant::now());
+            login_form(
+                &app,
+                &headers,
+                &request,
+                &incoming.params,
+                username,
+                LoginFailed::Yes,
+            )
+        }
+        Err(LoginError::Unavailable(detail)) => unavailable(&detail),
+    }
+}
+
+/// What the user chose on the consent page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    Approve,
+    Deny,
+}
+
+/// `POST /authorize/consent`.
+pub async fn consent<S, R, C>(
+    State(app): State<Arc<AppState<S, R, C>>>,
+    Extension(ctx): Extension<RequestContext>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response
+where
+    S: EventStore + Readiness,
+    R: ReadModels,
+    C: Clock,
+{
+    let Ok(form) = read_form(&headers, &body) else {
+        return undecodable();
+    };
+    if !csrf_matches(&app, &headers, &form) {
+        return forbidden();
+    }
+    let Some(user_id) = session_user(&app, &headers) else {
+        return forbidden();
+    };
+    let incoming = Incoming::read(&form);
+    let request = match validate(&app, &incoming, Answering::Post).await {
+        Ok(request) => request,
+        Err(res) => return res,
+    };
+    let decision = match form.field("decision").value() {
+        Some("approve") => Decision::Approve,
+        Some("deny") => Decision::Deny,
+        _ => {
+            return no_redirect("Choose Allow or Deny. Go back to the application and start again.")
+        }
+    };
+    let user = match app.oauth.active_user(user_id).await {
+        Ok(Some(user)) => user,
+        Ok(None) => return forbidden(),
+        Err(e) => return unavailable(&e.to_string()),
+    };
+    match decision {
+        Decision::Approve => issue_code(&app, &ctx, &user, &request, Answering::Post).await,
+        Decision::Deny => redirect_error(
+            Answering::Post,
+            request.redirect_uri.as_str(),
+            ErrorCode::AccessDenied,
+            "the user denied the request",
+            request.state.as_deref(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_client_or_redirect_uri_is_untrusted() {
+        let read = |q: &str| Incoming::read(&Params::parse(q.as_bytes()).unwrap()).repeat;
+        assert_eq!(read("client_id=a&client_id=b"), Repeat::Untrusted);
+        assert_eq!(
+            read("redirect_uri=a&redirect_uri=a&scope=x&scope=y"),
+            Repeat::Untrusted
+        );
+        assert_eq!(read("client_id=a&scope=x&scope=y"), Repeat::Other);
+        assert_eq!(read("client_id=a&foo=1&foo=2"), Repeat::Other);
+        assert_eq!(read("client_id=a&state=s"), Repeat::None);
+    }
+
+    #[test]
+    fn parameters_round_trip_through_the_login_redirect() {
+        let q = "response_type=code&client_id=c&state=%26%23%2B%25+%C3%A9&scope=a+b&extra=1";
+        let incoming = Incoming::read(&Params::parse(q.as_bytes()).unwrap());
+        let again = encode_pairs(param_pairs(&incoming.params));
+        let back = Incoming::read(&Params::parse(again.as_bytes()).unwrap());
+        assert_eq!(back.params.state.as_deref(), Some("&#+% \u{e9}"));
+        assert_eq!(back.params.scope.as_deref(), Some("a b"));
+        assert_eq!(back.params.client_id.as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn reads_cookies_across_headers() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; valet_csrf=x"),
+        );
+        h.append(header::COOKIE, HeaderValue::from_static("valet_csrf=y;b=2"));
+        assert_eq!(cookies(&h, CSRF_COOKIE).collect::<Vec<_>>(), ["x", "y"]);
+        assert_eq!(cookies(&h, "b").collect::<Vec<_>>(), ["2"]);
+        assert_eq!(cookies(&h, "c").count(), 0);
+    }
+
+    #[test]
+    fn cookies_are_secure_behind_https() {
+        assert_eq!(
+            CookieTransport::for_issuer("https://id.example"),
+            CookieTransport::HttpsOnly
+        );
+        assert_eq!(
+            CookieTransport::for_issuer("HTTPS://id.example"),
+            CookieTransport::HttpsOnly
+        );
+        assert_eq!(
+            CookieTransport::for_issuer("http://127.0.0.1:8080"),
+            CookieTransport::Any
+        );
+    }
+}
