@@ -81,9 +81,8 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         spec: NewClient,
         meta: &RequestMeta,
     ) -> Result<CreatedClient, AdminError> {
-        let invalid = |what: &str, e: &dyn std::fmt::Display| {
-            AdminError::Invalid(format!("{what}: {e}"))
-        };
+        let invalid =
+            |what: &str, e: &dyn std::fmt::Display| AdminError::Invalid(format!("{what}: {e}"));
         let name = ClientName::parse(&spec.name).map_err(|e| invalid("--name", &e))?;
         let redirect_uris = spec
             .redirect_uris
@@ -101,9 +100,10 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             ));
         }
         let scopes = ScopeSet::parse(&spec.scopes.join(" ")).map_err(|e| invalid("--scope", &e))?;
-        let client_id =
-            ClientId::parse(&secrets::client_id().map_err(|e| AdminError::Unavailable(e.to_string()))?)
-                .map_err(|e| AdminError::Unavailable(e.to_string()))?;
+        let client_id = ClientId::parse(
+            &secrets::client_id().map_err(|e| AdminError::Unavailable(e.to_string()))?,
+        )
+        .map_err(|e| AdminError::Unavailable(e.to_string()))?;
         let (kind, secret) = match spec.client_type {
             ClientType::Public => (ClientKind::Public, None),
             ClientType::Confidential => {
@@ -183,8 +183,8 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         password: &str,
         meta: &RequestMeta,
     ) -> Result<UserId, AdminError> {
-        let username =
-            Username::parse(username).map_err(|e| AdminError::Invalid(format!("--username: {e}")))?;
+        let username = Username::parse(username)
+            .map_err(|e| AdminError::Invalid(format!("--username: {e}")))?;
         if password.is_empty() {
             return Err(AdminError::Invalid("the password is empty".into()));
         }
@@ -215,10 +215,18 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
     }
 
     /// Disables the user and revokes every grant made on their behalf.
-    pub async fn disable_user(&self, username: &str, meta: &RequestMeta) -> Result<usize, AdminError> {
+    pub async fn disable_user(
+        &self,
+        username: &str,
+        meta: &RequestMeta,
+    ) -> Result<usize, AdminError> {
         let not_found = || AdminError::NotFound(format!("user {username}"));
         let name = Username::parse(username).map_err(|_| not_found())?;
-        let user = self.reads.user_by_name(&name).await?.ok_or_else(not_found)?;
+        let user = self
+            .reads
+            .user_by_name(&name)
+            .await?
+            .ok_or_else(not_found)?;
         let command = user::Command::Disable { at: self.now() };
         execute::<agg::User, S>(
             &self.store,

@@ -134,16 +134,25 @@ impl<'s, S: EventStore> LogFollower<'s, S> {
 
     /// The next non-empty batch, waiting for new commits when caught up.
     pub async fn next(&mut self) -> Result<Vec<RecordedEvent>, StoreError> {
+        // After a wake-up the new events may not be readable yet: an older transaction
+        // (of any database on the server) can hold the commit horizon back for a moment.
+        // Retry quickly for a while instead of sleeping until the fallback poll.
+        let mut retry: Option<Duration> = None;
         loop {
             let events = self.poll().await?;
             if !events.is_empty() {
                 return Ok(events);
             }
-            // Either a wake-up or the fallback poll; a closed channel degrades to polling.
-            if let Ok(Err(_closed)) =
-                tokio::time::timeout(self.fallback_poll, self.wakeups.changed()).await
-            {
-                tokio::time::sleep(self.fallback_poll).await;
+            if let Some(delay) = retry {
+                tokio::time::sleep(delay).await;
+                retry = (delay < self.fallback_poll).then(|| delay * 2);
+                continue;
+            }
+            match tokio::time::timeout(self.fallback_poll, self.wakeups.changed()).await {
+                Ok(Ok(())) => retry = Some(Duration::from_millis(2)),
+                // A closed channel degrades to polling.
+                Ok(Err(_closed)) => tokio::time::sleep(self.fallback_poll).await,
+                Err(_elapsed) => {}
             }
         }
     }

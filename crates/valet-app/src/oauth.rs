@@ -10,14 +10,16 @@ use valet_domain::code::{self, RedirectUriPresence};
 use valet_domain::grant::{self, AccessTokenIssue, GrantOrigin, RefreshTokenIssue, Subject};
 use valet_domain::{
     consent, AccessTokenTtl, ClientId, CodeTtl, EventRef, GrantId, GrantType, PkceChallenge,
-    PkceMethod, PkceVerifier, RedirectUri, RefreshTokenTtl, Rejection, RevocationReason,
-    ScopeSet, StreamId, Timestamp, TokenHash, UserId, Username,
+    PkceMethod, PkceVerifier, RedirectUri, RefreshTokenTtl, Rejection, RevocationReason, ScopeSet,
+    StreamId, Timestamp, TokenHash, UserId, Username,
 };
 
 use crate::aggregate::{self as agg, execute, load, Aggregate, ExecuteError};
 use crate::clock::Clock;
 use crate::log::NewEvent;
-use crate::ports::{AppendError, EventMetadata, EventStore, ExpectedVersion, StoreError, StreamWrite};
+use crate::ports::{
+    AppendError, EventMetadata, EventStore, ExpectedVersion, StoreError, StreamWrite,
+};
 use crate::read::{ReadModels, RefreshStatus};
 use crate::secrets::{self, RandomnessError, SecretKind};
 
@@ -88,7 +90,10 @@ impl OAuthError {
     }
 
     fn invalid_scope() -> Self {
-        Self::protocol(ErrorCode::InvalidScope, "the requested scope is not allowed")
+        Self::protocol(
+            ErrorCode::InvalidScope,
+            "the requested scope is not allowed",
+        )
     }
 
     fn unauthorized_client() -> Self {
@@ -153,9 +158,14 @@ impl RequestMeta {
 /// How a client presented itself at the token, revocation or introspection endpoint.
 #[derive(Debug, Clone)]
 pub enum ClientAuth {
-    Secret { client_id: String, secret: String },
+    Secret {
+        client_id: String,
+        secret: String,
+    },
     /// A public client: client_id only.
-    Public { client_id: String },
+    Public {
+        client_id: String,
+    },
 }
 
 /// A client whose credentials checked out, with its current state.
@@ -223,7 +233,9 @@ pub struct AuthorizeParams {
 #[derive(Debug, Clone)]
 pub enum AuthorizeRejection {
     /// The client or redirect URI cannot be trusted: show an error page, never redirect.
-    NoRedirect { reason: &'static str },
+    NoRedirect {
+        reason: &'static str,
+    },
     /// Tell the client through its (verified) redirect URI.
     Redirect {
         redirect_uri: String,
@@ -463,7 +475,10 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
                     return Err(OAuthError::invalid_grant());
                 }
             };
-            let issued = loaded.state.issued().ok_or_else(OAuthError::invalid_grant)?;
+            let issued = loaded
+                .state
+                .issued()
+                .ok_or_else(OAuthError::invalid_grant)?;
             let (access_raw, access) = self.access_token(issued.scope.clone(), now)?;
             let refresh = if client.state.allows_grant(GrantType::RefreshToken) {
                 Some(self.refresh_token(now)?)
@@ -544,8 +559,14 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             Err(e) => return Err(e.into()),
         };
         if let Some(grant_id) = loaded.state.grant_id() {
-            self.revoke_grant(grant_id, RevocationReason::CodeReplay, cause, meta, "system")
-                .await?;
+            self.revoke_grant(
+                grant_id,
+                RevocationReason::CodeReplay,
+                cause,
+                meta,
+                "system",
+            )
+            .await?;
         }
         Ok(())
     }
@@ -800,33 +821,37 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             .grantable_scope(requested.as_ref())
             .map_err(|e| match e {
                 ScopeError::UnknownClient | ScopeError::Empty | ScopeError::NotAllowed(_) => {
-                    reject(ErrorCode::InvalidScope, "the requested scope is not allowed")
+                    reject(
+                        ErrorCode::InvalidScope,
+                        "the requested scope is not allowed",
+                    )
                 }
             })?;
-        let pkce = match (
-            params.code_challenge.as_deref(),
-            params.code_challenge_method.as_deref(),
-        ) {
-            (None, None) => None,
-            (None, Some(_)) => {
-                return Err(reject(
-                    ErrorCode::InvalidRequest,
-                    "code_challenge_method without code_challenge",
-                ))
-            }
-            // RFC 7636 §4.3: an absent method means "plain", which is refused.
-            (Some(challenge), method) => {
-                PkceMethod::parse(method.unwrap_or("plain")).map_err(|_| {
-                    reject(
+        let pkce =
+            match (
+                params.code_challenge.as_deref(),
+                params.code_challenge_method.as_deref(),
+            ) {
+                (None, None) => None,
+                (None, Some(_)) => {
+                    return Err(reject(
                         ErrorCode::InvalidRequest,
-                        "code_challenge_method must be S256",
-                    )
-                })?;
-                Some(PkceChallenge::parse(challenge).map_err(|_| {
-                    reject(ErrorCode::InvalidRequest, "malformed code_challenge")
-                })?)
-            }
-        };
+                        "code_challenge_method without code_challenge",
+                    ))
+                }
+                // RFC 7636 §4.3: an absent method means "plain", which is refused.
+                (Some(challenge), method) => {
+                    PkceMethod::parse(method.unwrap_or("plain")).map_err(|_| {
+                        reject(
+                            ErrorCode::InvalidRequest,
+                            "code_challenge_method must be S256",
+                        )
+                    })?;
+                    Some(PkceChallenge::parse(challenge).map_err(|_| {
+                        reject(ErrorCode::InvalidRequest, "malformed code_challenge")
+                    })?)
+                }
+            };
         if pkce.is_none() && matches!(client.kind, ClientKind::Public) {
             return Err(reject(
                 ErrorCode::InvalidRequest,
@@ -865,11 +890,10 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             .and_then(|u| u.password_hash.clone())
             .unwrap_or_else(|| dummy_password_hash().to_owned());
         let password = password.to_owned();
-        let matches = tokio::task::spawn_blocking(move || {
-            secrets::verify_password(&password, &stored)
-        })
-        .await
-        .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+        let matches =
+            tokio::task::spawn_blocking(move || secrets::verify_password(&password, &stored))
+                .await
+                .map_err(|e| LoginError::Unavailable(e.to_string()))?;
         match found {
             Some(user) if matches && user.active && user.password_hash.is_some() => {
                 Ok(AuthenticatedUser {
@@ -882,7 +906,10 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
     }
 
     /// The user behind a session, if still registered and active.
-    pub async fn active_user(&self, user_id: UserId) -> Result<Option<AuthenticatedUser>, OAuthError> {
+    pub async fn active_user(
+        &self,
+        user_id: UserId,
+    ) -> Result<Option<AuthenticatedUser>, OAuthError> {
         let loaded = load::<agg::User, S>(&self.store, &StreamId::user(&user_id))
             .await
             .map_err(infrastructure)?;

@@ -78,7 +78,10 @@ pub async fn client(config: &Config, command: ClientCommand) -> anyhow::Result<(
                     .collect();
                 println!("{}", serde_json::Value::Array(list));
             } else {
-                println!("{:<34} {:<12} {:<9} {:<24} NAME", "CLIENT_ID", "TYPE", "STATUS", "SCOPE");
+                println!(
+                    "{:<34} {:<12} {:<9} {:<24} NAME",
+                    "CLIENT_ID", "TYPE", "STATUS", "SCOPE"
+                );
                 for c in &clients {
                     println!(
                         "{:<34} {:<12} {:<9} {:<24} {}",

@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 mod admin;
+mod audit;
+mod seed;
+mod timefmt;
 mod wiring;
 
 use std::sync::Arc;
@@ -96,6 +99,77 @@ enum Command {
     /// Create and disable users (resource owners who log in on the authorization page).
     #[command(subcommand)]
     User(UserCommand),
+    /// Answer questions from the event log: the timeline, a token's lineage, and who
+    /// held which grants at a moment in the past.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Rebuild (or verify) the read models from the event log.
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
+    /// Fill the database with a generated log of about N events (for the replay benchmarks).
+    Seed {
+        /// How many events to write.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// The timeline of events, oldest first. Times: RFC 3339, YYYY-MM-DD, `now` or @<unix seconds>.
+    Log {
+        /// Only this stream (e.g. grant-<uuid>, client-<id>).
+        #[arg(long)]
+        stream: Option<String>,
+        /// Only events about this client (its registration, codes, grants, consents).
+        #[arg(long)]
+        client: Option<String>,
+        /// Only events about this user (by username).
+        #[arg(long)]
+        user: Option<String>,
+        /// Recorded at or after this time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Recorded at or before this time.
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, value_enum, default_value_t = audit::Format::Table)]
+        format: audit::Format,
+    },
+    /// The lineage of one token: client, user, consent, code, every rotation, and when,
+    /// why and by whom it was revoked.
+    Token {
+        /// The token itself, or its SHA-256 as 64 lowercase hex characters.
+        #[arg(value_name = "TOKEN_OR_SHA256")]
+        token: String,
+    },
+    /// The grants and access tokens active at TIME, by replaying the log up to it.
+    At {
+        #[arg(value_name = "TIME")]
+        time: String,
+        #[arg(long)]
+        client: Option<String>,
+        /// By username.
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, value_enum, default_value_t = audit::Format::Table)]
+        format: audit::Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ProjectionsCommand {
+    /// Rebuild every read model from the log into a scratch schema, then replace the live
+    /// ones (or, with --verify, compare and exit non-zero on any difference). An
+    /// interrupted rebuild resumes where it stopped.
+    Rebuild {
+        /// Compare with the live read models instead of replacing them.
+        #[arg(long)]
+        verify: bool,
+        /// Events applied per transaction.
+        #[arg(long, default_value_t = 2000)]
+        batch_size: usize,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -208,6 +282,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => serve(config).await,
         Command::Client(command) => admin::client(&config, command).await,
         Command::User(command) => admin::user(&config, command).await,
+        Command::Audit(AuditCommand::Log {
+            stream,
+            client,
+            user,
+            since,
+            until,
+            format,
+        }) => {
+            let args = audit::LogArgs {
+                stream,
+                client,
+                user,
+                since,
+                until,
+                format,
+            };
+            audit::log(&config.database_url, args).await
+        }
+        Command::Audit(AuditCommand::Token { token }) => {
+            audit::token(&config.database_url, &token).await
+        }
+        Command::Audit(AuditCommand::At {
+            time,
+            client,
+            user,
+            format,
+        }) => audit::at(&config.database_url, &time, client, user, format).await,
+        Command::Projections(ProjectionsCommand::Rebuild { verify, batch_size }) => {
+            audit::rebuild(&config.database_url, verify, batch_size).await
+        }
+        Command::Seed { events } => seed::seed(&config.database_url, events).await,
     }
 }
 

@@ -17,7 +17,9 @@ pub fn parse(input: &str) -> Result<i64, String> {
             .map(|s| s * 1_000_000)
             .map_err(|_| format!("not a Unix time: {input}"));
     }
-    let bad = || format!("not a time (use RFC 3339 like 2026-11-28T09:30:00Z, a date, `now` or @<unix seconds>): {input}");
+    let bad = || {
+        format!("not a time (use RFC 3339 like 2026-11-28T09:30:00Z, a date, `now` or @<unix seconds>): {input}")
+    };
     let num = |range: std::ops::Range<usize>| -> Result<i64, String> {
         s.get(range)
             .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
@@ -25,14 +27,21 @@ pub fn parse(input: &str) -> Result<i64, String> {
             .ok_or_else(bad)
     };
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    if s.get(4..5) != Some("-") || s.get(7..8) != Some("-") || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+    if s.get(4..5) != Some("-")
+        || s.get(7..8) != Some("-")
+        || !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+    {
         return Err(bad());
     }
     let days = days_from_civil(year, month as u32, day as u32);
     if s.len() == 10 {
         return Ok(days * 86_400 * 1_000_000);
     }
-    if !matches!(s.get(10..11), Some("T" | "t" | " ")) || s.get(13..14) != Some(":") || s.get(16..17) != Some(":") {
+    if !matches!(s.get(10..11), Some("T" | "t" | " "))
+        || s.get(13..14) != Some(":")
+        || s.get(16..17) != Some(":")
+    {
         return Err(bad());
     }
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
@@ -49,7 +58,10 @@ pub fn parse(input: &str) -> Result<i64, String> {
     }
     let offset_seconds = match rest {
         "Z" | "z" => 0,
-        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) && &rest[3..4] == ":" => {
+        _ if rest.len() == 6
+            && (rest.starts_with('+') || rest.starts_with('-'))
+            && &rest[3..4] == ":" =>
+        {
             let h: i64 = rest[1..3].parse().map_err(|_| bad())?;
             let m: i64 = rest[4..6].parse().map_err(|_| bad())?;
             let sign = if rest.starts_with('-') { -1 } else { 1 };
@@ -88,7 +100,10 @@ mod tests {
     fn parses_the_accepted_forms() {
         assert_eq!(parse("1970-01-01T00:00:00Z"), Ok(0));
         assert_eq!(parse("1970-01-02"), Ok(86_400_000_000));
-        assert_eq!(parse("2000-02-29T12:00:00.5+02:00"), Ok((951_825_600 - 7200) * 1_000_000 + 500_000));
+        assert_eq!(
+            parse("2000-02-29T12:00:00.5+02:00"),
+            Ok((951_825_600 - 7200) * 1_000_000 + 500_000)
+        );
         assert_eq!(parse("@10"), Ok(10_000_000));
         assert!(parse("yesterday").is_err());
         assert!(parse("2026-13-01").is_err());

@@ -25,12 +25,15 @@ pub fn settings(config: &Config, issuer: String) -> anyhow::Result<Settings> {
 pub async fn oauth(config: &Config, issuer: String, pool_size: usize) -> anyhow::Result<PgOAuth> {
     let mut store_config = PgStoreConfig::new(config.database_url.clone());
     store_config.pool_size = pool_size;
-    let store = PgEventStore::connect_with(
-        store_config,
-        Some(std::sync::Arc::new(ReadModelProjection)),
-    )
-    .await
-    .context("connect to PostgreSQL (is it running, and did `valet migrate` run?)")?;
+    let store =
+        PgEventStore::connect_with(store_config, Some(std::sync::Arc::new(ReadModelProjection)))
+            .await
+            .context("connect to PostgreSQL (is it running, and did `valet migrate` run?)")?;
     let reads = PgReadModels::new(store.pool().clone());
-    Ok(OAuth::new(store, reads, SystemClock, settings(config, issuer)?))
+    Ok(OAuth::new(
+        store,
+        reads,
+        SystemClock,
+        settings(config, issuer)?,
+    ))
 }

@@ -1,6 +1,18 @@
-//! Event → read-model rows. Every statement is keyed by the event's content only (no
-//! clock, no positions), so replaying the log twice gives identical tables.
+//! Event → read-model rows, applied a batch at a time.
+//!
+//! The same code serves the inline projection (the events of one append) and rebuilds
+//! (thousands of events per transaction). Within a batch, rows created by the batch are
+//! assembled in memory and inserted with one multi-row statement per table; changes to
+//! rows from earlier batches become set-based UPDATEs. Every value comes from the
+//! events (no clock, no positions), so replaying the log twice gives identical tables.
+//!
+//! Order of the flush, and why it equals applying the events one by one:
+//! UPDATEs touch only rows that existed before the batch, INSERTs only rows created in
+//! it, so the two never meet. Among UPDATEs, per-token changes (rotation, single-token
+//! revocation) run before grant revocations: the domain never changes a token of a
+//! revoked grant, so in the log they can only come in that order.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -9,7 +21,7 @@ use uuid::Uuid;
 use valet_app::{RecordedEvent, StoreError};
 use valet_domain::client::ClientKind;
 use valet_domain::grant::GrantOrigin;
-use valet_domain::{client, consent, grant, user, DomainEvent, ScopeSet};
+use valet_domain::{client, consent, grant, user, DomainEvent};
 use valet_store::InlineProjection;
 
 use crate::db_error;
@@ -24,13 +36,20 @@ impl InlineProjection for ReadModelProjection {
         tx: &'a Transaction<'a>,
         events: &'a [RecordedEvent],
     ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>> {
-        Box::pin(async move {
-            for event in events {
-                apply(tx, event).await?;
-            }
-            Ok(())
-        })
+        Box::pin(apply_batch(tx, events))
     }
+}
+
+/// Applies `events` (in log order) to the read models reachable through `db`.
+pub async fn apply_batch<C: GenericClient + Sync>(
+    db: &C,
+    events: &[RecordedEvent],
+) -> Result<(), StoreError> {
+    let mut batch = Batch::default();
+    for event in events {
+        batch.add(event)?;
+    }
+    batch.flush(db).await
 }
 
 fn decode<E: DomainEvent>(event: &RecordedEvent) -> Result<E, StoreError> {
@@ -47,298 +66,634 @@ fn uuid_after(stream_id: &str, prefix: &str) -> Result<Uuid, StoreError> {
         .ok_or_else(|| StoreError::Malformed(format!("stream id {stream_id}")))
 }
 
-/// Applies one event. Events of streams without a read model (codes) are skipped; an
-/// event of a known stream that cannot be decoded fails the transaction: never guess.
-pub async fn apply<C: GenericClient + Sync>(db: &C, event: &RecordedEvent) -> Result<(), StoreError> {
-    let stream = event.stream_id.as_str();
-    if stream.starts_with("grant-") {
-        let grant_id = uuid_after(stream, "grant-")?;
-        apply_grant(db, grant_id, decode(event)?).await
-    } else if stream.starts_with("client-") {
-        apply_client(db, stream, decode(event)?).await
-    } else if stream.starts_with("user-") {
-        let user_id = uuid_after(stream, "user-")?;
-        apply_user(db, user_id, decode(event)?).await
-    } else if let Some(rest) = stream.strip_prefix("consent-") {
-        let user_id = rest
-            .get(..36)
-            .and_then(|u| Uuid::parse_str(u).ok())
-            .ok_or_else(|| StoreError::Malformed(format!("stream id {stream}")))?;
-        let client_id = rest.get(37..).unwrap_or_default();
-        apply_consent(db, user_id, client_id, decode(event)?).await
-    } else {
+#[derive(Debug, Clone)]
+struct GrantRow {
+    grant_id: Uuid,
+    client_id: String,
+    user_id: Option<Uuid>,
+    username: Option<String>,
+    scope: String,
+    origin: &'static str,
+    created_at: i64,
+    revoked_at: Option<i64>,
+    revoked_reason: Option<&'static str>,
+}
+
+#[derive(Debug, Clone)]
+struct AccessRow {
+    hash: Vec<u8>,
+    grant_id: Uuid,
+    /// Filled at flush time for grants created before the batch.
+    owner: Option<Owner>,
+    scope: String,
+    issued_at: i64,
+    expires_at: i64,
+    revoked_at: Option<i64>,
+    revoked_reason: Option<&'static str>,
+}
+
+#[derive(Debug, Clone)]
+struct RefreshRow {
+    hash: Vec<u8>,
+    grant_id: Uuid,
+    client_id: Option<String>,
+    issued_at: i64,
+    expires_at: i64,
+    status: &'static str,
+}
+
+#[derive(Debug, Clone)]
+struct Owner {
+    client_id: String,
+    user_id: Option<Uuid>,
+    username: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct ClientRow {
+    client_id: String,
+    name: String,
+    kind: &'static str,
+    secret: Option<Vec<u8>>,
+    redirect_uris: Vec<String>,
+    grant_types: Vec<String>,
+    scopes: String,
+    created_at: i64,
+    disabled_at: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+struct UserRow {
+    user_id: Uuid,
+    username: String,
+    created_at: i64,
+    disabled_at: Option<i64>,
+}
+
+/// A consent change, applied in order at flush time (consents are rare).
+#[derive(Debug, Clone)]
+enum ConsentChange {
+    Given {
+        user_id: Uuid,
+        client_id: String,
+        scope: String,
+        at: i64,
+    },
+    Revoked {
+        user_id: Uuid,
+        client_id: String,
+    },
+}
+
+#[derive(Default)]
+struct Batch {
+    clients: Vec<ClientRow>,
+    client_index: HashMap<String, usize>,
+    users: Vec<UserRow>,
+    user_index: HashMap<Uuid, usize>,
+    grants: Vec<GrantRow>,
+    grant_index: HashMap<Uuid, usize>,
+    access: Vec<AccessRow>,
+    access_index: HashMap<Vec<u8>, usize>,
+    refresh: Vec<RefreshRow>,
+    refresh_index: HashMap<Vec<u8>, usize>,
+    consents: Vec<ConsentChange>,
+    // Changes to rows from earlier batches, in log order.
+    old_rotations: Vec<Vec<u8>>,
+    old_access_revocations: Vec<(Vec<u8>, i64, &'static str)>,
+    old_grant_revocations: Vec<(Uuid, i64, &'static str)>,
+    old_clients_disabled: Vec<(String, i64)>,
+    old_users_disabled: Vec<(Uuid, i64)>,
+}
+
+impl Batch {
+    fn add(&mut self, event: &RecordedEvent) -> Result<(), StoreError> {
+        let stream = event.stream_id.as_str();
+        if stream.starts_with("grant-") {
+            let grant_id = uuid_after(stream, "grant-")?;
+            self.grant(grant_id, decode(event)?);
+        } else if let Some(client_id) = stream.strip_prefix("client-") {
+            self.client(client_id, decode(event)?);
+        } else if stream.starts_with("user-") {
+            let user_id = uuid_after(stream, "user-")?;
+            self.user(user_id, decode(event)?);
+        } else if let Some(rest) = stream.strip_prefix("consent-") {
+            let user_id = rest
+                .get(..36)
+                .and_then(|u| Uuid::parse_str(u).ok())
+                .ok_or_else(|| StoreError::Malformed(format!("stream id {stream}")))?;
+            let client_id = rest.get(37..).unwrap_or_default().to_owned();
+            self.consents.push(match decode::<consent::Event>(event)? {
+                consent::Event::ConsentGiven { scope, at } => ConsentChange::Given {
+                    user_id,
+                    client_id,
+                    scope: scope.to_string(),
+                    at: at.as_unix_millis(),
+                },
+                consent::Event::ConsentRevoked { .. } => {
+                    ConsentChange::Revoked { user_id, client_id }
+                }
+            });
+        }
+        // Code streams have no read model: codes are read from their stream.
         Ok(())
     }
-}
 
-async fn exec<C: GenericClient + Sync>(
-    db: &C,
-    sql: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> Result<u64, StoreError> {
-    let statement = db.prepare_cached(sql).await.map_err(db_error)?;
-    db.execute(&statement, params).await.map_err(db_error)
-}
+    fn new_access(&mut self, grant_id: Uuid, access: &grant::AccessTokenIssue) {
+        let owner = self.grant_index.get(&grant_id).map(|&i| {
+            let g = &self.grants[i];
+            Owner {
+                client_id: g.client_id.clone(),
+                user_id: g.user_id,
+                username: g.username.clone(),
+            }
+        });
+        let hash = access.hash.as_bytes().to_vec();
+        self.access_index.insert(hash.clone(), self.access.len());
+        self.access.push(AccessRow {
+            hash,
+            grant_id,
+            owner,
+            scope: access.scope.to_string(),
+            issued_at: access.issued_at.as_unix_millis(),
+            expires_at: access.expires_at.as_unix_millis(),
+            revoked_at: None,
+            revoked_reason: None,
+        });
+    }
 
-async fn apply_grant<C: GenericClient + Sync>(
-    db: &C,
-    grant_id: Uuid,
-    event: grant::Event,
-) -> Result<(), StoreError> {
-    match event {
-        grant::Event::GrantIssued {
+    fn new_refresh(&mut self, grant_id: Uuid, refresh: &grant::RefreshTokenIssue) {
+        let client_id = self
+            .grant_index
+            .get(&grant_id)
+            .map(|&i| self.grants[i].client_id.clone());
+        let hash = refresh.hash.as_bytes().to_vec();
+        self.refresh_index.insert(hash.clone(), self.refresh.len());
+        self.refresh.push(RefreshRow {
+            hash,
+            grant_id,
             client_id,
-            subject,
-            scope,
-            origin,
-            access,
-            refresh,
-            at,
-            ..
-        } => {
-            let user_id = subject.as_ref().map(|s| s.user_id.as_uuid());
-            let username = subject.as_ref().map(|s| s.username.to_string());
-            let origin = match origin {
-                GrantOrigin::AuthorizationCode { .. } => "authorization_code",
-                GrantOrigin::ClientCredentials => "client_credentials",
-            };
-            // One statement for the grant and its first access token: one round trip.
-            exec(
-                db,
-                "WITH g AS (
-                    INSERT INTO grants (grant_id, client_id, user_id, username, scope, origin, created_at)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 )
-                 INSERT INTO access_tokens
-                    (token_sha256, grant_id, client_id, user_id, username, scope, issued_at, expires_at)
-                 VALUES ($8, $1, $2, $3, $4, $9, $10, $11)",
-                &[
-                    &grant_id,
-                    &client_id.as_str(),
-                    &user_id,
-                    &username,
-                    &scope.to_string(),
-                    &origin,
-                    &at.as_unix_millis(),
-                    &access.hash.as_bytes().as_slice(),
-                    &access.scope.to_string(),
-                    &access.issued_at.as_unix_millis(),
-                    &access.expires_at.as_unix_millis(),
-                ],
-            )
-            .await?;
-            if let Some(refresh) = refresh {
-                exec(
-                    db,
-                    "INSERT INTO refresh_tokens (token_sha256, grant_id, client_id, issued_at, expires_at, status)
-                     VALUES ($1, $2, $3, $4, $5, 'current')",
-                    &[
-                        &refresh.hash.as_bytes().as_slice(),
-                        &grant_id,
-                        &client_id.as_str(),
-                        &refresh.issued_at.as_unix_millis(),
-                        &refresh.expires_at.as_unix_millis(),
-                    ],
-                )
-                .await?;
+            issued_at: refresh.issued_at.as_unix_millis(),
+            expires_at: refresh.expires_at.as_unix_millis(),
+            status: "current",
+        });
+    }
+
+    fn grant(&mut self, grant_id: Uuid, event: grant::Event) {
+        match event {
+            grant::Event::GrantIssued {
+                client_id,
+                subject,
+                scope,
+                origin,
+                access,
+                refresh,
+                at,
+                ..
+            } => {
+                self.grant_index.insert(grant_id, self.grants.len());
+                self.grants.push(GrantRow {
+                    grant_id,
+                    client_id: client_id.to_string(),
+                    user_id: subject.as_ref().map(|s| s.user_id.as_uuid()),
+                    username: subject.as_ref().map(|s| s.username.to_string()),
+                    scope: scope.to_string(),
+                    origin: match origin {
+                        GrantOrigin::AuthorizationCode { .. } => "authorization_code",
+                        GrantOrigin::ClientCredentials => "client_credentials",
+                    },
+                    created_at: at.as_unix_millis(),
+                    revoked_at: None,
+                    revoked_reason: None,
+                });
+                self.new_access(grant_id, &access);
+                if let Some(refresh) = refresh {
+                    self.new_refresh(grant_id, &refresh);
+                }
+            }
+            grant::Event::TokensRefreshed {
+                previous_refresh,
+                access,
+                refresh,
+                ..
+            } => {
+                let previous = previous_refresh.as_bytes().to_vec();
+                match self.refresh_index.get(&previous) {
+                    Some(&i) if self.refresh[i].status == "current" => {
+                        self.refresh[i].status = "rotated";
+                    }
+                    Some(_) => {}
+                    None => self.old_rotations.push(previous),
+                }
+                self.new_access(grant_id, &access);
+                self.new_refresh(grant_id, &refresh);
+            }
+            grant::Event::RefreshTokenReused { .. } => {}
+            grant::Event::AccessTokenRevoked { hash, reason, at } => {
+                let hash = hash.as_bytes().to_vec();
+                match self.access_index.get(&hash) {
+                    Some(&i) => {
+                        let row = &mut self.access[i];
+                        if row.revoked_at.is_none() {
+                            row.revoked_at = Some(at.as_unix_millis());
+                            row.revoked_reason = Some(reason.as_str());
+                        }
+                    }
+                    None => self.old_access_revocations.push((
+                        hash,
+                        at.as_unix_millis(),
+                        reason.as_str(),
+                    )),
+                }
+            }
+            grant::Event::GrantRevoked { reason, at, .. } => {
+                let at = at.as_unix_millis();
+                let reason = reason.as_str();
+                for row in self.access.iter_mut().filter(|r| r.grant_id == grant_id) {
+                    if row.revoked_at.is_none() {
+                        row.revoked_at = Some(at);
+                        row.revoked_reason = Some(reason);
+                    }
+                }
+                for row in self.refresh.iter_mut().filter(|r| r.grant_id == grant_id) {
+                    row.status = "revoked";
+                }
+                match self.grant_index.get(&grant_id) {
+                    Some(&i) => {
+                        let row = &mut self.grants[i];
+                        if row.revoked_at.is_none() {
+                            row.revoked_at = Some(at);
+                            row.revoked_reason = Some(reason);
+                        }
+                    }
+                    None => self.old_grant_revocations.push((grant_id, at, reason)),
+                }
             }
         }
-        grant::Event::TokensRefreshed {
-            previous_refresh,
-            access,
-            refresh,
-            ..
-        } => {
-            exec(
-                db,
-                "UPDATE refresh_tokens SET status = 'rotated' WHERE token_sha256 = $1 AND status = 'current'",
-                &[&previous_refresh.as_bytes().as_slice()],
-            )
-            .await?;
-            exec(
-                db,
-                "INSERT INTO access_tokens
-                    (token_sha256, grant_id, client_id, user_id, username, scope, issued_at, expires_at)
-                 SELECT $1, grant_id, client_id, user_id, username, $3, $4, $5 FROM grants WHERE grant_id = $2",
-                &[
-                    &access.hash.as_bytes().as_slice(),
-                    &grant_id,
-                    &access.scope.to_string(),
-                    &access.issued_at.as_unix_millis(),
-                    &access.expires_at.as_unix_millis(),
-                ],
-            )
-            .await?;
-            exec(
-                db,
-                "INSERT INTO refresh_tokens (token_sha256, grant_id, client_id, issued_at, expires_at, status)
-                 SELECT $1, grant_id, client_id, $3, $4, 'current' FROM grants WHERE grant_id = $2",
-                &[
-                    &refresh.hash.as_bytes().as_slice(),
-                    &grant_id,
-                    &refresh.issued_at.as_unix_millis(),
-                    &refresh.expires_at.as_unix_millis(),
-                ],
-            )
-            .await?;
-        }
-        grant::Event::RefreshTokenReused { .. } => {}
-        grant::Event::AccessTokenRevoked { hash, reason, at } => {
-            exec(
-                db,
-                "UPDATE access_tokens SET revoked_at = $2, revoked_reason = $3
-                 WHERE token_sha256 = $1 AND revoked_at IS NULL",
-                &[&hash.as_bytes().as_slice(), &at.as_unix_millis(), &reason.as_str()],
-            )
-            .await?;
-        }
-        grant::Event::GrantRevoked { reason, at, .. } => {
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-                [&grant_id, &at.as_unix_millis(), &reason.as_str()];
-            exec(
-                db,
-                "UPDATE grants SET revoked_at = $2, revoked_reason = $3
-                 WHERE grant_id = $1 AND revoked_at IS NULL",
-                &params,
-            )
-            .await?;
-            exec(
-                db,
-                "UPDATE access_tokens SET revoked_at = $2, revoked_reason = $3
-                 WHERE grant_id = $1 AND revoked_at IS NULL",
-                &params,
-            )
-            .await?;
-            exec(
-                db,
-                "UPDATE refresh_tokens SET status = 'revoked' WHERE grant_id = $1 AND status <> 'revoked'",
-                &[&grant_id],
-            )
-            .await?;
-        }
     }
-    Ok(())
-}
 
-async fn apply_client<C: GenericClient + Sync>(
-    db: &C,
-    stream: &str,
-    event: client::Event,
-) -> Result<(), StoreError> {
-    match event {
-        client::Event::ClientRegistered {
-            client_id,
-            name,
-            kind,
-            redirect_uris,
-            grant_types,
-            scopes,
-            at,
-        } => {
-            let (kind, secret) = match kind {
-                ClientKind::Confidential { secret_hash } => {
-                    ("confidential", Some(secret_hash.as_bytes().to_vec()))
+    fn client(&mut self, client_id: &str, event: client::Event) {
+        match event {
+            client::Event::ClientRegistered {
+                client_id,
+                name,
+                kind,
+                redirect_uris,
+                grant_types,
+                scopes,
+                at,
+            } => {
+                let (kind, secret) = match kind {
+                    ClientKind::Confidential { secret_hash } => {
+                        ("confidential", Some(secret_hash.as_bytes().to_vec()))
+                    }
+                    ClientKind::Public => ("public", None),
+                };
+                self.client_index
+                    .insert(client_id.to_string(), self.clients.len());
+                self.clients.push(ClientRow {
+                    client_id: client_id.to_string(),
+                    name: name.to_string(),
+                    kind,
+                    secret,
+                    redirect_uris: redirect_uris
+                        .iter()
+                        .map(|u| u.as_str().to_owned())
+                        .collect(),
+                    grant_types: grant_types.iter().map(|g| g.as_str().to_owned()).collect(),
+                    scopes: scopes.to_string(),
+                    created_at: at.as_unix_millis(),
+                    disabled_at: None,
+                });
+            }
+            client::Event::ClientDisabled { at } => match self.client_index.get(client_id) {
+                Some(&i) => {
+                    let row = &mut self.clients[i];
+                    row.disabled_at = row.disabled_at.or(Some(at.as_unix_millis()));
                 }
-                ClientKind::Public => ("public", None),
-            };
-            let uris: Vec<&str> = redirect_uris.iter().map(|u| u.as_str()).collect();
-            let grants: Vec<&str> = grant_types.iter().map(|g| g.as_str()).collect();
-            exec(
-                db,
-                "INSERT INTO clients (client_id, name, kind, secret_sha256, redirect_uris, grant_types, scopes, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                &[
-                    &client_id.as_str(),
-                    &name.as_str(),
-                    &kind,
-                    &secret,
-                    &uris,
-                    &grants,
-                    &scopes.to_string(),
-                    &at.as_unix_millis(),
+                None => self
+                    .old_clients_disabled
+                    .push((client_id.to_owned(), at.as_unix_millis())),
+            },
+        }
+    }
+
+    fn user(&mut self, user_id: Uuid, event: user::Event) {
+        match event {
+            user::Event::UserRegistered { username, at, .. } => {
+                self.user_index.insert(user_id, self.users.len());
+                self.users.push(UserRow {
+                    user_id,
+                    username: username.to_string(),
+                    created_at: at.as_unix_millis(),
+                    disabled_at: None,
+                });
+            }
+            user::Event::UserDisabled { at } => match self.user_index.get(&user_id) {
+                Some(&i) => {
+                    let row = &mut self.users[i];
+                    row.disabled_at = row.disabled_at.or(Some(at.as_unix_millis()));
+                }
+                None => self.old_users_disabled.push((user_id, at.as_unix_millis())),
+            },
+        }
+    }
+
+    /// Looks up the owners of grants created before this batch that this batch adds
+    /// tokens to.
+    async fn fill_owners<C: GenericClient + Sync>(&mut self, db: &C) -> Result<(), StoreError> {
+        let mut missing: Vec<Uuid> = self
+            .access
+            .iter()
+            .filter(|r| r.owner.is_none())
+            .map(|r| r.grant_id)
+            .chain(
+                self.refresh
+                    .iter()
+                    .filter(|r| r.client_id.is_none())
+                    .map(|r| r.grant_id),
+            )
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        let statement = db
+            .prepare_cached(
+                "SELECT grant_id, client_id, user_id, username FROM grants WHERE grant_id = ANY($1)",
+            )
+            .await
+            .map_err(db_error)?;
+        let rows = db.query(&statement, &[&missing]).await.map_err(db_error)?;
+        let owners: HashMap<Uuid, Owner> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    Owner {
+                        client_id: r.get(1),
+                        user_id: r.get(2),
+                        username: r.get(3),
+                    },
+                )
+            })
+            .collect();
+        for row in &mut self.access {
+            if row.owner.is_none() {
+                row.owner = Some(owners.get(&row.grant_id).cloned().ok_or_else(|| {
+                    StoreError::Malformed(format!("tokens of unknown grant {}", row.grant_id))
+                })?);
+            }
+        }
+        for row in &mut self.refresh {
+            if row.client_id.is_none() {
+                row.client_id = Some(
+                    owners
+                        .get(&row.grant_id)
+                        .map(|o| o.client_id.clone())
+                        .ok_or_else(|| {
+                            StoreError::Malformed(format!(
+                                "tokens of unknown grant {}",
+                                row.grant_id
+                            ))
+                        })?,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush<C: GenericClient + Sync>(mut self, db: &C) -> Result<(), StoreError> {
+        self.fill_owners(db).await?;
+        let mut statements: Vec<(&'static str, Params)> = Vec::new();
+
+        // Rows from earlier batches (see the module comment for the order).
+        if !self.old_rotations.is_empty() {
+            statements.push((
+                "UPDATE refresh_tokens SET status = 'rotated'
+                 WHERE token_sha256 = ANY($1) AND status = 'current'",
+                vec![Box::new(self.old_rotations)],
+            ));
+        }
+        if !self.old_access_revocations.is_empty() {
+            let (hashes, ats, reasons) = first_per_key(self.old_access_revocations);
+            statements.push((
+                "UPDATE access_tokens a SET revoked_at = r.at, revoked_reason = r.reason
+                 FROM unnest($1::bytea[], $2::int8[], $3::text[]) AS r(hash, at, reason)
+                 WHERE a.token_sha256 = r.hash AND a.revoked_at IS NULL",
+                vec![Box::new(hashes), Box::new(ats), Box::new(reasons)],
+            ));
+        }
+        if !self.old_grant_revocations.is_empty() {
+            let (ids, ats, reasons) = first_per_key(self.old_grant_revocations);
+            statements.push((
+                "UPDATE grants g SET revoked_at = r.at, revoked_reason = r.reason
+                 FROM unnest($1::uuid[], $2::int8[], $3::text[]) AS r(id, at, reason)
+                 WHERE g.grant_id = r.id AND g.revoked_at IS NULL",
+                vec![
+                    Box::new(ids.clone()),
+                    Box::new(ats.clone()),
+                    Box::new(reasons.clone()),
                 ],
-            )
-            .await?;
+            ));
+            statements.push((
+                "UPDATE access_tokens a SET revoked_at = r.at, revoked_reason = r.reason
+                 FROM unnest($1::uuid[], $2::int8[], $3::text[]) AS r(id, at, reason)
+                 WHERE a.grant_id = r.id AND a.revoked_at IS NULL",
+                vec![Box::new(ids.clone()), Box::new(ats), Box::new(reasons)],
+            ));
+            statements.push((
+                "UPDATE refresh_tokens SET status = 'revoked'
+                 WHERE grant_id = ANY($1) AND status <> 'revoked'",
+                vec![Box::new(ids)],
+            ));
         }
-        client::Event::ClientDisabled { at } => {
-            let client_id = stream.strip_prefix("client-").unwrap_or_default();
-            exec(
-                db,
-                "UPDATE clients SET disabled_at = $2 WHERE client_id = $1 AND disabled_at IS NULL",
-                &[&client_id, &at.as_unix_millis()],
-            )
-            .await?;
+        if !self.old_clients_disabled.is_empty() {
+            let (ids, ats): (Vec<String>, Vec<i64>) = self.old_clients_disabled.into_iter().unzip();
+            statements.push((
+                "UPDATE clients c SET disabled_at = d.at
+                 FROM unnest($1::text[], $2::int8[]) AS d(id, at)
+                 WHERE c.client_id = d.id AND c.disabled_at IS NULL",
+                vec![Box::new(ids), Box::new(ats)],
+            ));
         }
+        if !self.old_users_disabled.is_empty() {
+            let (ids, ats): (Vec<Uuid>, Vec<i64>) = self.old_users_disabled.into_iter().unzip();
+            statements.push((
+                "UPDATE users u SET disabled_at = d.at
+                 FROM unnest($1::uuid[], $2::int8[]) AS d(id, at)
+                 WHERE u.user_id = d.id AND u.disabled_at IS NULL",
+                vec![Box::new(ids), Box::new(ats)],
+            ));
+        }
+
+        // Rows created by this batch, parents first.
+        if !self.clients.is_empty() {
+            let c = &self.clients;
+            // Arrays of arrays are not rectangular here, so uris and grant types travel
+            // as newline-joined text and are split back in SQL.
+            statements.push((
+                "INSERT INTO clients (client_id, name, kind, secret_sha256, redirect_uris, grant_types, scopes, created_at, disabled_at)
+                 SELECT id, name, kind, secret,
+                        CASE WHEN uris = '' THEN '{}'::text[] ELSE string_to_array(uris, E'\\n') END,
+                        string_to_array(grants, E'\\n'), scopes, created_at, disabled_at
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::text[], $7::text[], $8::int8[], $9::int8[])
+                      AS t(id, name, kind, secret, uris, grants, scopes, created_at, disabled_at)",
+                vec![
+                    Box::new(c.iter().map(|r| r.client_id.clone()).collect::<Vec<_>>()),
+                    Box::new(c.iter().map(|r| r.name.clone()).collect::<Vec<_>>()),
+                    Box::new(c.iter().map(|r| r.kind).collect::<Vec<_>>()),
+                    Box::new(c.iter().map(|r| r.secret.clone()).collect::<Vec<_>>()),
+                    Box::new(c.iter().map(|r| r.redirect_uris.join("\n")).collect::<Vec<_>>()),
+                    Box::new(c.iter().map(|r| r.grant_types.join("\n")).collect::<Vec<_>>()),
+                    Box::new(c.iter().map(|r| r.scopes.clone()).collect::<Vec<_>>()),
+                    Box::new(c.iter().map(|r| r.created_at).collect::<Vec<_>>()),
+                    Box::new(c.iter().map(|r| r.disabled_at).collect::<Vec<_>>()),
+                ],
+            ));
+        }
+        if !self.users.is_empty() {
+            let u = &self.users;
+            statements.push((
+                "INSERT INTO users (user_id, username, created_at, disabled_at)
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::int8[])",
+                vec![
+                    Box::new(u.iter().map(|r| r.user_id).collect::<Vec<_>>()),
+                    Box::new(u.iter().map(|r| r.username.clone()).collect::<Vec<_>>()),
+                    Box::new(u.iter().map(|r| r.created_at).collect::<Vec<_>>()),
+                    Box::new(u.iter().map(|r| r.disabled_at).collect::<Vec<_>>()),
+                ],
+            ));
+        }
+        if !self.grants.is_empty() {
+            let g = &self.grants;
+            statements.push((
+                "INSERT INTO grants (grant_id, client_id, user_id, username, scope, origin, created_at, revoked_at, revoked_reason)
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::int8[], $9::text[])",
+                vec![
+                    Box::new(g.iter().map(|r| r.grant_id).collect::<Vec<_>>()),
+                    Box::new(g.iter().map(|r| r.client_id.clone()).collect::<Vec<_>>()),
+                    Box::new(g.iter().map(|r| r.user_id).collect::<Vec<_>>()),
+                    Box::new(g.iter().map(|r| r.username.clone()).collect::<Vec<_>>()),
+                    Box::new(g.iter().map(|r| r.scope.clone()).collect::<Vec<_>>()),
+                    Box::new(g.iter().map(|r| r.origin).collect::<Vec<_>>()),
+                    Box::new(g.iter().map(|r| r.created_at).collect::<Vec<_>>()),
+                    Box::new(g.iter().map(|r| r.revoked_at).collect::<Vec<_>>()),
+                    Box::new(g.iter().map(|r| r.revoked_reason).collect::<Vec<_>>()),
+                ],
+            ));
+        }
+        if !self.access.is_empty() {
+            let a = &self.access;
+            let owner = |r: &AccessRow| r.owner.clone().expect("owners filled above");
+            statements.push((
+                "INSERT INTO access_tokens (token_sha256, grant_id, client_id, user_id, username, scope, issued_at, expires_at, revoked_at, revoked_reason)
+                 SELECT * FROM unnest($1::bytea[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::text[])",
+                vec![
+                    Box::new(a.iter().map(|r| r.hash.clone()).collect::<Vec<_>>()),
+                    Box::new(a.iter().map(|r| r.grant_id).collect::<Vec<_>>()),
+                    Box::new(a.iter().map(|r| owner(r).client_id).collect::<Vec<_>>()),
+                    Box::new(a.iter().map(|r| owner(r).user_id).collect::<Vec<_>>()),
+                    Box::new(a.iter().map(|r| owner(r).username).collect::<Vec<_>>()),
+                    Box::new(a.iter().map(|r| r.scope.clone()).collect::<Vec<_>>()),
+                    Box::new(a.iter().map(|r| r.issued_at).collect::<Vec<_>>()),
+                    Box::new(a.iter().map(|r| r.expires_at).collect::<Vec<_>>()),
+                    Box::new(a.iter().map(|r| r.revoked_at).collect::<Vec<_>>()),
+                    Box::new(a.iter().map(|r| r.revoked_reason).collect::<Vec<_>>()),
+                ],
+            ));
+        }
+        if !self.refresh.is_empty() {
+            let r = &self.refresh;
+            statements.push((
+                "INSERT INTO refresh_tokens (token_sha256, grant_id, client_id, issued_at, expires_at, status)
+                 SELECT * FROM unnest($1::bytea[], $2::uuid[], $3::text[], $4::int8[], $5::int8[], $6::text[])",
+                vec![
+                    Box::new(r.iter().map(|x| x.hash.clone()).collect::<Vec<_>>()),
+                    Box::new(r.iter().map(|x| x.grant_id).collect::<Vec<_>>()),
+                    Box::new(r.iter().map(|x| x.client_id.clone()).collect::<Vec<_>>()),
+                    Box::new(r.iter().map(|x| x.issued_at).collect::<Vec<_>>()),
+                    Box::new(r.iter().map(|x| x.expires_at).collect::<Vec<_>>()),
+                    Box::new(r.iter().map(|x| x.status).collect::<Vec<_>>()),
+                ],
+            ));
+        }
+        for change in self.consents {
+            statements.push(match change {
+                ConsentChange::Given {
+                    user_id,
+                    client_id,
+                    scope,
+                    at,
+                } => (
+                    UPSERT_CONSENT,
+                    vec![
+                        Box::new(user_id),
+                        Box::new(client_id),
+                        Box::new(scope),
+                        Box::new(at),
+                    ],
+                ),
+                ConsentChange::Revoked { user_id, client_id } => (
+                    "DELETE FROM consents WHERE user_id = $1 AND client_id = $2",
+                    vec![Box::new(user_id), Box::new(client_id)],
+                ),
+            });
+        }
+        execute_pipelined(db, &statements).await
     }
-    Ok(())
 }
 
-async fn apply_user<C: GenericClient + Sync>(
-    db: &C,
-    user_id: Uuid,
-    event: user::Event,
-) -> Result<(), StoreError> {
-    match event {
-        user::Event::UserRegistered { username, at, .. } => {
-            exec(
-                db,
-                "INSERT INTO users (user_id, username, created_at) VALUES ($1, $2, $3)",
-                &[&user_id, &username.as_str(), &at.as_unix_millis()],
-            )
-            .await?;
-        }
-        user::Event::UserDisabled { at } => {
-            exec(
-                db,
-                "UPDATE users SET disabled_at = $2 WHERE user_id = $1 AND disabled_at IS NULL",
-                &[&user_id, &at.as_unix_millis()],
-            )
-            .await?;
+type Params = Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>;
+
+/// Keeps the first change per key (the earliest in the log wins, as applying one by one
+/// with `... IS NULL` guards would), as three parallel arrays.
+fn first_per_key<K: Clone + Eq + std::hash::Hash>(
+    changes: Vec<(K, i64, &'static str)>,
+) -> (Vec<K>, Vec<i64>, Vec<&'static str>) {
+    let mut seen = std::collections::HashSet::new();
+    let mut keys = Vec::new();
+    let mut ats = Vec::new();
+    let mut reasons = Vec::new();
+    for (key, at, reason) in changes {
+        if seen.insert(key.clone()) {
+            keys.push(key);
+            ats.push(at);
+            reasons.push(reason);
         }
     }
-    Ok(())
+    (keys, ats, reasons)
 }
 
-async fn apply_consent<C: GenericClient + Sync>(
+/// Consent scopes merge in SQL (sorted in byte order, like `ScopeSet`), so applying a
+/// consent needs no read first.
+const UPSERT_CONSENT: &str = "INSERT INTO consents (user_id, client_id, scope, given_at) VALUES ($1, $2, $3, $4)
+    ON CONFLICT (user_id, client_id) DO UPDATE SET
+        scope = (SELECT string_agg(s, ' ' ORDER BY s COLLATE \"C\")
+                 FROM (SELECT DISTINCT unnest(string_to_array(consents.scope || ' ' || EXCLUDED.scope, ' ')) AS s) merged),
+        given_at = EXCLUDED.given_at";
+
+/// Sends every statement before awaiting any result: tokio-postgres pipelines requests
+/// polled together, and PostgreSQL runs them in the order sent.
+async fn execute_pipelined<C: GenericClient + Sync>(
     db: &C,
-    user_id: Uuid,
-    client_id: &str,
-    event: consent::Event,
+    statements: &[(&'static str, Params)],
 ) -> Result<(), StoreError> {
-    match event {
-        consent::Event::ConsentGiven { scope, at } => {
-            let current: Option<String> = {
-                let statement = db
-                    .prepare_cached(
-                        "SELECT scope FROM consents WHERE user_id = $1 AND client_id = $2",
-                    )
-                    .await
-                    .map_err(db_error)?;
-                db.query_opt(&statement, &[&user_id, &client_id])
-                    .await
-                    .map_err(db_error)?
-                    .map(|row| row.get(0))
-            };
-            let merged = match current.as_deref().map(ScopeSet::parse) {
-                Some(Ok(existing)) => existing.union(&scope),
-                _ => scope,
-            };
-            exec(
-                db,
-                "INSERT INTO consents (user_id, client_id, scope, given_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (user_id, client_id) DO UPDATE SET scope = $3, given_at = $4",
-                &[&user_id, &client_id, &merged.to_string(), &at.as_unix_millis()],
-            )
-            .await?;
-        }
-        consent::Event::ConsentRevoked { .. } => {
-            exec(
-                db,
-                "DELETE FROM consents WHERE user_id = $1 AND client_id = $2",
-                &[&user_id, &client_id],
-            )
-            .await?;
-        }
+    let mut prepared = Vec::with_capacity(statements.len());
+    for (sql, _) in statements {
+        prepared.push(db.prepare_cached(sql).await.map_err(db_error)?);
     }
+    let executions = statements
+        .iter()
+        .zip(&prepared)
+        .map(|((_, params), statement)| {
+            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                params.iter().map(|p| p.as_ref() as _).collect();
+            async move { db.execute(statement, &params).await }
+        });
+    futures_util::future::try_join_all(executions)
+        .await
+        .map_err(db_error)?;
     Ok(())
 }

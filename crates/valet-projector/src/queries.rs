@@ -93,7 +93,10 @@ impl ReadModels for PgReadModels {
         .transpose()
     }
 
-    async fn refresh_token(&self, hash: &TokenHash) -> Result<Option<RefreshTokenView>, StoreError> {
+    async fn refresh_token(
+        &self,
+        hash: &TokenHash,
+    ) -> Result<Option<RefreshTokenView>, StoreError> {
         let row = self
             .query_opt(
                 "SELECT r.grant_id, r.client_id, g.user_id, g.username, g.scope, r.issued_at,

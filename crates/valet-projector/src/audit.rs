@@ -1,0 +1,389 @@
+//! Answers from the log for incident responders and auditors: the timeline of events,
+//! the lineage of one token, and who held which grants at a moment in the past.
+//!
+//! Everything here reads; nothing writes. The log is streamed in pages (memory stays
+//! bounded by the answer, not by the log).
+
+use std::collections::{BTreeMap, HashMap};
+
+use deadpool_postgres::Pool;
+use serde_json::Value;
+use tokio_postgres::types::ToSql;
+use valet_app::{EventStore, LogCursor, RecordedEvent, StoreError};
+use valet_domain::grant::{self, GrantOrigin};
+use valet_domain::{DomainEvent, TokenHash};
+use valet_store::PgEventStore;
+
+use crate::db_error;
+
+/// One event as the timeline shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEntry {
+    pub position: i64,
+    pub xact: i64,
+    pub event_id: String,
+    pub recorded_at_micros: i64,
+    pub stream_id: String,
+    pub event_type: String,
+    pub schema_version: i32,
+    pub actor: Option<String>,
+    pub payload: Value,
+    pub metadata: Value,
+}
+
+/// Filters of `valet audit log`; all optional, combined with AND.
+#[derive(Debug, Clone, Default)]
+pub struct LogFilter {
+    pub stream: Option<String>,
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    /// Unix microseconds, inclusive.
+    pub since_micros: Option<i64>,
+    /// Unix microseconds, inclusive.
+    pub until_micros: Option<i64>,
+}
+
+/// Streams the events matching `filter` in log order, `page` at a time, to `sink`.
+pub async fn log(
+    pool: &Pool,
+    filter: &LogFilter,
+    page: i64,
+    sink: &mut (dyn FnMut(&LogEntry) -> std::io::Result<()> + Send),
+) -> Result<u64, StoreError> {
+    let client = pool
+        .get()
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let user_id: Option<uuid::Uuid> = match &filter.username {
+        Some(name) => {
+            let row = client
+                .query_opt("SELECT user_id FROM users WHERE username = $1", &[name])
+                .await
+                .map_err(db_error)?;
+            match row {
+                Some(row) => Some(row.get(0)),
+                None => return Ok(0),
+            }
+        }
+        None => None,
+    };
+    // A client's or user's events live in their own stream, in their grants' streams,
+    // in codes issued to them and in consent streams (whose ids embed both).
+    let sql = "SELECT e.position, e.xact, e.event_id::text,
+                      (extract(epoch FROM e.recorded_at) * 1000000)::bigint,
+                      e.stream_id, e.event_type, e.schema_version, e.metadata->>'actor',
+                      e.payload, e.metadata
+               FROM events e
+               WHERE (e.xact, e.position) > ($1, $2)
+                 AND ($3::text IS NULL OR e.stream_id = $3)
+                 AND ($4::timestamptz IS NULL OR e.recorded_at >= $4)
+                 AND ($5::timestamptz IS NULL OR e.recorded_at <= $5)
+                 AND ($6::text IS NULL
+                      OR e.stream_id = 'client-' || $6
+                      OR e.payload->>'client_id' = $6
+                      OR e.stream_id LIKE 'consent-%-' || $6
+                      OR e.stream_id IN (SELECT 'grant-' || grant_id FROM grants WHERE client_id = $6))
+                 AND ($7::uuid IS NULL
+                      OR e.stream_id = 'user-' || $7::text
+                      OR e.stream_id LIKE 'consent-' || $7::text || '-%'
+                      OR e.payload->>'user_id' = $7::text
+                      OR e.stream_id IN (SELECT 'grant-' || grant_id FROM grants WHERE user_id = $7))
+               ORDER BY e.xact, e.position
+               LIMIT $8";
+    let statement = client.prepare(sql).await.map_err(db_error)?;
+    let since = filter.since_micros.map(micros_to_system_time);
+    let until = filter.until_micros.map(micros_to_system_time);
+    let mut cursor = LogCursor::START;
+    let mut count = 0u64;
+    loop {
+        let params: [&(dyn ToSql + Sync); 8] = [
+            &cursor.xact,
+            &cursor.position,
+            &filter.stream,
+            &since,
+            &until,
+            &filter.client_id,
+            &user_id,
+            &page,
+        ];
+        let rows = client.query(&statement, &params).await.map_err(db_error)?;
+        for row in &rows {
+            let entry = LogEntry {
+                position: row.get(0),
+                xact: row.get(1),
+                event_id: row.get(2),
+                recorded_at_micros: row.get(3),
+                stream_id: row.get(4),
+                event_type: row.get(5),
+                schema_version: row.get(6),
+                actor: row.get(7),
+                payload: row.get(8),
+                metadata: row.get(9),
+            };
+            sink(&entry).map_err(|e| StoreError::Unavailable(format!("output: {e}")))?;
+            count += 1;
+            cursor = LogCursor {
+                xact: entry.xact,
+                position: entry.position,
+            };
+        }
+        if (rows.len() as i64) < page {
+            return Ok(count);
+        }
+    }
+}
+
+fn micros_to_system_time(micros: i64) -> std::time::SystemTime {
+    if micros >= 0 {
+        std::time::UNIX_EPOCH + std::time::Duration::from_micros(micros as u64)
+    } else {
+        std::time::UNIX_EPOCH - std::time::Duration::from_micros(micros.unsigned_abs())
+    }
+}
+
+/// The story of one token: every event of its grant, of the code and consent it came
+/// from, and the client's registration, in log order.
+#[derive(Debug, Clone)]
+pub struct Lineage {
+    pub token_sha256: String,
+    /// `access_token` or `refresh_token`.
+    pub token_type: &'static str,
+    pub grant_id: String,
+    pub client: Vec<LogEntry>,
+    pub consent: Vec<LogEntry>,
+    pub code: Vec<LogEntry>,
+    pub grant: Vec<LogEntry>,
+}
+
+/// Finds the grant a token belongs to, by the token or its SHA-256 (64 hex characters).
+pub async fn lineage(pool: &Pool, token_or_sha256: &str) -> Result<Option<Lineage>, StoreError> {
+    let hash =
+        TokenHash::from_hex(token_or_sha256).unwrap_or_else(|_| TokenHash::of(token_or_sha256));
+    let hex = hash.to_string();
+    let client = pool
+        .get()
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    // The log is the authority (read models may be mid-rebuild): search grant events for
+    // the digest in the places tokens appear.
+    let found = client
+        .query_opt(
+            "SELECT stream_id,
+                    CASE WHEN payload->'access'->>'hash' = $1 THEN 'access_token' ELSE 'refresh_token' END
+             FROM events
+             WHERE stream_id LIKE 'grant-%'
+               AND event_type IN ('GrantIssued', 'TokensRefreshed')
+               AND (payload->'access'->>'hash' = $1 OR payload->'refresh'->>'hash' = $1)
+             LIMIT 1",
+            &[&hex],
+        )
+        .await
+        .map_err(db_error)?;
+    let Some(found) = found else { return Ok(None) };
+    let grant_stream: String = found.get(0);
+    let token_type = if found.get::<_, &str>(1) == "access_token" {
+        "access_token"
+    } else {
+        "refresh_token"
+    };
+    let grant = stream(&client, &grant_stream).await?;
+    let issued = grant.first().and_then(|e| {
+        grant::Event::from_payload(&e.event_type, e.schema_version as u32, e.payload.clone()).ok()
+    });
+    let (mut client_events, mut consent, mut code) = (Vec::new(), Vec::new(), Vec::new());
+    if let Some(grant::Event::GrantIssued {
+        client_id,
+        subject,
+        origin,
+        ..
+    }) = issued
+    {
+        client_events = stream(&client, &format!("client-{client_id}")).await?;
+        if let Some(subject) = subject {
+            consent = stream(&client, &format!("consent-{}-{client_id}", subject.user_id)).await?;
+        }
+        if let GrantOrigin::AuthorizationCode { code_hash } = origin {
+            code = stream(&client, &format!("code-{code_hash}")).await?;
+        }
+    }
+    Ok(Some(Lineage {
+        token_sha256: hex,
+        token_type,
+        grant_id: grant_stream.trim_start_matches("grant-").to_owned(),
+        client: client_events,
+        consent,
+        code,
+        grant,
+    }))
+}
+
+async fn stream(
+    client: &deadpool_postgres::Client,
+    stream_id: &str,
+) -> Result<Vec<LogEntry>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT position, xact, event_id::text, (extract(epoch FROM recorded_at) * 1000000)::bigint,
+                    stream_id, event_type, schema_version, metadata->>'actor', payload, metadata
+             FROM events WHERE stream_id = $1 ORDER BY stream_version",
+            &[&stream_id],
+        )
+        .await
+        .map_err(db_error)?;
+    Ok(rows
+        .iter()
+        .map(|row| LogEntry {
+            position: row.get(0),
+            xact: row.get(1),
+            event_id: row.get(2),
+            recorded_at_micros: row.get(3),
+            stream_id: row.get(4),
+            event_type: row.get(5),
+            schema_version: row.get(6),
+            actor: row.get(7),
+            payload: row.get(8),
+            metadata: row.get(9),
+        })
+        .collect())
+}
+
+/// A grant as it stood at the moment asked about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantAt {
+    pub grant_id: String,
+    pub client_id: String,
+    pub user_id: Option<String>,
+    pub username: Option<String>,
+    pub scope: String,
+    pub issued_at_millis: i64,
+    /// Access tokens live at that moment: (SHA-256 hex, scope, expires_at millis).
+    pub access_tokens: Vec<(String, String, i64)>,
+    /// Whether a refresh token was redeemable at that moment.
+    pub refreshable: bool,
+}
+
+#[derive(Debug, Default)]
+struct GrantFold {
+    client_id: String,
+    user_id: Option<String>,
+    username: Option<String>,
+    scope: String,
+    issued_at: i64,
+    access: BTreeMap<String, (String, i64)>,
+    refresh_expires: Option<i64>,
+}
+
+/// How far past `at` the replay reads: a transaction that started before `at` can commit
+/// (and be ordered) after events recorded later, but never this much later.
+pub const COMMIT_SLACK_MICROS: i64 = 10 * 60 * 1_000_000;
+
+/// Replays the log up to `at` (Unix microseconds) and returns the grants that were
+/// active then, with their live access tokens. Also returns the number of events read.
+pub async fn active_at(
+    store: &PgEventStore,
+    at_micros: i64,
+    batch: usize,
+) -> Result<(Vec<GrantAt>, u64), StoreError> {
+    let at_millis = at_micros.div_euclid(1000);
+    let mut grants: HashMap<String, GrantFold> = HashMap::new();
+    let mut cursor = LogCursor::START;
+    let mut read = 0u64;
+    'replay: loop {
+        let events = store.read_log(cursor, batch).await?;
+        let Some(last) = events.last().map(RecordedEvent::cursor) else {
+            break;
+        };
+        cursor = last;
+        for event in &events {
+            read += 1;
+            if event.recorded_at_micros > at_micros {
+                if event.recorded_at_micros > at_micros + COMMIT_SLACK_MICROS {
+                    break 'replay;
+                }
+                continue;
+            }
+            let Some(grant_id) = event.stream_id.strip_prefix("grant-") else {
+                continue;
+            };
+            let decoded = grant::Event::from_payload(
+                &event.event_type,
+                event.schema_version,
+                event.payload.clone(),
+            )
+            .map_err(|e| StoreError::Malformed(format!("event {}: {e}", event.event_id)))?;
+            fold(&mut grants, grant_id, decoded);
+        }
+    }
+    let mut active: Vec<GrantAt> = grants
+        .into_iter()
+        .map(|(grant_id, g)| GrantAt {
+            grant_id,
+            client_id: g.client_id,
+            user_id: g.user_id,
+            username: g.username,
+            scope: g.scope,
+            issued_at_millis: g.issued_at,
+            access_tokens: g
+                .access
+                .into_iter()
+                .filter(|(_, (_, expires))| *expires > at_millis)
+                .map(|(hash, (scope, expires))| (hash, scope, expires))
+                .collect(),
+            refreshable: g.refresh_expires.is_some_and(|e| e > at_millis),
+        })
+        .filter(|g| !g.access_tokens.is_empty() || g.refreshable)
+        .collect();
+    active
+        .sort_by(|a, b| (a.issued_at_millis, &a.grant_id).cmp(&(b.issued_at_millis, &b.grant_id)));
+    Ok((active, read))
+}
+
+fn fold(grants: &mut HashMap<String, GrantFold>, grant_id: &str, event: grant::Event) {
+    match event {
+        grant::Event::GrantIssued {
+            client_id,
+            subject,
+            scope,
+            access,
+            refresh,
+            at,
+            ..
+        } => {
+            let mut g = GrantFold {
+                client_id: client_id.to_string(),
+                user_id: subject.as_ref().map(|s| s.user_id.to_string()),
+                username: subject.as_ref().map(|s| s.username.to_string()),
+                scope: scope.to_string(),
+                issued_at: at.as_unix_millis(),
+                refresh_expires: refresh.map(|r| r.expires_at.as_unix_millis()),
+                ..GrantFold::default()
+            };
+            g.access.insert(
+                access.hash.to_string(),
+                (access.scope.to_string(), access.expires_at.as_unix_millis()),
+            );
+            grants.insert(grant_id.to_owned(), g);
+        }
+        grant::Event::TokensRefreshed {
+            access, refresh, ..
+        } => {
+            if let Some(g) = grants.get_mut(grant_id) {
+                g.access.insert(
+                    access.hash.to_string(),
+                    (access.scope.to_string(), access.expires_at.as_unix_millis()),
+                );
+                g.refresh_expires = Some(refresh.expires_at.as_unix_millis());
+            }
+        }
+        grant::Event::AccessTokenRevoked { hash, .. } => {
+            if let Some(g) = grants.get_mut(grant_id) {
+                g.access.remove(&hash.to_string());
+            }
+        }
+        // A revoked grant is gone for good: forget it (keeps memory to the live set).
+        grant::Event::GrantRevoked { .. } => {
+            grants.remove(grant_id);
+        }
+        grant::Event::RefreshTokenReused { .. } => {}
+    }
+}
