@@ -24,17 +24,22 @@ fn free_port() -> u16 {
 
 fn nats_server() -> String {
     std::env::var("VALET_NATS_SERVER").unwrap_or_else(|_| {
-        ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .unwrap_or("nats-server")
-            .to_owned()
+        [
+            "/usr/sbin/nats-server",
+            "/usr/bin/nats-server",
+            "/usr/local/bin/nats-server",
+        ]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("nats-server")
+        .to_owned()
     })
 }
 
 impl TestNats {
     pub async fn start() -> TestNats {
-        let dir = std::env::temp_dir().join(format!("valet-test-nats-{}", uuid::Uuid::now_v7().simple()));
+        let dir =
+            std::env::temp_dir().join(format!("valet-test-nats-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir).expect("nats store dir");
         let mut nats = TestNats {
             port: free_port(),
@@ -61,7 +66,14 @@ impl TestNats {
     pub async fn resume(&mut self) {
         assert!(self.child.is_none(), "already running");
         let child = Command::new(nats_server())
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
             .arg(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -70,7 +82,10 @@ impl TestNats {
             .expect("start nats-server (install Debian's nats-server, or `make setup`)");
         self.child = Some(child);
         for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -80,7 +95,9 @@ impl TestNats {
 
     /// Every message of the stream, in stream order (an ordered consumer from the start).
     pub async fn stream_messages(&self, stream: &str) -> Vec<async_nats::jetstream::Message> {
-        let client = async_nats::connect(self.url()).await.expect("connect to nats");
+        let client = async_nats::connect(self.url())
+            .await
+            .expect("connect to nats");
         let js = async_nats::jetstream::new(client);
         let mut stream = js.get_stream(stream).await.expect("stream exists");
         let total = stream.info().await.expect("stream info").state.messages;
@@ -96,7 +113,10 @@ impl TestNats {
         while (out.len() as u64) < total {
             match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
                 Ok(Some(Ok(message))) => out.push(message),
-                other => panic!("reading the stream failed after {} messages: {other:?}", out.len()),
+                other => panic!(
+                    "reading the stream failed after {} messages: {other:?}",
+                    out.len()
+                ),
             }
         }
         out

@@ -402,8 +402,10 @@ impl Resp {
     }
 
     pub fn no_store(&self) -> bool {
-        self.header("cache-control")
-            .is_some_and(|v| v.split(',').any(|d| d.trim().eq_ignore_ascii_case("no-store")))
+        self.header("cache-control").is_some_and(|v| {
+            v.split(',')
+                .any(|d| d.trim().eq_ignore_ascii_case("no-store"))
+        })
     }
 
     /// One line for assertion messages.
@@ -438,7 +440,12 @@ pub struct Tokens {
 
 impl Tokens {
     pub fn from_resp(resp: &Resp) -> Tokens {
-        assert_eq!(resp.status, 200, "token request failed: {}", resp.describe());
+        assert_eq!(
+            resp.status,
+            200,
+            "token request failed: {}",
+            resp.describe()
+        );
         let raw = resp.json();
         Tokens {
             access_token: raw["access_token"]
@@ -473,6 +480,17 @@ pub struct EventRow {
 // ---------------------------------------------------------------------------------------
 // The server
 // ---------------------------------------------------------------------------------------
+
+/// A server may answer 413 without reading the body and then close the connection
+/// (HTTP/1.1 allows it, without a `Connection: close` header). Such a connection must
+/// not go back to the client's pool, or the next request on it fails.
+fn close_if_oversized(req: reqwest::RequestBuilder, body_len: usize) -> reqwest::RequestBuilder {
+    if body_len > 64 * 1024 {
+        req.header(reqwest::header::CONNECTION, "close")
+    } else {
+        req
+    }
+}
 
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -563,10 +581,7 @@ impl TestServer {
                 let _ = child.start_kill();
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
-                panic!(
-                    "valet serve {why}; log {}:\n{log_text}",
-                    log_path.display()
-                );
+                panic!("valet serve {why}; log {}:\n{log_text}", log_path.display());
             }
         };
         assert!(
@@ -635,9 +650,7 @@ impl TestServer {
 
     pub async fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut cmd = valet_command(&self.db_url, &self.env);
-        cmd.args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         if stdin.is_some() {
             cmd.stdin(Stdio::piped());
         }
@@ -673,8 +686,11 @@ impl TestServer {
             client_secret: json["client_secret"].as_str().map(str::to_owned),
             redirect_uris: spec.redirect_uris.clone(),
         };
-        self.wait_for_row("SELECT 1 FROM clients WHERE client_id = $1", &creds.client_id)
-            .await;
+        self.wait_for_row(
+            "SELECT 1 FROM clients WHERE client_id = $1",
+            &creds.client_id,
+        )
+        .await;
         Ok(creds)
     }
 
@@ -802,7 +818,10 @@ impl TestServer {
     pub async fn events_dump(&self) -> String {
         self.pg()
             .await
-            .query("SELECT row_to_json(e)::text FROM events e ORDER BY position", &[])
+            .query(
+                "SELECT row_to_json(e)::text FROM events e ORDER BY position",
+                &[],
+            )
             .await
             .expect("dump events")
             .into_iter()
@@ -833,7 +852,7 @@ impl TestServer {
             .get(self.url(path))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+            .unwrap_or_else(|e| panic!("GET {path}: {e:?}"));
         Resp::read(resp, started).await
     }
 
@@ -856,11 +875,11 @@ impl TestServer {
             );
         }
         let started = Instant::now();
-        let resp = req
+        let resp = close_if_oversized(req, body.len())
             .body(body)
             .send()
             .await
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+            .unwrap_or_else(|e| panic!("POST {path}: {e:?}"));
         Resp::read(resp, started).await
     }
 
@@ -884,7 +903,7 @@ impl TestServer {
             .body(form_body(&all))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+            .unwrap_or_else(|e| panic!("POST {path}: {e:?}"));
         Resp::read(resp, started).await
     }
 
@@ -926,7 +945,12 @@ impl TestServer {
         self.token(&client.auth(), &pairs).await
     }
 
-    pub async fn refresh(&self, client: &ClientCreds, refresh_token: &str, scope: Option<&str>) -> Resp {
+    pub async fn refresh(
+        &self,
+        client: &ClientCreds,
+        refresh_token: &str,
+        scope: Option<&str>,
+    ) -> Resp {
         let mut pairs = vec![
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token),
@@ -948,7 +972,12 @@ impl TestServer {
     /// Introspects `token` as `caller` and returns the JSON (asserting 200).
     pub async fn introspection(&self, caller: &ClientCreds, token: &str) -> Value {
         let resp = self.introspect(&caller.basic(), token).await;
-        assert_eq!(resp.status, 200, "introspection failed: {}", resp.describe());
+        assert_eq!(
+            resp.status,
+            200,
+            "introspection failed: {}",
+            resp.describe()
+        );
         resp.json()
     }
 
@@ -973,7 +1002,12 @@ impl TestServer {
 
     /// Drives GET /authorize through login and consent (approving) and returns where
     /// the server finally redirected to (the client's redirect URI).
-    pub async fn authorize(&self, browser: &mut Browser, user: &TestUser, req: &AuthRequest) -> FlowEnd {
+    pub async fn authorize(
+        &self,
+        browser: &mut Browser,
+        user: &TestUser,
+        req: &AuthRequest,
+    ) -> FlowEnd {
         self.authorize_deciding(browser, user, req, "approve").await
     }
 
@@ -1280,7 +1314,7 @@ impl Browser {
         let resp = req
             .send()
             .await
-            .unwrap_or_else(|e| panic!("request to {url}: {e}"));
+            .unwrap_or_else(|e| panic!("request to {url}: {e:?}"));
         let resp = Resp::read(resp, started).await;
         self.absorb(&resp.headers);
         if resp.status == 200 {
@@ -1306,9 +1340,7 @@ impl Browser {
 
     pub async fn post_raw(&mut self, url: &str, content_type: &str, body: Vec<u8>) -> Resp {
         let url = self.resolve(url);
-        let req = self
-            .http
-            .post(url.clone())
+        let req = close_if_oversized(self.http.post(url.clone()), body.len())
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(body);
         self.send(req, url).await
@@ -1342,14 +1374,22 @@ impl Browser {
 /// NR: an HTML 400 page, no Location, no code.
 #[track_caller]
 pub fn assert_nr(resp: &Resp, what: &str) {
-    assert_eq!(resp.status, 400, "{what}: expected an HTML 400 (NR), got {}", resp.describe());
+    assert_eq!(
+        resp.status,
+        400,
+        "{what}: expected an HTML 400 (NR), got {}",
+        resp.describe()
+    );
     assert!(
         resp.location().is_none(),
         "{what}: NR must not redirect, got {}",
         resp.describe()
     );
     let ct = resp.header("content-type").unwrap_or_default();
-    assert!(ct.starts_with("text/html"), "{what}: NR page is HTML, got content-type {ct:?}");
+    assert!(
+        ct.starts_with("text/html"),
+        "{what}: NR page is HTML, got content-type {ct:?}"
+    );
     assert!(
         !resp.text().contains("valet_ac_"),
         "{what}: NR page carries a code"
@@ -1367,7 +1407,8 @@ pub fn assert_r(resp: &Resp, redirect_uri: &str, error: &str, state: Option<&str
     let end = FlowEnd::new(resp.clone());
     let sep = if redirect_uri.contains('?') { '&' } else { '?' };
     assert!(
-        end.raw_location.starts_with(&format!("{redirect_uri}{sep}")),
+        end.raw_location
+            .starts_with(&format!("{redirect_uri}{sep}")),
         "{what}: redirect goes to {} instead of {redirect_uri}",
         end.raw_location
     );
@@ -1383,7 +1424,10 @@ pub fn assert_r(resp: &Resp, redirect_uri: &str, error: &str, state: Option<&str
         "{what}: state not echoed exactly in {}",
         end.raw_location
     );
-    assert!(end.param("code").is_none(), "{what}: an error redirect carries a code");
+    assert!(
+        end.param("code").is_none(),
+        "{what}: an error redirect carries a code"
+    );
 }
 
 /// T(x) with the given status: JSON `error`, `Cache-Control: no-store`.
@@ -1401,7 +1445,10 @@ pub fn assert_token_error(resp: &Resp, status: u16, error: &str, what: &str) {
         resp.header("cache-control")
     );
     let ct = resp.header("content-type").unwrap_or_default();
-    assert!(ct.starts_with("application/json"), "{what}: content-type {ct:?}");
+    assert!(
+        ct.starts_with("application/json"),
+        "{what}: content-type {ct:?}"
+    );
 }
 
 /// invalid_client: 401 with `WWW-Authenticate: Basic ...`.
@@ -1446,7 +1493,9 @@ impl Fixture {
                     .scopes("introspect"),
             )
             .await;
-        let user = server.create_user("alice", "correct horse battery staple").await;
+        let user = server
+            .create_user("alice", "correct horse battery staple")
+            .await;
         let browser = server.browser();
         Fixture {
             server,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use valet_app::admin::{ClientType, NewClient};
 use valet_app::oauth::{ClientAuth, OAuth, RequestMeta, Settings};
-use valet_app::outbox::{Lease, Leadership, RelayStatus};
+use valet_app::outbox::{Leadership, Lease, RelayStatus};
 use valet_app::{LogCursor, SystemClock};
 use valet_domain::{AccessTokenTtl, CodeTtl, RefreshTokenTtl, TokenHash};
 use valet_projector::{PgReadModels, ReadModelProjection};
@@ -81,7 +81,9 @@ async fn issue_and_revoke(app: &App, svc: &Service, n: usize) -> Vec<String> {
             .expect("token")
             .access_token;
         if i % 2 == 1 {
-            app.revoke(&client, &token, None, &meta).await.expect("revoke");
+            app.revoke(&client, &token, None, &meta)
+                .await
+                .expect("revoke");
         }
         tokens.push(token);
     }
@@ -140,7 +142,10 @@ async fn relay_publishes_every_token_event_in_log_order_with_its_event_id() {
     let svc = service(&app).await;
     let tokens = issue_and_revoke(&app, &svc, 10).await;
     let (relay, status) = start_relay(&app, &nats);
-    wait_until("15 messages", Duration::from_secs(20), || status.snapshot().published >= 15).await;
+    wait_until("15 messages", Duration::from_secs(20), || {
+        status.snapshot().published >= 15
+    })
+    .await;
 
     let events = events_in_stream(&nats).await;
     assert_eq!(events.len(), 15, "10 issued + 5 revoked");
@@ -149,8 +154,14 @@ async fn relay_publishes_every_token_event_in_log_order_with_its_event_id() {
         assert_eq!(event.client_id, svc.client_id);
     }
     assert!(events.windows(2).all(|w| w[0].0.position < w[1].0.position));
-    let issued = events.iter().filter(|(e, _)| e.event_type == EventType::TokenIssued).count();
-    let revoked = events.iter().filter(|(e, _)| e.event_type == EventType::TokenRevoked).count();
+    let issued = events
+        .iter()
+        .filter(|(e, _)| e.event_type == EventType::TokenIssued)
+        .count();
+    let revoked = events
+        .iter()
+        .filter(|(e, _)| e.event_type == EventType::TokenRevoked)
+        .count();
     assert_eq!((issued, revoked), (10, 5));
     // The stream names tokens by digest only.
     for (event, _) in &events {
@@ -178,25 +189,46 @@ async fn s39_republish_after_a_crash_before_the_checkpoint_is_deduplicated() {
     let svc = service(&app).await;
     issue_and_revoke(&app, &svc, 6).await;
     let (relay, status) = start_relay(&app, &nats);
-    wait_until("9 messages", Duration::from_secs(20), || status.snapshot().published >= 9).await;
+    wait_until("9 messages", Duration::from_secs(20), || {
+        status.snapshot().published >= 9
+    })
+    .await;
     relay.abort();
     let _ = relay.await;
 
     // Rewind the checkpoint: exactly what a crash between PubAck and checkpoint leaves.
     let mut lease = loop {
-        if let Some(lease) = app.store.try_acquire(valet_relay::LEASE).await.expect("lease") {
+        if let Some(lease) = app
+            .store
+            .try_acquire(valet_relay::LEASE)
+            .await
+            .expect("lease")
+        {
             break lease;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    lease.save_checkpoint(LogCursor::START).await.expect("rewind");
+    lease
+        .save_checkpoint(LogCursor::START)
+        .await
+        .expect("rewind");
     drop(lease);
 
     let (relay, status) = start_relay(&app, &nats);
-    wait_until("the republish", Duration::from_secs(20), || status.snapshot().published >= 9).await;
+    wait_until("the republish", Duration::from_secs(20), || {
+        status.snapshot().published >= 9
+    })
+    .await;
     let snapshot = status.snapshot();
-    assert_eq!(snapshot.duplicates, 9, "every republished message was a duplicate");
-    assert_eq!(events_in_stream(&nats).await.len(), 9, "the stream holds each event once");
+    assert_eq!(
+        snapshot.duplicates, 9,
+        "every republished message was a duplicate"
+    );
+    assert_eq!(
+        events_in_stream(&nats).await.len(),
+        9,
+        "the stream holds each event once"
+    );
     relay.abort();
     db.drop_database().await;
 }
@@ -212,7 +244,10 @@ async fn s40_nats_outage_during_issuance_and_revocation_loses_nothing() {
     let svc = service(&app).await;
     let (relay, status) = start_relay(&app, &nats);
     issue_and_revoke(&app, &svc, 4).await;
-    wait_until("6 messages", Duration::from_secs(20), || status.snapshot().published >= 6).await;
+    wait_until("6 messages", Duration::from_secs(20), || {
+        status.snapshot().published >= 6
+    })
+    .await;
 
     nats.stop().await;
     let during = issue_and_revoke(&app, &svc, 20).await;
@@ -254,7 +289,10 @@ async fn a_standby_relay_takes_over_when_the_active_one_dies() {
         first_status.snapshot().published >= 3
     })
     .await;
-    assert!(!second_status.snapshot().active, "two relays active at once");
+    assert!(
+        !second_status.snapshot().active,
+        "two relays active at once"
+    );
 
     first.abort();
     let _ = first.await;

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage, stream::StorageType};
 use async_nats::HeaderMap;
-use valet_app::outbox::{Lease, Leadership, RelayStatus};
+use valet_app::outbox::{Leadership, Lease, RelayStatus};
 use valet_app::{EventStore, LogCursor, LogFollower, RecordedEvent, StoreError};
 use valet_wire::{TokenEvent, MSG_ID_HEADER, STREAM, SUBJECTS};
 
@@ -98,7 +98,9 @@ async fn connect(url: &str, status: Arc<RelayStatus>) -> async_nats::Client {
     loop {
         match options.clone().connect(url).await {
             Ok(client) => {
-                status.set_connected(client.connection_state() == async_nats::connection::State::Connected);
+                status.set_connected(
+                    client.connection_state() == async_nats::connection::State::Connected,
+                );
                 return client;
             }
             Err(error) => {
@@ -111,10 +113,7 @@ async fn connect(url: &str, status: Arc<RelayStatus>) -> async_nats::Client {
 }
 
 /// Creates or updates the stream so its definition matches this version of Valet.
-pub async fn ensure_stream(
-    js: &jetstream::Context,
-    max_age: Duration,
-) -> Result<(), RelayError> {
+pub async fn ensure_stream(js: &jetstream::Context, max_age: Duration) -> Result<(), RelayError> {
     js.create_or_update_stream(jetstream::stream::Config {
         name: STREAM.to_owned(),
         subjects: vec![SUBJECTS.to_owned()],

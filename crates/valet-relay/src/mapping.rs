@@ -49,11 +49,15 @@ fn reason(reason: RevocationReason) -> valet_wire::RevocationReason {
 }
 
 fn decode(event: &RecordedEvent) -> Result<grant::Event, MappingError> {
-    grant::Event::from_payload(&event.event_type, event.schema_version, event.payload.clone())
-        .map_err(|e| MappingError::Undecodable {
-            event_id: event.event_id.to_string(),
-            reason: e.to_string(),
-        })
+    grant::Event::from_payload(
+        &event.event_type,
+        event.schema_version,
+        event.payload.clone(),
+    )
+    .map_err(|e| MappingError::Undecodable {
+        event_id: event.event_id.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 impl GrantDirectory {
@@ -156,14 +160,22 @@ fn to_wire(
     };
     match decoded {
         grant::Event::GrantIssued { access, at, .. } => Some(issued(&access, at.as_unix_millis())),
-        grant::Event::TokensRefreshed { access, at, .. } => Some(issued(&access, at.as_unix_millis())),
-        grant::Event::AccessTokenRevoked { hash, reason: why, at } => Some(TokenEvent {
+        grant::Event::TokensRefreshed { access, at, .. } => {
+            Some(issued(&access, at.as_unix_millis()))
+        }
+        grant::Event::AccessTokenRevoked {
+            hash,
+            reason: why,
+            at,
+        } => Some(TokenEvent {
             token_sha256: Some(hash.to_string()),
             token_type: Some("access_token".to_owned()),
             reason: Some(reason(why)),
             ..base(EventType::TokenRevoked, at.as_unix_millis())
         }),
-        grant::Event::GrantRevoked { reason: why, at, .. } => Some(TokenEvent {
+        grant::Event::GrantRevoked {
+            reason: why, at, ..
+        } => Some(TokenEvent {
             sub: info.sub.clone(),
             reason: Some(reason(why)),
             ..base(EventType::GrantRevoked, at.as_unix_millis())

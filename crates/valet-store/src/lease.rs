@@ -5,7 +5,7 @@
 //! over. Checkpoints are written on the same session, so a leader whose session is gone
 //! cannot move them.
 
-use valet_app::outbox::{Lease, Leadership};
+use valet_app::outbox::{Leadership, Lease};
 use valet_app::{LogCursor, StoreError};
 
 use crate::pg::PgEventStore;

@@ -103,7 +103,10 @@ impl EventStore for MemoryEventStore {
         Ok(outcomes.remove(0))
     }
 
-    async fn append_all(&self, writes: Vec<StreamWrite>) -> Result<Vec<AppendOutcome>, AppendError> {
+    async fn append_all(
+        &self,
+        writes: Vec<StreamWrite>,
+    ) -> Result<Vec<AppendOutcome>, AppendError> {
         let outcomes = {
             let mut log = self.log();
             // Validate every write before touching the log: all or nothing.

@@ -143,7 +143,7 @@ impl PgEventStore {
         })
     }
 
-    pub(crate) fn config(&self) -> &tokio_postgres::Config {
+    pub fn config(&self) -> &tokio_postgres::Config {
         &self.inner.config
     }
 
@@ -160,7 +160,11 @@ impl PgEventStore {
 
     /// A 32-byte key shared by all replicas: the stored one, or `candidate` if this is
     /// the first process to ask (the caller draws it from the OS CSPRNG).
-    pub async fn shared_secret(&self, name: &str, candidate: [u8; 32]) -> Result<[u8; 32], StoreError> {
+    pub async fn shared_secret(
+        &self,
+        name: &str,
+        candidate: [u8; 32],
+    ) -> Result<[u8; 32], StoreError> {
         let client = self.inner.pool.get().await.map_err(unavailable)?;
         client
             .execute(
@@ -331,7 +335,10 @@ impl EventStore for PgEventStore {
         Ok(outcomes.remove(0))
     }
 
-    async fn append_all(&self, writes: Vec<StreamWrite>) -> Result<Vec<AppendOutcome>, AppendError> {
+    async fn append_all(
+        &self,
+        writes: Vec<StreamWrite>,
+    ) -> Result<Vec<AppendOutcome>, AppendError> {
         let mut client = self.inner.pool.get().await.map_err(unavailable)?;
         let mut outcomes = Vec::with_capacity(writes.len());
         let projection = self.inner.projection.as_ref();
@@ -345,13 +352,19 @@ impl EventStore for PgEventStore {
             });
         } else {
             let tx = client.transaction().await.map_err(db_error)?;
-            for write in &writes {
-                outcomes.push(if write.events.is_empty() {
-                    check_version(&tx, write).await?
-                } else {
-                    append_on(&tx, &write.stream, write.expected, &write.events).await?
-                });
-            }
+            // Pipelined: every stream's insert is sent before the first answer arrives;
+            // PostgreSQL runs them in order, and the first failure aborts the rest.
+            let appends = writes.iter().map(|write| {
+                let tx = &tx;
+                async move {
+                    if write.events.is_empty() {
+                        check_version(tx, write).await
+                    } else {
+                        append_on(tx, &write.stream, write.expected, &write.events).await
+                    }
+                }
+            });
+            outcomes = futures_util::future::try_join_all(appends).await?;
             if let Some(projection) = projection {
                 let recorded: Vec<RecordedEvent> = outcomes
                     .iter()

@@ -198,9 +198,18 @@ mod tests {
 
     #[test]
     fn subjects_follow_the_contract() {
-        assert_eq!(EventType::TokenIssued.subject("app"), "valet.v1.token.issued.app");
-        assert_eq!(EventType::TokenRevoked.subject("app"), "valet.v1.token.revoked.app");
-        assert_eq!(EventType::GrantRevoked.subject("app"), "valet.v1.grant.revoked.app");
+        assert_eq!(
+            EventType::TokenIssued.subject("app"),
+            "valet.v1.token.issued.app"
+        );
+        assert_eq!(
+            EventType::TokenRevoked.subject("app"),
+            "valet.v1.token.revoked.app"
+        );
+        assert_eq!(
+            EventType::GrantRevoked.subject("app"),
+            "valet.v1.grant.revoked.app"
+        );
     }
 
     #[test]
@@ -211,17 +220,24 @@ mod tests {
         let text = String::from_utf8(json.clone()).expect("utf-8");
         assert!(text.contains("\"type\":\"token.issued\""), "{text}");
         assert!(text.contains("\"reason\":\"refresh_reuse\""), "{text}");
-        assert!(!text.contains("\"sub\""), "absent fields are omitted: {text}");
+        assert!(
+            !text.contains("\"sub\""),
+            "absent fields are omitted: {text}"
+        );
         assert_eq!(TokenEvent::from_json(&json).expect("decode"), event);
     }
 
     #[test]
     fn unknown_schema_versions_fail_closed() {
-        let mut value: serde_json::Value = serde_json::from_slice(&sample().to_json()).expect("json");
+        let mut value: serde_json::Value =
+            serde_json::from_slice(&sample().to_json()).expect("json");
         value["schema_version"] = 2.into();
         let err = TokenEvent::from_json(value.to_string().as_bytes()).expect_err("must refuse");
         assert!(matches!(err, DecodeError::UnknownSchemaVersion(2)));
-        value.as_object_mut().expect("object").remove("schema_version");
+        value
+            .as_object_mut()
+            .expect("object")
+            .remove("schema_version");
         assert!(TokenEvent::from_json(value.to_string().as_bytes()).is_err());
     }
 }
