@@ -58,6 +58,7 @@ lint:
 bench:
 	bash scripts/services.sh
 	cargo bench -p valet-store --bench append
+	bash scripts/bench-oauth.sh
 
 # A nats-server started by scripts/services.sh keeps its JetStream store in
 # .build/nats: stop it (and only it, by its pid file) before removing .build.

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use deadpool_postgres::Pool;
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
-use valet_app::{EventStore, LogCursor, RecordedEvent, StoreError};
+use valet_app::{LogCursor, StoreError};
 use valet_domain::grant::{self, GrantOrigin};
 use valet_domain::{DomainEvent, TokenHash};
 use valet_store::PgEventStore;
@@ -286,15 +286,10 @@ pub async fn active_at(
 ) -> Result<(Vec<GrantAt>, u64), StoreError> {
     let at_millis = at_micros.div_euclid(1000);
     let mut grants: HashMap<String, GrantFold> = HashMap::new();
-    let mut cursor = LogCursor::START;
     let mut read = 0u64;
-    'replay: loop {
-        let events = store.read_log(cursor, batch).await?;
-        let Some(last) = events.last().map(RecordedEvent::cursor) else {
-            break;
-        };
-        cursor = last;
-        for event in &events {
+    let mut batches = valet_app::read_ahead(store.clone(), LogCursor::START, batch);
+    'replay: while let Some(events) = batches.recv().await {
+        for mut event in events? {
             read += 1;
             if event.recorded_at_micros > at_micros {
                 if event.recorded_at_micros > at_micros + COMMIT_SLACK_MICROS {
@@ -305,13 +300,11 @@ pub async fn active_at(
             let Some(grant_id) = event.stream_id.strip_prefix("grant-") else {
                 continue;
             };
-            let decoded = grant::Event::from_payload(
-                &event.event_type,
-                event.schema_version,
-                event.payload.clone(),
-            )
-            .map_err(|e| StoreError::Malformed(format!("event {}: {e}", event.event_id)))?;
-            fold(&mut grants, grant_id, decoded);
+            let grant_id = grant_id.to_owned();
+            let decoded = event
+                .take_decoded::<grant::Event>()
+                .map_err(|e| StoreError::Malformed(format!("event {}: {e}", event.event_id)))?;
+            fold(&mut grants, &grant_id, decoded);
         }
     }
     let mut active: Vec<GrantAt> = grants

@@ -36,25 +36,26 @@ impl InlineProjection for ReadModelProjection {
         tx: &'a Transaction<'a>,
         events: &'a [RecordedEvent],
     ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>> {
-        Box::pin(apply_batch(tx, events))
+        // The events stay with the caller; a copy of one append's few events is cheap.
+        Box::pin(apply_batch(tx, events.to_vec()))
     }
 }
 
 /// Applies `events` (in log order) to the read models reachable through `db`.
 pub async fn apply_batch<C: GenericClient + Sync>(
     db: &C,
-    events: &[RecordedEvent],
+    events: Vec<RecordedEvent>,
 ) -> Result<(), StoreError> {
     let mut batch = Batch::default();
-    for event in events {
-        batch.add(event)?;
+    for mut event in events {
+        batch.add(&mut event)?;
     }
     batch.flush(db).await
 }
 
-fn decode<E: DomainEvent>(event: &RecordedEvent) -> Result<E, StoreError> {
+fn decode<E: DomainEvent>(event: &mut RecordedEvent) -> Result<E, StoreError> {
     event
-        .decode::<E>()
+        .take_decoded::<E>()
         .map_err(|e| StoreError::Malformed(format!("event {}: {e}", event.event_id)))
 }
 
@@ -167,8 +168,9 @@ struct Batch {
 }
 
 impl Batch {
-    fn add(&mut self, event: &RecordedEvent) -> Result<(), StoreError> {
-        let stream = event.stream_id.as_str();
+    fn add(&mut self, event: &mut RecordedEvent) -> Result<(), StoreError> {
+        let stream_id = std::mem::take(&mut event.stream_id);
+        let stream = stream_id.as_str();
         if stream.starts_with("grant-") {
             let grant_id = uuid_after(stream, "grant-")?;
             self.grant(grant_id, decode(event)?);

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
-use valet_app::{EventStore, LogCursor, RecordedEvent, StoreError};
+use valet_app::{LogCursor, RecordedEvent, StoreError};
 use valet_store::PgEventStore;
 
 use crate::db_error;
@@ -82,14 +82,16 @@ pub async fn rebuild(
         .get(0);
     let mut applied = resumed_from;
     progress(applied, total as u64);
-    loop {
-        let events = store.read_log(cursor, batch.max(1)).await?;
+    let mut batches = valet_app::read_ahead(store.clone(), cursor, batch);
+    while let Some(events) = batches.recv().await {
+        let events = events?;
         let Some(last) = events.last().map(RecordedEvent::cursor) else {
             break;
         };
-        commit_batch(&scratch, &events, last).await?;
+        let count = events.len() as u64;
+        commit_batch(&scratch, events, last).await?;
         cursor = last;
-        applied += events.len() as u64;
+        applied += count;
         progress(applied, (total as u64).max(applied));
     }
 
@@ -121,10 +123,11 @@ pub async fn rebuild(
         )
         .await
         .map_err(db_error)?;
-    let tail: Vec<RecordedEvent> = tail.iter().map(tail_event).collect::<Result<_, _>>()?;
-    for chunk in tail.chunks(batch.max(1)) {
-        apply_batch(&tx, chunk).await?;
-        applied += chunk.len() as u64;
+    let mut tail: Vec<RecordedEvent> = tail.iter().map(tail_event).collect::<Result<_, _>>()?;
+    while !tail.is_empty() {
+        let rest = tail.split_off(tail.len().min(batch.max(1)));
+        applied += tail.len() as u64;
+        apply_batch(&tx, std::mem::replace(&mut tail, rest)).await?;
     }
     let differences = match mode {
         RebuildMode::Verify => compare(&tx).await?,
@@ -214,9 +217,10 @@ fn scratch_pool(store: &PgEventStore) -> Result<Pool, StoreError> {
 
 async fn commit_batch(
     scratch: &Pool,
-    events: &[RecordedEvent],
+    events: Vec<RecordedEvent>,
     last: LogCursor,
 ) -> Result<(), StoreError> {
+    let count = events.len() as i64;
     let mut client = scratch
         .get()
         .await
@@ -225,7 +229,7 @@ async fn commit_batch(
     apply_batch(&tx, events).await?;
     tx.execute(
         "UPDATE rebuild_progress SET xact = $1, position = $2, applied = applied + $3",
-        &[&last.xact, &last.position, &(events.len() as i64)],
+        &[&last.xact, &last.position, &count],
     )
     .await
     .map_err(db_error)?;
