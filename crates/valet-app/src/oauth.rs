@@ -2,6 +2,7 @@
 //! lets the domain decide, and appends; the read models it queries are maintained in the
 //! same transaction as the append, so a token handed out introspects active at once.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use uuid::Uuid;
@@ -18,7 +19,7 @@ use crate::aggregate::{self as agg, execute, load, Aggregate, ExecuteError};
 use crate::clock::Clock;
 use crate::log::NewEvent;
 use crate::ports::{
-    AppendError, EventMetadata, EventStore, ExpectedVersion, StoreError, StreamWrite,
+    AppendError, EventMetadata, EventStore, ExpectedVersion, StoreError, StreamVersion, StreamWrite,
 };
 use crate::read::{ReadModels, RefreshStatus};
 use crate::secrets::{self, RandomnessError, SecretKind};
@@ -172,6 +173,8 @@ pub enum ClientAuth {
 #[derive(Debug, Clone)]
 pub struct AuthenticatedClient {
     pub state: valet_domain::client::State,
+    /// The client stream's version when it was authenticated.
+    pub version: StreamVersion,
 }
 
 impl AuthenticatedClient {
@@ -278,10 +281,63 @@ pub struct OAuth<S, R, C> {
     pub reads: R,
     pub clock: C,
     pub settings: Settings,
+    clients: ClientCache,
+}
+
+/// Client states recently loaded, so that every token and introspection request does
+/// not replay the client's stream. Entries live for `CLIENT_CACHE_TTL`; issuing a token
+/// also asserts the client stream's version in the same transaction, so a client
+/// disabled meanwhile gets nothing new. Unknown ids are cached too: a hit must not tell
+/// a registered client from an unknown one by its timing.
+#[derive(Default)]
+struct ClientCache {
+    entries: std::sync::RwLock<HashMap<String, CachedClient>>,
+}
+
+#[derive(Clone)]
+struct CachedClient {
+    loaded: std::time::Instant,
+    state: valet_domain::client::State,
+    version: StreamVersion,
+}
+
+/// How long a loaded client state is trusted for authentication.
+pub const CLIENT_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+const CLIENT_CACHE_LIMIT: usize = 10_000;
+
+impl ClientCache {
+    fn get(&self, id: &str) -> Option<CachedClient> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(id)
+            .filter(|c| c.loaded.elapsed() < CLIENT_CACHE_TTL)
+            .cloned()
+    }
+
+    fn put(&self, id: &str, entry: CachedClient) {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= CLIENT_CACHE_LIMIT {
+            entries.retain(|_, c| c.loaded.elapsed() < CLIENT_CACHE_TTL);
+            if entries.len() >= CLIENT_CACHE_LIMIT {
+                entries.clear();
+            }
+        }
+        entries.insert(id.to_owned(), entry);
+    }
+
+    fn forget(&self, id: &str) {
+        self.entries
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
 }
 
 /// Attempts at a multi-stream write before giving up under contention.
 const MAX_ATTEMPTS: usize = 16;
+
+/// Internal marker of a version conflict that the caller retries.
+const CODE_CONFLICT: &str = "write conflict";
 
 fn new_events<E: valet_domain::DomainEvent>(
     events: &[E],
@@ -311,6 +367,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             reads,
             clock,
             settings,
+            clients: ClientCache::default(),
         }
     }
 
@@ -322,13 +379,42 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         &self,
         client_id: &str,
     ) -> Result<valet_domain::client::State, OAuthError> {
-        match ClientId::parse(client_id) {
-            Ok(id) => Ok(load::<agg::Client, S>(&self.store, &StreamId::client(&id))
-                .await
-                .map_err(infrastructure)?
-                .state),
+        Ok(self.cached_client(client_id).await?.state)
+    }
+
+    async fn cached_client(&self, client_id: &str) -> Result<CachedClient, OAuthError> {
+        if let Some(hit) = self.clients.get(client_id) {
+            return Ok(hit);
+        }
+        let loaded = match ClientId::parse(client_id) {
+            Ok(id) => {
+                let loaded = load::<agg::Client, S>(&self.store, &StreamId::client(&id))
+                    .await
+                    .map_err(infrastructure)?;
+                CachedClient {
+                    loaded: std::time::Instant::now(),
+                    state: loaded.state,
+                    version: loaded.version,
+                }
+            }
             // Same work as for an unknown client: the answer must not tell them apart.
-            Err(_) => Ok(Default::default()),
+            Err(_) => CachedClient {
+                loaded: std::time::Instant::now(),
+                state: Default::default(),
+                version: StreamVersion::EMPTY,
+            },
+        };
+        self.clients.put(client_id, loaded.clone());
+        Ok(loaded)
+    }
+
+    /// A write that must not land if the client changed (e.g. was disabled) since it was
+    /// authenticated: asserts the version the authentication saw.
+    fn client_unchanged(&self, client: &AuthenticatedClient) -> StreamWrite {
+        StreamWrite {
+            stream: StreamId::client(client.id()),
+            expected: ExpectedVersion::from_loaded(client.version),
+            events: Vec::new(),
         }
     }
 
@@ -337,17 +423,17 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
     pub async fn authenticate(&self, auth: &ClientAuth) -> Result<AuthenticatedClient, OAuthError> {
         match auth {
             ClientAuth::Secret { client_id, secret } => {
-                let state = self.client_state(client_id).await?;
+                let CachedClient { state, version, .. } = self.cached_client(client_id).await?;
                 if state.verify_secret(&TokenHash::of(secret)) {
-                    Ok(AuthenticatedClient { state })
+                    Ok(AuthenticatedClient { state, version })
                 } else {
                     Err(OAuthError::invalid_client())
                 }
             }
             ClientAuth::Public { client_id } => {
-                let state = self.client_state(client_id).await?;
+                let CachedClient { state, version, .. } = self.cached_client(client_id).await?;
                 if state.is_active() && matches!(state.kind(), Some(ClientKind::Public)) {
-                    Ok(AuthenticatedClient { state })
+                    Ok(AuthenticatedClient { state, version })
                 } else {
                     Err(OAuthError::invalid_client())
                 }
@@ -416,13 +502,15 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         let events = agg::Grant::decide(&Default::default(), command)
             .map_err(|r| OAuthError::Unavailable(format!("grant refused: {:?}", r.error)))?;
         let metadata = meta.metadata(client_actor(client.id()));
-        self.store
-            .append(
-                &StreamId::grant(&grant_id),
-                ExpectedVersion::NoStream,
-                new_events(&events, &metadata),
-            )
-            .await?;
+        let writes = vec![
+            self.client_unchanged(client),
+            StreamWrite {
+                stream: StreamId::grant(&grant_id),
+                expected: ExpectedVersion::NoStream,
+                events: new_events(&events, &metadata),
+            },
+        ];
+        self.append_for_client(client, writes).await?;
         Ok(TokenResponse {
             access_token: raw,
             token_type: "Bearer",
@@ -503,6 +591,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             )
             .map_err(|r| OAuthError::Unavailable(format!("grant refused: {:?}", r.error)))?;
             let writes = vec![
+                self.client_unchanged(client),
                 StreamWrite {
                     stream: code_stream.clone(),
                     expected: ExpectedVersion::from_loaded(loaded.version),
@@ -514,8 +603,8 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
                     events: new_events(&grant_events, &metadata),
                 },
             ];
-            match self.store.append_all(writes).await {
-                Ok(_) => {
+            match self.append_for_client(client, writes).await {
+                Ok(()) => {
                     return Ok(TokenResponse {
                         access_token: access_raw,
                         token_type: "Bearer",
@@ -525,11 +614,40 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
                     })
                 }
                 // Someone redeemed it meanwhile: reload, and this becomes a replay.
-                Err(AppendError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
+                Err(OAuthError::Unavailable(reason)) if reason == CODE_CONFLICT => continue,
+                Err(e) => return Err(e),
             }
         }
         Err(OAuthError::Unavailable("code redemption contention".into()))
+    }
+
+    /// Appends writes that start with [`client_unchanged`](Self::client_unchanged). If the
+    /// client changed since it was authenticated, the cached state is dropped and the
+    /// request fails as a client authentication failure would (it is re-checked on the
+    /// next request); any other conflict is reported as `CODE_CONFLICT` for the caller
+    /// to retry.
+    async fn append_for_client(
+        &self,
+        client: &AuthenticatedClient,
+        writes: Vec<StreamWrite>,
+    ) -> Result<(), OAuthError> {
+        let client_stream = StreamId::client(client.id());
+        match self.store.append_all(writes).await {
+            Ok(_) => Ok(()),
+            Err(AppendError::Conflict { stream, .. }) if stream == client_stream.as_str() => {
+                self.clients.forget(client.id().as_str());
+                let fresh = self.cached_client(client.id().as_str()).await?;
+                if fresh.state.is_active() {
+                    // Changed but still active (nothing else can change today): retry
+                    // is safe, and rare.
+                    Err(OAuthError::Unavailable(CODE_CONFLICT.into()))
+                } else {
+                    Err(OAuthError::invalid_client())
+                }
+            }
+            Err(AppendError::Conflict { .. }) => Err(OAuthError::Unavailable(CODE_CONFLICT.into())),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Records a replayed code and revokes the grant it produced. Under a burst of
@@ -612,6 +730,17 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             return Err(OAuthError::unauthorized_client());
         }
         let requested = parse_scope(scope)?;
+        // A refresh extends a grant: check the client afresh rather than from the cache
+        // (a client disabled a moment ago must not renew its tokens).
+        self.clients.forget(client.id().as_str());
+        if !self
+            .cached_client(client.id().as_str())
+            .await?
+            .state
+            .is_active()
+        {
+            return Err(OAuthError::invalid_client());
+        }
         let presented = TokenHash::of(refresh_token);
         let Some(view) = self.reads.refresh_token(&presented).await? else {
             return Err(OAuthError::invalid_grant());

@@ -86,7 +86,8 @@ pub async fn log(
                  AND ($7::uuid IS NULL
                       OR e.stream_id = 'user-' || $7::text
                       OR e.stream_id LIKE 'consent-' || $7::text || '-%'
-                      OR e.payload->>'user_id' = $7::text
+                      OR e.stream_id IN (SELECT c.stream_id FROM events c
+                                         WHERE c.event_type = 'CodeIssued' AND c.payload->>'user_id' = $7::text)
                       OR e.stream_id IN (SELECT 'grant-' || grant_id FROM grants WHERE user_id = $7))
                ORDER BY e.xact, e.position
                LIMIT $8";

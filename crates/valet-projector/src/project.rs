@@ -16,13 +16,13 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 
-use deadpool_postgres::{GenericClient, Transaction};
+use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 use valet_app::{RecordedEvent, StoreError};
 use valet_domain::client::ClientKind;
 use valet_domain::grant::GrantOrigin;
 use valet_domain::{client, consent, grant, user, DomainEvent};
-use valet_store::InlineProjection;
+use valet_store::{InlineProjection, Planned};
 
 use crate::db_error;
 
@@ -31,14 +31,26 @@ use crate::db_error;
 pub struct ReadModelProjection;
 
 impl InlineProjection for ReadModelProjection {
-    fn project<'a>(
+    fn plan<'a>(
         &'a self,
-        tx: &'a Transaction<'a>,
+        db: &'a deadpool_postgres::Client,
         events: &'a [RecordedEvent],
-    ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Planned>, StoreError>> + Send + 'a>> {
         // The events stay with the caller; a copy of one append's few events is cheap.
-        Box::pin(apply_batch(tx, events.to_vec()))
+        Box::pin(plan(db, events.to_vec()))
     }
+}
+
+/// The statements that apply `events` (in log order) to the read models of `db`.
+pub async fn plan<C: GenericClient + Sync>(
+    db: &C,
+    events: Vec<RecordedEvent>,
+) -> Result<Vec<Planned>, StoreError> {
+    let mut batch = Batch::default();
+    for mut event in events {
+        batch.add(&mut event)?;
+    }
+    batch.plan(db).await
 }
 
 /// Applies `events` (in log order) to the read models reachable through `db`.
@@ -46,11 +58,8 @@ pub async fn apply_batch<C: GenericClient + Sync>(
     db: &C,
     events: Vec<RecordedEvent>,
 ) -> Result<(), StoreError> {
-    let mut batch = Batch::default();
-    for mut event in events {
-        batch.add(&mut event)?;
-    }
-    batch.flush(db).await
+    let planned = plan(db, events).await?;
+    valet_store::execute_planned(db, &planned).await
 }
 
 fn decode<E: DomainEvent>(event: &mut RecordedEvent) -> Result<E, StoreError> {
@@ -466,7 +475,7 @@ impl Batch {
         Ok(())
     }
 
-    async fn flush<C: GenericClient + Sync>(mut self, db: &C) -> Result<(), StoreError> {
+    async fn plan<C: GenericClient + Sync>(mut self, db: &C) -> Result<Vec<Planned>, StoreError> {
         self.fill_owners(db).await?;
         let mut statements: Vec<(&'static str, Params)> = Vec::new();
 
@@ -643,7 +652,14 @@ impl Batch {
                 ),
             });
         }
-        execute_pipelined(db, &statements).await
+        let mut planned = Vec::with_capacity(statements.len());
+        for (sql, params) in statements {
+            planned.push(Planned {
+                statement: db.prepare_cached(sql).await.map_err(db_error)?,
+                params,
+            });
+        }
+        Ok(planned)
     }
 }
 
@@ -675,27 +691,3 @@ const UPSERT_CONSENT: &str = "INSERT INTO consents (user_id, client_id, scope, g
         scope = (SELECT string_agg(s, ' ' ORDER BY s COLLATE \"C\")
                  FROM (SELECT DISTINCT unnest(string_to_array(consents.scope || ' ' || EXCLUDED.scope, ' ')) AS s) merged),
         given_at = EXCLUDED.given_at";
-
-/// Sends every statement before awaiting any result: tokio-postgres pipelines requests
-/// polled together, and PostgreSQL runs them in the order sent.
-async fn execute_pipelined<C: GenericClient + Sync>(
-    db: &C,
-    statements: &[(&'static str, Params)],
-) -> Result<(), StoreError> {
-    let mut prepared = Vec::with_capacity(statements.len());
-    for (sql, _) in statements {
-        prepared.push(db.prepare_cached(sql).await.map_err(db_error)?);
-    }
-    let executions = statements
-        .iter()
-        .zip(&prepared)
-        .map(|((_, params), statement)| {
-            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                params.iter().map(|p| p.as_ref() as _).collect();
-            async move { db.execute(statement, &params).await }
-        });
-    futures_util::future::try_join_all(executions)
-        .await
-        .map_err(db_error)?;
-    Ok(())
-}

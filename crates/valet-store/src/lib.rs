@@ -11,7 +11,9 @@ mod pg;
 pub use lease::PgLease;
 pub use memory::MemoryEventStore;
 pub use migrate::{migrate, MigrateError, MigrationReport, MIGRATIONS};
-pub use pg::{append_on, InlineProjection, PgEventStore, PgStoreConfig};
+pub use pg::{
+    append_on, execute_planned, in_order, InlineProjection, PgEventStore, PgStoreConfig, Planned,
+};
 
 /// Connects to PostgreSQL without TLS: the database is expected on a trusted network
 /// (loopback or a private link); put TLS termination in front of it otherwise.

@@ -72,12 +72,75 @@ pub struct PgEventStore {
 
 /// Writes read-model rows inside the append's transaction, so a reader of the read
 /// models sees exactly the committed log (read-your-writes).
+///
+/// Two phases, so the store can send the whole transaction at once: `plan` may read
+/// (outside the transaction; it only reads what never changes) and prepares the
+/// statements; the store then pipelines BEGIN, the inserts and the planned statements.
 pub trait InlineProjection: Send + Sync + 'static {
-    fn project<'a>(
+    fn plan<'a>(
         &'a self,
-        tx: &'a deadpool_postgres::Transaction<'a>,
+        db: &'a deadpool_postgres::Client,
         events: &'a [RecordedEvent],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send + 'a>>;
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Vec<Planned>, StoreError>> + Send + 'a>,
+    >;
+}
+
+/// A prepared statement with its parameters, ready to be pipelined.
+pub struct Planned {
+    pub statement: tokio_postgres::Statement,
+    pub params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>,
+}
+
+type Flight<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a>,
+>;
+
+/// Drives `requests` to completion, polling them in order every time. tokio-postgres
+/// sends a request when its future is first polled, so they reach PostgreSQL in this
+/// order, all before the first answer comes back (one round trip for the lot).
+pub async fn in_order(
+    mut requests: Vec<Flight<'_>>,
+) -> Vec<Result<Vec<Row>, tokio_postgres::Error>> {
+    let mut done: Vec<Option<Result<Vec<Row>, tokio_postgres::Error>>> =
+        requests.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (request, slot) in requests.iter_mut().zip(done.iter_mut()) {
+            if slot.is_none() {
+                match request.as_mut().poll(cx) {
+                    std::task::Poll::Ready(result) => *slot = Some(result),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    done.into_iter().flatten().collect()
+}
+
+/// Runs planned statements pipelined on `db` (e.g. inside a caller's transaction).
+pub async fn execute_planned<C: GenericClient + Sync>(
+    db: &C,
+    planned: &[Planned],
+) -> Result<(), StoreError> {
+    let requests: Vec<Flight<'_>> = planned
+        .iter()
+        .map(|p| {
+            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                p.params.iter().map(|x| x.as_ref() as _).collect();
+            Box::pin(async move { db.query(&p.statement, &params).await }) as Flight<'_>
+        })
+        .collect();
+    for result in in_order(requests).await {
+        result.map_err(db_error)?;
+    }
+    Ok(())
 }
 
 struct Inner {
@@ -158,6 +221,95 @@ impl PgEventStore {
         self.inner.notify_needed.notify_one();
     }
 
+    /// The transactional append: prepare everything, then send BEGIN, every insert and
+    /// the projection's statements in one flight; COMMIT only if every insert landed.
+    async fn append_in_transaction(
+        &self,
+        client: &mut deadpool_postgres::Client,
+        writes: &[StreamWrite],
+    ) -> Result<Vec<AppendOutcome>, AppendError> {
+        let append = client.prepare_cached(APPEND_SQL).await.map_err(db_error)?;
+        let version = client.prepare_cached(VERSION_SQL).await.map_err(db_error)?;
+        let planned = match &self.inner.projection {
+            Some(projection) => {
+                let provisional: Vec<RecordedEvent> = writes
+                    .iter()
+                    .flat_map(|w| w.events.iter().map(|e| provisional(&w.stream, e)))
+                    .collect();
+                projection.plan(client, &provisional).await?
+            }
+            None => Vec::new(),
+        };
+        let inputs: Vec<AppendInput> = writes
+            .iter()
+            .map(AppendInput::new)
+            .collect::<Result<_, _>>()?;
+        let db: &deadpool_postgres::Client = client;
+        let mut requests: Vec<Flight<'_>> = vec![Box::pin(async move {
+            db.simple_query("BEGIN").await.map(|_| Vec::new())
+        })];
+        for (write, input) in writes.iter().zip(&inputs) {
+            let (append, version) = (&append, &version);
+            requests.push(Box::pin(async move {
+                if write.events.is_empty() {
+                    db.query(version, &[&write.stream.as_str()]).await
+                } else {
+                    db.query(append, &input.params()).await
+                }
+            }));
+        }
+        for p in &planned {
+            requests.push(Box::pin(async move {
+                let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                    p.params.iter().map(|x| x.as_ref() as _).collect();
+                db.query(&p.statement, &params).await
+            }));
+        }
+        let mut results = in_order(requests).await.into_iter();
+        let outcome = (|| -> Result<Vec<AppendOutcome>, AppendError> {
+            results.next().unwrap_or(Ok(Vec::new())).map_err(db_error)?;
+            let mut outcomes = Vec::with_capacity(writes.len());
+            for write in writes {
+                let rows = results.next().unwrap_or(Ok(Vec::new()));
+                outcomes.push(interpret(
+                    &write.stream,
+                    write.expected,
+                    &write.events,
+                    rows,
+                )?);
+            }
+            for result in results {
+                result.map_err(db_error)?;
+            }
+            Ok(outcomes)
+        })();
+        match outcome {
+            Ok(outcomes) => {
+                client.batch_execute("COMMIT").await.map_err(db_error)?;
+                Ok(outcomes)
+            }
+            Err(error) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                Err(match error {
+                    // Zero rows inserted: the expectation was wrong; say what the stream is at.
+                    AppendError::Conflict {
+                        stream, expected, ..
+                    } => {
+                        let actual = current_version(&*client, &stream)
+                            .await
+                            .unwrap_or(expected.as_version());
+                        AppendError::Conflict {
+                            stream,
+                            expected,
+                            actual,
+                        }
+                    }
+                    other => other,
+                })
+            }
+        }
+    }
+
     /// A 32-byte key shared by all replicas: the stored one, or `candidate` if this is
     /// the first process to ask (the caller draws it from the OS CSPRNG).
     pub async fn shared_secret(
@@ -198,65 +350,143 @@ pub async fn append_on<C: GenericClient + Sync>(
     expected: ExpectedVersion,
     events: &[NewEvent],
 ) -> Result<AppendOutcome, AppendError> {
-    let expected_version = expected.as_version();
-    let expected_i64 = i64::try_from(expected_version.0)
-        .map_err(|_| StoreError::Malformed("expected version out of range".into()))?;
-    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    let versions: Vec<i32> = events
-        .iter()
-        .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
-        .collect();
-    let payloads: Vec<&Value> = events.iter().map(|e| &e.payload).collect();
-    let metadata: Vec<Value> = events
-        .iter()
-        .map(|e| serde_json::to_value(&e.metadata).unwrap_or(Value::Null))
-        .collect();
-
+    let input = AppendInput::of(stream, expected, events)?;
     let statement = client.prepare_cached(APPEND_SQL).await.map_err(db_error)?;
-    let result = client
-        .query(
-            &statement,
-            &[
-                &stream.as_str(),
-                &expected_i64,
-                &ids,
-                &types,
-                &versions,
-                &payloads,
-                &metadata,
-            ],
-        )
-        .await;
-    let rows = match result {
+    let rows = client.query(&statement, &input.params()).await;
+    let failed_by_count = matches!(&rows, Ok(r) if r.len() != events.len());
+    match interpret(stream, expected, events, rows) {
+        // Zero rows: the expectation was wrong; outside an aborted transaction we can
+        // ask what the stream is at.
+        Err(AppendError::Conflict { .. }) if failed_by_count => Err(AppendError::Conflict {
+            stream: stream.as_str().to_owned(),
+            expected,
+            actual: current_version(client, stream.as_str()).await?,
+        }),
+        other => other,
+    }
+}
+
+/// The array parameters of one append statement.
+struct AppendInput {
+    stream: String,
+    expected: i64,
+    ids: Vec<Uuid>,
+    types: Vec<String>,
+    versions: Vec<i32>,
+    payloads: Vec<Value>,
+    metadata: Vec<Value>,
+}
+
+impl AppendInput {
+    fn new(write: &StreamWrite) -> Result<Self, AppendError> {
+        Self::of(&write.stream, write.expected, &write.events)
+    }
+
+    fn of(
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Self, AppendError> {
+        Ok(AppendInput {
+            stream: stream.as_str().to_owned(),
+            expected: i64::try_from(expected.as_version().0)
+                .map_err(|_| StoreError::Malformed("expected version out of range".into()))?,
+            ids: events.iter().map(|e| e.event_id).collect(),
+            types: events.iter().map(|e| e.event_type.clone()).collect(),
+            versions: events
+                .iter()
+                .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
+                .collect(),
+            payloads: events.iter().map(|e| e.payload.clone()).collect(),
+            metadata: events
+                .iter()
+                .map(|e| serde_json::to_value(&e.metadata).unwrap_or(Value::Null))
+                .collect(),
+        })
+    }
+
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 7] {
+        [
+            &self.stream,
+            &self.expected,
+            &self.ids,
+            &self.types,
+            &self.versions,
+            &self.payloads,
+            &self.metadata,
+        ]
+    }
+}
+
+/// What the projection needs of an event before the log has numbered it.
+fn provisional(stream: &StreamId, event: &NewEvent) -> RecordedEvent {
+    RecordedEvent {
+        position: 0,
+        xact: 0,
+        event_id: event.event_id,
+        stream_id: stream.as_str().to_owned(),
+        stream_version: StreamVersion::EMPTY,
+        event_type: event.event_type.clone(),
+        schema_version: event.schema_version,
+        payload: event.payload.clone(),
+        metadata: event.metadata.clone(),
+        recorded_at_micros: 0,
+    }
+}
+
+/// Turns the answer of one pipelined append (or version check) into its outcome.
+fn interpret(
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+    rows: Result<Vec<Row>, tokio_postgres::Error>,
+) -> Result<AppendOutcome, AppendError> {
+    let expected_version = expected.as_version();
+    let conflict = |actual| AppendError::Conflict {
+        stream: stream.as_str().to_owned(),
+        expected,
+        actual,
+    };
+    let rows = match rows {
         Ok(rows) => rows,
         Err(e) => {
             return Err(match e.as_db_error() {
                 Some(db) if *db.code() == SqlState::UNIQUE_VIOLATION => {
                     if db.constraint() == Some("events_event_id_key") {
-                        AppendError::DuplicateEventId(ids.first().copied().unwrap_or_default())
+                        AppendError::DuplicateEventId(
+                            events.first().map(|e| e.event_id).unwrap_or_default(),
+                        )
                     } else {
-                        // The version was taken by a concurrent writer; inside a failed
-                        // transaction we cannot ask which version won.
-                        AppendError::Conflict {
-                            stream: stream.as_str().to_owned(),
-                            expected,
-                            actual: StreamVersion(expected_version.0 + 1),
-                        }
+                        conflict(StreamVersion(expected_version.0 + 1))
                     }
                 }
                 _ => AppendError::Store(db_error(e)),
-            });
+            })
         }
     };
-    if rows.len() != events.len() {
-        let actual = current_version(client, stream.as_str()).await?;
-        return Err(AppendError::Conflict {
-            stream: stream.as_str().to_owned(),
-            expected,
-            actual,
-        });
+    if events.is_empty() {
+        let actual = StreamVersion(rows.first().map_or(0, |r| r.get::<_, i64>(0)) as u64);
+        return if actual == expected_version {
+            Ok(AppendOutcome {
+                version: actual,
+                recorded: Vec::new(),
+            })
+        } else {
+            Err(conflict(actual))
+        };
     }
+    if rows.len() != events.len() {
+        return Err(conflict(expected_version));
+    }
+    Ok(recorded(stream, expected_version, events, &rows))
+}
+
+fn recorded(
+    stream: &StreamId,
+    expected_version: StreamVersion,
+    events: &[NewEvent],
+    rows: &[Row],
+) -> AppendOutcome {
     let mut landed: Vec<(i64, i64, i64, i64)> = rows
         .iter()
         .map(|r| (r.get(1), r.get(0), r.get(2), r.get(3)))
@@ -280,10 +510,10 @@ pub async fn append_on<C: GenericClient + Sync>(
             },
         )
         .collect();
-    Ok(AppendOutcome {
+    AppendOutcome {
         version: StreamVersion(expected_version.0 + events.len() as u64),
         recorded,
-    })
+    }
 }
 
 /// An empty write still asserts the stream's version.
@@ -351,28 +581,7 @@ impl EventStore for PgEventStore {
                 append_on(&client, &write.stream, write.expected, &write.events).await?
             });
         } else {
-            let tx = client.transaction().await.map_err(db_error)?;
-            // Pipelined: every stream's insert is sent before the first answer arrives;
-            // PostgreSQL runs them in order, and the first failure aborts the rest.
-            let appends = writes.iter().map(|write| {
-                let tx = &tx;
-                async move {
-                    if write.events.is_empty() {
-                        check_version(tx, write).await
-                    } else {
-                        append_on(tx, &write.stream, write.expected, &write.events).await
-                    }
-                }
-            });
-            outcomes = futures_util::future::try_join_all(appends).await?;
-            if let Some(projection) = projection {
-                let recorded: Vec<RecordedEvent> = outcomes
-                    .iter()
-                    .flat_map(|o| o.recorded.iter().cloned())
-                    .collect();
-                projection.project(&tx, &recorded).await?;
-            }
-            tx.commit().await.map_err(db_error)?;
+            outcomes = self.append_in_transaction(&mut client, &writes).await?;
         }
         if outcomes.iter().any(|o| !o.recorded.is_empty()) {
             self.announce_commit();
