@@ -65,7 +65,9 @@ pub struct TokenEvent {
     pub schema_version: u32,
     /// The id of the event in Valet's log (also the `Nats-Msg-Id` header).
     pub event_id: String,
-    /// The event's position in Valet's log; increases along the stream.
+    /// The event's position in Valet's log. Messages arrive in the log's commit order,
+    /// which is by (transaction, position): positions are unique but NOT increasing
+    /// along the stream, so consumers deduplicate by `event_id`, not by position.
     pub position: i64,
     #[serde(rename = "type")]
     pub event_type: EventType,
