@@ -65,7 +65,96 @@ pub fn fold<'a, E: 'a, S: Default>(
     events.into_iter().fold(S::default(), evolve)
 }
 
-pub(crate) const SCHEMA_V1: u32 = 1;
+// ---------------------------------------------------------------------------------------
+// Schema versions and upcasting
+//
+// The log is immutable: an event keeps the schema version it was written with forever.
+// Readers decode the current shape only, so an older payload is first rewritten ("upcast")
+// one version at a time by the upcasters below; a version newer than the current one, or
+// a gap with no upcaster, is refused (fail closed), never guessed at.
+//
+// To change the shape of an event type (say `GrantRevoked`, from v1 to v2):
+//   1. change the variant's fields to the new shape;
+//   2. set its current version to 2 in `CURRENT_VERSIONS` (types not listed are at 1);
+//   3. add an `Upcaster { event_type: "GrantRevoked", from: 1, upcast: grant_revoked_v1_to_v2 }`
+//      to `UPCASTERS`, a pure function from a v1 payload to a v2 payload;
+//   4. append a v2 line to `tests/fixtures/events.jsonl` (the generator in
+//      `tests/event_fixtures.rs` appends lines for missing (type, current version) pairs).
+// Never edit or delete an old fixture line: each one stands for events already in some log,
+// which must keep decoding for as long as that log exists.
+// ---------------------------------------------------------------------------------------
+
+/// Rewrites a payload of version `from` into version `from + 1` of the same event type.
+#[derive(Debug, Clone, Copy)]
+pub struct Upcaster {
+    pub event_type: &'static str,
+    pub from: u32,
+    pub upcast: fn(Value) -> Result<Value, String>,
+}
+
+/// The event types whose current schema version is above 1. Every other type is at 1.
+const CURRENT_VERSIONS: &[(&str, u32)] = &[];
+
+/// Every upcaster ever needed, one per (event type, from version).
+const UPCASTERS: &[Upcaster] = &[];
+
+/// The schema of the log: current versions and the upcasters that reach them.
+#[derive(Debug, Clone, Copy)]
+pub struct Schema {
+    pub current: &'static [(&'static str, u32)],
+    pub upcasters: &'static [Upcaster],
+}
+
+/// The schema this build reads and writes.
+pub const SCHEMA: Schema = Schema {
+    current: CURRENT_VERSIONS,
+    upcasters: UPCASTERS,
+};
+
+/// The version events of `event_type` are written with today.
+pub fn current_version(event_type: &str) -> u32 {
+    SCHEMA.current_version(event_type)
+}
+
+impl Schema {
+    pub fn current_version(&self, event_type: &str) -> u32 {
+        self.current
+            .iter()
+            .find(|(t, _)| *t == event_type)
+            .map_or(1, |(_, v)| *v)
+    }
+
+    /// Brings a payload of `version` up to the current version of `event_type`, one
+    /// upcaster at a time. Fails closed on a version from the future or a missing step.
+    pub fn upcast(
+        &self,
+        event_type: &str,
+        mut version: u32,
+        mut payload: Value,
+    ) -> Result<Value, DecodeError> {
+        let current = self.current_version(event_type);
+        let unknown = |version| DecodeError::UnknownSchemaVersion {
+            event_type: event_type.to_owned(),
+            version,
+        };
+        if version > current {
+            return Err(unknown(version));
+        }
+        while version < current {
+            let step = self
+                .upcasters
+                .iter()
+                .find(|u| u.event_type == event_type && u.from == version)
+                .ok_or_else(|| unknown(version))?;
+            payload = (step.upcast)(payload).map_err(|reason| DecodeError::Malformed {
+                event_type: event_type.to_owned(),
+                reason: format!("upcasting from version {version}: {reason}"),
+            })?;
+            version += 1;
+        }
+        Ok(payload)
+    }
+}
 
 /// Event enums derive serde's externally tagged form `{"Variant": {fields}}`,
 /// whose tag is the event type; the payload is the inner object.
@@ -86,15 +175,20 @@ pub(crate) fn decode<E: DeserializeOwned>(
     version: u32,
     payload: Value,
 ) -> Result<E, DecodeError> {
+    decode_with(&SCHEMA, known, event_type, version, payload)
+}
+
+fn decode_with<E: DeserializeOwned>(
+    schema: &Schema,
+    known: &[&str],
+    event_type: &str,
+    version: u32,
+    payload: Value,
+) -> Result<E, DecodeError> {
     if !known.contains(&event_type) {
         return Err(DecodeError::UnknownType(event_type.to_owned()));
     }
-    if version != SCHEMA_V1 {
-        return Err(DecodeError::UnknownSchemaVersion {
-            event_type: event_type.to_owned(),
-            version,
-        });
-    }
+    let payload = schema.upcast(event_type, version, payload)?;
     let tagged = Value::Object(Map::from_iter([(event_type.to_owned(), payload)]));
     serde_json::from_value(tagged).map_err(|e| DecodeError::Malformed {
         event_type: event_type.to_owned(),
@@ -118,7 +212,7 @@ macro_rules! domain_event {
             }
 
             fn schema_version(&self) -> u32 {
-                $crate::event::SCHEMA_V1
+                $crate::event::current_version($crate::event::DomainEvent::event_type(self))
             }
 
             fn to_payload(&self) -> serde_json::Value {

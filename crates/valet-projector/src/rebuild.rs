@@ -186,8 +186,11 @@ async fn prepare_scratch(
     for table in READ_MODEL_TABLES {
         // LIKE copies columns, defaults, checks and indexes, so the scratch tables
         // follow every migration of the live ones.
+        // UNLOGGED: the scratch copy needs no crash safety (an interrupted rebuild
+        // resumes from its progress row, or starts over), and skipping WAL halves the
+        // work of a replay.
         sql.push_str(&format!(
-            "CREATE TABLE {SCRATCH_SCHEMA}.{table} (LIKE public.{table} INCLUDING ALL);"
+            "CREATE UNLOGGED TABLE {SCRATCH_SCHEMA}.{table} (LIKE public.{table} INCLUDING ALL);"
         ));
     }
     sql.push_str(&format!(
@@ -201,7 +204,10 @@ async fn prepare_scratch(
 /// A pool of one connection whose unqualified table names resolve to the scratch schema.
 fn scratch_pool(store: &PgEventStore) -> Result<Pool, StoreError> {
     let mut config = store.config().clone();
-    config.options(format!("-c search_path={SCRATCH_SCHEMA}"));
+    // Batches need not wait for the WAL flush: the scratch tables are unlogged anyway.
+    config.options(format!(
+        "-c search_path={SCRATCH_SCHEMA} -c synchronous_commit=off"
+    ));
     let manager = Manager::from_config(
         config,
         NoTls,

@@ -46,7 +46,7 @@ const VERSION_SQL: &str =
     "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1";
 
 const COLUMNS: &str = "position, xact, event_id, stream_id, stream_version, event_type, \
-     schema_version, payload, metadata, (extract(epoch FROM recorded_at) * 1000000)::bigint";
+     schema_version, payload, metadata, recorded_at";
 
 #[derive(Debug, Clone)]
 pub struct PgStoreConfig {
@@ -643,7 +643,7 @@ fn decode_row(row: &Row) -> Result<RecordedEvent, StoreError> {
         payload: row.try_get(7).map_err(malformed)?,
         metadata: serde_json::from_value::<EventMetadata>(metadata)
             .map_err(|e| StoreError::Malformed(e.to_string()))?,
-        recorded_at_micros: row.try_get(9).map_err(malformed)?,
+        recorded_at_micros: micros(row.try_get(9).map_err(malformed)?),
     })
 }
 
@@ -708,6 +708,15 @@ async fn notify_forever(pool: Pool, needed: Arc<Notify>) {
             tracing::warn!(%error, "event log NOTIFY failed; readers fall back to polling");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+/// Unix microseconds of a `timestamptz` (decoded as SystemTime: cheaper for the server
+/// than computing the epoch in SQL for every row of a replay).
+fn micros(t: std::time::SystemTime) -> i64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_micros() as i64,
+        Err(e) => -(e.duration().as_micros() as i64),
     }
 }
 
