@@ -10,6 +10,12 @@ use crate::ports::{
     AppendError, EventMetadata, EventStore, ExpectedVersion, StoreError, StreamVersion,
 };
 
+/// What `decide` returns: the events, or a rejection that may still carry events.
+pub type Decision<A> = Result<
+    Vec<<A as Aggregate>::Event>,
+    Rejection<<A as Aggregate>::Event, <A as Aggregate>::Error>,
+>;
+
 /// Uniform access to the domain's aggregates, so one `execute` serves them all.
 pub trait Aggregate {
     type State: Default + Send;
@@ -17,10 +23,7 @@ pub trait Aggregate {
     type Event: DomainEvent + Send + Sync;
     type Error: Send;
 
-    fn decide(
-        state: &Self::State,
-        command: Self::Command,
-    ) -> Result<Vec<Self::Event>, Rejection<Self::Event, Self::Error>>;
+    fn decide(state: &Self::State, command: Self::Command) -> Decision<Self>;
     fn evolve(state: Self::State, event: &Self::Event) -> Self::State;
 }
 
@@ -41,10 +44,7 @@ macro_rules! aggregate {
             type Event = valet_domain::$module::Event;
             type Error = valet_domain::$module::Error;
 
-            fn decide(
-                state: &Self::State,
-                command: Self::Command,
-            ) -> Result<Vec<Self::Event>, Rejection<Self::Event, Self::Error>> {
+            fn decide(state: &Self::State, command: Self::Command) -> Decision<Self> {
                 ($decide)(state, command)
             }
 

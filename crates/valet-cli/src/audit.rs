@@ -100,7 +100,6 @@ pub async fn log(database_url: &str, args: LogArgs) -> anyhow::Result<()> {
         }
     };
     audit::log(store.pool(), &filter, 1000, &mut sink).await?;
-    drop(sink);
     out.flush()?;
     Ok(())
 }

@@ -159,9 +159,7 @@ pub async fn seed(database_url: &str, target: u64) -> anyhow::Result<()> {
                     at: now,
                 },
             )?;
-            state = stream_events
-                .iter()
-                .fold(state, |s, e| GrantAgg::evolve(s, e));
+            state = stream_events.iter().fold(state, GrantAgg::evolve);
             let mut presented = refresh.map(|r| r.hash);
             for round in 0..2 {
                 let Some(current) = presented else { break };
@@ -186,7 +184,7 @@ pub async fn seed(database_url: &str, target: u64) -> anyhow::Result<()> {
                         at: now,
                     },
                 )?;
-                state = rotated.iter().fold(state, |s, e| GrantAgg::evolve(s, e));
+                state = rotated.iter().fold(state, GrantAgg::evolve);
                 stream_events.extend(rotated);
                 presented = Some(next);
             }

@@ -86,10 +86,10 @@ pub fn fold<'a, E: 'a, S: Default>(
 
 /// Rewrites a payload of version `from` into version `from + 1` of the same event type.
 #[derive(Debug, Clone, Copy)]
-pub struct Upcaster {
-    pub event_type: &'static str,
-    pub from: u32,
-    pub upcast: fn(Value) -> Result<Value, String>,
+pub(crate) struct Upcaster {
+    pub(crate) event_type: &'static str,
+    pub(crate) from: u32,
+    pub(crate) upcast: fn(Value) -> Result<Value, String>,
 }
 
 /// The event types whose current schema version is above 1. Every other type is at 1.
@@ -100,13 +100,13 @@ const UPCASTERS: &[Upcaster] = &[];
 
 /// The schema of the log: current versions and the upcasters that reach them.
 #[derive(Debug, Clone, Copy)]
-pub struct Schema {
-    pub current: &'static [(&'static str, u32)],
-    pub upcasters: &'static [Upcaster],
+pub(crate) struct Schema {
+    current: &'static [(&'static str, u32)],
+    upcasters: &'static [Upcaster],
 }
 
 /// The schema this build reads and writes.
-pub const SCHEMA: Schema = Schema {
+const SCHEMA: Schema = Schema {
     current: CURRENT_VERSIONS,
     upcasters: UPCASTERS,
 };
@@ -117,7 +117,7 @@ pub fn current_version(event_type: &str) -> u32 {
 }
 
 impl Schema {
-    pub fn current_version(&self, event_type: &str) -> u32 {
+    fn current_version(&self, event_type: &str) -> u32 {
         self.current
             .iter()
             .find(|(t, _)| *t == event_type)
@@ -126,7 +126,7 @@ impl Schema {
 
     /// Brings a payload of `version` up to the current version of `event_type`, one
     /// upcaster at a time. Fails closed on a version from the future or a missing step.
-    pub fn upcast(
+    fn upcast(
         &self,
         event_type: &str,
         mut version: u32,
@@ -344,5 +344,233 @@ mod tests {
         ];
         let state: consent::State = fold(&events, consent::evolve);
         assert_eq!(state.scope(), &crate::ScopeSet::parse("b").unwrap());
+    }
+    // ----- upcasting ---------------------------------------------------------------------
+
+    /// A synthetic history: ConsentGiven v0 had a list of scopes and a time in seconds.
+    fn consent_given_v0_to_v1(mut payload: Value) -> Result<Value, String> {
+        let fields = payload.as_object_mut().ok_or("not an object")?;
+        let scopes = fields.remove("scopes").ok_or("no scopes")?;
+        let scopes: Vec<&str> = scopes
+            .as_array()
+            .ok_or("scopes is not a list")?
+            .iter()
+            .map(|s| s.as_str().ok_or("a scope is not a string"))
+            .collect::<Result<_, _>>()?;
+        let seconds = fields
+            .remove("at_seconds")
+            .and_then(|s| s.as_i64())
+            .ok_or("no at_seconds")?;
+        Ok(json!({"scope": scopes.join(" "), "at": seconds * 1000}))
+    }
+
+    const V0_SCHEMA: Schema = Schema {
+        current: &[],
+        upcasters: &[Upcaster {
+            event_type: "ConsentGiven",
+            from: 0,
+            upcast: consent_given_v0_to_v1,
+        }],
+    };
+
+    fn decode_consent(
+        schema: &Schema,
+        event_type: &str,
+        version: u32,
+        payload: Value,
+    ) -> Result<consent::Event, DecodeError> {
+        decode_with(
+            schema,
+            consent::Event::EVENT_TYPES,
+            event_type,
+            version,
+            payload,
+        )
+    }
+
+    #[test]
+    fn an_old_payload_is_upcast_then_decoded() {
+        let v0 = json!({"scopes": ["read", "write"], "at_seconds": 7});
+        let expected = consent::Event::ConsentGiven {
+            scope: crate::ScopeSet::parse("read write").unwrap(),
+            at: crate::Timestamp::from_unix_millis(7000),
+        };
+        assert_eq!(
+            decode_consent(&V0_SCHEMA, "ConsentGiven", 0, v0.clone()),
+            Ok(expected.clone())
+        );
+        // The current version goes through untouched.
+        assert_eq!(
+            decode_consent(&V0_SCHEMA, "ConsentGiven", 1, expected.to_payload()),
+            Ok(expected)
+        );
+        // No upcaster for another type's v0, and nothing from the future.
+        assert_eq!(
+            decode_consent(&V0_SCHEMA, "ConsentRevoked", 0, json!({"at": 1})),
+            Err(DecodeError::UnknownSchemaVersion {
+                event_type: "ConsentRevoked".into(),
+                version: 0
+            })
+        );
+        assert_eq!(
+            decode_consent(
+                &V0_SCHEMA,
+                "ConsentGiven",
+                2,
+                json!({"scope": "read", "at": 1})
+            ),
+            Err(DecodeError::UnknownSchemaVersion {
+                event_type: "ConsentGiven".into(),
+                version: 2
+            })
+        );
+        // An upcaster that cannot make sense of a payload refuses it.
+        let result = decode_consent(&V0_SCHEMA, "ConsentGiven", 0, json!({"scopes": "read"}));
+        assert!(
+            matches!(&result, Err(DecodeError::Malformed { event_type, reason })
+                if event_type == "ConsentGiven" && reason.starts_with("upcasting from version 0")),
+            "{result:?}"
+        );
+        // The upcast payload still has to be a valid current event.
+        let result = decode_consent(
+            &V0_SCHEMA,
+            "ConsentGiven",
+            0,
+            json!({"scopes": ["caf\u{e9}"], "at_seconds": 1}),
+        );
+        assert!(
+            matches!(result, Err(DecodeError::Malformed { .. })),
+            "{result:?}"
+        );
+    }
+
+    fn step(marker: &str, mut payload: Value) -> Result<Value, String> {
+        payload["steps"]
+            .as_array_mut()
+            .ok_or("no steps")?
+            .push(json!(marker));
+        Ok(payload)
+    }
+
+    #[test]
+    fn upcasters_chain_in_order_and_a_gap_fails_closed() {
+        const CHAIN: &[Upcaster] = &[
+            // Deliberately out of order: lookup is by (type, from), not by position.
+            Upcaster {
+                event_type: "T",
+                from: 2,
+                upcast: |p| step("2->3", p),
+            },
+            Upcaster {
+                event_type: "T",
+                from: 0,
+                upcast: |p| step("0->1", p),
+            },
+            Upcaster {
+                event_type: "T",
+                from: 1,
+                upcast: |p| step("1->2", p),
+            },
+            Upcaster {
+                event_type: "U",
+                from: 1,
+                upcast: |_| Err("never".into()),
+            },
+        ];
+        let schema = Schema {
+            current: &[("T", 3)],
+            upcasters: CHAIN,
+        };
+        let start = json!({"steps": []});
+        assert_eq!(schema.current_version("T"), 3);
+        assert_eq!(
+            schema.current_version("U"),
+            1,
+            "unlisted types are at version 1"
+        );
+        assert_eq!(
+            schema.upcast("T", 0, start.clone()),
+            Ok(json!({"steps": ["0->1", "1->2", "2->3"]}))
+        );
+        assert_eq!(
+            schema.upcast("T", 2, start.clone()),
+            Ok(json!({"steps": ["2->3"]}))
+        );
+        assert_eq!(schema.upcast("T", 3, start.clone()), Ok(start.clone()));
+        assert_eq!(
+            schema.upcast("T", 4, start.clone()),
+            Err(DecodeError::UnknownSchemaVersion {
+                event_type: "T".into(),
+                version: 4
+            })
+        );
+        // "U" is at version 1: its 1->2 upcaster is never used.
+        assert_eq!(schema.upcast("U", 1, start.clone()), Ok(start.clone()));
+
+        let gap = Schema {
+            current: &[("T", 3)],
+            upcasters: &CHAIN[..2],
+        };
+        assert_eq!(
+            gap.upcast("T", 0, start.clone()),
+            Err(DecodeError::UnknownSchemaVersion {
+                event_type: "T".into(),
+                version: 1
+            })
+        );
+        assert_eq!(
+            gap.upcast("T", 2, start.clone()),
+            Ok(json!({"steps": ["2->3"]}))
+        );
+    }
+
+    #[test]
+    fn the_schema_in_force_is_consistent() {
+        let all: Vec<&str> = [
+            client::Event::EVENT_TYPES,
+            user::Event::EVENT_TYPES,
+            code::Event::EVENT_TYPES,
+            grant::Event::EVENT_TYPES,
+            consent::Event::EVENT_TYPES,
+        ]
+        .concat();
+        for (event_type, version) in SCHEMA.current {
+            assert!(
+                all.contains(event_type),
+                "current version of unknown type {event_type}"
+            );
+            assert!(*version > 1, "{event_type}: list only versions above 1");
+            // Every version since 1 can be brought up to date.
+            for from in 1..*version {
+                assert!(
+                    SCHEMA
+                        .upcasters
+                        .iter()
+                        .any(|u| u.event_type == *event_type && u.from == from),
+                    "{event_type}: no upcaster from version {from}"
+                );
+            }
+        }
+        for (i, u) in SCHEMA.upcasters.iter().enumerate() {
+            assert!(
+                all.contains(&u.event_type),
+                "upcaster of unknown type {}",
+                u.event_type
+            );
+            assert!(
+                u.from < current_version(u.event_type),
+                "{} from {} is never used",
+                u.event_type,
+                u.from
+            );
+            assert!(
+                !SCHEMA.upcasters[..i]
+                    .iter()
+                    .any(|v| v.event_type == u.event_type && v.from == u.from),
+                "two upcasters of {} from {}",
+                u.event_type,
+                u.from
+            );
+        }
     }
 }
