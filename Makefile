@@ -42,6 +42,8 @@ test:
 	@for db in $$(psql '$(VALET_TEST_DATABASE_URL)/postgres' -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'valet\_t\_%'"); do \
 	  psql -q '$(VALET_TEST_DATABASE_URL)/postgres' -c "DROP DATABASE IF EXISTS \"$$db\" WITH (FORCE)"; \
 	done
+	@# The black-box tests spawn target/debug/valet.
+	cargo build -p valet-cli
 	@if cargo nextest --version >/dev/null 2>&1; then \
 	  echo "cargo nextest run --workspace --no-fail-fast"; \
 	  cargo nextest run --workspace --no-fail-fast; \
@@ -59,6 +61,7 @@ bench:
 	bash scripts/services.sh
 	cargo bench -p valet-store --bench append
 	bash scripts/bench-oauth.sh
+	cargo build --release -p valet-cli && cargo bench -p valet-resource --bench propagation
 
 # A nats-server started by scripts/services.sh keeps its JetStream store in
 # .build/nats: stop it (and only it, by its pid file) before removing .build.
