@@ -61,6 +61,7 @@ bench:
 	bash scripts/services.sh
 	cargo bench -p valet-store --bench append
 	bash scripts/bench-oauth.sh
+	bash scripts/bench-replay.sh
 	cargo build --release -p valet-cli && cargo bench -p valet-resource --bench propagation
 
 # A nats-server started by scripts/services.sh keeps its JetStream store in
