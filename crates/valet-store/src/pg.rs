@@ -28,6 +28,8 @@ use valet_app::{
 use valet_domain::StreamId;
 
 const CHANNEL: &str = "valet_events";
+/// The least time between two NOTIFYs of one process.
+const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
 
 const APPEND_SQL: &str = "
 WITH cur AS (
@@ -707,6 +709,11 @@ async fn notify_forever(pool: Pool, needed: Arc<Notify>) {
         if let Err(error) = sent {
             tracing::warn!(%error, "event log NOTIFY failed; readers fall back to polling");
             tokio::time::sleep(Duration::from_millis(200)).await;
+        } else {
+            // At most one NOTIFY per interval: under load every append would otherwise
+            // cost a notification transaction. Readers in this process are woken directly;
+            // other processes learn of commits at most this much later.
+            tokio::time::sleep(NOTIFY_INTERVAL).await;
         }
     }
 }
