@@ -78,8 +78,10 @@ pub fn fold<'a, E: 'a, S: Default>(
 //   2. set its current version to 2 in `CURRENT_VERSIONS` (types not listed are at 1);
 //   3. add an `Upcaster { event_type: "GrantRevoked", from: 1, upcast: grant_revoked_v1_to_v2 }`
 //      to `UPCASTERS`, a pure function from a v1 payload to a v2 payload;
-//   4. append a v2 line to `tests/fixtures/events.jsonl` (the generator in
-//      `tests/event_fixtures.rs` appends lines for missing (type, current version) pairs).
+//   4. append v2 lines to `tests/fixtures/events.jsonl`: update the sample in
+//      `tests/event_fixtures.rs`, then run
+//      `VALET_APPEND_FIXTURES=1 cargo test -p valet-domain --test event_fixtures append_missing`
+//      (it appends lines for the (type, current version) pairs the file lacks).
 // Never edit or delete an old fixture line: each one stands for events already in some log,
 // which must keep decoding for as long as that log exists.
 // ---------------------------------------------------------------------------------------

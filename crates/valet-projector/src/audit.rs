@@ -288,7 +288,12 @@ pub async fn active_at(
     let at_millis = at_micros.div_euclid(1000);
     let mut grants: HashMap<String, GrantFold> = HashMap::new();
     let mut read = 0u64;
-    let mut batches = valet_app::read_ahead(store.clone(), LogCursor::START, batch);
+    // One snapshot of the log: everything committed when the replay starts, whatever
+    // other transactions are open (an audit must not wait for, or skip past, them).
+    let mut batches = store
+        .read_snapshot(valet_store::SnapshotScope::All, batch)
+        .await?
+        .batches;
     'replay: while let Some(events) = batches.recv().await {
         for mut event in events? {
             read += 1;

@@ -27,6 +27,6 @@ fn db_error(e: tokio_postgres::Error) -> StoreError {
                 None => "unique value".to_owned(),
             })
         }
-        _ => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Unavailable(valet_store::describe(&e)),
     }
 }

@@ -10,8 +10,9 @@ use std::time::Instant;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
+use valet_app::outbox::Leadership;
 use valet_app::{LogCursor, RecordedEvent, StoreError};
-use valet_store::PgEventStore;
+use valet_store::{decode_row, PgEventStore, SnapshotScope, EVENT_COLUMNS};
 
 use crate::db_error;
 use crate::project::apply_batch;
@@ -73,16 +74,46 @@ pub async fn rebuild(
         .get()
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    let (mut cursor, resumed_from) = prepare_scratch(&admin).await?;
+    // One rebuild at a time: a second would resume from the first one's progress.
+    let _lease = store
+        .try_acquire(REBUILD_LEASE)
+        .await?
+        .ok_or_else(|| StoreError::Unavailable("another projections rebuild is running".into()))?;
+    let resume = prepare_scratch(&admin).await?;
     let scratch = scratch_pool(store)?;
     let total: i64 = admin
         .query_one("SELECT count(*) FROM events", &[])
         .await
         .map_err(db_error)?
         .get(0);
+    let resumed_from = resume.as_ref().map_or(0, |r| r.applied);
     let mut applied = resumed_from;
     progress(applied, total as u64);
-    let mut batches = valet_app::read_ahead(store.clone(), cursor, batch);
+
+    // The bulk: every event of one snapshot S (no waiting for the commit horizon: what
+    // S shows is final). A resumed run reads what S showed after its cursor.
+    let read = match &resume {
+        Some(r) => {
+            let scope = SnapshotScope::VisibleIn {
+                snapshot: r.snapshot.clone(),
+                after: r.cursor,
+            };
+            store.read_snapshot(scope, batch).await?
+        }
+        None => store.read_snapshot(SnapshotScope::All, batch).await?,
+    };
+    let snapshot = match &resume {
+        Some(r) => r.snapshot.clone(),
+        None => read.snapshot.clone(),
+    };
+    admin
+        .execute(
+            &format!("UPDATE {SCRATCH_SCHEMA}.rebuild_progress SET snapshot = $1"),
+            &[&snapshot],
+        )
+        .await
+        .map_err(db_error)?;
+    let mut batches = read.batches;
     while let Some(events) = batches.recv().await {
         let events = events?;
         let Some(last) = events.last().map(RecordedEvent::cursor) else {
@@ -90,13 +121,12 @@ pub async fn rebuild(
         };
         let count = events.len() as u64;
         commit_batch(&scratch, events, last).await?;
-        cursor = last;
         applied += count;
         progress(applied, (total as u64).max(applied));
     }
 
-    // The tail: in one REPEATABLE READ snapshot, apply what committed since and then
-    // replace or compare. Events and live read models commit together, so the snapshot
+    // The tail: in one REPEATABLE READ snapshot, apply what committed after S and then
+    // replace or compare. Events and live read models commit together, so this snapshot
     // sees both at the same point of the log.
     let mut client = scratch
         .get()
@@ -116,14 +146,17 @@ pub async fn rebuild(
     }
     let tail = tx
         .query(
-            "SELECT position, xact, event_id, stream_id, stream_version, event_type, schema_version,
-                    payload, metadata, 0::bigint
-             FROM public.events WHERE (xact, position) > ($1, $2) ORDER BY xact, position",
-            &[&cursor.xact, &cursor.position],
+            &format!(
+                "SELECT {EVENT_COLUMNS} FROM public.events
+                 WHERE xact >= pg_snapshot_xmin($1::text::pg_snapshot)::text::bigint
+                   AND NOT pg_visible_in_snapshot(xact::text::xid8, $1::text::pg_snapshot)
+                 ORDER BY xact, position"
+            ),
+            &[&snapshot],
         )
         .await
         .map_err(db_error)?;
-    let mut tail: Vec<RecordedEvent> = tail.iter().map(tail_event).collect::<Result<_, _>>()?;
+    let mut tail: Vec<RecordedEvent> = tail.iter().map(decode_row).collect::<Result<_, _>>()?;
     while !tail.is_empty() {
         let rest = tail.split_off(tail.len().min(batch.max(1)));
         applied += tail.len() as u64;
@@ -153,7 +186,9 @@ pub async fn rebuild(
         .batch_execute(&format!("DROP SCHEMA IF EXISTS {SCRATCH_SCHEMA} CASCADE"))
         .await
         .map_err(db_error)?;
-    progress(applied, applied);
+    if applied != total as u64 {
+        progress(applied, applied);
+    }
     Ok(RebuildReport {
         events: applied,
         resumed_from,
@@ -162,43 +197,57 @@ pub async fn rebuild(
     })
 }
 
-/// Creates the scratch schema, or finds an interrupted one to resume.
-async fn prepare_scratch(
-    admin: &deadpool_postgres::Client,
-) -> Result<(LogCursor, u64), StoreError> {
+/// Where an interrupted rebuild stopped.
+struct Resume {
+    snapshot: String,
+    cursor: LogCursor,
+    applied: u64,
+}
+
+/// The lease that keeps rebuilds from running twice at once.
+const REBUILD_LEASE: &str = "projections-rebuild";
+
+/// Creates the scratch schema, or finds an interrupted rebuild to resume.
+async fn prepare_scratch(admin: &deadpool_postgres::Client) -> Result<Option<Resume>, StoreError> {
     let resumable = admin
         .query_opt(
-            &format!("SELECT xact, position, applied FROM {SCRATCH_SCHEMA}.rebuild_progress"),
+            &format!(
+                "SELECT snapshot, xact, position, applied FROM {SCRATCH_SCHEMA}.rebuild_progress
+                 WHERE snapshot IS NOT NULL"
+            ),
             &[],
         )
         .await
         .ok()
         .flatten();
     if let Some(row) = resumable {
-        let cursor = LogCursor {
-            xact: row.get(0),
-            position: row.get(1),
-        };
-        return Ok((cursor, row.get::<_, i64>(2) as u64));
+        return Ok(Some(Resume {
+            snapshot: row.get(0),
+            cursor: LogCursor {
+                xact: row.get(1),
+                position: row.get(2),
+            },
+            applied: row.get::<_, i64>(3) as u64,
+        }));
     }
     let mut sql =
         format!("DROP SCHEMA IF EXISTS {SCRATCH_SCHEMA} CASCADE; CREATE SCHEMA {SCRATCH_SCHEMA};");
     for table in READ_MODEL_TABLES {
-        // LIKE copies columns, defaults, checks and indexes, so the scratch tables
-        // follow every migration of the live ones.
-        // UNLOGGED: the scratch copy needs no crash safety (an interrupted rebuild
-        // resumes from its progress row, or starts over), and skipping WAL halves the
-        // work of a replay.
+        // UNLOGGED: the scratch copy needs no crash safety (after a server crash the
+        // tables and the progress row are emptied together and the rebuild starts over),
+        // and skipping WAL halves the work of a replay. LIKE copies columns, defaults,
+        // checks and indexes, so the scratch tables follow every migration.
         sql.push_str(&format!(
             "CREATE UNLOGGED TABLE {SCRATCH_SCHEMA}.{table} (LIKE public.{table} INCLUDING ALL);"
         ));
     }
     sql.push_str(&format!(
-        "CREATE TABLE {SCRATCH_SCHEMA}.rebuild_progress (xact BIGINT NOT NULL, position BIGINT NOT NULL, applied BIGINT NOT NULL);
-         INSERT INTO {SCRATCH_SCHEMA}.rebuild_progress VALUES (0, 0, 0);"
+        "CREATE UNLOGGED TABLE {SCRATCH_SCHEMA}.rebuild_progress (
+             snapshot TEXT, xact BIGINT NOT NULL, position BIGINT NOT NULL, applied BIGINT NOT NULL);
+         INSERT INTO {SCRATCH_SCHEMA}.rebuild_progress VALUES (NULL, 0, 0, 0);"
     ));
     admin.batch_execute(&sql).await.map_err(db_error)?;
-    Ok((LogCursor::START, 0))
+    Ok(None)
 }
 
 /// A pool of one connection whose unqualified table names resolve to the scratch schema.
@@ -240,24 +289,6 @@ async fn commit_batch(
     .await
     .map_err(db_error)?;
     tx.commit().await.map_err(db_error)
-}
-
-fn tail_event(row: &tokio_postgres::Row) -> Result<RecordedEvent, StoreError> {
-    let malformed = |e: tokio_postgres::Error| StoreError::Malformed(e.to_string());
-    Ok(RecordedEvent {
-        position: row.try_get(0).map_err(malformed)?,
-        xact: row.try_get(1).map_err(malformed)?,
-        event_id: row.try_get(2).map_err(malformed)?,
-        stream_id: row.try_get(3).map_err(malformed)?,
-        stream_version: valet_app::StreamVersion(
-            row.try_get::<_, i64>(4).map_err(malformed)? as u64
-        ),
-        event_type: row.try_get(5).map_err(malformed)?,
-        schema_version: row.try_get::<_, i32>(6).map_err(malformed)? as u32,
-        payload: row.try_get(7).map_err(malformed)?,
-        metadata: Default::default(),
-        recorded_at_micros: 0,
-    })
 }
 
 async fn compare(tx: &deadpool_postgres::Transaction<'_>) -> Result<Vec<TableDiff>, StoreError> {

@@ -47,7 +47,7 @@ RETURNING position, stream_version, xact, (extract(epoch FROM recorded_at) * 100
 const VERSION_SQL: &str =
     "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1";
 
-const COLUMNS: &str = "position, xact, event_id, stream_id, stream_version, event_type, \
+pub const EVENT_COLUMNS: &str = "position, xact, event_id, stream_id, stream_version, event_type, \
      schema_version, payload, metadata, recorded_at";
 
 #[derive(Debug, Clone)]
@@ -64,6 +64,23 @@ impl PgStoreConfig {
             pool_size: 16,
         }
     }
+}
+
+/// Which events of a snapshot [`PgEventStore::read_snapshot`] streams.
+#[derive(Debug, Clone)]
+pub enum SnapshotScope {
+    All,
+    /// Those visible in an earlier snapshot, after a cursor (resuming a replay).
+    VisibleIn {
+        snapshot: String,
+        after: LogCursor,
+    },
+}
+
+/// A snapshot (as `pg_snapshot` text) and the batches of events read in it.
+pub struct SnapshotRead {
+    pub snapshot: String,
+    pub batches: mpsc::Receiver<Result<Vec<RecordedEvent>, StoreError>>,
 }
 
 /// Cheap to clone; all clones share the pool and the wake-up machinery.
@@ -310,6 +327,88 @@ impl PgEventStore {
                 })
             }
         }
+    }
+
+    /// Streams, in commit order, every event of one consistent snapshot of the log that
+    /// falls in `scope`, `batch` events at a time, from a background task. Unlike
+    /// `read_log` it does not wait for the commit horizon: what a snapshot shows is
+    /// final for that snapshot, which is what an audit or the bulk of a rebuild needs.
+    /// The snapshot is returned (as `pg_snapshot` text) so a later read can take exactly
+    /// what committed after it.
+    pub async fn read_snapshot(
+        &self,
+        scope: SnapshotScope,
+        batch: usize,
+    ) -> Result<SnapshotRead, StoreError> {
+        let mut client = crate::connect(&self.inner.config).await.map_err(db_error)?;
+        let (tx_snapshot, rx_snapshot) = tokio::sync::oneshot::channel();
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let result = async {
+                let transaction = client
+                    .build_transaction()
+                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .await
+                    .map_err(db_error)?;
+                let snapshot: String = transaction
+                    .query_one("SELECT pg_current_snapshot()::text", &[])
+                    .await
+                    .map_err(db_error)?
+                    .get(0);
+                let _ = tx_snapshot.send(snapshot);
+                let (filter, params): (
+                    &str,
+                    Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>,
+                ) = match scope {
+                    SnapshotScope::All => ("TRUE", vec![]),
+                    SnapshotScope::VisibleIn { snapshot, after } => (
+                        "pg_visible_in_snapshot(xact::text::xid8, $1::text::pg_snapshot)
+                         AND (xact, position) > ($2, $3)",
+                        vec![
+                            Box::new(snapshot),
+                            Box::new(after.xact),
+                            Box::new(after.position),
+                        ],
+                    ),
+                };
+                let sql = format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE {filter} ORDER BY xact, position"
+                );
+                let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                    params.iter().map(|p| p.as_ref() as _).collect();
+                let rows = transaction
+                    .query_raw(&sql, params)
+                    .await
+                    .map_err(db_error)?;
+                futures_util::pin_mut!(rows);
+                let mut events = Vec::with_capacity(batch);
+                while let Some(row) = rows.next().await {
+                    events.push(decode_row(&row.map_err(db_error)?)?);
+                    if events.len() >= batch.max(1)
+                        && tx.send(Ok(std::mem::take(&mut events))).await.is_err()
+                    {
+                        return Ok(());
+                    }
+                }
+                if !events.is_empty() {
+                    let _ = tx.send(Ok(events)).await;
+                }
+                Ok::<(), StoreError>(())
+            }
+            .await;
+            if let Err(error) = result {
+                let _ = tx.send(Err(error)).await;
+            }
+        });
+        let snapshot = rx_snapshot
+            .await
+            .map_err(|_| StoreError::Unavailable("the snapshot reader stopped".into()))?;
+        Ok(SnapshotRead {
+            snapshot,
+            batches: rx,
+        })
     }
 
     /// A 32-byte key shared by all replicas: the stored one, or `candidate` if this is
@@ -593,8 +692,9 @@ impl EventStore for PgEventStore {
 
     async fn read_stream(&self, stream: &StreamId) -> Result<Vec<RecordedEvent>, StoreError> {
         let client = self.inner.pool.get().await.map_err(unavailable)?;
-        let sql =
-            format!("SELECT {COLUMNS} FROM events WHERE stream_id = $1 ORDER BY stream_version");
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 ORDER BY stream_version"
+        );
         let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
         let rows = client
             .query(&statement, &[&stream.as_str()])
@@ -612,7 +712,7 @@ impl EventStore for PgEventStore {
         // Only transactions below the snapshot's xmin are finished: everything they wrote
         // is visible now and nothing can ever commit below them again.
         let sql = format!(
-            "SELECT {COLUMNS} FROM events
+            "SELECT {EVENT_COLUMNS} FROM events
              WHERE (xact, position) > ($1, $2)
                AND xact < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
              ORDER BY xact, position
@@ -632,7 +732,8 @@ impl EventStore for PgEventStore {
     }
 }
 
-fn decode_row(row: &Row) -> Result<RecordedEvent, StoreError> {
+/// Reads a row of `SELECT {EVENT_COLUMNS} FROM events`.
+pub fn decode_row(row: &Row) -> Result<RecordedEvent, StoreError> {
     let metadata: Value = row.try_get(8).map_err(malformed)?;
     Ok(RecordedEvent {
         position: row.try_get(0).map_err(malformed)?,
@@ -732,7 +833,15 @@ fn unavailable(e: deadpool_postgres::PoolError) -> StoreError {
 }
 
 fn db_error(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::Unavailable(describe(&e))
+}
+
+/// tokio-postgres prints a server error as just "db error": name the server's message.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{e}: {db}"),
+        None => e.to_string(),
+    }
 }
 
 fn malformed(e: tokio_postgres::Error) -> StoreError {
