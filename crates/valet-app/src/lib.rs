@@ -17,7 +17,9 @@ pub mod secrets;
 
 pub use aggregate::{execute, load, Aggregate, ExecuteError, Executed, Loaded};
 pub use clock::{Clock, SystemClock};
-pub use log::{read_ahead, LogCursor, LogFollower, NewEvent, RecordedEvent};
+pub use log::{
+    read_ahead, LogCursor, LogFollower, NewEvent, RecordedEvent, ReplayEvent, Replayable,
+};
 pub use ports::{
     AppendError, AppendOutcome, EventMetadata, EventStore, ExpectedVersion, Readiness, StoreError,
     StreamVersion, StreamWrite,

@@ -75,6 +75,71 @@ impl RecordedEvent {
     }
 }
 
+/// An event read for a replay: the payload as JSON text (parsed straight into the
+/// domain event), no metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayEvent {
+    pub position: i64,
+    pub xact: i64,
+    pub event_id: Uuid,
+    pub stream_id: String,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub payload: String,
+    pub recorded_at_micros: i64,
+}
+
+impl ReplayEvent {
+    pub fn cursor(&self) -> LogCursor {
+        LogCursor {
+            xact: self.xact,
+            position: self.position,
+        }
+    }
+}
+
+/// What a replay needs of an event, whichever way it was read.
+pub trait Replayable {
+    fn stream_id(&self) -> &str;
+    fn event_id(&self) -> Uuid;
+    /// Decodes the payload; it may be consumed (replays do not need it afterwards).
+    fn decode_as<E: valet_domain::DomainEvent>(
+        &mut self,
+    ) -> Result<E, valet_domain::event::DecodeError>;
+}
+
+impl Replayable for RecordedEvent {
+    fn stream_id(&self) -> &str {
+        &self.stream_id
+    }
+
+    fn event_id(&self) -> Uuid {
+        self.event_id
+    }
+
+    fn decode_as<E: valet_domain::DomainEvent>(
+        &mut self,
+    ) -> Result<E, valet_domain::event::DecodeError> {
+        self.take_decoded()
+    }
+}
+
+impl Replayable for ReplayEvent {
+    fn stream_id(&self) -> &str {
+        &self.stream_id
+    }
+
+    fn event_id(&self) -> Uuid {
+        self.event_id
+    }
+
+    fn decode_as<E: valet_domain::DomainEvent>(
+        &mut self,
+    ) -> Result<E, valet_domain::event::DecodeError> {
+        E::from_payload_json(&self.event_type, self.schema_version, &self.payload)
+    }
+}
+
 /// Reads the log from `from` to its current end in a background task, `batch` events at
 /// a time, keeping up to two batches ahead: a replay decodes one batch while the next is
 /// being fetched. The channel closes at the end of the log (or after an error).

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use deadpool_postgres::Pool;
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
-use valet_app::{LogCursor, StoreError};
+use valet_app::{LogCursor, Replayable, StoreError};
 use valet_domain::grant::{self, GrantOrigin};
 use valet_domain::{DomainEvent, TokenHash};
 use valet_store::PgEventStore;
@@ -308,7 +308,7 @@ pub async fn active_at(
             };
             let grant_id = grant_id.to_owned();
             let decoded = event
-                .take_decoded::<grant::Event>()
+                .decode_as::<grant::Event>()
                 .map_err(|e| StoreError::Malformed(format!("event {}: {e}", event.event_id)))?;
             fold(&mut grants, &grant_id, decoded);
         }

@@ -18,7 +18,7 @@ use std::pin::Pin;
 
 use deadpool_postgres::GenericClient;
 use uuid::Uuid;
-use valet_app::{RecordedEvent, StoreError};
+use valet_app::{RecordedEvent, Replayable, StoreError};
 use valet_domain::client::ClientKind;
 use valet_domain::grant::GrantOrigin;
 use valet_domain::{client, consent, grant, user, DomainEvent};
@@ -42,9 +42,9 @@ impl InlineProjection for ReadModelProjection {
 }
 
 /// The statements that apply `events` (in log order) to the read models of `db`.
-pub async fn plan<C: GenericClient + Sync>(
+pub async fn plan<C: GenericClient + Sync, R: Replayable>(
     db: &C,
-    events: Vec<RecordedEvent>,
+    events: Vec<R>,
 ) -> Result<Vec<Planned>, StoreError> {
     let mut batch = Batch::default();
     for mut event in events {
@@ -54,18 +54,18 @@ pub async fn plan<C: GenericClient + Sync>(
 }
 
 /// Applies `events` (in log order) to the read models reachable through `db`.
-pub async fn apply_batch<C: GenericClient + Sync>(
+pub async fn apply_batch<C: GenericClient + Sync, R: Replayable>(
     db: &C,
-    events: Vec<RecordedEvent>,
+    events: Vec<R>,
 ) -> Result<(), StoreError> {
     let planned = plan(db, events).await?;
     valet_store::execute_planned(db, &planned).await
 }
 
-fn decode<E: DomainEvent>(event: &mut RecordedEvent) -> Result<E, StoreError> {
+fn decode<E: DomainEvent, R: Replayable>(event: &mut R) -> Result<E, StoreError> {
     event
-        .take_decoded::<E>()
-        .map_err(|e| StoreError::Malformed(format!("event {}: {e}", event.event_id)))
+        .decode_as::<E>()
+        .map_err(|e| StoreError::Malformed(format!("event {}: {e}", event.event_id())))
 }
 
 /// The id after a stream's prefix, e.g. the grant id of `grant-<uuid>`.
@@ -177,8 +177,8 @@ struct Batch {
 }
 
 impl Batch {
-    fn add(&mut self, event: &mut RecordedEvent) -> Result<(), StoreError> {
-        let stream_id = std::mem::take(&mut event.stream_id);
+    fn add<R: Replayable>(&mut self, event: &mut R) -> Result<(), StoreError> {
+        let stream_id = event.stream_id().to_owned();
         let stream = stream_id.as_str();
         if stream.starts_with("grant-") {
             let grant_id = uuid_after(stream, "grant-")?;
@@ -194,17 +194,18 @@ impl Batch {
                 .and_then(|u| Uuid::parse_str(u).ok())
                 .ok_or_else(|| StoreError::Malformed(format!("stream id {stream}")))?;
             let client_id = rest.get(37..).unwrap_or_default().to_owned();
-            self.consents.push(match decode::<consent::Event>(event)? {
-                consent::Event::ConsentGiven { scope, at } => ConsentChange::Given {
-                    user_id,
-                    client_id,
-                    scope: scope.to_string(),
-                    at: at.as_unix_millis(),
-                },
-                consent::Event::ConsentRevoked { .. } => {
-                    ConsentChange::Revoked { user_id, client_id }
-                }
-            });
+            self.consents
+                .push(match decode::<consent::Event, R>(event)? {
+                    consent::Event::ConsentGiven { scope, at } => ConsentChange::Given {
+                        user_id,
+                        client_id,
+                        scope: scope.to_string(),
+                        at: at.as_unix_millis(),
+                    },
+                    consent::Event::ConsentRevoked { .. } => {
+                        ConsentChange::Revoked { user_id, client_id }
+                    }
+                });
         }
         // Code streams have no read model: codes are read from their stream.
         Ok(())

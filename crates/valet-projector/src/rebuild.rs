@@ -11,7 +11,7 @@ use std::time::Instant;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 use valet_app::outbox::Leadership;
-use valet_app::{LogCursor, RecordedEvent, StoreError};
+use valet_app::{LogCursor, RecordedEvent, ReplayEvent, StoreError};
 use valet_store::{decode_row, PgEventStore, SnapshotScope, EVENT_COLUMNS};
 
 use crate::db_error;
@@ -116,7 +116,7 @@ pub async fn rebuild(
     let mut batches = read.batches;
     while let Some(events) = batches.recv().await {
         let events = events?;
-        let Some(last) = events.last().map(RecordedEvent::cursor) else {
+        let Some(last) = events.last().map(ReplayEvent::cursor) else {
             break;
         };
         let count = events.len() as u64;
@@ -272,7 +272,7 @@ fn scratch_pool(store: &PgEventStore) -> Result<Pool, StoreError> {
 
 async fn commit_batch(
     scratch: &Pool,
-    events: Vec<RecordedEvent>,
+    events: Vec<ReplayEvent>,
     last: LogCursor,
 ) -> Result<(), StoreError> {
     let count = events.len() as i64;

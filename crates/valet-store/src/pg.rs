@@ -23,7 +23,7 @@ use tokio_postgres::{AsyncMessage, NoTls, Row};
 use uuid::Uuid;
 use valet_app::{
     AppendError, AppendOutcome, EventMetadata, EventStore, ExpectedVersion, LogCursor, NewEvent,
-    RecordedEvent, StoreError, StreamVersion, StreamWrite,
+    RecordedEvent, ReplayEvent, StoreError, StreamVersion, StreamWrite,
 };
 use valet_domain::StreamId;
 
@@ -80,7 +80,7 @@ pub enum SnapshotScope {
 /// A snapshot (as `pg_snapshot` text) and the batches of events read in it.
 pub struct SnapshotRead {
     pub snapshot: String,
-    pub batches: mpsc::Receiver<Result<Vec<RecordedEvent>, StoreError>>,
+    pub batches: mpsc::Receiver<Result<Vec<ReplayEvent>, StoreError>>,
 }
 
 /// Cheap to clone; all clones share the pool and the wake-up machinery.
@@ -374,7 +374,9 @@ impl PgEventStore {
                     ),
                 };
                 let sql = format!(
-                    "SELECT {EVENT_COLUMNS} FROM events WHERE {filter} ORDER BY xact, position"
+                    "SELECT position, xact, event_id, stream_id, event_type, schema_version,
+                            payload::text, recorded_at
+                     FROM events WHERE {filter} ORDER BY xact, position"
                 );
                 let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
                     params.iter().map(|p| p.as_ref() as _).collect();
@@ -385,7 +387,7 @@ impl PgEventStore {
                 futures_util::pin_mut!(rows);
                 let mut events = Vec::with_capacity(batch);
                 while let Some(row) = rows.next().await {
-                    events.push(decode_row(&row.map_err(db_error)?)?);
+                    events.push(replay_row(&row.map_err(db_error)?)?);
                     if events.len() >= batch.max(1)
                         && tx.send(Ok(std::mem::take(&mut events))).await.is_err()
                     {
@@ -730,6 +732,19 @@ impl EventStore for PgEventStore {
     fn wakeups(&self) -> watch::Receiver<u64> {
         self.inner.wake.subscribe()
     }
+}
+
+fn replay_row(row: &Row) -> Result<ReplayEvent, StoreError> {
+    Ok(ReplayEvent {
+        position: row.try_get(0).map_err(malformed)?,
+        xact: row.try_get(1).map_err(malformed)?,
+        event_id: row.try_get(2).map_err(malformed)?,
+        stream_id: row.try_get(3).map_err(malformed)?,
+        event_type: row.try_get(4).map_err(malformed)?,
+        schema_version: row.try_get::<_, i32>(5).map_err(malformed)? as u32,
+        payload: row.try_get(6).map_err(malformed)?,
+        recorded_at_micros: micros(row.try_get(7).map_err(malformed)?),
+    })
 }
 
 /// Reads a row of `SELECT {EVENT_COLUMNS} FROM events`.
