@@ -21,7 +21,10 @@
 //!    background loop keeps issuing client_credentials tokens, each one is revoked in turn
 //!    (POST /revoke) and a blocking thread polls `Validator::check` (about every 50 µs)
 //!    from the moment the 200 arrives until it answers `Revoked`. p50/p99/max over
-//!    `LAG_BENCH_SAMPLES` revocations (default 1,000, after 20 warm-up ones).
+//!    `LAG_BENCH_SAMPLES` revocations (default 1,000, after 20 warm-up ones). A plain
+//!    NATS subscription on `valet.v1.token.revoked.>` timestamps each message as it is
+//!    published, which splits the lag into the server side (commit, relay, JetStream)
+//!    and the SDK side (JetStream consumer, store).
 //! 2. Local validation on one thread: `Validator::check` over the live tokens of that
 //!    run (SHA-256 of the token included): checks per second and per-call latency.
 //! 3. Remote validation of the same tokens: POST /introspect from one client thread
@@ -40,6 +43,7 @@
 //! `LAG_BENCH_SAMPLES` (1000), `LAG_BENCH_ISSUERS` (background issuance loops, 2),
 //! `LAG_BENCH_SECS` (length of each validation measurement, 3).
 
+use std::collections::HashMap;
 use std::hint::black_box;
 use std::io::Write as _;
 use std::net::TcpListener;
@@ -53,7 +57,8 @@ use base64::Engine as _;
 use futures_util::StreamExt as _;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use valet_resource::{Rejection, Validator, ValidatorConfig};
+use valet_resource::valet_wire::TokenEvent;
+use valet_resource::{token_digest, Rejection, Validator, ValidatorConfig};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -373,6 +378,9 @@ fn verdict(ok: bool) -> &'static str {
 
 struct Lag {
     dist: Dist,
+    /// /revoke's 200 → the `token.revoked` message reaching a plain NATS subscriber
+    /// (the server side of the lag: commit, relay, JetStream).
+    wire: Dist,
     timeouts: usize,
     polls: u64,
     poll_ns: u64,
@@ -412,6 +420,7 @@ async fn wait_valid(validator: &Validator, token: &str, limit: Duration) -> Resu
 
 async fn measure_lag(
     validator: &Validator,
+    nats_url: &str,
     base: &str,
     issuer: &Client,
     samples: usize,
@@ -431,6 +440,24 @@ async fn measure_lag(
     for token in &targets {
         wait_valid(validator, token, Duration::from_secs(30)).await?;
     }
+
+    // When each revocation is published: a core subscription sees it as the relay
+    // publishes it (before the SDK's JetStream consumer can).
+    let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let nats = async_nats::connect(nats_url).await?;
+    let mut revocations = nats.subscribe("valet.v1.token.revoked.>").await?;
+    nats.flush().await?;
+    let seen = arrivals.clone();
+    let listener = tokio::spawn(async move {
+        while let Some(message) = revocations.next().await {
+            let at = Instant::now();
+            if let Ok(event) = TokenEvent::from_json(&message.payload) {
+                if let Some(digest) = event.token_sha256 {
+                    seen.lock().unwrap().insert(digest, at);
+                }
+            }
+        }
+    });
 
     // Background issuance for the whole measurement.
     let stop = Arc::new(AtomicBool::new(false));
@@ -469,6 +496,7 @@ async fn measure_lag(
     let start = Instant::now();
     let issued_before = issued.load(Ordering::Relaxed);
     let mut lags = Vec::with_capacity(samples);
+    let mut wire = Vec::with_capacity(samples);
     let (mut timeouts, mut polls, mut poll_ns) = (0, 0u64, 0u64);
     for (i, token) in targets.into_iter().enumerate() {
         let (status, body) = post(
@@ -486,6 +514,7 @@ async fn measure_lag(
             )
             .into());
         }
+        let digest = hex::encode(token_digest(&token));
         let v = validator.clone();
         let (lag, n) =
             tokio::task::spawn_blocking(move || poll_until_revoked(&v, &token, t0)).await?;
@@ -497,6 +526,19 @@ async fn measure_lag(
             Some(lag) => {
                 lags.push(lag.as_nanos() as u64);
                 poll_ns += lag.as_nanos() as u64;
+                // The listener task may record it a moment after the SDK applied it.
+                let waited = Instant::now();
+                loop {
+                    let arrival = arrivals.lock().unwrap().remove(&digest);
+                    if let Some(at) = arrival {
+                        wire.push(at.saturating_duration_since(t0).as_nanos() as u64);
+                        break;
+                    }
+                    if waited.elapsed() > Duration::from_secs(1) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
             }
             None => timeouts += 1,
         }
@@ -507,8 +549,10 @@ async fn measure_lag(
     for task in loops {
         let _ = task.await;
     }
+    listener.abort();
     Ok(Lag {
         dist: Dist::new(lags),
+        wire: Dist::new(wire),
         timeouts,
         polls,
         poll_ns,
@@ -740,7 +784,16 @@ async fn measure(
     log("SDK ready");
 
     let live = Arc::new(Mutex::new(Vec::new()));
-    let lag = measure_lag(&validator, base, issuer, samples, background, live.clone()).await?;
+    let lag = measure_lag(
+        &validator,
+        nats_url,
+        base,
+        issuer,
+        samples,
+        background,
+        live.clone(),
+    )
+    .await?;
 
     // The background tokens are all valid and (once the last one arrived) known locally.
     let tokens: Vec<String> = std::mem::take(&mut *live.lock().unwrap());
@@ -813,6 +866,13 @@ fn report(
         verdict(lag_ok)
     ));
     md.push_str(&format!(
+        "| of which /revoke 200 → `token.revoked` published on NATS ({} seen by a core subscriber) | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms | | |\n",
+        lag.wire.0.len(),
+        ms(lag.wire.pct(0.50)),
+        ms(lag.wire.pct(0.99)),
+        ms(lag.wire.max()),
+    ));
+    md.push_str(&format!(
         "| background issuance during the revocations ({background} loop(s)) | {} tokens/s ({} tokens) | | |\n",
         thousands(issue_rate),
         lag.background_issued
@@ -862,6 +922,7 @@ fn report(
         "revocations": measured,
         "timeouts": lag.timeouts,
         "lag_ms": { "p50": ms(lag.dist.pct(0.50)), "p99": p99_ms, "max": ms(lag.dist.max()), "mean": lag.dist.mean() / 1e6 },
+        "published_lag_ms": { "p50": ms(lag.wire.pct(0.50)), "p99": ms(lag.wire.pct(0.99)), "max": ms(lag.wire.max()) },
         "poll_interval_us": poll_us,
         "background_tokens_per_sec": issue_rate,
         "local_checks_per_sec": local.per_sec,
