@@ -100,6 +100,14 @@ pub async fn run_valet(
         .map(|r| r.expect("wait for valet"))
 }
 
+/// Starts the `valet` binary with `args` on `db_url` without waiting for it (stdout and
+/// stderr piped), for tests that interrupt a command.
+pub fn spawn_valet(db_url: &str, args: &[&str]) -> Child {
+    let mut cmd = valet_command(db_url, &[]);
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.spawn().expect("spawn valet")
+}
+
 // ---------------------------------------------------------------------------------------
 // Small value types
 // ---------------------------------------------------------------------------------------

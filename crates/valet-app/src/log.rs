@@ -194,6 +194,9 @@ impl LogCursor {
     };
 }
 
+/// The longest pause between reads while new events wait behind the commit horizon.
+const RETRY_CAP: Duration = Duration::from_millis(20);
+
 /// Follows the log from a cursor: returns batches in order and sleeps until woken when
 /// it has caught up. A fallback poll covers wake-ups lost to a broken connection and
 /// transactions of other writers that hold the commit horizon back.
@@ -249,18 +252,33 @@ impl<'s, S: EventStore> LogFollower<'s, S> {
         // (of any database on the server) can hold the commit horizon back for a moment.
         // Retry quickly for a while instead of sleeping until the fallback poll.
         let mut retry: Option<Duration> = None;
+        let mut retrying_since = tokio::time::Instant::now();
         loop {
             let events = self.poll().await?;
             if !events.is_empty() {
                 return Ok(events);
             }
+            // A wake-up whose events were already read also lands here: give up retrying
+            // after the fallback interval and wait for the next wake-up instead.
+            if retrying_since.elapsed() >= self.fallback_poll {
+                retry = None;
+            }
             if let Some(delay) = retry {
-                tokio::time::sleep(delay).await;
-                retry = (delay < self.fallback_poll).then(|| delay * 2);
+                // A new commit (ours, most likely the one holding the horizon) cuts the
+                // wait short; otherwise back off, but never beyond RETRY_CAP, so a
+                // horizon held by another database's transaction costs little lag.
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    _ = self.wakeups.changed() => {}
+                }
+                retry = Some((delay * 2).min(RETRY_CAP));
                 continue;
             }
             match tokio::time::timeout(self.fallback_poll, self.wakeups.changed()).await {
-                Ok(Ok(())) => retry = Some(Duration::from_millis(2)),
+                Ok(Ok(())) => {
+                    retry = Some(Duration::from_millis(2));
+                    retrying_since = tokio::time::Instant::now();
+                }
                 // A closed channel degrades to polling.
                 Ok(Err(_closed)) => tokio::time::sleep(self.fallback_poll).await,
                 Err(_elapsed) => {}

@@ -23,6 +23,10 @@ use valet_wire::{TokenEvent, MSG_ID_HEADER, STREAM, SUBJECTS};
 
 pub use mapping::{GrantDirectory, MappingError};
 
+/// How long the relay waits after catching up before reading again (bounds its read
+/// rate under load; adds at most this much to the propagation lag).
+const COALESCE: Duration = Duration::from_millis(2);
+
 /// The lease name of the relay.
 pub const LEASE: &str = "nats-relay";
 
@@ -177,6 +181,9 @@ where
             status.set_backlog(lease.backlog(cursor).await?);
         } else {
             status.set_backlog(0);
+            // Caught up: let a few more commits gather before the next read, so a busy
+            // server costs the relay one read per interval, not one per token.
+            tokio::time::sleep(COALESCE).await;
         }
     }
 }

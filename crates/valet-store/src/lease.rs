@@ -38,7 +38,16 @@ impl Leadership for PgEventStore {
             .query_one("SELECT pg_try_advisory_lock($1)", &[&lock_key(name)])
             .await
             .map_err(db_error)?;
-        Ok(row.get::<_, bool>(0).then(|| PgLease {
+        if !row.get::<_, bool>(0) {
+            return Ok(None);
+        }
+        // Checkpoints are advisory (a lost one means a republish that consumers
+        // deduplicate), so they need not wait for the WAL flush that token writes wait for.
+        client
+            .batch_execute("SET synchronous_commit TO off")
+            .await
+            .map_err(db_error)?;
+        Ok(Some(PgLease {
             client,
             name: name.to_owned(),
         }))
