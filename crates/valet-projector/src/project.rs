@@ -653,14 +653,10 @@ impl Batch {
                 ),
             });
         }
-        let mut planned = Vec::with_capacity(statements.len());
-        for (sql, params) in statements {
-            planned.push(Planned {
-                statement: db.prepare_cached(sql).await.map_err(db_error)?,
-                params,
-            });
-        }
-        Ok(planned)
+        Ok(statements
+            .into_iter()
+            .map(|(sql, params)| Planned { sql, params })
+            .collect())
     }
 }
 

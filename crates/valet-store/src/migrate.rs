@@ -25,6 +25,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "server_secrets",
         sql: include_str!("../../../migrations/0003_server_secrets.sql"),
     },
+    Migration {
+        version: 4,
+        name: "version_conflict",
+        sql: include_str!("../../../migrations/0004_version_conflict.sql"),
+    },
 ];
 
 /// Serialises concurrent `valet migrate` runs (several replicas starting at once).

@@ -105,9 +105,10 @@ pub trait InlineProjection: Send + Sync + 'static {
     >;
 }
 
-/// A prepared statement with its parameters, ready to be pipelined.
+/// A data-modifying statement (INSERT, UPDATE or DELETE without RETURNING) and its
+/// parameters (`$1`…), to be run in the append's statement or a caller's transaction.
 pub struct Planned {
-    pub statement: tokio_postgres::Statement,
+    pub sql: &'static str,
     pub params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>,
 }
 
@@ -148,12 +149,17 @@ pub async fn execute_planned<C: GenericClient + Sync>(
     db: &C,
     planned: &[Planned],
 ) -> Result<(), StoreError> {
+    let mut statements = Vec::with_capacity(planned.len());
+    for p in planned {
+        statements.push(db.prepare_cached(p.sql).await.map_err(db_error)?);
+    }
     let requests: Vec<Flight<'_>> = planned
         .iter()
-        .map(|p| {
+        .zip(&statements)
+        .map(|(p, statement)| {
             let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
                 p.params.iter().map(|x| x.as_ref() as _).collect();
-            Box::pin(async move { db.query(&p.statement, &params).await }) as Flight<'_>
+            Box::pin(async move { db.query(statement, &params).await }) as Flight<'_>
         })
         .collect();
     for result in in_order(requests).await {
@@ -240,15 +246,15 @@ impl PgEventStore {
         self.inner.notify_needed.notify_one();
     }
 
-    /// The transactional append: prepare everything, then send BEGIN, every insert and
-    /// the projection's statements in one flight; COMMIT only if every insert landed.
-    async fn append_in_transaction(
+    /// The transactional append as ONE statement: a data-modifying CTE per stream (an
+    /// empty write only checks the version) and one per projection statement. A wrong
+    /// expected version raises `valet_version_conflict`, so nothing of it commits; no
+    /// BEGIN/COMMIT round trips, one plan per shape of append (cached).
+    async fn append_composed(
         &self,
-        client: &mut deadpool_postgres::Client,
+        client: &deadpool_postgres::Client,
         writes: &[StreamWrite],
     ) -> Result<Vec<AppendOutcome>, AppendError> {
-        let append = client.prepare_cached(APPEND_SQL).await.map_err(db_error)?;
-        let version = client.prepare_cached(VERSION_SQL).await.map_err(db_error)?;
         let planned = match &self.inner.projection {
             Some(projection) => {
                 let provisional: Vec<RecordedEvent> = writes
@@ -263,70 +269,90 @@ impl PgEventStore {
             .iter()
             .map(AppendInput::new)
             .collect::<Result<_, _>>()?;
-        let db: &deadpool_postgres::Client = client;
-        let mut requests: Vec<Flight<'_>> = vec![Box::pin(async move {
-            db.simple_query("BEGIN").await.map(|_| Vec::new())
-        })];
-        for (write, input) in writes.iter().zip(&inputs) {
-            let (append, version) = (&append, &version);
-            requests.push(Box::pin(async move {
-                if write.events.is_empty() {
-                    db.query(version, &[&write.stream.as_str()]).await
-                } else {
-                    db.query(append, &input.params()).await
+        let mut sql = String::from("WITH ");
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
+        let mut outputs = Vec::new();
+        for (i, (write, input)) in writes.iter().zip(&inputs).enumerate() {
+            let n = params.len();
+            if write.events.is_empty() {
+                sql.push_str(&format!(
+                    "w{i} AS (SELECT CASE WHEN v = ${e} THEN v ELSE valet_version_conflict(${s}, ${e}, v) END AS v
+                     FROM (SELECT coalesce(max(stream_version), 0) AS v FROM events WHERE stream_id = ${s}) cur), ",
+                    s = n + 1,
+                    e = n + 2
+                ));
+                params.push(&input.stream);
+                params.push(&input.expected);
+                outputs.push(format!(
+                    "SELECT {i}, v, 0::bigint, 0::bigint, NULL::timestamptz FROM w{i}"
+                ));
+            } else {
+                sql.push_str(&format!(
+                    "w{i} AS (INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
+                     SELECT e.event_id, ${s},
+                            CASE WHEN cur.v = ${x} THEN cur.v + e.ord ELSE valet_version_conflict(${s}, ${x}, cur.v) END,
+                            e.event_type, e.schema_version, e.payload, e.metadata
+                     FROM (SELECT coalesce(max(stream_version), 0) AS v FROM events WHERE stream_id = ${s}) cur,
+                          unnest(${a}::uuid[], ${b}::text[], ${c}::int4[], ${d}::jsonb[], ${f}::jsonb[])
+                              WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, metadata, ord)
+                     ORDER BY e.ord
+                     RETURNING position, stream_version, xact, recorded_at), ",
+                    s = n + 1,
+                    x = n + 2,
+                    a = n + 3,
+                    b = n + 4,
+                    c = n + 5,
+                    d = n + 6,
+                    f = n + 7
+                ));
+                params.extend(input.params());
+                outputs.push(format!(
+                    "SELECT {i}, position, stream_version, xact, recorded_at FROM w{i}"
+                ));
+            }
+        }
+        for (j, p) in planned.iter().enumerate() {
+            sql.push_str(&format!("p{j} AS ({}), ", renumber(p.sql, params.len())));
+            params.extend(
+                p.params
+                    .iter()
+                    .map(|x| x.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)),
+            );
+        }
+        sql.truncate(sql.len() - 2);
+        sql.push(' ');
+        sql.push_str(&outputs.join(" UNION ALL "));
+        let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
+        let rows = client
+            .query(&statement, &params)
+            .await
+            .map_err(|e| conflict_or_error(e, writes))?;
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for (i, write) in writes.iter().enumerate() {
+            let mine: Vec<&Row> = rows
+                .iter()
+                .filter(|r| r.get::<_, i32>(0) as usize == i)
+                .collect();
+            if write.events.is_empty() {
+                outcomes.push(AppendOutcome {
+                    version: write.expected.as_version(),
+                    recorded: Vec::new(),
+                });
+            } else {
+                if mine.len() != write.events.len() {
+                    return Err(
+                        StoreError::Malformed("an append returned the wrong rows".into()).into(),
+                    );
                 }
-            }));
-        }
-        for p in &planned {
-            requests.push(Box::pin(async move {
-                let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                    p.params.iter().map(|x| x.as_ref() as _).collect();
-                db.query(&p.statement, &params).await
-            }));
-        }
-        let mut results = in_order(requests).await.into_iter();
-        let outcome = (|| -> Result<Vec<AppendOutcome>, AppendError> {
-            results.next().unwrap_or(Ok(Vec::new())).map_err(db_error)?;
-            let mut outcomes = Vec::with_capacity(writes.len());
-            for write in writes {
-                let rows = results.next().unwrap_or(Ok(Vec::new()));
-                outcomes.push(interpret(
+                outcomes.push(recorded_rows(
                     &write.stream,
-                    write.expected,
+                    write.expected.as_version(),
                     &write.events,
-                    rows,
-                )?);
-            }
-            for result in results {
-                result.map_err(db_error)?;
-            }
-            Ok(outcomes)
-        })();
-        match outcome {
-            Ok(outcomes) => {
-                client.batch_execute("COMMIT").await.map_err(db_error)?;
-                Ok(outcomes)
-            }
-            Err(error) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                Err(match error {
-                    // Zero rows inserted: the expectation was wrong; say what the stream is at.
-                    AppendError::Conflict {
-                        stream, expected, ..
-                    } => {
-                        let actual = current_version(&*client, &stream)
-                            .await
-                            .unwrap_or(expected.as_version());
-                        AppendError::Conflict {
-                            stream,
-                            expected,
-                            actual,
-                        }
-                    }
-                    other => other,
-                })
+                    &mine,
+                ));
             }
         }
+        Ok(outcomes)
     }
 
     /// Streams, in commit order, every event of one consistent snapshot of the log that
@@ -521,6 +547,119 @@ impl AppendInput {
     }
 }
 
+/// Shifts `$n` placeholders by `offset`, to embed a statement in a larger one. (Our
+/// statements hold no `$` in literals or quoted identifiers.)
+fn renumber(sql: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '$' {
+            let mut digits = String::new();
+            while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                digits.push(*d);
+                chars.next();
+            }
+            match digits.parse::<usize>() {
+                Ok(n) => out.push_str(&(n + offset).to_string()),
+                Err(_) => out.push_str(&digits),
+            }
+        }
+    }
+    out
+}
+
+/// Maps the errors of a composed append: a version conflict names its stream; a unique
+/// violation on (stream_id, stream_version) is a concurrent writer on that stream.
+fn conflict_or_error(e: tokio_postgres::Error, writes: &[StreamWrite]) -> AppendError {
+    let Some(db) = e.as_db_error() else {
+        return AppendError::Store(db_error(e));
+    };
+    let find = |stream: &str| writes.iter().find(|w| w.stream.as_str() == stream);
+    if db.code().code() == "VA001" {
+        if let Some(write) = db.hint().and_then(find) {
+            let actual = db.detail().and_then(|d| d.parse().ok()).unwrap_or(0);
+            return AppendError::Conflict {
+                stream: write.stream.as_str().to_owned(),
+                expected: write.expected,
+                actual: StreamVersion(actual),
+            };
+        }
+    }
+    if *db.code() == SqlState::UNIQUE_VIOLATION {
+        if db.constraint() == Some("events_event_id_key") {
+            let id = writes
+                .iter()
+                .flat_map(|w| &w.events)
+                .map(|e| e.event_id)
+                .next();
+            return AppendError::DuplicateEventId(id.unwrap_or_default());
+        }
+        // "Key (stream_id, stream_version)=(<stream>, <n>) already exists."
+        let stream = db
+            .detail()
+            .and_then(|d| d.split_once(")=("))
+            .and_then(|(_, rest)| rest.rsplit_once(", "))
+            .map(|(stream, _)| stream);
+        if let Some(write) = stream.and_then(find) {
+            return AppendError::Conflict {
+                stream: write.stream.as_str().to_owned(),
+                expected: write.expected,
+                actual: StreamVersion(write.expected.as_version().0 + 1),
+            };
+        }
+        if db.constraint() == Some("events_stream_version_key") {
+            if let Some(write) = writes.iter().find(|w| !w.events.is_empty()) {
+                return AppendError::Conflict {
+                    stream: write.stream.as_str().to_owned(),
+                    expected: write.expected,
+                    actual: StreamVersion(write.expected.as_version().0 + 1),
+                };
+            }
+        }
+        // A read model refused (e.g. a username taken concurrently).
+        return AppendError::Store(StoreError::Constraint(
+            db.constraint().unwrap_or("unique value").to_owned(),
+        ));
+    }
+    AppendError::Store(db_error(e))
+}
+
+fn recorded_rows(
+    stream: &StreamId,
+    expected_version: StreamVersion,
+    events: &[NewEvent],
+    rows: &[&Row],
+) -> AppendOutcome {
+    let mut landed: Vec<(i64, i64, i64, i64)> = rows
+        .iter()
+        .map(|r| (r.get(2), r.get(1), r.get(3), micros(r.get(4))))
+        .collect();
+    landed.sort_unstable();
+    let recorded = landed
+        .into_iter()
+        .zip(events)
+        .map(
+            |((version, position, xact, recorded_at_micros), event)| RecordedEvent {
+                position,
+                xact,
+                event_id: event.event_id,
+                stream_id: stream.as_str().to_owned(),
+                stream_version: StreamVersion(version as u64),
+                event_type: event.event_type.clone(),
+                schema_version: event.schema_version,
+                payload: event.payload.clone(),
+                metadata: event.metadata.clone(),
+                recorded_at_micros,
+            },
+        )
+        .collect();
+    AppendOutcome {
+        version: StreamVersion(expected_version.0 + events.len() as u64),
+        recorded,
+    }
+}
+
 /// What the projection needs of an event before the log has numbered it.
 fn provisional(stream: &StreamId, event: &NewEvent) -> RecordedEvent {
     RecordedEvent {
@@ -672,7 +811,7 @@ impl EventStore for PgEventStore {
         &self,
         writes: Vec<StreamWrite>,
     ) -> Result<Vec<AppendOutcome>, AppendError> {
-        let mut client = self.inner.pool.get().await.map_err(unavailable)?;
+        let client = self.inner.pool.get().await.map_err(unavailable)?;
         let mut outcomes = Vec::with_capacity(writes.len());
         let projection = self.inner.projection.as_ref();
         if writes.len() == 1 && projection.is_none() {
@@ -684,7 +823,7 @@ impl EventStore for PgEventStore {
                 append_on(&client, &write.stream, write.expected, &write.events).await?
             });
         } else {
-            outcomes = self.append_in_transaction(&mut client, &writes).await?;
+            outcomes = self.append_composed(&client, &writes).await?;
         }
         if outcomes.iter().any(|o| !o.recorded.is_empty()) {
             self.announce_commit();
