@@ -4,11 +4,13 @@
 //! Everything here reads; nothing writes. The log is streamed in pages (memory stays
 //! bounded by the answer, not by the log).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
+use uuid::Uuid;
 use valet_app::{LogCursor, Replayable, StoreError};
 use valet_domain::grant::{self, GrantOrigin};
 use valet_domain::{DomainEvent, TokenHash};
@@ -263,15 +265,32 @@ pub struct GrantAt {
     pub refreshable: bool,
 }
 
-#[derive(Debug, Default)]
+/// One live grant during an `audit at` replay, kept small: the answer holds every
+/// grant active at the moment, which on a busy server is most of them.
+#[derive(Debug)]
 struct GrantFold {
-    client_id: String,
-    user_id: Option<String>,
-    username: Option<String>,
-    scope: String,
+    client_id: Arc<str>,
+    subject: Option<(Uuid, Arc<str>)>,
+    scope: Arc<str>,
     issued_at: i64,
-    access: BTreeMap<String, (String, i64)>,
+    /// (SHA-256, scope, expires_at): only tokens still valid at the moment asked about.
+    access: Vec<([u8; 32], Arc<str>, i64)>,
     refresh_expires: Option<i64>,
+}
+
+/// Shares the few distinct client ids, usernames and scopes among all grants.
+#[derive(Default)]
+struct Interner(HashMap<String, Arc<str>>);
+
+impl Interner {
+    fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(shared) = self.0.get(s) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(s);
+        self.0.insert(s.to_owned(), shared.clone());
+        shared
+    }
 }
 
 /// How far past `at` the replay reads: a transaction that started before `at` can commit
@@ -286,7 +305,8 @@ pub async fn active_at(
     batch: usize,
 ) -> Result<(Vec<GrantAt>, u64), StoreError> {
     let at_millis = at_micros.div_euclid(1000);
-    let mut grants: HashMap<String, GrantFold> = HashMap::new();
+    let mut grants: HashMap<Uuid, GrantFold> = HashMap::new();
+    let mut strings = Interner::default();
     let mut read = 0u64;
     // One snapshot of the log: everything committed when the replay starts, whatever
     // other transactions are open (an audit must not wait for, or skip past, them).
@@ -303,30 +323,32 @@ pub async fn active_at(
                 }
                 continue;
             }
-            let Some(grant_id) = event.stream_id.strip_prefix("grant-") else {
+            let Some(grant_id) = event
+                .stream_id
+                .strip_prefix("grant-")
+                .and_then(|id| Uuid::parse_str(id).ok())
+            else {
                 continue;
             };
-            let grant_id = grant_id.to_owned();
             let decoded = event
                 .decode_as::<grant::Event>()
                 .map_err(|e| StoreError::Malformed(format!("event {}: {e}", event.event_id)))?;
-            fold(&mut grants, &grant_id, decoded);
+            fold(&mut grants, &mut strings, at_millis, grant_id, decoded);
         }
     }
     let mut active: Vec<GrantAt> = grants
         .into_iter()
         .map(|(grant_id, g)| GrantAt {
-            grant_id,
-            client_id: g.client_id,
-            user_id: g.user_id,
-            username: g.username,
-            scope: g.scope,
+            grant_id: grant_id.to_string(),
+            client_id: g.client_id.to_string(),
+            user_id: g.subject.as_ref().map(|(id, _)| id.to_string()),
+            username: g.subject.as_ref().map(|(_, name)| name.to_string()),
+            scope: g.scope.to_string(),
             issued_at_millis: g.issued_at,
             access_tokens: g
                 .access
                 .into_iter()
-                .filter(|(_, (_, expires))| *expires > at_millis)
-                .map(|(hash, (scope, expires))| (hash, scope, expires))
+                .map(|(hash, scope, expires)| (hex(&hash), scope.to_string(), expires))
                 .collect(),
             refreshable: g.refresh_expires.is_some_and(|e| e > at_millis),
         })
@@ -337,7 +359,27 @@ pub async fn active_at(
     Ok((active, read))
 }
 
-fn fold(grants: &mut HashMap<String, GrantFold>, grant_id: &str, event: grant::Event) {
+fn hex(bytes: &[u8; 32]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn fold(
+    grants: &mut HashMap<Uuid, GrantFold>,
+    strings: &mut Interner,
+    at_millis: i64,
+    grant_id: Uuid,
+    event: grant::Event,
+) {
+    // Tokens already expired at the moment asked about can never be in the answer.
+    let live = |a: &grant::AccessTokenIssue, strings: &mut Interner| {
+        (a.expires_at.as_unix_millis() > at_millis).then(|| {
+            (
+                *a.hash.as_bytes(),
+                strings.get(&a.scope.to_string()),
+                a.expires_at.as_unix_millis(),
+            )
+        })
+    };
     match event {
         grant::Event::GrantIssued {
             client_id,
@@ -348,40 +390,33 @@ fn fold(grants: &mut HashMap<String, GrantFold>, grant_id: &str, event: grant::E
             at,
             ..
         } => {
-            let mut g = GrantFold {
-                client_id: client_id.to_string(),
-                user_id: subject.as_ref().map(|s| s.user_id.to_string()),
-                username: subject.as_ref().map(|s| s.username.to_string()),
-                scope: scope.to_string(),
+            let g = GrantFold {
+                client_id: strings.get(client_id.as_str()),
+                subject: subject.map(|s| (s.user_id.as_uuid(), strings.get(s.username.as_str()))),
+                scope: strings.get(&scope.to_string()),
                 issued_at: at.as_unix_millis(),
+                access: live(&access, strings).into_iter().collect(),
                 refresh_expires: refresh.map(|r| r.expires_at.as_unix_millis()),
-                ..GrantFold::default()
             };
-            g.access.insert(
-                access.hash.to_string(),
-                (access.scope.to_string(), access.expires_at.as_unix_millis()),
-            );
-            grants.insert(grant_id.to_owned(), g);
+            grants.insert(grant_id, g);
         }
         grant::Event::TokensRefreshed {
             access, refresh, ..
         } => {
-            if let Some(g) = grants.get_mut(grant_id) {
-                g.access.insert(
-                    access.hash.to_string(),
-                    (access.scope.to_string(), access.expires_at.as_unix_millis()),
-                );
+            let token = live(&access, strings);
+            if let Some(g) = grants.get_mut(&grant_id) {
+                g.access.extend(token);
                 g.refresh_expires = Some(refresh.expires_at.as_unix_millis());
             }
         }
         grant::Event::AccessTokenRevoked { hash, .. } => {
-            if let Some(g) = grants.get_mut(grant_id) {
-                g.access.remove(&hash.to_string());
+            if let Some(g) = grants.get_mut(&grant_id) {
+                g.access.retain(|(h, _, _)| h != hash.as_bytes());
             }
         }
         // A revoked grant is gone for good: forget it (keeps memory to the live set).
         grant::Event::GrantRevoked { .. } => {
-            grants.remove(grant_id);
+            grants.remove(&grant_id);
         }
         grant::Event::RefreshTokenReused { .. } => {}
     }

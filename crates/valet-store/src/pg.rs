@@ -28,6 +28,9 @@ use valet_app::{
 use valet_domain::StreamId;
 
 const CHANNEL: &str = "valet_events";
+/// Appends of at most this many streams are composed into one statement.
+const COMPOSE_LIMIT: usize = 4;
+
 /// The least time between two NOTIFYs of one process.
 const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
 
@@ -244,6 +247,41 @@ impl PgEventStore {
     pub fn announce_commit(&self) {
         self.inner.wake.send_modify(|v| *v = v.wrapping_add(1));
         self.inner.notify_needed.notify_one();
+    }
+
+    /// Large multi-stream appends (bulk seeding, imports): a transaction with every
+    /// insert and projection statement pipelined. (A statement with thousands of CTEs
+    /// would spend longer being planned than executed.)
+    async fn append_in_transaction(
+        &self,
+        client: &mut deadpool_postgres::Client,
+        writes: &[StreamWrite],
+    ) -> Result<Vec<AppendOutcome>, AppendError> {
+        let planned = match &self.inner.projection {
+            Some(projection) => {
+                let provisional: Vec<RecordedEvent> = writes
+                    .iter()
+                    .flat_map(|w| w.events.iter().map(|e| provisional(&w.stream, e)))
+                    .collect();
+                projection.plan(client, &provisional).await?
+            }
+            None => Vec::new(),
+        };
+        let tx = client.transaction().await.map_err(db_error)?;
+        let appends = writes.iter().map(|write| {
+            let tx = &tx;
+            async move {
+                if write.events.is_empty() {
+                    check_version(tx, write).await
+                } else {
+                    append_on(tx, &write.stream, write.expected, &write.events).await
+                }
+            }
+        });
+        let outcomes = futures_util::future::try_join_all(appends).await?;
+        execute_planned(&tx, &planned).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(outcomes)
     }
 
     /// The transactional append as ONE statement: a data-modifying CTE per stream (an
@@ -811,7 +849,7 @@ impl EventStore for PgEventStore {
         &self,
         writes: Vec<StreamWrite>,
     ) -> Result<Vec<AppendOutcome>, AppendError> {
-        let client = self.inner.pool.get().await.map_err(unavailable)?;
+        let mut client = self.inner.pool.get().await.map_err(unavailable)?;
         let mut outcomes = Vec::with_capacity(writes.len());
         let projection = self.inner.projection.as_ref();
         if writes.len() == 1 && projection.is_none() {
@@ -823,7 +861,11 @@ impl EventStore for PgEventStore {
                 append_on(&client, &write.stream, write.expected, &write.events).await?
             });
         } else {
-            outcomes = self.append_composed(&client, &writes).await?;
+            if writes.len() <= COMPOSE_LIMIT {
+                outcomes = self.append_composed(&client, &writes).await?;
+            } else {
+                outcomes = self.append_in_transaction(&mut client, &writes).await?;
+            }
         }
         if outcomes.iter().any(|o| !o.recorded.is_empty()) {
             self.announce_commit();
