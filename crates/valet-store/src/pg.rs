@@ -47,6 +47,14 @@ WHERE cur.v = $2
 ORDER BY e.ord
 RETURNING position, stream_version, xact, (extract(epoch FROM recorded_at) * 1000000)::bigint";
 
+/// APPEND_SQL for exactly one event.
+const APPEND_ONE_SQL: &str = "
+INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
+SELECT $3, $1, cur.v + 1, $4, $5, $6, $7
+FROM (SELECT coalesce(max(stream_version), 0) AS v FROM events WHERE stream_id = $1) cur
+WHERE cur.v = $2
+RETURNING position, stream_version, xact, (extract(epoch FROM recorded_at) * 1000000)::bigint";
+
 const VERSION_SQL: &str =
     "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1";
 
@@ -518,8 +526,27 @@ pub async fn append_on<C: GenericClient + Sync>(
     events: &[NewEvent],
 ) -> Result<AppendOutcome, AppendError> {
     let input = AppendInput::of(stream, expected, events)?;
-    let statement = client.prepare_cached(APPEND_SQL).await.map_err(db_error)?;
-    let rows = client.query(&statement, &input.params()).await;
+    let rows = if let [event] = events {
+        // The common case (one event, e.g. a token issued) without array parameters.
+        let statement = client
+            .prepare_cached(APPEND_ONE_SQL)
+            .await
+            .map_err(db_error)?;
+        let metadata = &input.metadata[0];
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+            &input.stream,
+            &input.expected,
+            &event.event_id,
+            &event.event_type,
+            &input.versions[0],
+            &event.payload,
+            metadata,
+        ];
+        client.query(&statement, &params).await
+    } else {
+        let statement = client.prepare_cached(APPEND_SQL).await.map_err(db_error)?;
+        client.query(&statement, &input.params()).await
+    };
     let failed_by_count = matches!(&rows, Ok(r) if r.len() != events.len());
     match interpret(stream, expected, events, rows) {
         // Zero rows: the expectation was wrong; outside an aborted transaction we can
