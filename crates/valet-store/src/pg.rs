@@ -332,6 +332,33 @@ impl PgEventStore {
                 outputs.push(format!(
                     "SELECT {i}, v, 0::bigint, 0::bigint, NULL::timestamptz FROM w{i}"
                 ));
+            } else if let [event] = write.events.as_slice() {
+                // One event (the common case): plain parameters, no unnest.
+                sql.push_str(&format!(
+                    "w{i} AS (INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
+                     SELECT ${id}, ${s},
+                            CASE WHEN cur.v = ${x} THEN cur.v + 1 ELSE valet_version_conflict(${s}, ${x}, cur.v) END,
+                            ${t}, ${v}, ${p}, ${m}
+                     FROM (SELECT coalesce(max(stream_version), 0) AS v FROM events WHERE stream_id = ${s}) cur
+                     RETURNING position, stream_version, xact, recorded_at), ",
+                    s = n + 1,
+                    x = n + 2,
+                    id = n + 3,
+                    t = n + 4,
+                    v = n + 5,
+                    p = n + 6,
+                    m = n + 7
+                ));
+                params.push(&input.stream);
+                params.push(&input.expected);
+                params.push(&event.event_id);
+                params.push(&event.event_type);
+                params.push(&input.versions[0]);
+                params.push(&event.payload);
+                params.push(&input.metadata[0]);
+                outputs.push(format!(
+                    "SELECT {i}, position, stream_version, xact, recorded_at FROM w{i}"
+                ));
             } else {
                 sql.push_str(&format!(
                     "w{i} AS (INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
