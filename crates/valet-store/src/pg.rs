@@ -45,7 +45,7 @@ FROM cur,
          WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, metadata, ord)
 WHERE cur.v = $2
 ORDER BY e.ord
-RETURNING position, stream_version, xact, (extract(epoch FROM recorded_at) * 1000000)::bigint";
+RETURNING position, stream_version, xact, recorded_at";
 
 /// APPEND_SQL for exactly one event.
 const APPEND_ONE_SQL: &str = "
@@ -53,7 +53,7 @@ INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_vers
 SELECT $3, $1, cur.v + 1, $4, $5, $6, $7
 FROM (SELECT coalesce(max(stream_version), 0) AS v FROM events WHERE stream_id = $1) cur
 WHERE cur.v = $2
-RETURNING position, stream_version, xact, (extract(epoch FROM recorded_at) * 1000000)::bigint";
+RETURNING position, stream_version, xact, recorded_at";
 
 const VERSION_SQL: &str =
     "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1";
@@ -417,11 +417,15 @@ impl PgEventStore {
                         StoreError::Malformed("an append returned the wrong rows".into()).into(),
                     );
                 }
-                outcomes.push(recorded_rows(
+                let landed = mine
+                    .iter()
+                    .map(|r| (r.get(2), r.get(1), r.get(3), micros(r.get(4))))
+                    .collect();
+                outcomes.push(recorded(
                     &write.stream,
                     write.expected.as_version(),
                     &write.events,
-                    &mine,
+                    landed,
                 ));
             }
         }
@@ -717,41 +721,6 @@ fn conflict_or_error(e: tokio_postgres::Error, writes: &[StreamWrite]) -> Append
     AppendError::Store(db_error(e))
 }
 
-fn recorded_rows(
-    stream: &StreamId,
-    expected_version: StreamVersion,
-    events: &[NewEvent],
-    rows: &[&Row],
-) -> AppendOutcome {
-    let mut landed: Vec<(i64, i64, i64, i64)> = rows
-        .iter()
-        .map(|r| (r.get(2), r.get(1), r.get(3), micros(r.get(4))))
-        .collect();
-    landed.sort_unstable();
-    let recorded = landed
-        .into_iter()
-        .zip(events)
-        .map(
-            |((version, position, xact, recorded_at_micros), event)| RecordedEvent {
-                position,
-                xact,
-                event_id: event.event_id,
-                stream_id: stream.as_str().to_owned(),
-                stream_version: StreamVersion(version as u64),
-                event_type: event.event_type.clone(),
-                schema_version: event.schema_version,
-                payload: event.payload.clone(),
-                metadata: event.metadata.clone(),
-                recorded_at_micros,
-            },
-        )
-        .collect();
-    AppendOutcome {
-        version: StreamVersion(expected_version.0 + events.len() as u64),
-        recorded,
-    }
-}
-
 /// What the projection needs of an event before the log has numbered it.
 fn provisional(stream: &StreamId, event: &NewEvent) -> RecordedEvent {
     RecordedEvent {
@@ -812,19 +781,21 @@ fn interpret(
     if rows.len() != events.len() {
         return Err(conflict(expected_version));
     }
-    Ok(recorded(stream, expected_version, events, &rows))
+    let landed = rows
+        .iter()
+        .map(|r| (r.get(1), r.get(0), r.get(2), micros(r.get(3))))
+        .collect();
+    Ok(recorded(stream, expected_version, events, landed))
 }
 
+/// The appended events as recorded, from the (stream version, position, xact,
+/// recorded-at micros) the insert returned.
 fn recorded(
     stream: &StreamId,
     expected_version: StreamVersion,
     events: &[NewEvent],
-    rows: &[Row],
+    mut landed: Vec<(i64, i64, i64, i64)>,
 ) -> AppendOutcome {
-    let mut landed: Vec<(i64, i64, i64, i64)> = rows
-        .iter()
-        .map(|r| (r.get(1), r.get(0), r.get(2), r.get(3)))
-        .collect();
     landed.sort_unstable();
     let recorded = landed
         .into_iter()
