@@ -1514,6 +1514,18 @@ impl Fixture {
         }
     }
 
+    /// A second confidential client ("B", its own redirect URI, the same scopes), for the
+    /// cases where one client presents another's code, token or refresh token.
+    pub async fn other_client(&self) -> ClientCreds {
+        self.server
+            .create_client(
+                &ClientSpec::confidential("B")
+                    .redirect("https://b.example/cb")
+                    .scopes("read write"),
+            )
+            .await
+    }
+
     /// A fresh confidential-client code for `scope` (PKCE S256), with its verifier.
     pub async fn code(&mut self, scope: Option<&str>) -> (String, Pkce) {
         let pkce = Pkce::new();

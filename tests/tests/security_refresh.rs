@@ -149,14 +149,7 @@ async fn s23_refresh_rotates_and_reuse_revokes_the_whole_grant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s24_refresh_token_of_client_a_used_by_client_b_is_invalid_grant() {
     let mut fx = Fixture::new().await;
-    let b = fx
-        .server
-        .create_client(
-            &ClientSpec::confidential("B")
-                .redirect("https://b.example/cb")
-                .scopes("read write"),
-        )
-        .await;
+    let b = fx.other_client().await;
     let p = fx
         .server
         .create_client(

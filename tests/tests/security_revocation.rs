@@ -209,14 +209,7 @@ async fn s28_revoking_a_refresh_token_revokes_its_grant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s29_a_client_cannot_revoke_another_clients_token() {
     let mut fx = Fixture::new().await;
-    let b = fx
-        .server
-        .create_client(
-            &ClientSpec::confidential("B")
-                .redirect("https://b.example/cb")
-                .scopes("read write"),
-        )
-        .await;
+    let b = fx.other_client().await;
     let t = fx.tokens(Some("read write")).await;
     let s = &fx.server;
     for (who, auth) in [

@@ -217,14 +217,7 @@ async fn s12_expired_code_is_invalid_grant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s13_code_of_client_a_redeemed_by_client_b_is_invalid_grant() {
     let mut fx = Fixture::new().await;
-    let b = fx
-        .server
-        .create_client(
-            &ClientSpec::confidential("B")
-                .redirect("https://b.example/cb")
-                .scopes("read write"),
-        )
-        .await;
+    let b = fx.other_client().await;
     let p = fx
         .server
         .create_client(

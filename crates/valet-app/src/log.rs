@@ -140,43 +140,6 @@ impl Replayable for ReplayEvent {
     }
 }
 
-/// Reads the log from `from` to its current end in a background task, `batch` events at
-/// a time, keeping up to two batches ahead: a replay decodes one batch while the next is
-/// being fetched. The channel closes at the end of the log (or after an error).
-pub fn read_ahead<S: EventStore + Clone>(
-    store: S,
-    from: LogCursor,
-    batch: usize,
-) -> tokio::sync::mpsc::Receiver<Result<Vec<RecordedEvent>, StoreError>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
-    tokio::spawn(async move {
-        let mut cursor = from;
-        loop {
-            let result = store.read_log(cursor, batch.max(1)).await;
-            let done = match &result {
-                Ok(events) => match events.last() {
-                    Some(last) => {
-                        cursor = last.cursor();
-                        false
-                    }
-                    None => true,
-                },
-                Err(_) => true,
-            };
-            if done {
-                if let Err(e) = result {
-                    let _ = tx.send(Err(e)).await;
-                }
-                return;
-            }
-            if tx.send(result).await.is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
 /// A point in the log's commit-safe order: (writing transaction, position).
 ///
 /// Positions alone are not safe: they are drawn at insert, not at commit, so a slow

@@ -12,7 +12,7 @@ pub use lease::PgLease;
 pub use memory::MemoryEventStore;
 pub use migrate::{migrate, MigrateError, MigrationReport, MIGRATIONS};
 pub use pg::{
-    append_on, decode_row, describe, execute_planned, in_order, InlineProjection, PgEventStore,
+    append_on, decode_row, describe, execute_planned, InlineProjection, PgEventStore,
     PgStoreConfig, Planned, SnapshotRead, SnapshotScope, EVENT_COLUMNS,
 };
 

@@ -130,9 +130,7 @@ type Flight<'a> = std::pin::Pin<
 /// Drives `requests` to completion, polling them in order every time. tokio-postgres
 /// sends a request when its future is first polled, so they reach PostgreSQL in this
 /// order, all before the first answer comes back (one round trip for the lot).
-pub async fn in_order(
-    mut requests: Vec<Flight<'_>>,
-) -> Vec<Result<Vec<Row>, tokio_postgres::Error>> {
+async fn in_order(mut requests: Vec<Flight<'_>>) -> Vec<Result<Vec<Row>, tokio_postgres::Error>> {
     let mut done: Vec<Option<Result<Vec<Row>, tokio_postgres::Error>>> =
         requests.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {
