@@ -201,3 +201,98 @@ async fn migrate_is_idempotent() {
     drop(client);
     db.drop_database().await;
 }
+
+/// Group commit: independent appends written together land in one statement (one
+/// transaction), and one wrong expectation among them fails only its own append.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_appends_commit_together_and_fail_alone() {
+    use valet_app::{AppendError, StreamWrite};
+    let db = TestDb::create().await;
+    let store = pg_store(&db).await;
+    let (a, b, c) = (fresh_stream("ga"), fresh_stream("gb"), fresh_stream("gc"));
+    store
+        .append(&c, ExpectedVersion::NoStream, vec![event(0)])
+        .await
+        .expect("seed c");
+    let write = |stream: &valet_domain::StreamId, expected, events| StreamWrite {
+        stream: stream.clone(),
+        expected,
+        events,
+    };
+
+    // All three fit: one statement, so one transaction id for all their events.
+    let results = store
+        .append_grouped(vec![
+            vec![write(
+                &a,
+                ExpectedVersion::NoStream,
+                vec![event(1), event(2)],
+            )],
+            vec![write(&b, ExpectedVersion::NoStream, vec![event(3)])],
+            vec![
+                write(&c, ExpectedVersion::Exactly(StreamVersion(1)), vec![]),
+                write(
+                    &fresh_stream("gd"),
+                    ExpectedVersion::NoStream,
+                    vec![event(4)],
+                ),
+            ],
+        ])
+        .await
+        .expect("grouped append");
+    let outcomes: Vec<_> = results
+        .into_iter()
+        .map(|r| r.expect("every append fits"))
+        .collect();
+    assert_eq!(outcomes[0][0].version, StreamVersion(2));
+    assert_eq!(outcomes[1][0].version, StreamVersion(1));
+    assert_eq!(outcomes[2][0].version, StreamVersion(1));
+    assert_eq!(outcomes[2][1].version, StreamVersion(1));
+    let xacts: std::collections::HashSet<i64> = outcomes
+        .iter()
+        .flatten()
+        .flat_map(|o| o.recorded.iter().map(|e| e.xact))
+        .collect();
+    assert_eq!(xacts.len(), 1, "one statement, one transaction");
+    let versions: Vec<u64> = store
+        .read_stream(&a)
+        .await
+        .expect("read a")
+        .iter()
+        .map(|e| e.stream_version.0)
+        .collect();
+    assert_eq!(versions, vec![1, 2]);
+
+    // A stale expectation fails its own append only; the others still commit.
+    let results = store
+        .append_grouped(vec![
+            vec![write(
+                &a,
+                ExpectedVersion::Exactly(StreamVersion(2)),
+                vec![event(5)],
+            )],
+            vec![write(&b, ExpectedVersion::NoStream, vec![event(6)])],
+            vec![write(
+                &c,
+                ExpectedVersion::Exactly(StreamVersion(1)),
+                vec![event(7)],
+            )],
+        ])
+        .await
+        .expect("grouped append");
+    assert_eq!(
+        results[0].as_ref().expect("a fits")[0].version,
+        StreamVersion(3)
+    );
+    match &results[1] {
+        Err(AppendError::Conflict { actual, .. }) => assert_eq!(*actual, StreamVersion(1)),
+        other => panic!("b at a stale version must conflict, got {other:?}"),
+    }
+    assert_eq!(
+        results[2].as_ref().expect("c fits")[0].version,
+        StreamVersion(2)
+    );
+    assert_eq!(store.read_stream(&b).await.expect("read b").len(), 1);
+    drop(store);
+    db.drop_database().await;
+}

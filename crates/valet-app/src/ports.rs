@@ -101,7 +101,7 @@ pub enum AppendError {
 }
 
 /// The store could not be reached or answered something unexpected.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("event store unavailable: {0}")]
     Unavailable(String),

@@ -27,9 +27,15 @@ use valet_app::{
 };
 use valet_domain::StreamId;
 
+mod group;
+
 const CHANNEL: &str = "valet_events";
 /// Appends of at most this many streams are composed into one statement.
 const COMPOSE_LIMIT: usize = 4;
+
+/// Group-commit workers: groups being written at once. Two keep PostgreSQL busy
+/// while the next group gathers, and leave most of the pool to readers.
+const GROUP_WORKERS: usize = 2;
 
 /// The least time between two NOTIFYs of one process.
 const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
@@ -183,6 +189,8 @@ struct Inner {
     projection: Option<Arc<dyn InlineProjection>>,
     wake: Arc<watch::Sender<u64>>,
     notify_needed: Arc<Notify>,
+    /// Appends with read models go through group commit (see `group`).
+    group: mpsc::UnboundedSender<group::Job>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -224,10 +232,19 @@ impl PgEventStore {
 
         let wake = Arc::new(watch::channel(0u64).0);
         let notify_needed = Arc::new(Notify::new());
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(listen_forever(pg.clone(), wake.clone())),
             tokio::spawn(notify_forever(pool.clone(), notify_needed.clone())),
         ];
+        let (group, queue) = mpsc::unbounded_channel();
+        let queue = group::Queue::new(queue);
+        for _ in 0..GROUP_WORKERS {
+            tasks.push(tokio::spawn(group::work(
+                queue.clone(),
+                pool.clone(),
+                projection.clone(),
+            )));
+        }
         Ok(PgEventStore {
             inner: Arc::new(Inner {
                 pool,
@@ -235,6 +252,7 @@ impl PgEventStore {
                 projection,
                 wake,
                 notify_needed,
+                group,
                 tasks,
             }),
         })
@@ -289,50 +307,51 @@ impl PgEventStore {
         tx.commit().await.map_err(db_error)?;
         Ok(outcomes)
     }
+}
 
-    /// The transactional append as ONE statement: a data-modifying CTE per stream (an
-    /// empty write only checks the version) and one per projection statement. A wrong
-    /// expected version raises `valet_version_conflict`, so nothing of it commits; no
-    /// BEGIN/COMMIT round trips, one plan per shape of append (cached).
-    async fn append_composed(
-        &self,
-        client: &deadpool_postgres::Client,
-        writes: &[StreamWrite],
-    ) -> Result<Vec<AppendOutcome>, AppendError> {
-        let planned = match &self.inner.projection {
-            Some(projection) => {
-                let provisional: Vec<RecordedEvent> = writes
-                    .iter()
-                    .flat_map(|w| w.events.iter().map(|e| provisional(&w.stream, e)))
-                    .collect();
-                projection.plan(client, &provisional).await?
-            }
-            None => Vec::new(),
-        };
-        let inputs: Vec<AppendInput> = writes
-            .iter()
-            .map(AppendInput::new)
-            .collect::<Result<_, _>>()?;
-        let mut sql = String::from("WITH ");
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
-        let mut outputs = Vec::new();
-        for (i, (write, input)) in writes.iter().zip(&inputs).enumerate() {
-            let n = params.len();
-            if write.events.is_empty() {
-                sql.push_str(&format!(
+/// The transactional append as ONE statement: a data-modifying CTE per stream (an
+/// empty write only checks the version) and one per projection statement. A wrong
+/// expected version raises `valet_version_conflict`, so nothing of it commits; no
+/// BEGIN/COMMIT round trips, one plan per shape of append (cached).
+async fn append_composed(
+    client: &deadpool_postgres::Client,
+    projection: Option<&dyn InlineProjection>,
+    writes: &[StreamWrite],
+) -> Result<Vec<AppendOutcome>, AppendError> {
+    let planned = match projection {
+        Some(projection) => {
+            let provisional: Vec<RecordedEvent> = writes
+                .iter()
+                .flat_map(|w| w.events.iter().map(|e| provisional(&w.stream, e)))
+                .collect();
+            projection.plan(client, &provisional).await?
+        }
+        None => Vec::new(),
+    };
+    let inputs: Vec<AppendInput> = writes
+        .iter()
+        .map(AppendInput::new)
+        .collect::<Result<_, _>>()?;
+    let mut sql = String::from("WITH ");
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
+    let mut outputs = Vec::new();
+    for (i, (write, input)) in writes.iter().zip(&inputs).enumerate() {
+        let n = params.len();
+        if write.events.is_empty() {
+            sql.push_str(&format!(
                     "w{i} AS (SELECT CASE WHEN v = ${e} THEN v ELSE valet_version_conflict(${s}, ${e}, v) END AS v
                      FROM (SELECT coalesce(max(stream_version), 0) AS v FROM events WHERE stream_id = ${s}) cur), ",
                     s = n + 1,
                     e = n + 2
                 ));
-                params.push(&input.stream);
-                params.push(&input.expected);
-                outputs.push(format!(
-                    "SELECT {i}, v, 0::bigint, 0::bigint, NULL::timestamptz FROM w{i}"
-                ));
-            } else if let [event] = write.events.as_slice() {
-                // One event (the common case): plain parameters, no unnest.
-                sql.push_str(&format!(
+            params.push(&input.stream);
+            params.push(&input.expected);
+            outputs.push(format!(
+                "SELECT {i}, v, 0::bigint, 0::bigint, NULL::timestamptz FROM w{i}"
+            ));
+        } else if let [event] = write.events.as_slice() {
+            // One event (the common case): plain parameters, no unnest.
+            sql.push_str(&format!(
                     "w{i} AS (INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
                      SELECT ${id}, ${s},
                             CASE WHEN cur.v = ${x} THEN cur.v + 1 ELSE valet_version_conflict(${s}, ${x}, cur.v) END,
@@ -347,18 +366,18 @@ impl PgEventStore {
                     p = n + 6,
                     m = n + 7
                 ));
-                params.push(&input.stream);
-                params.push(&input.expected);
-                params.push(&event.event_id);
-                params.push(&event.event_type);
-                params.push(&input.versions[0]);
-                params.push(&event.payload);
-                params.push(&input.metadata[0]);
-                outputs.push(format!(
-                    "SELECT {i}, position, stream_version, xact, recorded_at FROM w{i}"
-                ));
-            } else {
-                sql.push_str(&format!(
+            params.push(&input.stream);
+            params.push(&input.expected);
+            params.push(&event.event_id);
+            params.push(&event.event_type);
+            params.push(&input.versions[0]);
+            params.push(&event.payload);
+            params.push(&input.metadata[0]);
+            outputs.push(format!(
+                "SELECT {i}, position, stream_version, xact, recorded_at FROM w{i}"
+            ));
+        } else {
+            sql.push_str(&format!(
                     "w{i} AS (INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, payload, metadata)
                      SELECT e.event_id, ${s},
                             CASE WHEN cur.v = ${x} THEN cur.v + e.ord ELSE valet_version_conflict(${s}, ${x}, cur.v) END,
@@ -376,58 +395,73 @@ impl PgEventStore {
                     d = n + 6,
                     f = n + 7
                 ));
-                params.extend(input.params());
-                outputs.push(format!(
-                    "SELECT {i}, position, stream_version, xact, recorded_at FROM w{i}"
-                ));
-            }
+            params.extend(input.params());
+            outputs.push(format!(
+                "SELECT {i}, position, stream_version, xact, recorded_at FROM w{i}"
+            ));
         }
-        for (j, p) in planned.iter().enumerate() {
-            sql.push_str(&format!("p{j} AS ({}), ", renumber(p.sql, params.len())));
-            params.extend(
-                p.params
-                    .iter()
-                    .map(|x| x.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)),
-            );
-        }
-        sql.truncate(sql.len() - 2);
-        sql.push(' ');
-        sql.push_str(&outputs.join(" UNION ALL "));
-        let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
-        let rows = client
-            .query(&statement, &params)
-            .await
-            .map_err(|e| conflict_or_error(e, writes))?;
-        let mut outcomes = Vec::with_capacity(writes.len());
-        for (i, write) in writes.iter().enumerate() {
-            let mine: Vec<&Row> = rows
+    }
+    for (j, p) in planned.iter().enumerate() {
+        sql.push_str(&format!("p{j} AS ({}), ", renumber(p.sql, params.len())));
+        params.extend(
+            p.params
                 .iter()
-                .filter(|r| r.get::<_, i32>(0) as usize == i)
-                .collect();
-            if write.events.is_empty() {
-                outcomes.push(AppendOutcome {
-                    version: write.expected.as_version(),
-                    recorded: Vec::new(),
-                });
-            } else {
-                if mine.len() != write.events.len() {
-                    return Err(
-                        StoreError::Malformed("an append returned the wrong rows".into()).into(),
-                    );
-                }
-                let landed = mine
-                    .iter()
-                    .map(|r| (r.get(2), r.get(1), r.get(3), micros(r.get(4))))
-                    .collect();
-                outcomes.push(recorded(
-                    &write.stream,
-                    write.expected.as_version(),
-                    &write.events,
-                    landed,
-                ));
+                .map(|x| x.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)),
+        );
+    }
+    sql.truncate(sql.len() - 2);
+    sql.push(' ');
+    sql.push_str(&outputs.join(" UNION ALL "));
+    let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
+    let rows = client
+        .query(&statement, &params)
+        .await
+        .map_err(|e| conflict_or_error(e, writes))?;
+    let mut outcomes = Vec::with_capacity(writes.len());
+    for (i, write) in writes.iter().enumerate() {
+        let mine: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.get::<_, i32>(0) as usize == i)
+            .collect();
+        if write.events.is_empty() {
+            outcomes.push(AppendOutcome {
+                version: write.expected.as_version(),
+                recorded: Vec::new(),
+            });
+        } else {
+            if mine.len() != write.events.len() {
+                return Err(
+                    StoreError::Malformed("an append returned the wrong rows".into()).into(),
+                );
             }
+            let landed = mine
+                .iter()
+                .map(|r| (r.get(2), r.get(1), r.get(3), micros(r.get(4))))
+                .collect();
+            outcomes.push(recorded(
+                &write.stream,
+                write.expected.as_version(),
+                &write.events,
+                landed,
+            ));
         }
-        Ok(outcomes)
+    }
+    Ok(outcomes)
+}
+
+impl PgEventStore {
+    /// Writes independent appends (each one a caller's `append_all`) with ONE statement,
+    /// as group commit does with concurrent appends; if that fails, one at a time, so
+    /// every append gets the answer it would have got alone. One result per append, in
+    /// order. The appends must not write a stream another of them touches.
+    pub async fn append_grouped(
+        &self,
+        appends: Vec<Vec<StreamWrite>>,
+    ) -> Result<Vec<Result<Vec<AppendOutcome>, AppendError>>, StoreError> {
+        let client = self.inner.pool.get().await.map_err(unavailable)?;
+        let results = group::write_group(&client, self.inner.projection.as_deref(), &appends).await;
+        self.announce_commit();
+        Ok(results)
     }
 
     /// Streams, in commit order, every event of one consistent snapshot of the log that
@@ -872,24 +906,29 @@ impl EventStore for PgEventStore {
         &self,
         writes: Vec<StreamWrite>,
     ) -> Result<Vec<AppendOutcome>, AppendError> {
-        let mut client = self.inner.pool.get().await.map_err(unavailable)?;
-        let mut outcomes = Vec::with_capacity(writes.len());
         let projection = self.inner.projection.as_ref();
-        if writes.len() == 1 && projection.is_none() {
+        let outcomes = if writes.len() == 1 && projection.is_none() {
             // One autocommit statement: no BEGIN/COMMIT round trips.
+            let client = self.inner.pool.get().await.map_err(unavailable)?;
             let write = &writes[0];
-            outcomes.push(if write.events.is_empty() {
+            vec![if write.events.is_empty() {
                 check_version(&client, write).await?
             } else {
                 append_on(&client, &write.stream, write.expected, &write.events).await?
-            });
+            }]
+        } else if writes.len() <= COMPOSE_LIMIT {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            self.inner
+                .group
+                .send(group::Job { writes, reply })
+                .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
+            answer
+                .await
+                .map_err(|_| StoreError::Unavailable("the append was abandoned".into()))??
         } else {
-            if writes.len() <= COMPOSE_LIMIT {
-                outcomes = self.append_composed(&client, &writes).await?;
-            } else {
-                outcomes = self.append_in_transaction(&mut client, &writes).await?;
-            }
-        }
+            let mut client = self.inner.pool.get().await.map_err(unavailable)?;
+            self.append_in_transaction(&mut client, &writes).await?
+        };
         if outcomes.iter().any(|o| !o.recorded.is_empty()) {
             self.announce_commit();
         }
