@@ -1067,3 +1067,46 @@ async fn s19_token_error_and_introspection_responses_are_no_store() {
     assert!(body["expires_in"].as_i64().is_some_and(|n| n > 0), "{body}");
     fx.stop().await;
 }
+
+/// Under concurrency, token appends share statements (group commit) and introspections
+/// share queries: every caller must still get its own, right answer, including many
+/// callers asking about the same token at once, and read-your-writes must hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_tokens_and_introspections_each_get_their_own_answer() {
+    let fx = Fixture::new().await;
+    let s = &fx.server;
+    let before = s.events_of("GrantIssued").await.len();
+    let issued =
+        futures_util::future::join_all((0..40).map(|_| s.client_credentials(&fx.rs, None))).await;
+    let tokens: Vec<String> = issued
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, 200, "token: {}", r.describe());
+            Tokens::from_resp(r).access_token
+        })
+        .collect();
+    let distinct: std::collections::HashSet<&String> = tokens.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        tokens.len(),
+        "every caller gets its own token"
+    );
+    assert_eq!(s.events_of("GrantIssued").await.len(), before + 40);
+
+    // Each token, the first token twenty more times, and unknown tokens, all at once.
+    let mut asked: Vec<(String, bool)> = tokens.iter().map(|t| (t.clone(), true)).collect();
+    asked.extend((0..20).map(|_| (tokens[0].clone(), true)));
+    asked.extend((0..5).map(|n| (format!("valet_at_unknown{n}"), false)));
+    let auth = fx.rs.basic();
+    let answers =
+        futures_util::future::join_all(asked.iter().map(|(t, _)| s.introspect(&auth, t))).await;
+    for ((token, active), resp) in asked.iter().zip(&answers) {
+        assert_eq!(resp.status, 200, "introspection: {}", resp.describe());
+        let body = resp.json();
+        assert_eq!(body["active"], Value::Bool(*active), "{token}: {body}");
+        if *active {
+            assert_eq!(body["client_id"], Value::String(fx.rs.client_id.clone()));
+        }
+    }
+    fx.server.stop().await;
+}

@@ -1,6 +1,10 @@
 //! The read-model queries of the use cases, on PostgreSQL.
 
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
 use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::Row;
 use uuid::Uuid;
 use valet_app::read::{
@@ -15,11 +19,60 @@ use crate::db_error;
 #[derive(Clone)]
 pub struct PgReadModels {
     pool: Pool,
+    /// Access-token lookups, batched (started on first use, inside the runtime).
+    lookups: Arc<OnceLock<mpsc::UnboundedSender<Lookup>>>,
 }
+
+/// One caller's access-token lookup, waiting for a batch.
+struct Lookup {
+    hash: Vec<u8>,
+    reply: oneshot::Sender<Result<Option<AccessTokenView>, StoreError>>,
+}
+
+/// Lookups answered by one query, at most.
+const LOOKUP_LIMIT: usize = 128;
+/// Lookup queries in flight at once.
+const LOOKUP_WORKERS: usize = 2;
+
+const ACCESS_TOKENS_SQL: &str =
+    "SELECT grant_id, client_id, user_id, username, scope, issued_at, expires_at,
+            revoked_at IS NOT NULL, token_sha256
+     FROM access_tokens WHERE token_sha256 = ANY($1)";
 
 impl PgReadModels {
     pub fn new(pool: Pool) -> Self {
-        PgReadModels { pool }
+        PgReadModels {
+            pool,
+            lookups: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Introspection is the hottest read: concurrent lookups share one query (`= ANY`),
+    /// so under load PostgreSQL answers a batch per round trip instead of a token per
+    /// round trip. A lookup sent after a commit still sees that commit (read-your-writes):
+    /// the batch's query starts after every lookup in it was asked.
+    async fn lookup_access_token(
+        &self,
+        hash: &TokenHash,
+    ) -> Result<Option<AccessTokenView>, StoreError> {
+        let queue = self.lookups.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let rx = Arc::new(Mutex::new(rx));
+            for _ in 0..LOOKUP_WORKERS {
+                tokio::spawn(answer_lookups(rx.clone(), self.pool.clone()));
+            }
+            tx
+        });
+        let (reply, answer) = oneshot::channel();
+        queue
+            .send(Lookup {
+                hash: hash.as_bytes().to_vec(),
+                reply,
+            })
+            .map_err(|_| StoreError::Unavailable("read models are shutting down".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the lookup was abandoned".into()))?
     }
 
     async fn query_opt(
@@ -50,6 +103,72 @@ impl PgReadModels {
     }
 }
 
+/// A lookup worker: answers whatever lookups wait, one query per batch, until the read
+/// models are dropped.
+async fn answer_lookups(rx: Arc<Mutex<mpsc::UnboundedReceiver<Lookup>>>, pool: Pool) {
+    loop {
+        let mut batch = Vec::new();
+        {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            batch.push(first);
+            while batch.len() < LOOKUP_LIMIT {
+                match rx.try_recv() {
+                    Ok(lookup) => batch.push(lookup),
+                    Err(_) => break,
+                }
+            }
+        }
+        let hashes: Vec<&[u8]> = batch.iter().map(|l| l.hash.as_slice()).collect();
+        let result = async {
+            let client = pool
+                .get()
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let statement = client
+                .prepare_cached(ACCESS_TOKENS_SQL)
+                .await
+                .map_err(db_error)?;
+            client.query(&statement, &[&hashes]).await.map_err(db_error)
+        }
+        .await;
+        match result {
+            Ok(rows) => {
+                // Several callers may ask for the same token.
+                let found: HashMap<Vec<u8>, Result<AccessTokenView, StoreError>> = rows
+                    .iter()
+                    .map(|row| (row.get::<_, Vec<u8>>(8), access_token_view(row)))
+                    .collect();
+                for lookup in batch {
+                    let _ = lookup
+                        .reply
+                        .send(found.get(&lookup.hash).cloned().transpose());
+                }
+            }
+            Err(error) => {
+                for lookup in batch {
+                    let _ = lookup.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn access_token_view(row: &Row) -> Result<AccessTokenView, StoreError> {
+    Ok(AccessTokenView {
+        grant_id: GrantId::new(row.get(0)),
+        client_id: client_id(row, 1)?,
+        user_id: row.get::<_, Option<Uuid>>(2).map(UserId::new),
+        username: username(row, 3)?,
+        scope: scope(row, 4)?,
+        issued_at: Timestamp::from_unix_millis(row.get(5)),
+        expires_at: Timestamp::from_unix_millis(row.get(6)),
+        revoked: row.get(7),
+    })
+}
+
 fn malformed(what: &str) -> StoreError {
     StoreError::Malformed(format!("read model holds an invalid {what}"))
 }
@@ -70,27 +189,7 @@ fn username(row: &Row, index: usize) -> Result<Option<Username>, StoreError> {
 
 impl ReadModels for PgReadModels {
     async fn access_token(&self, hash: &TokenHash) -> Result<Option<AccessTokenView>, StoreError> {
-        let row = self
-            .query_opt(
-                "SELECT grant_id, client_id, user_id, username, scope, issued_at, expires_at,
-                        revoked_at IS NOT NULL
-                 FROM access_tokens WHERE token_sha256 = $1",
-                &[&hash.as_bytes().as_slice()],
-            )
-            .await?;
-        row.map(|row| {
-            Ok(AccessTokenView {
-                grant_id: GrantId::new(row.get(0)),
-                client_id: client_id(&row, 1)?,
-                user_id: row.get::<_, Option<Uuid>>(2).map(UserId::new),
-                username: username(&row, 3)?,
-                scope: scope(&row, 4)?,
-                issued_at: Timestamp::from_unix_millis(row.get(5)),
-                expires_at: Timestamp::from_unix_millis(row.get(6)),
-                revoked: row.get(7),
-            })
-        })
-        .transpose()
+        self.lookup_access_token(hash).await
     }
 
     async fn refresh_token(
