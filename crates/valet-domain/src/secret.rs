@@ -15,9 +15,27 @@ pub struct TokenHashError;
 ///
 /// `==` is not constant-time; use [`TokenHash::ct_eq`] when comparing a
 /// presented secret against a stored one.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(into = "String")]
 pub struct TokenHash([u8; 32]);
+
+/// By hand, to read the hex without allocating a String: replays decode one or two
+/// hashes per event.
+impl<'de> Deserialize<'de> for TokenHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Hex;
+        impl serde::de::Visitor<'_> for Hex {
+            type Value = TokenHash;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("64 lowercase hex characters")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<TokenHash, E> {
+                TokenHash::from_hex(s).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Hex)
+    }
+}
 
 impl TokenHash {
     pub fn of(raw: &str) -> Self {

@@ -37,7 +37,43 @@ impl InlineProjection for ReadModelProjection {
         events: &'a [RecordedEvent],
     ) -> Pin<Box<dyn Future<Output = Result<Vec<Planned>, StoreError>> + Send + 'a>> {
         // The events stay with the caller; a copy of one append's few events is cheap.
-        Box::pin(plan(db, events.to_vec()))
+        Box::pin(plan(db, events.to_vec(), EarlierRows::Update))
+    }
+}
+
+/// What a batch does with changes to rows that earlier batches created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EarlierRows {
+    /// UPDATE them now, by primary key or grant id (the live read models).
+    Update,
+    /// Record them in the deferred-change tables (see [`DEFERRED_TABLES`]), numbered
+    /// from `seq` up, for [`apply_deferred`] to apply once at the end. A rebuild does
+    /// this so that the big token tables need no index while the log streams in.
+    Defer { seq: i64 },
+}
+
+/// A batch of events folded into the rows it creates and the changes it makes: the
+/// CPU half of applying it, which needs no database (a rebuild folds the next batch
+/// while the previous one is written).
+pub struct Folded(Batch);
+
+/// Folds `events` (in log order).
+pub fn fold<R: Replayable>(events: Vec<R>) -> Result<Folded, StoreError> {
+    let mut batch = Batch::default();
+    for mut event in events {
+        batch.add(&mut event)?;
+    }
+    Ok(Folded(batch))
+}
+
+impl Folded {
+    /// The statements that apply this batch to the read models of `db`.
+    pub async fn plan<C: GenericClient + Sync>(
+        self,
+        db: &C,
+        earlier: EarlierRows,
+    ) -> Result<Vec<Planned>, StoreError> {
+        self.0.plan(db, earlier).await
     }
 }
 
@@ -45,21 +81,69 @@ impl InlineProjection for ReadModelProjection {
 pub async fn plan<C: GenericClient + Sync, R: Replayable>(
     db: &C,
     events: Vec<R>,
+    earlier: EarlierRows,
 ) -> Result<Vec<Planned>, StoreError> {
-    let mut batch = Batch::default();
-    for mut event in events {
-        batch.add(&mut event)?;
-    }
-    batch.plan(db).await
+    fold(events)?.plan(db, earlier).await
 }
 
 /// Applies `events` (in log order) to the read models reachable through `db`.
 pub async fn apply_batch<C: GenericClient + Sync, R: Replayable>(
     db: &C,
     events: Vec<R>,
+    earlier: EarlierRows,
 ) -> Result<(), StoreError> {
-    let planned = plan(db, events).await?;
+    let planned = plan(db, events, earlier).await?;
     valet_store::execute_planned(db, &planned).await
+}
+
+/// The tables of [`EarlierRows::Defer`], created unqualified (in the first schema of the
+/// search path). `seq` orders the changes of one table in log order.
+pub const DEFERRED_TABLES: &str = "
+    CREATE UNLOGGED TABLE deferred_rotations (hash BYTEA NOT NULL);
+    CREATE UNLOGGED TABLE deferred_access_revocations (
+        hash BYTEA NOT NULL, at BIGINT NOT NULL, reason TEXT NOT NULL, seq BIGINT NOT NULL);
+    CREATE UNLOGGED TABLE deferred_grant_revocations (
+        grant_id UUID NOT NULL, at BIGINT NOT NULL, reason TEXT NOT NULL, seq BIGINT NOT NULL);
+    CREATE UNLOGGED TABLE deferred_clients_disabled (
+        client_id TEXT NOT NULL, at BIGINT NOT NULL, seq BIGINT NOT NULL);
+    CREATE UNLOGGED TABLE deferred_users_disabled (
+        user_id UUID NOT NULL, at BIGINT NOT NULL, seq BIGINT NOT NULL);";
+
+/// Applies the deferred changes, set-based (hash joins, no index needed), and empties
+/// the tables. The order is [`Batch::plan`]'s, and the earliest change per row wins, so
+/// the result equals updating batch after batch.
+pub async fn apply_deferred<C: GenericClient + Sync>(db: &C) -> Result<(), StoreError> {
+    db.batch_execute(
+        "UPDATE refresh_tokens r SET status = 'rotated'
+         FROM (SELECT DISTINCT hash FROM deferred_rotations) d
+         WHERE r.token_sha256 = d.hash AND r.status = 'current';
+         UPDATE access_tokens a SET revoked_at = d.at, revoked_reason = d.reason
+         FROM (SELECT DISTINCT ON (hash) hash, at, reason FROM deferred_access_revocations
+               ORDER BY hash, seq) d
+         WHERE a.token_sha256 = d.hash AND a.revoked_at IS NULL;
+         CREATE TEMP TABLE deferred_grants AS
+             SELECT DISTINCT ON (grant_id) grant_id, at, reason FROM deferred_grant_revocations
+             ORDER BY grant_id, seq;
+         UPDATE grants g SET revoked_at = d.at, revoked_reason = d.reason
+         FROM deferred_grants d WHERE g.grant_id = d.grant_id AND g.revoked_at IS NULL;
+         UPDATE access_tokens a SET revoked_at = d.at, revoked_reason = d.reason
+         FROM deferred_grants d WHERE a.grant_id = d.grant_id AND a.revoked_at IS NULL;
+         UPDATE refresh_tokens r SET status = 'revoked'
+         FROM deferred_grants d WHERE r.grant_id = d.grant_id AND r.status <> 'revoked';
+         UPDATE clients c SET disabled_at = d.at
+         FROM (SELECT DISTINCT ON (client_id) client_id, at FROM deferred_clients_disabled
+               ORDER BY client_id, seq) d
+         WHERE c.client_id = d.client_id AND c.disabled_at IS NULL;
+         UPDATE users u SET disabled_at = d.at
+         FROM (SELECT DISTINCT ON (user_id) user_id, at FROM deferred_users_disabled
+               ORDER BY user_id, seq) d
+         WHERE u.user_id = d.user_id AND u.disabled_at IS NULL;
+         DROP TABLE deferred_grants;
+         TRUNCATE deferred_rotations, deferred_access_revocations, deferred_grant_revocations,
+                  deferred_clients_disabled, deferred_users_disabled;",
+    )
+    .await
+    .map_err(db_error)
 }
 
 fn decode<E: DomainEvent, R: Replayable>(event: &mut R) -> Result<E, StoreError> {
@@ -167,6 +251,8 @@ struct Batch {
     access_index: HashMap<Vec<u8>, usize>,
     refresh: Vec<RefreshRow>,
     refresh_index: HashMap<Vec<u8>, usize>,
+    /// The token rows of this batch per grant (a grant revocation touches only those).
+    tokens_of_grant: HashMap<Uuid, (Vec<usize>, Vec<usize>)>,
     consents: Vec<ConsentChange>,
     // Changes to rows from earlier batches, in log order.
     old_rotations: Vec<Vec<u8>>,
@@ -222,6 +308,11 @@ impl Batch {
         });
         let hash = access.hash.as_bytes().to_vec();
         self.access_index.insert(hash.clone(), self.access.len());
+        self.tokens_of_grant
+            .entry(grant_id)
+            .or_default()
+            .0
+            .push(self.access.len());
         self.access.push(AccessRow {
             hash,
             grant_id,
@@ -241,6 +332,11 @@ impl Batch {
             .map(|&i| self.grants[i].client_id.clone());
         let hash = refresh.hash.as_bytes().to_vec();
         self.refresh_index.insert(hash.clone(), self.refresh.len());
+        self.tokens_of_grant
+            .entry(grant_id)
+            .or_default()
+            .1
+            .push(self.refresh.len());
         self.refresh.push(RefreshRow {
             hash,
             grant_id,
@@ -321,14 +417,20 @@ impl Batch {
             grant::Event::GrantRevoked { reason, at, .. } => {
                 let at = at.as_unix_millis();
                 let reason = reason.as_str();
-                for row in self.access.iter_mut().filter(|r| r.grant_id == grant_id) {
+                let (access, refresh) = self
+                    .tokens_of_grant
+                    .get(&grant_id)
+                    .map(|(a, r)| (a.as_slice(), r.as_slice()))
+                    .unwrap_or_default();
+                for &i in access {
+                    let row = &mut self.access[i];
                     if row.revoked_at.is_none() {
                         row.revoked_at = Some(at);
                         row.revoked_reason = Some(reason);
                     }
                 }
-                for row in self.refresh.iter_mut().filter(|r| r.grant_id == grant_id) {
-                    row.status = "revoked";
+                for &i in refresh {
+                    self.refresh[i].status = "revoked";
                 }
                 match self.grant_index.get(&grant_id) {
                     Some(&i) => {
@@ -476,9 +578,79 @@ impl Batch {
         Ok(())
     }
 
-    async fn plan<C: GenericClient + Sync>(mut self, db: &C) -> Result<Vec<Planned>, StoreError> {
+    /// Turns the changes to earlier rows into deferred-change rows (see
+    /// [`EarlierRows::Defer`]); what is left for the UPDATEs below is nothing.
+    fn defer_earlier(&mut self, seq: i64, statements: &mut Vec<(&'static str, Params)>) {
+        let numbered = |n: usize| (seq..seq + n as i64).collect::<Vec<i64>>();
+        let rotations = std::mem::take(&mut self.old_rotations);
+        if !rotations.is_empty() {
+            statements.push((
+                "INSERT INTO deferred_rotations (hash) SELECT * FROM unnest($1::bytea[])",
+                vec![Box::new(rotations)],
+            ));
+        }
+        let revocations = std::mem::take(&mut self.old_access_revocations);
+        if !revocations.is_empty() {
+            let seqs = numbered(revocations.len());
+            let (hashes, ats, reasons) = unzip3(revocations);
+            statements.push((
+                "INSERT INTO deferred_access_revocations (hash, at, reason, seq)
+                 SELECT * FROM unnest($1::bytea[], $2::int8[], $3::text[], $4::int8[])",
+                vec![
+                    Box::new(hashes),
+                    Box::new(ats),
+                    Box::new(reasons),
+                    Box::new(seqs),
+                ],
+            ));
+        }
+        let revocations = std::mem::take(&mut self.old_grant_revocations);
+        if !revocations.is_empty() {
+            let seqs = numbered(revocations.len());
+            let (ids, ats, reasons) = unzip3(revocations);
+            statements.push((
+                "INSERT INTO deferred_grant_revocations (grant_id, at, reason, seq)
+                 SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::int8[])",
+                vec![
+                    Box::new(ids),
+                    Box::new(ats),
+                    Box::new(reasons),
+                    Box::new(seqs),
+                ],
+            ));
+        }
+        let disabled = std::mem::take(&mut self.old_clients_disabled);
+        if !disabled.is_empty() {
+            let seqs = numbered(disabled.len());
+            let (ids, ats): (Vec<String>, Vec<i64>) = disabled.into_iter().unzip();
+            statements.push((
+                "INSERT INTO deferred_clients_disabled (client_id, at, seq)
+                 SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[])",
+                vec![Box::new(ids), Box::new(ats), Box::new(seqs)],
+            ));
+        }
+        let disabled = std::mem::take(&mut self.old_users_disabled);
+        if !disabled.is_empty() {
+            let seqs = numbered(disabled.len());
+            let (ids, ats): (Vec<Uuid>, Vec<i64>) = disabled.into_iter().unzip();
+            statements.push((
+                "INSERT INTO deferred_users_disabled (user_id, at, seq)
+                 SELECT * FROM unnest($1::uuid[], $2::int8[], $3::int8[])",
+                vec![Box::new(ids), Box::new(ats), Box::new(seqs)],
+            ));
+        }
+    }
+
+    async fn plan<C: GenericClient + Sync>(
+        mut self,
+        db: &C,
+        earlier: EarlierRows,
+    ) -> Result<Vec<Planned>, StoreError> {
         self.fill_owners(db).await?;
         let mut statements: Vec<(&'static str, Params)> = Vec::new();
+        if let EarlierRows::Defer { seq } = earlier {
+            self.defer_earlier(seq, &mut statements);
+        }
 
         // Rows from earlier batches (see the module comment for the order).
         if !self.old_rotations.is_empty() {
@@ -661,6 +833,18 @@ impl Batch {
 }
 
 type Params = Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>;
+
+fn unzip3<K>(changes: Vec<(K, i64, &'static str)>) -> (Vec<K>, Vec<i64>, Vec<&'static str>) {
+    let mut keys = Vec::with_capacity(changes.len());
+    let mut ats = Vec::with_capacity(changes.len());
+    let mut reasons = Vec::with_capacity(changes.len());
+    for (key, at, reason) in changes {
+        keys.push(key);
+        ats.push(at);
+        reasons.push(reason);
+    }
+    (keys, ats, reasons)
+}
 
 /// Keeps the first change per key (the earliest in the log wins, as applying one by one
 /// with `... IS NULL` guards would), as three parallel arrays.

@@ -15,7 +15,7 @@ use valet_app::{LogCursor, RecordedEvent, ReplayEvent, StoreError};
 use valet_store::{decode_row, PgEventStore, SnapshotScope, EVENT_COLUMNS};
 
 use crate::db_error;
-use crate::project::apply_batch;
+use crate::project::{apply_batch, apply_deferred, fold, EarlierRows, Folded, DEFERRED_TABLES};
 
 /// Where rebuilt read models are assembled.
 pub const SCRATCH_SCHEMA: &str = "valet_rebuild";
@@ -113,17 +113,33 @@ pub async fn rebuild(
         )
         .await
         .map_err(db_error)?;
+    // Three stages in step: the store's reader decodes rows, a task folds each batch
+    // into rows (CPU), and this loop writes the previous batch meanwhile (PostgreSQL).
     let mut batches = read.batches;
-    while let Some(events) = batches.recv().await {
-        let events = events?;
-        let Some(last) = events.last().map(ReplayEvent::cursor) else {
+    let (folded_tx, mut folded) = tokio::sync::mpsc::channel(1);
+    let folder = tokio::spawn(async move {
+        while let Some(events) = batches.recv().await {
+            let folded = events.and_then(|events| {
+                let last = events.last().map(ReplayEvent::cursor);
+                let count = events.len() as u64;
+                Ok((fold(events)?, count, last))
+            });
+            if folded_tx.send(folded).await.is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(batch) = folded.recv().await {
+        let (batch, count, last) = batch?;
+        let Some(last) = last else {
             break;
         };
-        let count = events.len() as u64;
-        commit_batch(&scratch, events, last).await?;
+        commit_batch(&scratch, batch, applied, count, last).await?;
         applied += count;
         progress(applied, (total as u64).max(applied));
     }
+    drop(folded);
+    let _ = folder.await;
 
     tracing::debug!(
         seconds = started.elapsed().as_secs_f64(),
@@ -142,12 +158,27 @@ pub async fn rebuild(
         .start()
         .await
         .map_err(db_error)?;
-    if mode == RebuildMode::Replace {
-        // Hold writers off while the live tables are swapped (appends take ROW EXCLUSIVE).
-        tx.batch_execute("LOCK TABLE public.events IN EXCLUSIVE MODE")
-            .await
-            .map_err(db_error)?;
-    }
+    let live_digests = match mode {
+        RebuildMode::Replace => {
+            // Hold writers off while the live tables are swapped (appends take ROW
+            // EXCLUSIVE).
+            tx.batch_execute("LOCK TABLE public.events IN EXCLUSIVE MODE")
+                .await
+                .map_err(db_error)?;
+            None
+        }
+        RebuildMode::Verify => {
+            // This first statement fixes the transaction's snapshot; another connection
+            // takes the same one and digests the live tables meanwhile (on the other
+            // core), while this one applies the tail and digests the rebuild.
+            let snapshot: String = tx
+                .query_one("SELECT pg_export_snapshot()", &[])
+                .await
+                .map_err(db_error)?
+                .get(0);
+            Some(tokio::spawn(digests_in(store.clone(), snapshot)))
+        }
+    };
     let tail = tx
         .query(
             &format!(
@@ -163,16 +194,28 @@ pub async fn rebuild(
     let mut tail: Vec<RecordedEvent> = tail.iter().map(decode_row).collect::<Result<_, _>>()?;
     while !tail.is_empty() {
         let rest = tail.split_off(tail.len().min(batch.max(1)));
+        let seq = applied as i64;
         applied += tail.len() as u64;
-        apply_batch(&tx, std::mem::replace(&mut tail, rest)).await?;
+        apply_batch(
+            &tx,
+            std::mem::replace(&mut tail, rest),
+            EarlierRows::Defer { seq },
+        )
+        .await?;
     }
+    apply_deferred(&tx).await?;
     tracing::debug!(
         seconds = started.elapsed().as_secs_f64(),
         "rebuild: tail applied"
     );
-    let differences = match mode {
-        RebuildMode::Verify => compare(&tx).await?,
-        RebuildMode::Replace => {
+    let differences = match live_digests {
+        Some(live) => {
+            let live = live
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("live digests: {e}")))??;
+            compare(&tx, &live).await?
+        }
+        None => {
             for table in READ_MODEL_TABLES.iter().rev() {
                 tx.batch_execute(&format!("DELETE FROM public.{table}"))
                     .await
@@ -247,12 +290,28 @@ async fn prepare_scratch(admin: &deadpool_postgres::Client) -> Result<Option<Res
     for table in READ_MODEL_TABLES {
         // UNLOGGED: the scratch copy needs no crash safety (after a server crash the
         // tables and the progress row are emptied together and the rebuild starts over),
-        // and skipping WAL halves the work of a replay. LIKE copies columns, defaults,
-        // checks and indexes, so the scratch tables follow every migration.
+        // and skipping WAL halves the work of a replay. LIKE copies columns, defaults
+        // and checks, so the scratch tables follow every migration.
+        //
+        // Indexes: the token tables get none. Maintaining them was most of a rebuild's
+        // work, and nothing needs them: changes to earlier rows are deferred (see
+        // `EarlierRows::Defer`) and applied with hash joins, and the comparison scans.
+        // The small tables keep theirs (consents are upserted), and grants keep their
+        // primary key, by which a batch finds the owners of earlier grants.
+        let like = match table {
+            "access_tokens" | "refresh_tokens" | "grants" => {
+                "INCLUDING DEFAULTS INCLUDING CONSTRAINTS"
+            }
+            _ => "INCLUDING ALL",
+        };
         sql.push_str(&format!(
-            "CREATE UNLOGGED TABLE {SCRATCH_SCHEMA}.{table} (LIKE public.{table} INCLUDING ALL);"
+            "CREATE UNLOGGED TABLE {SCRATCH_SCHEMA}.{table} (LIKE public.{table} {like});"
         ));
     }
+    sql.push_str(&format!(
+        "ALTER TABLE {SCRATCH_SCHEMA}.grants ADD PRIMARY KEY (grant_id);
+         SET search_path = {SCRATCH_SCHEMA}; {DEFERRED_TABLES} RESET search_path;"
+    ));
     sql.push_str(&format!(
         "CREATE UNLOGGED TABLE {SCRATCH_SCHEMA}.rebuild_progress (
              snapshot TEXT, xact BIGINT NOT NULL, position BIGINT NOT NULL, applied BIGINT NOT NULL);
@@ -284,16 +343,20 @@ fn scratch_pool(store: &PgEventStore) -> Result<Pool, StoreError> {
 
 async fn commit_batch(
     scratch: &Pool,
-    events: Vec<ReplayEvent>,
+    batch: Folded,
+    applied: u64,
+    count: u64,
     last: LogCursor,
 ) -> Result<(), StoreError> {
-    let count = events.len() as i64;
+    let count = count as i64;
     let mut client = scratch
         .get()
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
     let tx = client.transaction().await.map_err(db_error)?;
-    apply_batch(&tx, events).await?;
+    let seq = applied as i64;
+    let planned = batch.plan(&tx, EarlierRows::Defer { seq }).await?;
+    valet_store::execute_planned(&tx, &planned).await?;
     tx.execute(
         "UPDATE rebuild_progress SET xact = $1, position = $2, applied = applied + $3",
         &[&last.xact, &last.position, &count],
@@ -303,29 +366,62 @@ async fn commit_batch(
     tx.commit().await.map_err(db_error)
 }
 
-async fn compare(tx: &deadpool_postgres::Transaction<'_>) -> Result<Vec<TableDiff>, StoreError> {
-    let mut differences = Vec::new();
+/// An order-independent digest of a table: its row count and the XOR of 64-bit row
+/// hashes (a row and its duplicate cancel out in the XOR, but not in the count). One
+/// scan, no sort, no formatting of rows as text.
+fn digest_sql(schema: &str, table: &str) -> String {
+    format!(
+        "SELECT count(*)::text || ':' || coalesce(bit_xor(hash_record_extended(t, 0)), 0)::text
+         FROM {schema}.{table} t"
+    )
+}
+
+/// The digests of the live tables in an exported snapshot, on a connection of its own.
+async fn digests_in(store: PgEventStore, snapshot: String) -> Result<Vec<String>, StoreError> {
+    let mut client = store
+        .pool()
+        .get()
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(db_error)?;
+    // The snapshot id is PostgreSQL's own output; quote it all the same.
+    let quoted = snapshot.replace('\'', "''");
+    tx.batch_execute(&format!("SET TRANSACTION SNAPSHOT '{quoted}'"))
+        .await
+        .map_err(db_error)?;
+    let mut digests = Vec::with_capacity(READ_MODEL_TABLES.len());
     for table in READ_MODEL_TABLES {
-        // An order-independent digest (row count and XOR of 64-bit row hashes; rows are
-        // unique by primary key, so none cancel out) costs one scan per side, no sort.
-        // Only tables whose digests differ get the row-by-row comparison.
-        let digest = |schema: &str| {
-            format!(
-                "SELECT count(*)::text || ':' || coalesce(bit_xor(hashtextextended(t::text, 0)), 0)::text
-                 FROM {schema}.{table} t"
-            )
-        };
-        let live_digest: String = tx
-            .query_one(&digest("public"), &[])
+        let row = tx
+            .query_one(&digest_sql("public", table), &[])
             .await
-            .map_err(db_error)?
-            .get(0);
+            .map_err(db_error)?;
+        digests.push(row.get(0));
+    }
+    tx.commit().await.map_err(db_error)?;
+    Ok(digests)
+}
+
+/// Compares the rebuild with the live tables, whose digests (in READ_MODEL_TABLES
+/// order) were taken in this transaction's snapshot. Only tables whose digests differ
+/// get the row-by-row comparison.
+async fn compare(
+    tx: &deadpool_postgres::Transaction<'_>,
+    live_digests: &[String],
+) -> Result<Vec<TableDiff>, StoreError> {
+    let mut differences = Vec::new();
+    for (table, live_digest) in READ_MODEL_TABLES.into_iter().zip(live_digests) {
         let rebuilt_digest: String = tx
-            .query_one(&digest(SCRATCH_SCHEMA), &[])
+            .query_one(&digest_sql(SCRATCH_SCHEMA, table), &[])
             .await
             .map_err(db_error)?
             .get(0);
-        if live_digest == rebuilt_digest {
+        if *live_digest == rebuilt_digest {
             continue;
         }
         let live = format!("SELECT * FROM public.{table}");
