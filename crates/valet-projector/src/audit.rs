@@ -297,48 +297,34 @@ impl Interner {
 /// (and be ordered) after events recorded later, but never this much later.
 pub const COMMIT_SLACK_MICROS: i64 = 10 * 60 * 1_000_000;
 
-/// Replays the log up to `at` (Unix microseconds) and returns the grants that were
-/// active then, with their live access tokens. Also returns the number of events read.
-pub async fn active_at(
-    store: &PgEventStore,
-    at_micros: i64,
-    batch: usize,
-) -> Result<(Vec<GrantAt>, u64), StoreError> {
-    let at_millis = at_micros.div_euclid(1000);
-    let mut grants: HashMap<Uuid, GrantFold> = HashMap::new();
-    let mut strings = Interner::default();
-    let mut read = 0u64;
-    // One snapshot of the log: everything committed when the replay starts, whatever
-    // other transactions are open (an audit must not wait for, or skip past, them).
-    let mut batches = store
-        .read_snapshot(valet_store::SnapshotScope::All, batch)
-        .await?
-        .batches;
-    'replay: while let Some(events) = batches.recv().await {
-        for mut event in events? {
-            read += 1;
-            if event.recorded_at_micros > at_micros {
-                if event.recorded_at_micros > at_micros + COMMIT_SLACK_MICROS {
-                    break 'replay;
-                }
-                continue;
-            }
-            let Some(grant_id) = event
-                .stream_id
-                .strip_prefix("grant-")
-                .and_then(|id| Uuid::parse_str(id).ok())
-            else {
-                continue;
-            };
-            let decoded = event
-                .decode_as::<grant::Event>()
-                .map_err(|e| StoreError::Malformed(format!("event {}: {e}", event.event_id)))?;
-            fold(&mut grants, &mut strings, at_millis, grant_id, decoded);
-        }
+/// The grants active at a moment, kept compact until they are written out one by one
+/// (a busy server has hundreds of thousands of them).
+pub struct ActiveGrants {
+    /// Sorted by (issued_at, grant id); only grants with something live.
+    grants: Vec<(Uuid, GrantFold)>,
+    at_millis: i64,
+    /// Events read by the replay.
+    pub read: u64,
+}
+
+impl ActiveGrants {
+    pub fn len(&self) -> usize {
+        self.grants.len()
     }
-    let mut active: Vec<GrantAt> = grants
-        .into_iter()
-        .map(|(grant_id, g)| GrantAt {
+
+    pub fn is_empty(&self) -> bool {
+        self.grants.is_empty()
+    }
+
+    /// Keeps the grants of which `keep(client_id, username)` holds.
+    pub fn retain(&mut self, keep: impl Fn(&str, Option<&str>) -> bool) {
+        self.grants
+            .retain(|(_, g)| keep(&g.client_id, g.subject.as_ref().map(|(_, n)| &**n)));
+    }
+
+    /// The grants, in order of issue, spelled out.
+    pub fn iter(&self) -> impl Iterator<Item = GrantAt> + '_ {
+        self.grants.iter().map(|(grant_id, g)| GrantAt {
             grant_id: grant_id.to_string(),
             client_id: g.client_id.to_string(),
             user_id: g.subject.as_ref().map(|(id, _)| id.to_string()),
@@ -347,20 +333,101 @@ pub async fn active_at(
             issued_at_millis: g.issued_at,
             access_tokens: g
                 .access
-                .into_iter()
-                .map(|(hash, scope, expires)| (hex(&hash), scope.to_string(), expires))
+                .iter()
+                .map(|(hash, scope, expires)| {
+                    (
+                        TokenHash::from_bytes(*hash).to_string(),
+                        scope.to_string(),
+                        *expires,
+                    )
+                })
                 .collect(),
-            refreshable: g.refresh_expires.is_some_and(|e| e > at_millis),
+            refreshable: g.refresh_expires.is_some_and(|e| e > self.at_millis),
         })
-        .filter(|g| !g.access_tokens.is_empty() || g.refreshable)
-        .collect();
-    active
-        .sort_by(|a, b| (a.issued_at_millis, &a.grant_id).cmp(&(b.issued_at_millis, &b.grant_id)));
-    Ok((active, read))
+    }
 }
 
-fn hex(bytes: &[u8; 32]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// Replays the log up to `at` (Unix microseconds) and returns the grants that were
+/// active then, with their live access tokens, and the number of events read.
+///
+/// Three stages run at once: the store reads rows, a task decodes the grant events of
+/// each batch (JSON, most of the CPU), and this one folds them in log order.
+pub async fn active_at(
+    store: &PgEventStore,
+    at_micros: i64,
+    batch: usize,
+) -> Result<ActiveGrants, StoreError> {
+    let at_millis = at_micros.div_euclid(1000);
+    let mut grants: HashMap<Uuid, GrantFold> = HashMap::new();
+    let mut strings = Interner::default();
+    // One snapshot of the log: everything committed when the replay starts, whatever
+    // other transactions are open (an audit must not wait for, or skip past, them).
+    let mut batches = store
+        .read_snapshot(valet_store::SnapshotScope::All, batch)
+        .await?
+        .batches;
+    let (decoded_tx, mut decoded) = tokio::sync::mpsc::channel(2);
+    let decoder = tokio::spawn(async move {
+        let mut read = 0u64;
+        'replay: while let Some(events) = batches.recv().await {
+            let events = match events {
+                Ok(events) => events,
+                Err(e) => {
+                    let _ = decoded_tx.send(Err(e)).await;
+                    return read;
+                }
+            };
+            let mut out = Vec::with_capacity(events.len());
+            let mut past = false;
+            for mut event in events {
+                read += 1;
+                if event.recorded_at_micros > at_micros {
+                    if event.recorded_at_micros > at_micros + COMMIT_SLACK_MICROS {
+                        past = true;
+                        break;
+                    }
+                    continue;
+                }
+                let Some(grant_id) = event
+                    .stream_id
+                    .strip_prefix("grant-")
+                    .and_then(|id| Uuid::parse_str(id).ok())
+                else {
+                    continue;
+                };
+                match event.decode_as::<grant::Event>() {
+                    Ok(decoded) => out.push((grant_id, decoded)),
+                    Err(e) => {
+                        let error = StoreError::Malformed(format!("event {}: {e}", event.event_id));
+                        let _ = decoded_tx.send(Err(error)).await;
+                        return read;
+                    }
+                }
+            }
+            if decoded_tx.send(Ok(out)).await.is_err() || past {
+                break 'replay;
+            }
+        }
+        read
+    });
+    while let Some(events) = decoded.recv().await {
+        for (grant_id, event) in events? {
+            fold(&mut grants, &mut strings, at_millis, grant_id, event);
+        }
+    }
+    let read = decoder
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("replay: {e}")))?;
+    let mut active: Vec<(Uuid, GrantFold)> = grants
+        .into_iter()
+        .filter(|(_, g)| !g.access.is_empty() || g.refresh_expires.is_some_and(|e| e > at_millis))
+        .collect();
+    active.sort_unstable_by_key(|(id, g)| (g.issued_at, *id));
+    Ok(ActiveGrants {
+        grants: active,
+        at_millis,
+        read,
+    })
 }
 
 fn fold(
