@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod admin;
+mod logwriter;
 mod audit;
 mod seed;
 mod timefmt;
@@ -237,7 +238,7 @@ enum UserCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    let log = init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -248,7 +249,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    log.flush();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the chain of causes joined by ": ".
@@ -258,13 +261,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing() -> logwriter::LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("VALET_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = logwriter::start();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .init();
+    guard
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

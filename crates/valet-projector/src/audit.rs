@@ -351,7 +351,8 @@ impl ActiveGrants {
 /// active then, with their live access tokens, and the number of events read.
 ///
 /// Three stages run at once: the store reads rows, a task decodes the grant events of
-/// each batch (JSON, most of the CPU), and this one folds them in log order.
+/// each batch (JSON, most of the CPU) into map operations, and this one applies them in
+/// log order.
 pub async fn active_at(
     store: &PgEventStore,
     at_micros: i64,
@@ -359,7 +360,6 @@ pub async fn active_at(
 ) -> Result<ActiveGrants, StoreError> {
     let at_millis = at_micros.div_euclid(1000);
     let mut grants: HashMap<Uuid, GrantFold> = HashMap::new();
-    let mut strings = Interner::default();
     // One snapshot of the log: everything committed when the replay starts, whatever
     // other transactions are open (an audit must not wait for, or skip past, them).
     let mut batches = store
@@ -368,6 +368,7 @@ pub async fn active_at(
         .batches;
     let (decoded_tx, mut decoded) = tokio::sync::mpsc::channel(2);
     let decoder = tokio::spawn(async move {
+        let mut strings = Interner::default();
         let mut read = 0u64;
         'replay: while let Some(events) = batches.recv().await {
             let events = match events {
@@ -396,7 +397,7 @@ pub async fn active_at(
                     continue;
                 };
                 match event.decode_as::<grant::Event>() {
-                    Ok(decoded) => out.push((grant_id, decoded)),
+                    Ok(decoded) => out.extend(fold_op(&mut strings, at_millis, grant_id, decoded)),
                     Err(e) => {
                         let error = StoreError::Malformed(format!("event {}: {e}", event.event_id));
                         let _ = decoded_tx.send(Err(error)).await;
@@ -411,8 +412,8 @@ pub async fn active_at(
         read
     });
     while let Some(events) = decoded.recv().await {
-        for (grant_id, event) in events? {
-            fold(&mut grants, &mut strings, at_millis, grant_id, event);
+        for event in events? {
+            fold(&mut grants, event);
         }
     }
     let read = decoder
@@ -430,13 +431,24 @@ pub async fn active_at(
     })
 }
 
-fn fold(
-    grants: &mut HashMap<Uuid, GrantFold>,
+/// A live access token: (SHA-256, scope, expires_at millis).
+type LiveToken = ([u8; 32], Arc<str>, i64);
+
+/// What one grant event does to the replay's state, prepared by the decoding task
+/// (interning, conversions) so that the folding loop only touches the map.
+enum FoldOp {
+    Issue(Uuid, GrantFold),
+    Refresh(Uuid, Option<LiveToken>, i64),
+    RevokeToken(Uuid, [u8; 32]),
+    Forget(Uuid),
+}
+
+fn fold_op(
     strings: &mut Interner,
     at_millis: i64,
     grant_id: Uuid,
     event: grant::Event,
-) {
+) -> Option<FoldOp> {
     // Tokens already expired at the moment asked about can never be in the answer.
     let live = |a: &grant::AccessTokenIssue, strings: &mut Interner| {
         (a.expires_at.as_unix_millis() > at_millis).then(|| {
@@ -447,7 +459,7 @@ fn fold(
             )
         })
     };
-    match event {
+    Some(match event {
         grant::Event::GrantIssued {
             client_id,
             subject,
@@ -456,35 +468,51 @@ fn fold(
             refresh,
             at,
             ..
-        } => {
-            let g = GrantFold {
+        } => FoldOp::Issue(
+            grant_id,
+            GrantFold {
                 client_id: strings.get(client_id.as_str()),
                 subject: subject.map(|s| (s.user_id.as_uuid(), strings.get(s.username.as_str()))),
                 scope: strings.get(&scope.to_string()),
                 issued_at: at.as_unix_millis(),
                 access: live(&access, strings).into_iter().collect(),
                 refresh_expires: refresh.map(|r| r.expires_at.as_unix_millis()),
-            };
-            grants.insert(grant_id, g);
-        }
+            },
+        ),
         grant::Event::TokensRefreshed {
             access, refresh, ..
-        } => {
-            let token = live(&access, strings);
+        } => FoldOp::Refresh(
+            grant_id,
+            live(&access, strings),
+            refresh.expires_at.as_unix_millis(),
+        ),
+        grant::Event::AccessTokenRevoked { hash, .. } => {
+            FoldOp::RevokeToken(grant_id, *hash.as_bytes())
+        }
+        grant::Event::GrantRevoked { .. } => FoldOp::Forget(grant_id),
+        grant::Event::RefreshTokenReused { .. } => return None,
+    })
+}
+
+fn fold(grants: &mut HashMap<Uuid, GrantFold>, op: FoldOp) {
+    match op {
+        FoldOp::Issue(grant_id, g) => {
+            grants.insert(grant_id, g);
+        }
+        FoldOp::Refresh(grant_id, token, refresh_expires) => {
             if let Some(g) = grants.get_mut(&grant_id) {
                 g.access.extend(token);
-                g.refresh_expires = Some(refresh.expires_at.as_unix_millis());
+                g.refresh_expires = Some(refresh_expires);
             }
         }
-        grant::Event::AccessTokenRevoked { hash, .. } => {
+        FoldOp::RevokeToken(grant_id, hash) => {
             if let Some(g) = grants.get_mut(&grant_id) {
-                g.access.retain(|(h, _, _)| h != hash.as_bytes());
+                g.access.retain(|(h, _, _)| *h != hash);
             }
         }
         // A revoked grant is gone for good: forget it (keeps memory to the live set).
-        grant::Event::GrantRevoked { .. } => {
+        FoldOp::Forget(grant_id) => {
             grants.remove(&grant_id);
         }
-        grant::Event::RefreshTokenReused { .. } => {}
     }
 }
