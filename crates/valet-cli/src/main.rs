@@ -13,8 +13,8 @@ use clap::{Args, Parser, Subcommand};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod admin;
-mod logwriter;
 mod audit;
+mod logwriter;
 mod seed;
 mod timefmt;
 mod wiring;
