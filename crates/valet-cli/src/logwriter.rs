@@ -50,8 +50,8 @@ pub fn start() -> (BackgroundStderr, LogGuard) {
 }
 
 fn write_lines(rx: Receiver<Message>) {
-    let stderr = std::io::stderr();
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, stderr.lock());
+    // Stderr itself, not a lock held for good: `eprintln!` elsewhere must not block.
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
     let mut waiting = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
