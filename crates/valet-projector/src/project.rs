@@ -34,10 +34,9 @@ impl InlineProjection for ReadModelProjection {
     fn plan<'a>(
         &'a self,
         db: &'a deadpool_postgres::Client,
-        events: &'a [RecordedEvent],
+        events: Vec<RecordedEvent>,
     ) -> Pin<Box<dyn Future<Output = Result<Vec<Planned>, StoreError>> + Send + 'a>> {
-        // The events stay with the caller; a copy of one append's few events is cheap.
-        Box::pin(plan(db, events.to_vec(), EarlierRows::Update))
+        Box::pin(plan(db, events, EarlierRows::Update))
     }
 }
 

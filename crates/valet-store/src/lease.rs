@@ -13,6 +13,10 @@ use crate::pg::PgEventStore;
 pub struct PgLease {
     client: tokio_postgres::Client,
     name: String,
+    /// Prepared on first use: the relay saves a checkpoint and counts its backlog
+    /// after every batch, and an unprepared statement costs a parse and a round trip.
+    save: Option<tokio_postgres::Statement>,
+    count: Option<tokio_postgres::Statement>,
 }
 
 /// A stable 64-bit key for the lock from the reader's name (FNV-1a; any fixed hash works).
@@ -50,6 +54,8 @@ impl Leadership for PgEventStore {
         Ok(Some(PgLease {
             client,
             name: name.to_owned(),
+            save: None,
+            count: None,
         }))
     }
 }
@@ -71,24 +77,38 @@ impl Lease for PgLease {
     }
 
     async fn save_checkpoint(&mut self, cursor: LogCursor) -> Result<(), StoreError> {
+        if self.save.is_none() {
+            let statement = self
+                .client
+                .prepare(
+                    "INSERT INTO checkpoints (name, xact, position) VALUES ($1, $2, $3)
+                     ON CONFLICT (name) DO UPDATE SET xact = $2, position = $3, updated_at = now()",
+                )
+                .await
+                .map_err(db_error)?;
+            self.save = Some(statement);
+        }
+        let statement = self.save.as_ref().expect("prepared above");
         self.client
-            .execute(
-                "INSERT INTO checkpoints (name, xact, position) VALUES ($1, $2, $3)
-                 ON CONFLICT (name) DO UPDATE SET xact = $2, position = $3, updated_at = now()",
-                &[&self.name, &cursor.xact, &cursor.position],
-            )
+            .execute(statement, &[&self.name, &cursor.xact, &cursor.position])
             .await
             .map_err(db_error)?;
         Ok(())
     }
 
     async fn backlog(&mut self, cursor: LogCursor) -> Result<i64, StoreError> {
+        if self.count.is_none() {
+            let statement = self
+                .client
+                .prepare("SELECT count(*) FROM events WHERE (xact, position) > ($1, $2)")
+                .await
+                .map_err(db_error)?;
+            self.count = Some(statement);
+        }
+        let statement = self.count.as_ref().expect("prepared above");
         let row = self
             .client
-            .query_one(
-                "SELECT count(*) FROM events WHERE (xact, position) > ($1, $2)",
-                &[&cursor.xact, &cursor.position],
-            )
+            .query_one(statement, &[&cursor.xact, &cursor.position])
             .await
             .map_err(db_error)?;
         Ok(row.get(0))

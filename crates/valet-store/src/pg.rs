@@ -116,7 +116,7 @@ pub trait InlineProjection: Send + Sync + 'static {
     fn plan<'a>(
         &'a self,
         db: &'a deadpool_postgres::Client,
-        events: &'a [RecordedEvent],
+        events: Vec<RecordedEvent>,
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<Vec<Planned>, StoreError>> + Send + 'a>,
     >;
@@ -287,7 +287,7 @@ impl PgEventStore {
                     .iter()
                     .flat_map(|w| w.events.iter().map(|e| provisional(&w.stream, e)))
                     .collect();
-                projection.plan(client, &provisional).await?
+                projection.plan(client, provisional).await?
             }
             None => Vec::new(),
         };
@@ -324,7 +324,7 @@ async fn append_composed(
                 .iter()
                 .flat_map(|w| w.events.iter().map(|e| provisional(&w.stream, e)))
                 .collect();
-            projection.plan(client, &provisional).await?
+            projection.plan(client, provisional).await?
         }
         None => Vec::new(),
     };

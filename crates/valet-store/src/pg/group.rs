@@ -225,7 +225,7 @@ async fn append_together(
             let provisional: Vec<RecordedEvent> = writes()
                 .flat_map(|w| w.events.iter().map(|e| provisional(&w.stream, e)))
                 .collect();
-            projection.plan(client, &provisional).await?
+            projection.plan(client, provisional).await?
         }
         None => Vec::new(),
     };
