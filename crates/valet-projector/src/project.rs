@@ -851,17 +851,12 @@ fn first_per_key<K: Clone + Eq + std::hash::Hash>(
     changes: Vec<(K, i64, &'static str)>,
 ) -> (Vec<K>, Vec<i64>, Vec<&'static str>) {
     let mut seen = std::collections::HashSet::new();
-    let mut keys = Vec::new();
-    let mut ats = Vec::new();
-    let mut reasons = Vec::new();
-    for (key, at, reason) in changes {
-        if seen.insert(key.clone()) {
-            keys.push(key);
-            ats.push(at);
-            reasons.push(reason);
-        }
-    }
-    (keys, ats, reasons)
+    unzip3(
+        changes
+            .into_iter()
+            .filter(|(key, _, _)| seen.insert(key.clone()))
+            .collect(),
+    )
 }
 
 /// Consent scopes merge in SQL (sorted in byte order, like `ScopeSet`), so applying a

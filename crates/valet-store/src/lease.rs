@@ -29,6 +29,18 @@ fn lock_key(name: &str) -> i64 {
     hash as i64
 }
 
+/// `slot`'s statement, prepared on first use.
+async fn prepared<'a>(
+    client: &tokio_postgres::Client,
+    slot: &'a mut Option<tokio_postgres::Statement>,
+    sql: &str,
+) -> Result<&'a tokio_postgres::Statement, StoreError> {
+    if slot.is_none() {
+        *slot = Some(client.prepare(sql).await.map_err(db_error)?);
+    }
+    Ok(slot.as_ref().expect("prepared just now"))
+}
+
 fn db_error(e: tokio_postgres::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -77,18 +89,13 @@ impl Lease for PgLease {
     }
 
     async fn save_checkpoint(&mut self, cursor: LogCursor) -> Result<(), StoreError> {
-        if self.save.is_none() {
-            let statement = self
-                .client
-                .prepare(
-                    "INSERT INTO checkpoints (name, xact, position) VALUES ($1, $2, $3)
-                     ON CONFLICT (name) DO UPDATE SET xact = $2, position = $3, updated_at = now()",
-                )
-                .await
-                .map_err(db_error)?;
-            self.save = Some(statement);
-        }
-        let statement = self.save.as_ref().expect("prepared above");
+        let statement = prepared(
+            &self.client,
+            &mut self.save,
+            "INSERT INTO checkpoints (name, xact, position) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET xact = $2, position = $3, updated_at = now()",
+        )
+        .await?;
         self.client
             .execute(statement, &[&self.name, &cursor.xact, &cursor.position])
             .await
@@ -97,15 +104,12 @@ impl Lease for PgLease {
     }
 
     async fn backlog(&mut self, cursor: LogCursor) -> Result<i64, StoreError> {
-        if self.count.is_none() {
-            let statement = self
-                .client
-                .prepare("SELECT count(*) FROM events WHERE (xact, position) > ($1, $2)")
-                .await
-                .map_err(db_error)?;
-            self.count = Some(statement);
-        }
-        let statement = self.count.as_ref().expect("prepared above");
+        let statement = prepared(
+            &self.client,
+            &mut self.count,
+            "SELECT count(*) FROM events WHERE (xact, position) > ($1, $2)",
+        )
+        .await?;
         let row = self
             .client
             .query_one(statement, &[&cursor.xact, &cursor.position])

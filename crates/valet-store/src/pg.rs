@@ -281,16 +281,7 @@ impl PgEventStore {
         client: &mut deadpool_postgres::Client,
         writes: &[StreamWrite],
     ) -> Result<Vec<AppendOutcome>, AppendError> {
-        let planned = match &self.inner.projection {
-            Some(projection) => {
-                let provisional: Vec<RecordedEvent> = writes
-                    .iter()
-                    .flat_map(|w| w.events.iter().map(|e| provisional(&w.stream, e)))
-                    .collect();
-                projection.plan(client, provisional).await?
-            }
-            None => Vec::new(),
-        };
+        let planned = plan_writes(client, self.inner.projection.as_deref(), writes).await?;
         let tx = client.transaction().await.map_err(db_error)?;
         let appends = writes.iter().map(|write| {
             let tx = &tx;
@@ -309,6 +300,43 @@ impl PgEventStore {
     }
 }
 
+/// The projection's statements for the events of `writes` (none without a projection).
+async fn plan_writes<'w>(
+    client: &deadpool_postgres::Client,
+    projection: Option<&dyn InlineProjection>,
+    writes: impl IntoIterator<Item = &'w StreamWrite>,
+) -> Result<Vec<Planned>, StoreError> {
+    let Some(projection) = projection else {
+        return Ok(Vec::new());
+    };
+    let provisional: Vec<RecordedEvent> = writes
+        .into_iter()
+        .flat_map(|w| w.events.iter().map(|e| provisional(&w.stream, e)))
+        .collect();
+    projection.plan(client, provisional).await
+}
+
+/// The planned statements as CTEs `p0 AS (…)`, `p1 AS (…)`… of a larger statement
+/// whose parameters so far are `params`; theirs are appended.
+fn embed_planned<'a>(
+    planned: &'a [Planned],
+    params: &mut Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)>,
+) -> Vec<String> {
+    planned
+        .iter()
+        .enumerate()
+        .map(|(j, p)| {
+            let cte = format!("p{j} AS ({})", renumber(p.sql, params.len()));
+            params.extend(
+                p.params
+                    .iter()
+                    .map(|x| x.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)),
+            );
+            cte
+        })
+        .collect()
+}
+
 /// The transactional append as ONE statement: a data-modifying CTE per stream (an
 /// empty write only checks the version) and one per projection statement. A wrong
 /// expected version raises `valet_version_conflict`, so nothing of it commits; no
@@ -318,16 +346,7 @@ async fn append_composed(
     projection: Option<&dyn InlineProjection>,
     writes: &[StreamWrite],
 ) -> Result<Vec<AppendOutcome>, AppendError> {
-    let planned = match projection {
-        Some(projection) => {
-            let provisional: Vec<RecordedEvent> = writes
-                .iter()
-                .flat_map(|w| w.events.iter().map(|e| provisional(&w.stream, e)))
-                .collect();
-            projection.plan(client, provisional).await?
-        }
-        None => Vec::new(),
-    };
+    let planned = plan_writes(client, projection, writes).await?;
     let inputs: Vec<AppendInput> = writes
         .iter()
         .map(AppendInput::new)
@@ -401,13 +420,9 @@ async fn append_composed(
             ));
         }
     }
-    for (j, p) in planned.iter().enumerate() {
-        sql.push_str(&format!("p{j} AS ({}), ", renumber(p.sql, params.len())));
-        params.extend(
-            p.params
-                .iter()
-                .map(|x| x.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)),
-        );
+    for cte in embed_planned(&planned, &mut params) {
+        sql.push_str(&cte);
+        sql.push_str(", ");
     }
     sql.truncate(sql.len() - 2);
     sql.push(' ');

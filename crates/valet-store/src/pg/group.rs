@@ -15,25 +15,22 @@
 //! Such an append waits for the next group.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
-use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use uuid::Uuid;
-use valet_app::{AppendError, AppendOutcome, RecordedEvent, StoreError, StreamWrite};
+use valet_app::{AppendError, AppendOutcome, StoreError, StreamWrite};
 
 use super::{
-    append_composed, db_error, micros, provisional, recorded, renumber, unavailable,
-    InlineProjection,
+    append_composed, db_error, embed_planned, micros, plan_writes, recorded, unavailable,
+    AppendInput, InlineProjection,
 };
 
 /// The most appends written by one statement.
 const GROUP_LIMIT: usize = 64;
 
-/// How often a worker lets other tasks run before it takes a group, while another
-/// group is being written.
+/// How often a worker lets other tasks run before it takes a group.
 const GATHER_YIELDS: usize = 4;
 
 /// One caller's append, waiting for a worker.
@@ -46,8 +43,6 @@ pub(super) struct Job {
 pub(super) struct Queue {
     rx: mpsc::UnboundedReceiver<Job>,
     carry: VecDeque<Job>,
-    /// Groups being written right now.
-    writing: Arc<AtomicUsize>,
 }
 
 impl Queue {
@@ -55,7 +50,6 @@ impl Queue {
         Arc::new(Mutex::new(Queue {
             rx,
             carry: VecDeque::new(),
-            writing: Arc::new(AtomicUsize::new(0)),
         }))
     }
 
@@ -133,14 +127,11 @@ pub(super) async fn work(
     pool: Pool,
     projection: Option<Arc<dyn InlineProjection>>,
 ) {
-    let writing = queue.lock().await.writing.clone();
     loop {
         let Some(jobs) = queue.lock().await.take().await else {
             return;
         };
-        writing.fetch_add(1, Ordering::Relaxed);
         write_jobs(jobs, &pool, projection.as_deref()).await;
-        writing.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -220,49 +211,38 @@ async fn append_together(
     jobs: &[Vec<StreamWrite>],
 ) -> Result<Vec<Vec<AppendOutcome>>, AppendError> {
     let writes = || jobs.iter().flatten();
-    let planned = match projection {
-        Some(projection) => {
-            let provisional: Vec<RecordedEvent> = writes()
-                .flat_map(|w| w.events.iter().map(|e| provisional(&w.stream, e)))
-                .collect();
-            projection.plan(client, provisional).await?
-        }
-        None => Vec::new(),
-    };
-    let checks: Vec<String> = writes().map(|w| w.stream.as_str().to_owned()).collect();
-    let expected: Vec<i64> = writes()
-        .map(|w| i64::try_from(w.expected.as_version().0))
-        .collect::<Result<_, _>>()
-        .map_err(|_| StoreError::Malformed("expected version out of range".into()))?;
-    let events = || writes().flat_map(|w| w.events.iter().map(move |e| (w, e)));
-    let streams: Vec<String> = events()
-        .map(|(w, _)| w.stream.as_str().to_owned())
+    let planned = plan_writes(client, projection, writes()).await?;
+    // Per write: its stream and expected version (checked); per event: its stream,
+    // its place in the write (its version is the checked one plus that) and its columns.
+    let inputs: Vec<AppendInput> = writes().map(AppendInput::new).collect::<Result<_, _>>()?;
+    let checks: Vec<&str> = inputs.iter().map(|i| i.stream.as_str()).collect();
+    let expected: Vec<i64> = inputs.iter().map(|i| i.expected).collect();
+    let mut streams = Vec::new();
+    let mut nth = Vec::new();
+    for input in &inputs {
+        streams.extend(std::iter::repeat_n(input.stream.as_str(), input.ids.len()));
+        nth.extend(1..=input.ids.len() as i64);
+    }
+    let ids: Vec<Uuid> = inputs.iter().flat_map(|i| i.ids.iter().copied()).collect();
+    let types: Vec<&str> = inputs
+        .iter()
+        .flat_map(|i| i.types.iter().map(String::as_str))
         .collect();
-    let nth: Vec<i64> = writes()
-        .flat_map(|w| (1..=w.events.len() as i64).collect::<Vec<_>>())
+    let versions: Vec<i32> = inputs
+        .iter()
+        .flat_map(|i| i.versions.iter().copied())
         .collect();
-    let ids: Vec<Uuid> = events().map(|(_, e)| e.event_id).collect();
-    let types: Vec<String> = events().map(|(_, e)| e.event_type.clone()).collect();
-    let versions: Vec<i32> = events()
-        .map(|(_, e)| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
-        .collect();
-    let payloads: Vec<Value> = events().map(|(_, e)| e.payload.clone()).collect();
-    let metadata: Vec<Value> = events()
-        .map(|(_, e)| serde_json::to_value(&e.metadata).unwrap_or(Value::Null))
-        .collect();
+    let payloads: Vec<&serde_json::Value> = inputs.iter().flat_map(|i| &i.payloads).collect();
+    let metadata: Vec<&serde_json::Value> = inputs.iter().flat_map(|i| &i.metadata).collect();
 
     let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
         &checks, &expected, &streams, &nth, &ids, &types, &versions, &payloads, &metadata,
     ];
     let mut sql = String::from("WITH ");
     sql.push_str(GROUP_SQL.trim_start());
-    for (j, p) in planned.iter().enumerate() {
-        sql.push_str(&format!(", p{j} AS ({})", renumber(p.sql, params.len())));
-        params.extend(
-            p.params
-                .iter()
-                .map(|x| x.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)),
-        );
+    for cte in embed_planned(&planned, &mut params) {
+        sql.push_str(", ");
+        sql.push_str(&cte);
     }
     // `min(v)` reads every check, so every version is asserted even for streams that
     // get no events.
