@@ -325,9 +325,10 @@ async fn prepare_scratch(admin: &deadpool_postgres::Client) -> Result<Option<Res
 fn scratch_pool(store: &PgEventStore) -> Result<Pool, StoreError> {
     let mut config = store.config().clone();
     // Batches need not wait for the WAL flush: the scratch tables are unlogged anyway.
-    config.options(format!(
-        "-c search_path={SCRATCH_SCHEMA} -c synchronous_commit=off"
-    ));
+    valet_store::with_options(
+        &mut config,
+        &format!("-c search_path={SCRATCH_SCHEMA} -c synchronous_commit=off"),
+    );
     let manager = Manager::from_config(
         config,
         NoTls,

@@ -13,7 +13,7 @@ pub use memory::MemoryEventStore;
 pub use migrate::{migrate, MigrateError, MigrationReport, MIGRATIONS};
 pub use pg::{
     append_on, decode_row, describe, execute_planned, InlineProjection, PgEventStore,
-    PgStoreConfig, Planned, SnapshotRead, SnapshotScope, EVENT_COLUMNS,
+    PgStoreConfig, Planned, SnapshotRead, SnapshotScope, with_options, EVENT_COLUMNS,
 };
 
 /// Connects to PostgreSQL without TLS: the database is expected on a trusted network

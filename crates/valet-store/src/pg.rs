@@ -83,6 +83,15 @@ impl PgStoreConfig {
     }
 }
 
+/// Adds server settings (`-c name=value …`) to those the connection string already has.
+pub fn with_options(config: &mut tokio_postgres::Config, options: &str) {
+    let combined = match config.get_options() {
+        Some(existing) if !existing.is_empty() => format!("{existing} {options}"),
+        _ => options.to_owned(),
+    };
+    config.options(combined);
+}
+
 /// Which events of a snapshot [`PgEventStore::read_snapshot`] streams.
 #[derive(Debug, Clone)]
 pub enum SnapshotScope {
@@ -213,10 +222,15 @@ impl PgEventStore {
         config: PgStoreConfig,
         projection: Option<Arc<dyn InlineProjection>>,
     ) -> Result<Self, StoreError> {
-        let pg: tokio_postgres::Config = config
+        let mut pg: tokio_postgres::Config = config
             .database_url
             .parse()
             .map_err(|e: tokio_postgres::Error| StoreError::Unavailable(e.to_string()))?;
+        // No JIT: PostgreSQL compiles a query's expressions anew at every execution once
+        // its estimated cost passes `jit_above_cost`, which the log scans of a rebuild or
+        // an audit do; the compile costs more than it saves (a rebuild of 1M events took
+        // 25% longer with it). Valet runs no query that JIT would speed up.
+        with_options(&mut pg, "-c jit=off");
         let manager = Manager::from_config(
             pg.clone(),
             NoTls,
