@@ -356,8 +356,7 @@ async fn commit_batch(
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
     let tx = client.transaction().await.map_err(db_error)?;
     let seq = applied as i64;
-    let planned = batch.plan(&tx, EarlierRows::Defer { seq }).await?;
-    valet_store::execute_planned(&tx, &planned).await?;
+    batch.write_scratch(&tx, seq).await?;
     tx.execute(
         "UPDATE rebuild_progress SET xact = $1, position = $2, applied = applied + $3",
         &[&last.xact, &last.position, &count],
