@@ -1,6 +1,7 @@
 //! `valet`: the composition root. Parses options (flags win over the environment),
 //! wires the store, use cases and HTTP server together, and runs one command.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
@@ -265,9 +266,13 @@ fn init_tracing() -> logwriter::LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("VALET_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = logwriter::start();
+    // Colours only for a person at a terminal: a log file or journald would keep the
+    // escape codes (and formatting them costs the request log a fifth of its time).
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
+        .with_ansi(colour)
         .init();
     guard
 }

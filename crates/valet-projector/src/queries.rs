@@ -31,8 +31,10 @@ struct Lookup {
 
 /// Lookups answered by one query, at most.
 const LOOKUP_LIMIT: usize = 128;
-/// Lookup queries in flight at once.
-const LOOKUP_WORKERS: usize = 2;
+/// Lookup queries in flight at once. One: lookups that arrive while a query runs wait
+/// for the next, so batches are larger (PostgreSQL's cost per introspection fell from
+/// ~15 to ~9 µs against two workers, and throughput and p99 improved at 32 connections).
+const LOOKUP_WORKERS: usize = 1;
 
 const ACCESS_TOKENS_SQL: &str =
     "SELECT grant_id, client_id, user_id, username, scope, issued_at, expires_at,
