@@ -34,7 +34,7 @@ const CHANNEL: &str = "valet_events";
 const COMPOSE_LIMIT: usize = 4;
 
 /// Group-commit workers: groups being written at once. Two keep PostgreSQL busy
-/// while the next group gathers, and leave most of the pool to readers.
+/// while the next group gathers.
 const GROUP_WORKERS: usize = 2;
 
 /// The least time between two NOTIFYs of one process.
@@ -81,6 +81,21 @@ impl PgStoreConfig {
             pool_size: 16,
         }
     }
+}
+
+/// A pool of up to `size` connections, opened on first use.
+fn new_pool(config: &tokio_postgres::Config, size: usize) -> Result<Pool, StoreError> {
+    let manager = Manager::from_config(
+        config.clone(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .build()
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
 }
 
 /// Adds server settings (`-c name=value …`) to those the connection string already has.
@@ -231,34 +246,22 @@ impl PgEventStore {
         // an audit do; the compile costs more than it saves (a rebuild of 1M events took
         // 25% longer with it). Valet runs no query that JIT would speed up.
         with_options(&mut pg, "-c jit=off");
-        let manager = Manager::from_config(
-            pg.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size.max(2))
-            .build()
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let pool = new_pool(&pg, config.pool_size.max(2))?;
         drop(pool.get().await.map_err(unavailable)?);
 
         let wake = Arc::new(watch::channel(0u64).0);
         let notify_needed = Arc::new(Notify::new());
-        let mut tasks = vec![
+        let tasks = vec![
             tokio::spawn(listen_forever(pg.clone(), wake.clone())),
             tokio::spawn(notify_forever(pool.clone(), notify_needed.clone())),
         ];
         let (group, queue) = mpsc::unbounded_channel();
-        let queue = group::Queue::new(queue);
-        for _ in 0..GROUP_WORKERS {
-            tasks.push(tokio::spawn(group::work(
-                queue.clone(),
-                pool.clone(),
-                projection.clone(),
-            )));
-        }
+        group::start(
+            group::Queue::new(queue),
+            new_pool(&pg, GROUP_WORKERS)?,
+            projection.clone(),
+            GROUP_WORKERS,
+        )?;
         Ok(PgEventStore {
             inner: Arc::new(Inner {
                 pool,

@@ -121,12 +121,43 @@ impl Group {
     }
 }
 
-/// A worker: takes groups off the queue and writes them, until the store is dropped.
-pub(super) async fn work(
+/// Runs `workers` workers on a thread of their own, with their own runtime and `pool`
+/// (whose connections are opened there, so their socket I/O is driven there too), until
+/// the store is dropped.
+///
+/// Why not on the server's runtime: there, under load, a group's reply from PostgreSQL
+/// waited behind every ready HTTP task before the worker saw it, twice per group (the
+/// connection task, then the worker), and every request waits for a group. On its own
+/// thread the reply is handled at once: /token did 8.3–9.6 k rps instead of 6.7–7.9 k
+/// in alternated runs, with less idle CPU and a lower p99.
+pub(super) fn start(
     queue: Arc<Mutex<Queue>>,
     pool: Pool,
     projection: Option<Arc<dyn InlineProjection>>,
-) {
+    workers: usize,
+) -> Result<(), StoreError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Unavailable(format!("group commit runtime: {e}")))?;
+    std::thread::Builder::new()
+        .name("valet-group".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let running: Vec<_> = (0..workers)
+                    .map(|_| tokio::spawn(work(queue.clone(), pool.clone(), projection.clone())))
+                    .collect();
+                for worker in running {
+                    let _ = worker.await;
+                }
+            });
+        })
+        .map_err(|e| StoreError::Unavailable(format!("group commit thread: {e}")))?;
+    Ok(())
+}
+
+/// A worker: takes groups off the queue and writes them, until the store is dropped.
+async fn work(queue: Arc<Mutex<Queue>>, pool: Pool, projection: Option<Arc<dyn InlineProjection>>) {
     loop {
         let Some(jobs) = queue.lock().await.take().await else {
             return;
