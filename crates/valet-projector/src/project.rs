@@ -107,6 +107,7 @@ struct CopyRows(BytesMut);
 impl CopyRows {
     /// Room for `rows` rows of about `row_bytes` each.
     fn new(rows: usize, row_bytes: usize) -> Self {
+        // 19 bytes of header, 2 of trailer.
         let mut buf = BytesMut::with_capacity(19 + rows * row_bytes + 2);
         buf.put_slice(b"PGCOPY\n\xff\r\n\0");
         buf.put_i32(0); // flags
@@ -185,17 +186,36 @@ impl CopyRows {
     }
 }
 
-async fn copy_grants(
+/// Sends `rows` to `COPY target FROM STDIN BINARY` (nothing when there are none); each
+/// row is `fields` values that `encode` writes.
+async fn copy_rows<T>(
     tx: &deadpool_postgres::Transaction<'_>,
-    rows: &[GrantRow],
+    target: &str,
+    (fields, row_bytes): (i16, usize),
+    rows: &[T],
+    encode: impl Fn(&mut CopyRows, &T) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
     }
-    let mut out = CopyRows::new(rows.len(), 160);
-    for r in rows {
-        out.row(9)
-            .uuid(&r.grant_id)
+    let mut out = CopyRows::new(rows.len(), row_bytes);
+    for row in rows {
+        encode(out.row(fields), row)?;
+    }
+    out.send(tx, target).await
+}
+
+fn unknown_grant(grant_id: Uuid) -> StoreError {
+    StoreError::Malformed(format!("tokens of unknown grant {grant_id}"))
+}
+
+async fn copy_grants(
+    tx: &deadpool_postgres::Transaction<'_>,
+    rows: &[GrantRow],
+) -> Result<(), StoreError> {
+    let target = "grants (grant_id, client_id, user_id, username, scope, origin, created_at, revoked_at, revoked_reason)";
+    copy_rows(tx, target, (9, 160), rows, |out, r| {
+        out.uuid(&r.grant_id)
             .text(&r.client_id)
             .opt_uuid(r.user_id.as_ref())
             .opt_text(r.username.as_deref())
@@ -204,11 +224,8 @@ async fn copy_grants(
             .int8(r.created_at)
             .opt_int8(r.revoked_at)
             .opt_text(r.revoked_reason);
-    }
-    out.send(
-        tx,
-        "grants (grant_id, client_id, user_id, username, scope, origin, created_at, revoked_at, revoked_reason)",
-    )
+        Ok(())
+    })
     .await
 }
 
@@ -216,16 +233,10 @@ async fn copy_access(
     tx: &deadpool_postgres::Transaction<'_>,
     rows: &[AccessRow],
 ) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let mut out = CopyRows::new(rows.len(), 200);
-    for r in rows {
-        let owner = r.owner.as_ref().ok_or_else(|| {
-            StoreError::Malformed(format!("tokens of unknown grant {}", r.grant_id))
-        })?;
-        out.row(10)
-            .bytes(&r.hash)
+    let target = "access_tokens (token_sha256, grant_id, client_id, user_id, username, scope, issued_at, expires_at, revoked_at, revoked_reason)";
+    copy_rows(tx, target, (10, 200), rows, |out, r| {
+        let owner = r.owner.as_ref().ok_or_else(|| unknown_grant(r.grant_id))?;
+        out.bytes(&r.hash)
             .uuid(&r.grant_id)
             .text(&owner.client_id)
             .opt_uuid(owner.user_id.as_ref())
@@ -235,11 +246,8 @@ async fn copy_access(
             .int8(r.expires_at)
             .opt_int8(r.revoked_at)
             .opt_text(r.revoked_reason);
-    }
-    out.send(
-        tx,
-        "access_tokens (token_sha256, grant_id, client_id, user_id, username, scope, issued_at, expires_at, revoked_at, revoked_reason)",
-    )
+        Ok(())
+    })
     .await
 }
 
@@ -247,26 +255,21 @@ async fn copy_refresh(
     tx: &deadpool_postgres::Transaction<'_>,
     rows: &[RefreshRow],
 ) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let mut out = CopyRows::new(rows.len(), 120);
-    for r in rows {
-        let client_id = r.client_id.as_deref().ok_or_else(|| {
-            StoreError::Malformed(format!("tokens of unknown grant {}", r.grant_id))
-        })?;
-        out.row(6)
-            .bytes(&r.hash)
+    let target =
+        "refresh_tokens (token_sha256, grant_id, client_id, issued_at, expires_at, status)";
+    copy_rows(tx, target, (6, 120), rows, |out, r| {
+        let client_id = r
+            .client_id
+            .as_deref()
+            .ok_or_else(|| unknown_grant(r.grant_id))?;
+        out.bytes(&r.hash)
             .uuid(&r.grant_id)
             .text(client_id)
             .int8(r.issued_at)
             .int8(r.expires_at)
             .text(r.status);
-    }
-    out.send(
-        tx,
-        "refresh_tokens (token_sha256, grant_id, client_id, issued_at, expires_at, status)",
-    )
+        Ok(())
+    })
     .await
 }
 
@@ -798,9 +801,12 @@ impl Batch {
             .collect();
         for row in &mut self.access {
             if row.owner.is_none() {
-                row.owner = Some(owners.get(&row.grant_id).cloned().ok_or_else(|| {
-                    StoreError::Malformed(format!("tokens of unknown grant {}", row.grant_id))
-                })?);
+                row.owner = Some(
+                    owners
+                        .get(&row.grant_id)
+                        .cloned()
+                        .ok_or_else(|| unknown_grant(row.grant_id))?,
+                );
             }
         }
         for row in &mut self.refresh {
@@ -809,12 +815,7 @@ impl Batch {
                     owners
                         .get(&row.grant_id)
                         .map(|o| o.client_id.clone())
-                        .ok_or_else(|| {
-                            StoreError::Malformed(format!(
-                                "tokens of unknown grant {}",
-                                row.grant_id
-                            ))
-                        })?,
+                        .ok_or_else(|| unknown_grant(row.grant_id))?,
                 );
             }
         }

@@ -8,8 +8,7 @@
 
 use std::time::Instant;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use deadpool_postgres::Pool;
 use valet_app::outbox::Leadership;
 use valet_app::{LogCursor, RecordedEvent, ReplayEvent, StoreError};
 use valet_store::{decode_row, PgEventStore, SnapshotScope, EVENT_COLUMNS};
@@ -329,17 +328,7 @@ fn scratch_pool(store: &PgEventStore) -> Result<Pool, StoreError> {
         &mut config,
         &format!("-c search_path={SCRATCH_SCHEMA} -c synchronous_commit=off"),
     );
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager)
-        .max_size(1)
-        .build()
-        .map_err(|e| StoreError::Unavailable(e.to_string()))
+    valet_store::new_pool(&config, 1)
 }
 
 async fn commit_batch(

@@ -12,8 +12,8 @@ pub use lease::PgLease;
 pub use memory::MemoryEventStore;
 pub use migrate::{migrate, MigrateError, MigrationReport, MIGRATIONS};
 pub use pg::{
-    append_on, decode_row, describe, execute_planned, with_options, InlineProjection, PgEventStore,
-    PgStoreConfig, Planned, SnapshotRead, SnapshotScope, EVENT_COLUMNS,
+    append_on, decode_row, describe, execute_planned, new_pool, with_options, InlineProjection,
+    PgEventStore, PgStoreConfig, Planned, SnapshotRead, SnapshotScope, EVENT_COLUMNS,
 };
 
 /// Connects to PostgreSQL without TLS: the database is expected on a trusted network

@@ -128,7 +128,7 @@ impl Group {
 /// Why not on the server's runtime: there, under load, a group's reply from PostgreSQL
 /// waited behind every ready HTTP task before the worker saw it, twice per group (the
 /// connection task, then the worker), and every request waits for a group. On its own
-/// thread the reply is handled at once: /token did 8.3–9.6 k rps instead of 6.7–7.9 k
+/// thread the reply is handled at once: /token did 7.9–8.8 k rps instead of 6.7–7.9 k
 /// in alternated runs, with less idle CPU and a lower p99.
 pub(super) fn start(
     queue: Arc<Mutex<Queue>>,
