@@ -240,6 +240,43 @@ pub async fn log_is_read_in_order_in_pages<S: EventStore>(store: &S) {
 }
 
 /// A follower that has caught up sleeps until an append wakes it (well before its
+/// The relay's lean read returns the same events as the full one, in the same order,
+/// with the payload as the same JSON.
+pub async fn replay_read_matches_the_full_read<S: EventStore>(store: &S) {
+    let a = fresh_stream("replay-a");
+    store
+        .append(&a, ExpectedVersion::NoStream, vec![event(1), event(2)])
+        .await
+        .expect("append");
+    let full = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let all = read_all(store, LogCursor::START, 1000).await;
+            if all.iter().filter(|e| e.stream_id == a.as_str()).count() == 2 {
+                return all;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("appended events never became readable");
+    let lean = store
+        .read_log_replay(LogCursor::START, full.len())
+        .await
+        .expect("lean read");
+    assert_eq!(lean.len(), full.len());
+    for (lean, full) in lean.iter().zip(&full) {
+        assert_eq!(lean.cursor(), full.cursor());
+        assert_eq!(lean.event_id, full.event_id);
+        assert_eq!(lean.stream_id, full.stream_id);
+        assert_eq!(lean.event_type, full.event_type);
+        assert_eq!(lean.schema_version, full.schema_version);
+        assert_eq!(lean.recorded_at_micros, full.recorded_at_micros);
+        let payload: serde_json::Value =
+            serde_json::from_str(&lean.payload).expect("the payload is JSON");
+        assert_eq!(payload, full.payload);
+    }
+}
+
 /// fallback poll would).
 pub async fn follower_is_woken_by_an_append<S: EventStore>(reader: &S, writer: &S) {
     let end = read_all(reader, LogCursor::START, 1000)

@@ -48,6 +48,7 @@ contract_tests! {
     wrong_expected_version_is_a_typed_conflict;
     duplicate_event_id_is_refused;
     log_is_read_in_order_in_pages;
+    replay_read_matches_the_full_read;
     concurrent_appends_at_one_version, 32;
 }
 

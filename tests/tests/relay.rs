@@ -309,3 +309,90 @@ async fn a_standby_relay_takes_over_when_the_active_one_dies() {
     second.abort();
     db.drop_database().await;
 }
+
+/// Under load the checkpoint is saved at most every 100 ms, but once the relay has
+/// caught up it is saved at once: a standby would start from the last event published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkpoint_reaches_the_last_published_event_once_caught_up() {
+    let db = TestDb::create().await;
+    let nats = TestNats::start().await;
+    let app = app(&db).await;
+    let svc = service(&app).await;
+    issue_and_revoke(&app, &svc, 6).await;
+    let last: i64 = db
+        .connect()
+        .await
+        .query_one("SELECT max(position) FROM events", &[])
+        .await
+        .expect("last position")
+        .get(0);
+    let (relay, status) = start_relay(&app, &nats);
+    wait_until("9 messages", Duration::from_secs(20), || {
+        status.snapshot().published >= 9
+    })
+    .await;
+    let client = db.connect().await;
+    let start = std::time::Instant::now();
+    loop {
+        let saved: Option<i64> = client
+            .query_opt(
+                "SELECT position FROM checkpoints WHERE name = $1",
+                &[&valet_relay::LEASE],
+            )
+            .await
+            .expect("read the checkpoint")
+            .map(|row| row.get(0));
+        if saved == Some(last) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the checkpoint stayed at {saved:?}, the last event is at {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    relay.abort();
+    db.drop_database().await;
+}
+
+/// `valet serve` runs the relay on a thread of its own (`valet_relay::start`); stopping
+/// it closes its connections, so the lease is free for a standby at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_on_its_own_thread_publishes_and_frees_the_lease_when_stopped() {
+    let db = TestDb::create().await;
+    let nats = TestNats::start().await;
+    let app = app(&db).await;
+    let svc = service(&app).await;
+    let status = Arc::new(RelayStatus::default());
+    let relay = valet_relay::start(
+        app.store.with_own_pool(2).expect("a pool of its own"),
+        relay_config(&nats),
+        status.clone(),
+    )
+    .expect("start the relay thread");
+    issue_and_revoke(&app, &svc, 2).await;
+    wait_until("3 messages", Duration::from_secs(20), || {
+        status.snapshot().published >= 3
+    })
+    .await;
+    assert_eq!(events_in_stream(&nats).await.len(), 3);
+    assert!(
+        app.store
+            .try_acquire(valet_relay::LEASE)
+            .await
+            .expect("ask for the lease")
+            .is_none(),
+        "the lease is held while the relay runs"
+    );
+
+    relay.stop();
+    assert!(
+        app.store
+            .try_acquire(valet_relay::LEASE)
+            .await
+            .expect("ask for the lease")
+            .is_some(),
+        "the lease is free once stop() returns"
+    );
+    db.drop_database().await;
+}

@@ -17,7 +17,7 @@ pub mod secrets;
 
 pub use aggregate::{execute, load, Aggregate, ExecuteError, Executed, Loaded};
 pub use clock::{Clock, SystemClock};
-pub use log::{LogCursor, LogFollower, NewEvent, RecordedEvent, ReplayEvent, Replayable};
+pub use log::{Followed, LogCursor, LogFollower, NewEvent, RecordedEvent, ReplayEvent, Replayable};
 pub use ports::{
     AppendError, AppendOutcome, EventMetadata, EventStore, ExpectedVersion, Readiness, StoreError,
     StreamVersion, StreamWrite,

@@ -96,6 +96,20 @@ impl ReplayEvent {
             position: self.position,
         }
     }
+
+    /// The replay form of a recorded event.
+    pub fn of(event: &RecordedEvent) -> Self {
+        ReplayEvent {
+            position: event.position,
+            xact: event.xact,
+            event_id: event.event_id,
+            stream_id: event.stream_id.clone(),
+            event_type: event.event_type.clone(),
+            schema_version: event.schema_version,
+            payload: event.payload.to_string(),
+            recorded_at_micros: event.recorded_at_micros,
+        }
+    }
 }
 
 /// What a replay needs of an event, whichever way it was read.
@@ -160,19 +174,68 @@ impl LogCursor {
 /// The longest pause between reads while new events wait behind the commit horizon.
 const RETRY_CAP: Duration = Duration::from_millis(20);
 
+/// What a [`LogFollower`] can return: the full [`RecordedEvent`] or the leaner
+/// [`ReplayEvent`], each read by its own `EventStore` method.
+pub trait Followed: Sized + Send {
+    fn cursor(&self) -> LogCursor;
+
+    fn read<S: EventStore>(
+        store: &S,
+        after: LogCursor,
+        limit: usize,
+    ) -> impl std::future::Future<Output = Result<Vec<Self>, StoreError>> + Send;
+}
+
+impl Followed for RecordedEvent {
+    fn cursor(&self) -> LogCursor {
+        RecordedEvent::cursor(self)
+    }
+
+    fn read<S: EventStore>(
+        store: &S,
+        after: LogCursor,
+        limit: usize,
+    ) -> impl std::future::Future<Output = Result<Vec<Self>, StoreError>> + Send {
+        store.read_log(after, limit)
+    }
+}
+
+impl Followed for ReplayEvent {
+    fn cursor(&self) -> LogCursor {
+        ReplayEvent::cursor(self)
+    }
+
+    fn read<S: EventStore>(
+        store: &S,
+        after: LogCursor,
+        limit: usize,
+    ) -> impl std::future::Future<Output = Result<Vec<Self>, StoreError>> + Send {
+        store.read_log_replay(after, limit)
+    }
+}
+
 /// Follows the log from a cursor: returns batches in order and sleeps until woken when
 /// it has caught up. A fallback poll covers wake-ups lost to a broken connection and
 /// transactions of other writers that hold the commit horizon back.
-pub struct LogFollower<'s, S: EventStore> {
+pub struct LogFollower<'s, S: EventStore, E: Followed = RecordedEvent> {
     store: &'s S,
     cursor: LogCursor,
     wakeups: tokio::sync::watch::Receiver<u64>,
     batch: usize,
     fallback_poll: Duration,
+    kind: std::marker::PhantomData<fn() -> E>,
 }
 
 impl<'s, S: EventStore> LogFollower<'s, S> {
+    /// A follower that returns full events.
     pub fn new(store: &'s S, from: LogCursor) -> Self {
+        Self::from_cursor(store, from)
+    }
+}
+
+impl<'s, S: EventStore, E: Followed> LogFollower<'s, S, E> {
+    /// A follower that returns `E`s: `LogFollower::<_, ReplayEvent>::from_cursor(..)`.
+    pub fn from_cursor(store: &'s S, from: LogCursor) -> Self {
         let mut wakeups = store.wakeups();
         wakeups.mark_unchanged();
         LogFollower {
@@ -181,6 +244,7 @@ impl<'s, S: EventStore> LogFollower<'s, S> {
             wakeups,
             batch: 1000,
             fallback_poll: Duration::from_millis(500),
+            kind: std::marker::PhantomData,
         }
     }
 
@@ -199,10 +263,10 @@ impl<'s, S: EventStore> LogFollower<'s, S> {
     }
 
     /// Events after the cursor, if any are readable now; does not wait.
-    pub async fn poll(&mut self) -> Result<Vec<RecordedEvent>, StoreError> {
+    pub async fn poll(&mut self) -> Result<Vec<E>, StoreError> {
         // Mark first: a wake-up that races with the read below is then kept for `next`.
         self.wakeups.mark_unchanged();
-        let events = self.store.read_log(self.cursor, self.batch).await?;
+        let events = E::read(self.store, self.cursor, self.batch).await?;
         if let Some(last) = events.last() {
             self.cursor = last.cursor();
         }
@@ -210,7 +274,7 @@ impl<'s, S: EventStore> LogFollower<'s, S> {
     }
 
     /// The next non-empty batch, waiting for new commits when caught up.
-    pub async fn next(&mut self) -> Result<Vec<RecordedEvent>, StoreError> {
+    pub async fn next(&mut self) -> Result<Vec<E>, StoreError> {
         // After a wake-up the new events may not be readable yet: an older transaction
         // (of any database on the server) can hold the commit horizon back for a moment.
         // Retry quickly for a while instead of sleeping until the fallback poll.

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use valet_domain::StreamId;
 
-use crate::log::{LogCursor, NewEvent, RecordedEvent};
+use crate::log::{LogCursor, NewEvent, RecordedEvent, ReplayEvent};
 
 /// The version of a stream: the number of events in it (0 = the stream does not exist).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -144,6 +144,20 @@ pub trait EventStore: Send + Sync + 'static {
         after: LogCursor,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// What `read_log` returns, as [`ReplayEvent`]s: the payload as JSON text and no
+    /// metadata. For a follower that only maps events (the relay), a store can read this
+    /// for less than the full events: here it is derived from them.
+    fn read_log_replay(
+        &self,
+        after: LogCursor,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<ReplayEvent>, StoreError>> + Send {
+        async move {
+            let events = self.read_log(after, limit).await?;
+            Ok(events.iter().map(ReplayEvent::of).collect())
+        }
+    }
 
     /// A receiver whose value changes whenever new events may be readable.
     fn wakeups(&self) -> watch::Receiver<u64>;

@@ -357,8 +357,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("load the session key")?;
 
     let relay_status = Arc::new(RelayStatus::default());
-    let relay = tokio::spawn(valet_relay::run(
-        oauth.store.clone(),
+    let relay = valet_relay::start(
+        oauth
+            .store
+            .with_own_pool(2)
+            .context("create the relay's pool")?,
         RelayConfig {
             nats_url: config.nats_url.clone(),
             // Resource services bootstrap by replaying the stream: keep at least a day,
@@ -367,7 +370,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             batch: 500,
         },
         relay_status.clone(),
-    ));
+    )
+    .context("start the relay")?;
 
     let state = Arc::new(valet_http::AppState::new(oauth, session_key).with_relay(relay_status));
     let app = valet_http::router(state);
@@ -382,7 +386,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     .with_graceful_shutdown(shutdown_signal())
     .await
     .context("http server")?;
-    relay.abort();
+    relay.stop();
     Ok(())
 }
 

@@ -7,7 +7,8 @@
 //! - Each message carries `Nats-Msg-Id` = the event id, so a republish after a crash
 //!   between PubAck and checkpoint is dropped by JetStream's duplicate window.
 //! - A batch is published pipelined (all messages sent, then the acks awaited in order)
-//!   and the checkpoint advances only after every ack. NATS down: the batch is retried
+//!   and the checkpoint advances only after every ack: at most every 100 ms under load,
+//!   and whenever the relay has caught up. NATS down: the batch is retried
 //!   with backoff; nothing is skipped and the HTTP API is unaffected.
 
 mod mapping;
@@ -18,7 +19,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, message::PublishMessage, stream::StorageType};
 use async_nats::HeaderMap;
 use valet_app::outbox::{Leadership, Lease, RelayStatus};
-use valet_app::{EventStore, LogCursor, LogFollower, RecordedEvent, StoreError};
+use valet_app::{EventStore, LogCursor, LogFollower, ReplayEvent, StoreError};
 use valet_wire::{TokenEvent, MSG_ID_HEADER, STREAM, SUBJECTS};
 
 pub use mapping::{GrantDirectory, MappingError};
@@ -26,6 +27,12 @@ pub use mapping::{GrantDirectory, MappingError};
 /// How long the relay waits after catching up before reading again (bounds its read
 /// rate under load; adds at most this much to the propagation lag).
 const COALESCE: Duration = Duration::from_millis(2);
+
+/// The longest the checkpoint lags behind what was published while the relay is busy.
+/// Each save is a statement and a commit in PostgreSQL; saving per batch cost one per
+/// few dozen tokens. A takeover republishes at most this much more, which JetStream
+/// drops as duplicates.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// The lease name of the relay.
 pub const LEASE: &str = "nats-relay";
@@ -79,6 +86,71 @@ where
         }
         backoff.wait().await;
     }
+}
+
+/// A relay running on a thread of its own (see [`start`]); stopped by [`stop`](Self::stop)
+/// or when dropped.
+pub struct RelayThread {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RelayThread {
+    /// Stops the relay and waits for its thread, which closes its connections (and so
+    /// frees the lease for a standby at once).
+    pub fn stop(mut self) {
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for RelayThread {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// Runs [`run`] on a thread of its own with a single-threaded runtime. The store should
+/// open its connections on first use (`PgEventStore::with_own_pool`), so that their I/O
+/// is driven on that thread too.
+///
+/// Why: on the server's runtime, the relay's reads, decoding and publishing queued
+/// behind the HTTP tasks under load and theirs behind it. The group-commit workers run
+/// on their own thread for the same reason.
+pub fn start<S>(
+    store: S,
+    config: RelayConfig,
+    status: Arc<RelayStatus>,
+) -> std::io::Result<RelayThread>
+where
+    S: EventStore + Leadership + Clone,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("valet-relay".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                tokio::select! {
+                    () = run(store, config, status) => {}
+                    _ = stopped => {}
+                }
+            });
+        })?;
+    Ok(RelayThread {
+        stop: Some(stop),
+        thread: Some(thread),
+    })
 }
 
 async fn connect(url: &str, status: Arc<RelayStatus>) -> async_nats::Client {
@@ -151,12 +223,25 @@ where
     }
     let mut cursor = lease.checkpoint().await?.unwrap_or(LogCursor::START);
     status.set_backlog(lease.backlog(cursor).await?);
-    let mut follower = LogFollower::new(store, cursor).with_batch(config.batch);
+    let mut follower =
+        LogFollower::<_, ReplayEvent>::from_cursor(store, cursor).with_batch(config.batch);
     let mut directory = GrantDirectory::default();
+    // The checkpoint saved last, and when: under load it is saved at most every
+    // CHECKPOINT_EVERY, and always before the relay waits for new commits.
+    let mut saved = cursor;
+    let mut saved_at = tokio::time::Instant::now();
     loop {
-        let batch = follower.next().await?;
+        let mut batch = follower.poll().await?;
+        if batch.is_empty() {
+            if saved != cursor {
+                lease.save_checkpoint(cursor).await?;
+                saved = cursor;
+                saved_at = tokio::time::Instant::now();
+            }
+            batch = follower.next().await?;
+        }
         let messages = directory.map_batch(store, &batch).await?;
-        let last = batch.last().map(RecordedEvent::cursor).unwrap_or(cursor);
+        let last = batch.last().map(ReplayEvent::cursor).unwrap_or(cursor);
         let mut backoff = Backoff::new();
         loop {
             match publish(&js, &messages).await {
@@ -175,8 +260,12 @@ where
                 }
             }
         }
-        lease.save_checkpoint(last).await?;
         cursor = last;
+        if saved_at.elapsed() >= CHECKPOINT_EVERY {
+            lease.save_checkpoint(cursor).await?;
+            saved = cursor;
+            saved_at = tokio::time::Instant::now();
+        }
         if batch.len() >= config.batch {
             status.set_backlog(lease.backlog(cursor).await?);
         } else {

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use valet_app::{EventStore, RecordedEvent, StoreError};
+use valet_app::{EventStore, RecordedEvent, ReplayEvent, StoreError};
 use valet_domain::grant;
 use valet_domain::{DomainEvent, GrantId, RevocationReason, StreamId};
 use valet_wire::{rfc3339_from_unix_millis, EventType, TokenEvent, SCHEMA_VERSION};
@@ -48,16 +48,24 @@ fn reason(reason: RevocationReason) -> valet_wire::RevocationReason {
     }
 }
 
-fn decode(event: &RecordedEvent) -> Result<grant::Event, MappingError> {
-    grant::Event::from_payload(
-        &event.event_type,
-        event.schema_version,
-        event.payload.clone(),
-    )
-    .map_err(|e| MappingError::Undecodable {
-        event_id: event.event_id.to_string(),
+fn undecodable(
+    event_id: uuid::Uuid,
+) -> impl FnOnce(valet_domain::event::DecodeError) -> MappingError {
+    move |e| MappingError::Undecodable {
+        event_id: event_id.to_string(),
         reason: e.to_string(),
-    })
+    }
+}
+
+/// A followed event, parsed from its JSON text.
+fn decode(event: &ReplayEvent) -> Result<grant::Event, MappingError> {
+    grant::Event::from_payload_json(&event.event_type, event.schema_version, &event.payload)
+        .map_err(undecodable(event.event_id))
+}
+
+/// A grant's first event, reloaded from its stream.
+fn decode_recorded(event: &RecordedEvent) -> Result<grant::Event, MappingError> {
+    event.decode().map_err(undecodable(event.event_id))
 }
 
 impl GrantDirectory {
@@ -65,7 +73,7 @@ impl GrantDirectory {
     pub async fn map_batch<S: EventStore>(
         &mut self,
         store: &S,
-        batch: &[RecordedEvent],
+        batch: &[ReplayEvent],
     ) -> Result<Vec<TokenEvent>, MappingError> {
         let mut out = Vec::new();
         for event in batch {
@@ -113,7 +121,7 @@ impl GrantDirectory {
         let first = store.read_stream(&stream).await?.into_iter().next();
         let Some(grant::Event::GrantIssued {
             client_id, subject, ..
-        }) = first.as_ref().map(decode).transpose()?
+        }) = first.as_ref().map(decode_recorded).transpose()?
         else {
             return Err(MappingError::UnknownGrant(grant_id.to_string()));
         };
@@ -128,7 +136,7 @@ impl GrantDirectory {
 }
 
 fn to_wire(
-    event: &RecordedEvent,
+    event: &ReplayEvent,
     grant_id: uuid::Uuid,
     info: &GrantInfo,
     decoded: grant::Event,

@@ -19,6 +19,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Json;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 use uuid::Uuid;
 use valet_app::{
@@ -66,6 +67,10 @@ const VERSION_SQL: &str =
 
 pub const EVENT_COLUMNS: &str = "position, xact, event_id, stream_id, stream_version, event_type, \
      schema_version, payload, metadata, recorded_at";
+
+/// The columns of a [`ReplayEvent`] (read by `replay_row`).
+const REPLAY_COLUMNS: &str =
+    "position, xact, event_id, stream_id, event_type, schema_version, payload::text, recorded_at";
 
 #[derive(Debug, Clone)]
 pub struct PgStoreConfig {
@@ -279,6 +284,25 @@ impl PgEventStore {
         &self.inner.config
     }
 
+    /// The same store (log, group commit, wake-ups) with a pool of its own of `size`
+    /// connections. Connections are opened on first use, so a task on another runtime
+    /// (the relay's thread) gets connections whose I/O that runtime drives.
+    pub fn with_own_pool(&self, size: usize) -> Result<Self, StoreError> {
+        let inner = &self.inner;
+        Ok(PgEventStore {
+            inner: Arc::new(Inner {
+                pool: new_pool(&inner.config, size.max(1))?,
+                config: inner.config.clone(),
+                projection: inner.projection.clone(),
+                wake: inner.wake.clone(),
+                notify_needed: inner.notify_needed.clone(),
+                group: inner.group.clone(),
+                // The original's tasks (LISTEN, NOTIFY) serve this one too.
+                tasks: Vec::new(),
+            }),
+        })
+    }
+
     pub fn pool(&self) -> &Pool {
         &self.inner.pool
     }
@@ -473,7 +497,7 @@ async fn append_composed(
             outcomes.push(recorded(
                 &write.stream,
                 write.expected.as_version(),
-                &write.events,
+                write.events.iter().cloned(),
                 landed,
             ));
         }
@@ -482,6 +506,31 @@ async fn append_composed(
 }
 
 impl PgEventStore {
+    /// `columns` of the events after `after` in commit-safe order, at most `limit`.
+    async fn read_log_rows(
+        &self,
+        columns: &str,
+        after: LogCursor,
+        limit: usize,
+    ) -> Result<Vec<Row>, StoreError> {
+        let client = self.inner.pool.get().await.map_err(unavailable)?;
+        // Only transactions below the snapshot's xmin are finished: everything they wrote
+        // is visible now and nothing can ever commit below them again.
+        let sql = format!(
+            "SELECT {columns} FROM events
+             WHERE (xact, position) > ($1, $2)
+               AND xact < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+             ORDER BY xact, position
+             LIMIT $3"
+        );
+        let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        client
+            .query(&statement, &[&after.xact, &after.position, &limit])
+            .await
+            .map_err(db_error)
+    }
+
     /// Writes independent appends (each one a caller's `append_all`) with ONE statement,
     /// as group commit does with concurrent appends; if that fails, one at a time, so
     /// every append gets the answer it would have got alone. One result per append, in
@@ -491,7 +540,7 @@ impl PgEventStore {
         appends: Vec<Vec<StreamWrite>>,
     ) -> Result<Vec<Result<Vec<AppendOutcome>, AppendError>>, StoreError> {
         let client = self.inner.pool.get().await.map_err(unavailable)?;
-        let results = group::write_group(&client, self.inner.projection.as_deref(), &appends).await;
+        let results = group::write_group(&client, self.inner.projection.as_deref(), appends).await;
         self.announce_commit();
         Ok(results)
     }
@@ -541,9 +590,7 @@ impl PgEventStore {
                     ),
                 };
                 let sql = format!(
-                    "SELECT position, xact, event_id, stream_id, event_type, schema_version,
-                            payload::text, recorded_at
-                     FROM events WHERE {filter} ORDER BY xact, position"
+                    "SELECT {REPLAY_COLUMNS} FROM events WHERE {filter} ORDER BY xact, position"
                 );
                 let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
                     params.iter().map(|p| p.as_ref() as _).collect();
@@ -655,42 +702,40 @@ pub async fn append_on<C: GenericClient + Sync>(
     }
 }
 
-/// The array parameters of one append statement.
-struct AppendInput {
-    stream: String,
+/// The array parameters of one append statement, borrowed from its events (payloads
+/// and metadata are serialized straight into the statement's buffer).
+struct AppendInput<'e> {
+    stream: &'e str,
     expected: i64,
     ids: Vec<Uuid>,
-    types: Vec<String>,
+    types: Vec<&'e str>,
     versions: Vec<i32>,
-    payloads: Vec<Value>,
-    metadata: Vec<Value>,
+    payloads: Vec<&'e Value>,
+    metadata: Vec<Json<&'e EventMetadata>>,
 }
 
-impl AppendInput {
-    fn new(write: &StreamWrite) -> Result<Self, AppendError> {
+impl<'e> AppendInput<'e> {
+    fn new(write: &'e StreamWrite) -> Result<Self, AppendError> {
         Self::of(&write.stream, write.expected, &write.events)
     }
 
     fn of(
-        stream: &StreamId,
+        stream: &'e StreamId,
         expected: ExpectedVersion,
-        events: &[NewEvent],
+        events: &'e [NewEvent],
     ) -> Result<Self, AppendError> {
         Ok(AppendInput {
-            stream: stream.as_str().to_owned(),
+            stream: stream.as_str(),
             expected: i64::try_from(expected.as_version().0)
                 .map_err(|_| StoreError::Malformed("expected version out of range".into()))?,
             ids: events.iter().map(|e| e.event_id).collect(),
-            types: events.iter().map(|e| e.event_type.clone()).collect(),
+            types: events.iter().map(|e| e.event_type.as_str()).collect(),
             versions: events
                 .iter()
                 .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
                 .collect(),
-            payloads: events.iter().map(|e| e.payload.clone()).collect(),
-            metadata: events
-                .iter()
-                .map(|e| serde_json::to_value(&e.metadata).unwrap_or(Value::Null))
-                .collect(),
+            payloads: events.iter().map(|e| &e.payload).collect(),
+            metadata: events.iter().map(|e| Json(&e.metadata)).collect(),
         })
     }
 
@@ -849,17 +894,24 @@ fn interpret(
         .iter()
         .map(|r| (r.get(1), r.get(0), r.get(2), micros(r.get(3))))
         .collect();
-    Ok(recorded(stream, expected_version, events, landed))
+    Ok(recorded(
+        stream,
+        expected_version,
+        events.iter().cloned(),
+        landed,
+    ))
 }
 
 /// The appended events as recorded, from the (stream version, position, xact,
-/// recorded-at micros) the insert returned.
+/// recorded-at micros) the insert returned. Takes the events by value: the group-commit
+/// path moves its callers' events into their outcomes instead of copying payloads.
 fn recorded(
     stream: &StreamId,
     expected_version: StreamVersion,
-    events: &[NewEvent],
+    events: impl ExactSizeIterator<Item = NewEvent>,
     mut landed: Vec<(i64, i64, i64, i64)>,
 ) -> AppendOutcome {
+    let version = StreamVersion(expected_version.0 + events.len() as u64);
     landed.sort_unstable();
     let recorded = landed
         .into_iter()
@@ -871,18 +923,15 @@ fn recorded(
                 event_id: event.event_id,
                 stream_id: stream.as_str().to_owned(),
                 stream_version: StreamVersion(version as u64),
-                event_type: event.event_type.clone(),
+                event_type: event.event_type,
                 schema_version: event.schema_version,
-                payload: event.payload.clone(),
-                metadata: event.metadata.clone(),
+                payload: event.payload,
+                metadata: event.metadata,
                 recorded_at_micros,
             },
         )
         .collect();
-    AppendOutcome {
-        version: StreamVersion(expected_version.0 + events.len() as u64),
-        recorded,
-    }
+    AppendOutcome { version, recorded }
 }
 
 /// An empty write still asserts the stream's version.
@@ -985,23 +1034,19 @@ impl EventStore for PgEventStore {
         after: LogCursor,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let client = self.inner.pool.get().await.map_err(unavailable)?;
-        // Only transactions below the snapshot's xmin are finished: everything they wrote
-        // is visible now and nothing can ever commit below them again.
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events
-             WHERE (xact, position) > ($1, $2)
-               AND xact < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
-             ORDER BY xact, position
-             LIMIT $3"
-        );
-        let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = client
-            .query(&statement, &[&after.xact, &after.position, &limit])
-            .await
-            .map_err(db_error)?;
+        let rows = self.read_log_rows(EVENT_COLUMNS, after, limit).await?;
         rows.iter().map(decode_row).collect()
+    }
+
+    /// The relay's read: no metadata (which PostgreSQL would turn from jsonb into text
+    /// for every row) and the payload as text, parsed straight into the domain event.
+    async fn read_log_replay(
+        &self,
+        after: LogCursor,
+        limit: usize,
+    ) -> Result<Vec<ReplayEvent>, StoreError> {
+        let rows = self.read_log_rows(REPLAY_COLUMNS, after, limit).await?;
+        rows.iter().map(replay_row).collect()
     }
 
     fn wakeups(&self) -> watch::Receiver<u64> {

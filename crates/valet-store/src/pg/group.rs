@@ -179,9 +179,10 @@ async fn write_jobs(jobs: Vec<Job>, pool: &Pool, projection: Option<&dyn InlineP
     };
     let (writes, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| (j.writes, j.reply)).unzip();
     let started = std::time::Instant::now();
-    let results = write_group(&client, projection, &writes).await;
+    let appends = writes.len();
+    let results = write_group(&client, projection, writes).await;
     tracing::trace!(
-        appends = writes.len(),
+        appends,
         micros = started.elapsed().as_micros() as u64,
         "group written"
     );
@@ -196,11 +197,33 @@ async fn write_jobs(jobs: Vec<Job>, pool: &Pool, projection: Option<&dyn InlineP
 pub(super) async fn write_group(
     client: &deadpool_postgres::Client,
     projection: Option<&dyn InlineProjection>,
-    jobs: &[Vec<StreamWrite>],
+    jobs: Vec<Vec<StreamWrite>>,
 ) -> Vec<Result<Vec<AppendOutcome>, AppendError>> {
     if jobs.len() > 1 {
-        match append_together(client, projection, jobs).await {
-            Ok(outcomes) => return outcomes.into_iter().map(Ok).collect(),
+        match append_together(client, projection, &jobs).await {
+            Ok(mut landed) => {
+                return jobs
+                    .into_iter()
+                    .map(|writes| {
+                        Ok(writes
+                            .into_iter()
+                            .map(|w| {
+                                let rows = w
+                                    .events
+                                    .iter()
+                                    .filter_map(|e| landed.remove(&e.event_id))
+                                    .collect();
+                                recorded(
+                                    &w.stream,
+                                    w.expected.as_version(),
+                                    w.events.into_iter(),
+                                    rows,
+                                )
+                            })
+                            .collect())
+                    })
+                    .collect()
+            }
             Err(error) => tracing::debug!(
                 appends = jobs.len(),
                 %error,
@@ -209,7 +232,7 @@ pub(super) async fn write_group(
         }
     }
     let mut results = Vec::with_capacity(jobs.len());
-    for writes in jobs {
+    for writes in &jobs {
         results.push(append_composed(client, projection, writes).await);
     }
     results
@@ -235,36 +258,43 @@ appended AS (
     RETURNING event_id, position, stream_version, xact, recorded_at
 )";
 
-/// Every job's writes as one statement (see the module comment).
+/// Every job's writes as one statement (see the module comment). Returns, by event id,
+/// the (stream version, position, xact, recorded-at micros) each event landed with.
 async fn append_together(
     client: &deadpool_postgres::Client,
     projection: Option<&dyn InlineProjection>,
     jobs: &[Vec<StreamWrite>],
-) -> Result<Vec<Vec<AppendOutcome>>, AppendError> {
+) -> Result<HashMap<Uuid, (i64, i64, i64, i64)>, AppendError> {
     let writes = || jobs.iter().flatten();
     let planned = plan_writes(client, projection, writes()).await?;
     // Per write: its stream and expected version (checked); per event: its stream,
     // its place in the write (its version is the checked one plus that) and its columns.
     let inputs: Vec<AppendInput> = writes().map(AppendInput::new).collect::<Result<_, _>>()?;
-    let checks: Vec<&str> = inputs.iter().map(|i| i.stream.as_str()).collect();
+    let checks: Vec<&str> = inputs.iter().map(|i| i.stream).collect();
     let expected: Vec<i64> = inputs.iter().map(|i| i.expected).collect();
     let mut streams = Vec::new();
     let mut nth = Vec::new();
     for input in &inputs {
-        streams.extend(std::iter::repeat_n(input.stream.as_str(), input.ids.len()));
+        streams.extend(std::iter::repeat_n(input.stream, input.ids.len()));
         nth.extend(1..=input.ids.len() as i64);
     }
     let ids: Vec<Uuid> = inputs.iter().flat_map(|i| i.ids.iter().copied()).collect();
     let types: Vec<&str> = inputs
         .iter()
-        .flat_map(|i| i.types.iter().map(String::as_str))
+        .flat_map(|i| i.types.iter().copied())
         .collect();
     let versions: Vec<i32> = inputs
         .iter()
         .flat_map(|i| i.versions.iter().copied())
         .collect();
-    let payloads: Vec<&serde_json::Value> = inputs.iter().flat_map(|i| &i.payloads).collect();
-    let metadata: Vec<&serde_json::Value> = inputs.iter().flat_map(|i| &i.metadata).collect();
+    let payloads: Vec<&serde_json::Value> = inputs
+        .iter()
+        .flat_map(|i| i.payloads.iter().copied())
+        .collect();
+    let metadata: Vec<_> = inputs
+        .iter()
+        .flat_map(|i| i.metadata.iter().map(|m| tokio_postgres::types::Json(m.0)))
+        .collect();
 
     let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
         &checks, &expected, &streams, &nth, &ids, &types, &versions, &payloads, &metadata,
@@ -286,7 +316,7 @@ async fn append_together(
         .query(&statement, &params)
         .await
         .map_err(|e| AppendError::Store(db_error(e)))?;
-    let mut landed: HashMap<Uuid, (i64, i64, i64, i64)> = rows
+    let landed: HashMap<Uuid, (i64, i64, i64, i64)> = rows
         .iter()
         .filter_map(|r| {
             let id: Option<Uuid> = r.get(0);
@@ -298,20 +328,5 @@ async fn append_together(
             StoreError::Malformed("a grouped append returned the wrong rows".into()).into(),
         );
     }
-    Ok(jobs
-        .iter()
-        .map(|writes| {
-            writes
-                .iter()
-                .map(|w| {
-                    let rows = w
-                        .events
-                        .iter()
-                        .filter_map(|e| landed.remove(&e.event_id))
-                        .collect();
-                    recorded(&w.stream, w.expected.as_version(), &w.events, rows)
-                })
-                .collect()
-        })
-        .collect())
+    Ok(landed)
 }
