@@ -294,6 +294,62 @@ async fn grouped_appends_commit_together_and_fail_alone() {
         StreamVersion(2)
     );
     assert_eq!(store.read_stream(&b).await.expect("read b").len(), 1);
+
+    // Appends asserting the same version of one stream (two tokens of one client) are
+    // checked together and land together, each with its own events as recorded.
+    let (e, f) = (fresh_stream("ge"), fresh_stream("gf"));
+    let results = store
+        .append_grouped(vec![
+            vec![
+                write(&c, ExpectedVersion::Exactly(StreamVersion(2)), vec![]),
+                write(&e, ExpectedVersion::NoStream, vec![event(8)]),
+            ],
+            vec![
+                write(&c, ExpectedVersion::Exactly(StreamVersion(2)), vec![]),
+                write(&f, ExpectedVersion::NoStream, vec![event(9)]),
+            ],
+        ])
+        .await
+        .expect("grouped append");
+    let outcomes: Vec<_> = results
+        .into_iter()
+        .map(|r| r.expect("both assert the current version"))
+        .collect();
+    assert_eq!(outcomes[0][1].recorded[0].payload, event(8).payload);
+    assert_eq!(outcomes[1][1].recorded[0].payload, event(9).payload);
+    assert_eq!(outcomes[1][1].recorded[0].stream_id, f.as_str());
+    assert_eq!(
+        outcomes[0][1].recorded[0].xact, outcomes[1][1].recorded[0].xact,
+        "one statement, one transaction"
+    );
+
+    // One of them asserting an older version fails alone.
+    let results = store
+        .append_grouped(vec![
+            vec![
+                write(&c, ExpectedVersion::Exactly(StreamVersion(2)), vec![]),
+                write(
+                    &fresh_stream("gh"),
+                    ExpectedVersion::NoStream,
+                    vec![event(10)],
+                ),
+            ],
+            vec![
+                write(&c, ExpectedVersion::Exactly(StreamVersion(1)), vec![]),
+                write(
+                    &fresh_stream("gi"),
+                    ExpectedVersion::NoStream,
+                    vec![event(11)],
+                ),
+            ],
+        ])
+        .await
+        .expect("grouped append");
+    assert!(results[0].is_ok(), "the current expectation lands");
+    match &results[1] {
+        Err(AppendError::Conflict { actual, .. }) => assert_eq!(*actual, StreamVersion(2)),
+        other => panic!("c at a stale version must conflict, got {other:?}"),
+    }
     drop(store);
     db.drop_database().await;
 }

@@ -270,8 +270,15 @@ async fn append_together(
     // Per write: its stream and expected version (checked); per event: its stream,
     // its place in the write (its version is the checked one plus that) and its columns.
     let inputs: Vec<AppendInput> = writes().map(AppendInput::new).collect::<Result<_, _>>()?;
-    let checks: Vec<&str> = inputs.iter().map(|i| i.stream).collect();
-    let expected: Vec<i64> = inputs.iter().map(|i| i.expected).collect();
+    // Each (stream, expected version) is checked once: the tokens of one client all
+    // assert the same client version, and a group of them would otherwise look it up
+    // once per token.
+    let mut seen = HashSet::new();
+    let (checks, expected): (Vec<&str>, Vec<i64>) = inputs
+        .iter()
+        .filter(|i| seen.insert((i.stream, i.expected)))
+        .map(|i| (i.stream, i.expected))
+        .unzip();
     let mut streams = Vec::new();
     let mut nth = Vec::new();
     for input in &inputs {
