@@ -4,6 +4,7 @@
 pub mod contract;
 pub mod html;
 pub mod nats;
+pub mod private_pg;
 pub mod server;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,10 +22,17 @@ pub fn server_url() -> String {
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    /// The server it lives on (`postgres://…:PORT`, no database).
+    server: String,
 }
 
 impl TestDb {
     pub async fn create() -> TestDb {
+        Self::create_on(&server_url()).await
+    }
+
+    /// A database on another server than the tests' (e.g. a [`private_pg::PrivatePg`]).
+    pub async fn create_on(server: &str) -> TestDb {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "valet_t_{}_{}_{}",
@@ -32,7 +40,8 @@ impl TestDb {
             COUNTER.fetch_add(1, Ordering::Relaxed),
             uuid::Uuid::now_v7().simple()
         );
-        let url = format!("{}/{}", server_url(), name);
+        let server = server.trim_end_matches('/').to_owned();
+        let url = format!("{server}/{name}");
         let report = valet_store::migrate(&url).await.unwrap_or_else(|e| {
             panic!(
                 "cannot create test database {name}: {e} (is PostgreSQL running? try `make setup`)"
@@ -42,7 +51,7 @@ impl TestDb {
             report.database_created,
             "test database {name} already existed"
         );
-        TestDb { name, url }
+        TestDb { name, url, server }
     }
 
     /// A raw connection for test setup and assertions.
@@ -56,7 +65,7 @@ impl TestDb {
 
     pub async fn drop_database(self) {
         let (client, connection) =
-            tokio_postgres::connect(&format!("{}/postgres", server_url()), tokio_postgres::NoTls)
+            tokio_postgres::connect(&format!("{}/postgres", self.server), tokio_postgres::NoTls)
                 .await
                 .expect("connect to the postgres database");
         tokio::spawn(connection);

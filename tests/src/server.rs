@@ -529,8 +529,12 @@ impl TestServer {
 
     /// Starts with extra environment (e.g. `("VALET_CODE_TTL", "1")`).
     pub async fn start_with(env: &[(&str, &str)]) -> TestServer {
+        Self::start_on(TestDb::create().await, env).await
+    }
+
+    /// Starts on `db` (e.g. one on a private PostgreSQL that a test restarts).
+    pub async fn start_on(db: TestDb, env: &[(&str, &str)]) -> TestServer {
         let bin = valet_bin();
-        let db = TestDb::create().await;
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
