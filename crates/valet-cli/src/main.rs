@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use axum::serve::ListenerExt as _;
 use clap::{Args, Parser, Subcommand};
 /// mimalloc instead of glibc malloc: under load glibc spent about a quarter of the
 /// server's CPU in malloc/free (cross-thread frees, consolidation), and a rebuild most of
@@ -344,6 +345,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
     let addr = listener.local_addr().context("read the bound address")?;
+    // No Nagle delay on responses: a small write that follows another one unacknowledged
+    // (HTTP/2 frames, a body after its headers) would otherwise wait for the peer's
+    // delayed ACK. A socket that refuses the option is served anyway.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY on an accepted connection");
+        }
+    });
     let issuer = config
         .issuer
         .clone()
