@@ -3,8 +3,8 @@
 //! server without disturbing the other tests.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Command;
 
 /// A private cluster on a free port of 127.0.0.1, with trust authentication for the
 /// `postgres` role. Stopped (immediately) and deleted when dropped.
@@ -130,7 +130,7 @@ impl PrivatePg {
         }
     }
 
-    fn run(&self, program: &str, args: &[&str]) -> Output {
+    fn run(&self, program: &str, args: &[&str]) {
         let output = self
             .command(program)
             .args(args)
@@ -149,11 +149,6 @@ impl PrivatePg {
             String::from_utf8_lossy(&output.stderr),
             std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default()
         );
-        output
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 

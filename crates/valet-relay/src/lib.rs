@@ -232,12 +232,12 @@ where
     let mut saved_at = tokio::time::Instant::now();
     loop {
         let mut batch = follower.poll().await?;
+        if saved != cursor && (batch.is_empty() || saved_at.elapsed() >= CHECKPOINT_EVERY) {
+            lease.save_checkpoint(cursor).await?;
+            saved = cursor;
+            saved_at = tokio::time::Instant::now();
+        }
         if batch.is_empty() {
-            if saved != cursor {
-                lease.save_checkpoint(cursor).await?;
-                saved = cursor;
-                saved_at = tokio::time::Instant::now();
-            }
             batch = follower.next().await?;
         }
         let messages = directory.map_batch(store, &batch).await?;
@@ -261,11 +261,6 @@ where
             }
         }
         cursor = last;
-        if saved_at.elapsed() >= CHECKPOINT_EVERY {
-            lease.save_checkpoint(cursor).await?;
-            saved = cursor;
-            saved_at = tokio::time::Instant::now();
-        }
         if batch.len() >= config.batch {
             status.set_backlog(lease.backlog(cursor).await?);
         } else {
