@@ -3,7 +3,12 @@
 # machine's ceiling for single-row INSERT transactions (pgbench), all in one run with
 # the same load tool and the same concurrency.
 #
-# Measured (each one after a CHECKPOINT, so no run pays for another's dirty pages):
+# Measured (each one after a CHECKPOINT, so no run pays for another's dirty pages), in
+# ROUNDS rounds of pgbench, Valet and DOT-unhashed in turn (DOT hashed in the first round
+# only: it is a reference at a few requests per second). This machine's speed drifts by
+# a quarter over minutes, and DOT's own rate with it, so one 10-second run of each can
+# land in different phases; the report gives each target's median round and the ratios
+# of the medians, and lists every round's ratio.
 #   pgbench       one-row INSERT transactions into a jsonb table (database valet_pgbench)
 #   valet         client_credentials token issuance and introspection (valet serve on
 #                 127.0.0.1:8090, database valet_oauth_bench, recreated each run)
@@ -21,6 +26,7 @@
 # Environment (all optional):
 #   DURATION        length of each measurement: 10s, 1m or seconds (default 10s)
 #   CONCURRENCY     concurrent connections / pgbench clients (default 32)
+#   ROUNDS          rounds of measurements, alternating the targets (default 3)
 #   LOAD_TOOL       oha or wrk (default: oha when on PATH, else wrk, installed from apt)
 #   SHARED_DIR      the shared/ checkout (default: <repo>/../shared)
 #   SKIP_DOT_SETUP  1: do not run peers/dot/setup.sh (reuse the existing DOT venv/DB)
@@ -34,6 +40,7 @@ cd "$ROOT"
 DURATION="${DURATION:-10s}"
 [[ "$DURATION" =~ ^[0-9]+$ ]] && DURATION="${DURATION}s"
 CONCURRENCY="${CONCURRENCY:-32}"
+ROUNDS="${ROUNDS:-3}"
 LOAD_TOOL="${LOAD_TOOL:-}"
 SKIP_DOT_SETUP="${SKIP_DOT_SETUP:-0}"
 DOT_PORT="${DOT_PORT:-8801}"
@@ -65,6 +72,7 @@ DOT_SETUP_LOG="$OUT_DIR/dot-setup.log"
 log() { printf '[bench-oauth] %s\n' "$*" >&2; }
 
 [[ "$CONCURRENCY" =~ ^[1-9][0-9]*$ ]] || { log "error: CONCURRENCY must be a positive integer"; exit 1; }
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { log "error: ROUNDS must be a positive integer"; exit 1; }
 # pgbench -T takes whole seconds.
 case "$DURATION" in
     *[0-9]s) SECS="${DURATION%s}" ;;
@@ -155,7 +163,7 @@ case "$LOAD_TOOL" in
         ;;
     *) log "error: LOAD_TOOL must be oha or wrk, not '$LOAD_TOOL'"; exit 1 ;;
 esac
-log "load tool $LOAD_TOOL, $DURATION per measurement, $CONCURRENCY connections; shared: $SHARED_DIR"
+log "load tool $LOAD_TOOL, $DURATION per measurement, $CONCURRENCY connections, $ROUNDS rounds; shared: $SHARED_DIR"
 
 # ------------------------------------------------------------------ build Valet
 log "cargo build --release -p valet-cli"
@@ -181,6 +189,10 @@ else
 fi
 
 # ------------------------------------------------------------------ measurements
+ROUND=0
+# Appends stdin's JSON lines to $RESULTS, each marked with the current round.
+record() { sed "s/^{/{\"round\": $ROUND, /" >>"$RESULTS"; }
+
 # load TARGET TOKEN_URL INTROSPECT_URL CLIENT_ID CLIENT_SECRET: oauth-load.sh once per op,
 # each after a CHECKPOINT; JSON lines appended to $RESULTS. Returns 1 on the first failure.
 load() {
@@ -194,7 +206,7 @@ load() {
             log "error: oauth-load.sh failed for target $target, op $op"
             return 1
         fi
-        grep '^{' "$TMP/load.jsonl" >>"$RESULTS" || { log "error: no result line for $target/$op"; return 1; }
+        grep '^{' "$TMP/load.jsonl" | record || { log "error: no result line for $target/$op"; return 1; }
     done
 }
 
@@ -222,13 +234,14 @@ open(sys.argv[1], "w").write(f"INSERT INTO raw_inserts (payload) VALUES ('{text}
 PY
     checkpoint
     log "pgbench -n -c $CONCURRENCY -j 2 -T $SECS (one-row INSERT per transaction)"
+    rm -f "$TMP"/pgbench_log.*
     (cd "$TMP" && pgbench -n -c "$CONCURRENCY" -j 2 -T "$SECS" -l --log-prefix=pgbench_log \
         -f "$TMP/insert.sql" "$db_url" >"$out" 2>"$TMP/pgbench.err") || {
         cat "$TMP/pgbench.err" >&2
         return 1
     }
     cat "$out" >&2
-    python3 - "$out" "$TMP" "$CONCURRENCY" "$SECS" "$(pgbench --version)" >>"$RESULTS" <<'PY' || return 1
+    python3 - "$out" "$TMP" "$CONCURRENCY" "$SECS" "$(pgbench --version)" >"$TMP/pgbench.jsonl" <<'PY' || return 1
 import glob, json, os, re, sys
 out, tmp, conc, secs, version = sys.argv[1:]
 text = open(out).read()
@@ -249,6 +262,7 @@ print(json.dumps({"target": "pgbench", "op": "insert", "rps": round(float(tps.gr
                   "requests": int(done.group(1)) if done else len(lat),
                   "concurrency": int(conc), "duration_s": float(secs), "tool": version}))
 PY
+    record <"$TMP/pgbench.jsonl"
 }
 
 # Valet: fresh database, one client_credentials client, valet serve on $VALET_ADDR.
@@ -317,46 +331,64 @@ start_dot() {
 LOADAVG="$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)"
 log "load average before measuring: $LOADAVG"
 
-# 1. the ceiling
-measure_pgbench || { PGBENCH_FAIL="pgbench measurement failed"; log "error: $PGBENCH_FAIL"; }
-
-# 2. Valet (stopped before the peer runs, so the two never share the CPU)
-if [[ -z "$VALET_FAIL" ]]; then
-    if start_valet; then
-        load valet "$VALET_URL/token" "$VALET_URL/introspect" "$VALET_CLIENT_ID" "$VALET_CLIENT_SECRET" ||
-            VALET_FAIL="oauth-load.sh failed against Valet (see above and $VALET_LOG)"
+for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+    log "round $ROUND of $ROUNDS"
+    # 1. the ceiling
+    if [[ -z "$PGBENCH_FAIL" ]]; then
+        measure_pgbench || { PGBENCH_FAIL="pgbench measurement failed"; log "error: $PGBENCH_FAIL"; }
     fi
-    stop_valet
-    [[ -z "$VALET_FAIL" ]] || log "error: $VALET_FAIL"
-fi
 
-# 3. the DOT peer, default hashed secret and unhashed secret
-if [[ -z "$DOT_FAIL" ]]; then
-    if start_dot; then
-        load dot "$DOT_URL/o/token/" "$DOT_URL/o/introspect/" bench-client bench-secret ||
-            DOT_FAIL="oauth-load.sh failed against DOT with bench-client"
-        load dot-unhashed "$DOT_URL/o/token/" "$DOT_URL/o/introspect/" bench-client-plain bench-secret ||
-            DOT_FAIL="${DOT_FAIL:+$DOT_FAIL; }oauth-load.sh failed against DOT with bench-client-plain"
-    else
-        DOT_FAIL="DOT peer did not start ($DOT_DIR/run.sh)"
+    # 2. Valet (stopped before the peer runs, so the two never share the CPU)
+    if [[ -z "$VALET_FAIL" ]]; then
+        if start_valet; then
+            load valet "$VALET_URL/token" "$VALET_URL/introspect" "$VALET_CLIENT_ID" "$VALET_CLIENT_SECRET" ||
+                VALET_FAIL="oauth-load.sh failed against Valet (see above and $VALET_LOG)"
+        fi
+        stop_valet
+        [[ -z "$VALET_FAIL" ]] || log "error: $VALET_FAIL"
     fi
-    stop_dot
-    [[ -z "$DOT_FAIL" ]] || log "*** $DOT_FAIL: no full DOT comparison ***"
-fi
+
+    # 3. the DOT peer: default hashed secret (first round only), unhashed secret
+    if [[ -z "$DOT_FAIL" ]]; then
+        if start_dot; then
+            if ((ROUND == 1)); then
+                load dot "$DOT_URL/o/token/" "$DOT_URL/o/introspect/" bench-client bench-secret ||
+                    DOT_FAIL="oauth-load.sh failed against DOT with bench-client"
+            fi
+            load dot-unhashed "$DOT_URL/o/token/" "$DOT_URL/o/introspect/" bench-client-plain bench-secret ||
+                DOT_FAIL="${DOT_FAIL:+$DOT_FAIL; }oauth-load.sh failed against DOT with bench-client-plain"
+        else
+            DOT_FAIL="DOT peer did not start ($DOT_DIR/run.sh)"
+        fi
+        stop_dot
+        [[ -z "$DOT_FAIL" ]] || log "*** $DOT_FAIL: no full DOT comparison ***"
+    fi
+done
 
 # ------------------------------------------------------------------ report
 python3 - "$RESULTS" "$DURATION" "$CONCURRENCY" "$LOAD_TOOL" "$VALET_FAIL" "$PGBENCH_FAIL" "$DOT_FAIL" \
-    "$COMMIT" "$(nproc)" "$LOADAVG" <<'PY' | tee "$REPORT"
-import json, sys
-path, duration, conc, tool, valet_fail, pg_fail, dot_fail, commit, cores, loadavg = sys.argv[1:]
-rows = {}
+    "$COMMIT" "$(nproc)" "$LOADAVG" "$ROUNDS" <<'PY' | tee "$REPORT"
+import json, statistics, sys
+path, duration, conc, tool, valet_fail, pg_fail, dot_fail, commit, cores, loadavg, rounds = sys.argv[1:]
+runs = {}  # (op, target) -> [row per round, in order]
 tools = set()
 for line in open(path):
     if line.strip():
         r = json.loads(line)
-        rows[(r["op"], r["target"])] = r
+        runs.setdefault((r["op"], r["target"]), []).append(r)
         if r["target"] != "pgbench":
             tools.add(r.get("tool") or tool)
+
+def median_row(key):
+    """The round whose rps is the median (the lower of the middle two for an even count),
+    so the latencies shown are those of a real run."""
+    rs = runs.get(key)
+    if not rs:
+        return None
+    mid = statistics.median_low([r["rps"] for r in rs])
+    return next(r for r in rs if r["rps"] == mid)
+
+rows = {key: median_row(key) for key in runs}
 
 def num(v, fmt):
     return "n/a" if v is None else format(v, fmt)
@@ -364,41 +396,56 @@ def num(v, fmt):
 TOKEN, INTRO = "token_client_credentials", "introspect"
 OPS = [(TOKEN, "token (client_credentials)"), (INTRO, "introspect")]
 TARGETS = ["valet", "dot", "dot-unhashed"]
-no_dot = not any(t in ("dot", "dot-unhashed") for _, t in rows)
+no_dot = not any(t in ("dot", "dot-unhashed") for _, t in runs)
 
 print(f"## OAuth benchmark: Valet vs Django OAuth Toolkit (commit {commit})\n")
 print(f"Load tool: {', '.join(sorted(tools)) or tool}; {conc} connections; {duration} per "
-      f"measurement; {cores} cores shared by server, database and load tool; load average "
-      f"before measuring {loadavg}.\n")
-print("| op | target | rps | p50 ms | p99 ms | non2xx | errors |")
-print("|---|---|---:|---:|---:|---:|---:|")
+      f"measurement; {rounds} round(s) alternating pgbench, Valet and DOT-unhashed (DOT hashed "
+      f"in the first only); {cores} cores shared by server, database and load tool; load "
+      f"average before measuring {loadavg}.\n")
+print("Each row is the target's median round; `rounds` lists every round's rate.\n")
+print("| op | target | rps | p50 ms | p99 ms | non2xx | errors | rounds (rps) |")
+print("|---|---|---:|---:|---:|---:|---:|---|")
 table = [(op, label, t) for op, label in OPS for t in TARGETS] + [("insert", "INSERT (pgbench)", "pgbench")]
 for op, label, t in table:
     r = rows.get((op, t))
     name = t + (" (no DOT comparison)" if t == "valet" and no_dot else "")
     if r is None:
-        print(f"| {label} | {name} | n/a | n/a | n/a | n/a | n/a |")
+        print(f"| {label} | {name} | n/a | n/a | n/a | n/a | n/a | |")
     else:
         # no request completed within the duration (wrk cuts them off): no latency
         lat = (None, None) if r.get("requests") == 0 else (r["p50_ms"], r["p99_ms"])
+        every = " / ".join(format(x["rps"], ".0f") for x in runs[(op, t)])
         print(f"| {label} | {name} | {num(r['rps'], '.1f')} | {num(lat[0], '.2f')} | "
-              f"{num(lat[1], '.2f')} | {num(r['non2xx'], 'd')} | {num(r['errors'], 'd')} |")
+              f"{num(lat[1], '.2f')} | {num(r['non2xx'], 'd')} | {num(r['errors'], 'd')} | {every} |")
 
-def clean(r):  # a throughput with failed requests does not count towards a goal
-    return r is not None and not r.get("non2xx") and not r.get("errors")
+def clean(op, t):  # a throughput with failed requests (in any round) does not count
+    rs = runs.get((op, t)) or []
+    return bool(rs) and not any(r.get("non2xx") or r.get("errors") for r in rs)
 
 def ratio(a, b):
     return None if a is None or b is None or not b["rps"] else a["rps"] / b["rps"]
 
-def verdict(value, ok, valet_row):
+def per_round(op, other):
+    """valet / other in each round that measured both, e.g. '; rounds: 21.0x / 18.9x'."""
+    other_op = "insert" if other == "pgbench" else op
+    by_round = {r.get("round"): r for r in runs.get((other_op, other)) or []}
+    xs = [ratio(v, by_round.get(v.get("round"))) for v in runs.get((op, "valet")) or []]
+    xs = [x for x in xs if x is not None]
+    if len(xs) < 2:
+        return ""
+    unit = "%" if other == "pgbench" else "x"
+    scale = 100 if other == "pgbench" else 1
+    return "; rounds: " + " / ".join(f"{scale * x:.1f}{unit}" for x in xs)
+
+def verdict(value, ok, op):
     if value is None:
         return "n/a"
-    if not clean(valet_row):
+    if not clean(op, "valet"):
         return "FAIL (Valet had non-2xx responses or errors)"
     return "PASS" if ok else "FAIL"
 
-print("\nRatios and goals:\n")
-vt, vi = rows.get((TOKEN, "valet")), rows.get((INTRO, "valet"))
+print("\nRatios of the medians, and goals:\n")
 pg = rows.get(("insert", "pgbench"))
 for op, label in OPS:
     v = rows.get((op, "valet"))
@@ -408,16 +455,20 @@ for op, label in OPS:
           f" (goal: none, DOT's default hashed secret, for reference)")
     r = ratio(v, rows.get((op, "dot-unhashed")))
     print(f"- {label}: valet / dot-unhashed = {num(r, '.1f')}{'x' if r is not None else ''}"
-          f" (goal: >= {goal_x}x): {verdict(r, r is not None and r >= goal_x, v)}")
+          f" (goal: >= {goal_x}x): {verdict(r, r is not None and r >= goal_x, op)}"
+          f"{per_round(op, 'dot-unhashed')}")
     if op == TOKEN:
         r = ratio(v, pg)
         pct = None if r is None else 100 * r
         print(f"- {label}: valet rps / pgbench INSERT tps = {num(pct, '.1f')}{'%' if pct is not None else ''}"
-              f" (goal: >= 50%): {verdict(pct, pct is not None and pct >= 50, v)}")
+              f" (goal: >= 50%): {verdict(pct, pct is not None and pct >= 50, op)}"
+              f"{per_round(op, 'pgbench')}")
     else:
         p99 = None if v is None else v["p99_ms"]
+        worst = max((x["p99_ms"] for x in runs.get((op, "valet")) or [] if x.get("p99_ms") is not None), default=None)
+        extra = f"; worst round {worst:.2f} ms" if worst is not None and len(runs.get((op, "valet"))) > 1 else ""
         print(f"- {label}: valet p99 = {num(p99, '.2f')}{' ms' if p99 is not None else ''}"
-              f" (goal: < 10 ms): {verdict(p99, p99 is not None and p99 < 10, v)}")
+              f" (goal: < 10 ms): {verdict(p99, p99 is not None and p99 < 10, op)}{extra}")
 
 notes = [n for n in (valet_fail and f"Valet not measured: {valet_fail}.",
                      pg_fail and f"pgbench not measured: {pg_fail}.",
