@@ -39,7 +39,8 @@ const COMPOSE_LIMIT: usize = 4;
 /// per-statement and per-commit costs less often; two backends inserting at once also
 /// contend for the same right-most index pages and the WAL flush. /token did 7.2–7.6 k
 /// rps against 6.0–6.7 k with two workers (five alternated pairs, 32 connections), with
-/// about 12% less PostgreSQL CPU per token.
+/// about 12% less PostgreSQL CPU per token. The price: a long group (disabling a client
+/// sweeps all of its live tokens) delays the appends queued behind it.
 const GROUP_WORKERS: usize = 1;
 
 /// The least time between two NOTIFYs of one process.
