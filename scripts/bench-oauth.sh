@@ -11,7 +11,7 @@
 # of the medians, and lists every round's ratio.
 #   pgbench       one-row INSERT transactions into a jsonb table (database valet_pgbench)
 #   valet         client_credentials token issuance and introspection (valet serve on
-#                 127.0.0.1:8090, database valet_oauth_bench, recreated each run)
+#                 127.0.0.1:8090, database valet_oauth_bench, recreated each round)
 #   dot           the DOT peer with its default hashed client secret (bench-client)
 #   dot-unhashed  the DOT peer with the unhashed-secret client (bench-client-plain)
 # The HTTP measurements are made by $SHARED_DIR/bench/oauth-load.sh, which checks
@@ -426,17 +426,13 @@ def clean(op, t):  # a throughput with failed requests (in any round) does not c
 def ratio(a, b):
     return None if a is None or b is None or not b["rps"] else a["rps"] / b["rps"]
 
-def per_round(op, other):
-    """valet / other in each round that measured both, e.g. '; rounds: 21.0x / 18.9x'."""
-    other_op = "insert" if other == "pgbench" else op
-    by_round = {r.get("round"): r for r in runs.get((other_op, other)) or []}
+def per_round(op, other, show):
+    """valet's `op` / the `other` key in each round that measured both, each shown with
+    `show`: e.g. '; rounds: 21.0x / 18.9x'."""
+    by_round = {r.get("round"): r for r in runs.get(other) or []}
     xs = [ratio(v, by_round.get(v.get("round"))) for v in runs.get((op, "valet")) or []]
     xs = [x for x in xs if x is not None]
-    if len(xs) < 2:
-        return ""
-    unit = "%" if other == "pgbench" else "x"
-    scale = 100 if other == "pgbench" else 1
-    return "; rounds: " + " / ".join(f"{scale * x:.1f}{unit}" for x in xs)
+    return "; rounds: " + " / ".join(map(show, xs)) if len(xs) > 1 else ""
 
 def verdict(value, ok, op):
     if value is None:
@@ -456,17 +452,17 @@ for op, label in OPS:
     r = ratio(v, rows.get((op, "dot-unhashed")))
     print(f"- {label}: valet / dot-unhashed = {num(r, '.1f')}{'x' if r is not None else ''}"
           f" (goal: >= {goal_x}x): {verdict(r, r is not None and r >= goal_x, op)}"
-          f"{per_round(op, 'dot-unhashed')}")
+          f"{per_round(op, (op, 'dot-unhashed'), lambda x: f'{x:.1f}x')}")
     if op == TOKEN:
         r = ratio(v, pg)
         pct = None if r is None else 100 * r
         print(f"- {label}: valet rps / pgbench INSERT tps = {num(pct, '.1f')}{'%' if pct is not None else ''}"
               f" (goal: >= 50%): {verdict(pct, pct is not None and pct >= 50, op)}"
-              f"{per_round(op, 'pgbench')}")
+              f"{per_round(op, ('insert', 'pgbench'), lambda x: f'{100 * x:.1f}%')}")
     else:
         p99 = None if v is None else v["p99_ms"]
-        worst = max((x["p99_ms"] for x in runs.get((op, "valet")) or [] if x.get("p99_ms") is not None), default=None)
-        extra = f"; worst round {worst:.2f} ms" if worst is not None and len(runs.get((op, "valet"))) > 1 else ""
+        p99s = [x["p99_ms"] for x in runs.get((op, "valet")) or [] if x.get("p99_ms") is not None]
+        extra = f"; worst round {max(p99s):.2f} ms" if len(p99s) > 1 else ""
         print(f"- {label}: valet p99 = {num(p99, '.2f')}{' ms' if p99 is not None else ''}"
               f" (goal: < 10 ms): {verdict(p99, p99 is not None and p99 < 10, op)}{extra}")
 
