@@ -396,3 +396,77 @@ async fn a_relay_on_its_own_thread_publishes_and_frees_the_lease_when_stopped() 
     );
     db.drop_database().await;
 }
+
+/// Once the stream's sequence is known, a batch asks for one ack, on its last message.
+/// When that ack does not account for the whole batch (here another publisher's message
+/// came in between), the batch is sent again with an ack per message: JetStream drops
+/// what it already has, so the stream still holds each event once, in log order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_its_last_ack_does_not_account_for_is_republished_with_an_ack_per_message() {
+    let db = TestDb::create().await;
+    let nats = TestNats::start().await;
+    let app = app(&db).await;
+    let svc = service(&app).await;
+    let (relay, status) = start_relay(&app, &nats);
+    let caught_up = |n: u64| {
+        let s = status.snapshot();
+        s.published >= n && s.backlog == 0
+    };
+    // Token by token: after the first batch (an ack per message) the sequence is known.
+    for n in 1..=4 {
+        issue_and_revoke(&app, &svc, 1).await;
+        wait_until("the token's message", Duration::from_secs(20), || {
+            caught_up(n)
+        })
+        .await;
+    }
+    let before = status.snapshot();
+    assert!(
+        before.confirmed_by_last_ack >= 1,
+        "batches after the first are confirmed by their last ack: {before:?}"
+    );
+    assert_eq!(
+        (before.republished, before.duplicates),
+        (0, 0),
+        "{before:?}"
+    );
+
+    let mut foreign = events_in_stream(&nats).await[0].0.clone();
+    foreign.event_id = uuid::Uuid::now_v7().to_string();
+    foreign.client_id = "another-publisher".into();
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("connect"));
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", foreign.event_id.as_str());
+    js.publish_with_headers(foreign.subject(), headers, foreign.to_json().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+
+    issue_and_revoke(&app, &svc, 1).await;
+    wait_until("the next token's message", Duration::from_secs(20), || {
+        caught_up(5)
+    })
+    .await;
+    let after = status.snapshot();
+    assert_eq!(after.republished, 1, "{after:?}");
+    assert_eq!(
+        after.duplicates, 1,
+        "the republished message was already stored"
+    );
+
+    let events = events_in_stream(&nats).await;
+    assert_eq!(
+        events.len(),
+        6,
+        "5 tokens and the other publisher's message"
+    );
+    let ours: Vec<_> = events
+        .iter()
+        .filter(|(e, _)| e.client_id == svc.client_id)
+        .collect();
+    assert_eq!(ours.len(), 5);
+    assert!(ours.windows(2).all(|w| w[0].0.position < w[1].0.position));
+    relay.abort();
+    db.drop_database().await;
+}

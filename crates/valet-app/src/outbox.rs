@@ -45,6 +45,21 @@ pub struct RelayStatus {
     duplicates: AtomicU64,
     publish_failures: AtomicU64,
     last_position: AtomicI64,
+    confirmed_by_last_ack: AtomicU64,
+    confirmed_by_every_ack: AtomicU64,
+    republished: AtomicU64,
+}
+
+/// How JetStream confirmed that a batch was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirmation {
+    /// One ack, on the last message, at the sequence that accounts for the whole batch.
+    LastAck,
+    /// An ack per message (the stream's sequence was not known).
+    EveryAck,
+    /// The last ack did not account for the batch, which was sent again with an ack per
+    /// message.
+    Republished,
 }
 
 /// A consistent-enough copy of the status for one response.
@@ -57,6 +72,10 @@ pub struct RelaySnapshot {
     pub duplicates: u64,
     pub publish_failures: u64,
     pub last_position: i64,
+    /// Batches by how they were confirmed (see [`Confirmation`]).
+    pub confirmed_by_last_ack: u64,
+    pub confirmed_by_every_ack: u64,
+    pub republished: u64,
 }
 
 impl RelayStatus {
@@ -69,6 +88,9 @@ impl RelayStatus {
             duplicates: self.duplicates.load(Ordering::Relaxed),
             publish_failures: self.publish_failures.load(Ordering::Relaxed),
             last_position: self.last_position.load(Ordering::Relaxed),
+            confirmed_by_last_ack: self.confirmed_by_last_ack.load(Ordering::Relaxed),
+            confirmed_by_every_ack: self.confirmed_by_every_ack.load(Ordering::Relaxed),
+            republished: self.republished.load(Ordering::Relaxed),
         }
     }
 
@@ -88,6 +110,15 @@ impl RelayStatus {
         self.published.fetch_add(messages, Ordering::Relaxed);
         self.duplicates.fetch_add(duplicates, Ordering::Relaxed);
         self.last_position.store(last_position, Ordering::Relaxed);
+    }
+
+    pub fn record_confirmation(&self, confirmation: Confirmation) {
+        let counter = match confirmation {
+            Confirmation::LastAck => &self.confirmed_by_last_ack,
+            Confirmation::EveryAck => &self.confirmed_by_every_ack,
+            Confirmation::Republished => &self.republished,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn record_failure(&self) {

@@ -196,6 +196,21 @@ pub fn render_relay(out: &mut String, s: &RelaySnapshot) {
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
         );
     }
+    let name = "valet_relay_batches_total";
+    let _ = write!(
+        out,
+        "# HELP {name} Published batches by how JetStream confirmed them: last_ack (one ack \
+         for the batch), every_ack (an ack per message), republished (sent again with an \
+         ack per message after the last ack did not account for the batch).\n\
+         # TYPE {name} counter\n"
+    );
+    for (confirmed, value) in [
+        ("last_ack", s.confirmed_by_last_ack),
+        ("every_ack", s.confirmed_by_every_ack),
+        ("republished", s.republished),
+    ] {
+        let _ = writeln!(out, "{name}{{confirmed=\"{confirmed}\"}} {value}");
+    }
 }
 
 /// Assigns the request id (any the client sent is ignored: ids in our logs are ours),
@@ -300,10 +315,15 @@ mod tests {
             duplicates: 1,
             publish_failures: 4,
             last_position: 42,
+            confirmed_by_last_ack: 7,
+            confirmed_by_every_ack: 2,
+            republished: 1,
         };
         render_relay(&mut text, &snapshot);
         assert!(text.contains("# TYPE valet_relay_backlog gauge\nvalet_relay_backlog 12\n"));
         assert!(text.contains("valet_relay_nats_connected 0\n"));
         assert!(text.contains("valet_relay_publish_failures_total 4\n"));
+        assert!(text.contains("valet_relay_batches_total{confirmed=\"last_ack\"} 7\n"));
+        assert!(text.contains("valet_relay_batches_total{confirmed=\"republished\"} 1\n"));
     }
 }
