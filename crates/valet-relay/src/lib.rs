@@ -8,9 +8,10 @@
 //!   between PubAck and checkpoint is dropped by JetStream's duplicate window.
 //! - A batch is published pipelined (all messages sent, then the acks awaited in order;
 //!   once the stream's sequence is known, only the last message asks for an ack, and
-//!   the sequence it reports confirms the whole batch) and the checkpoint advances only after every ack: at most every 100 ms under load,
-//!   and whenever the relay has caught up. NATS down: the batch is retried
-//!   with backoff; nothing is skipped and the HTTP API is unaffected.
+//!   the sequence it reports confirms the whole batch) and the checkpoint advances only
+//!   after the batch is confirmed: at most every 100 ms under load, and whenever the
+//!   relay has caught up. NATS down: the batch is retried with backoff; nothing is
+//!   skipped and the HTTP API is unaffected.
 
 mod mapping;
 
@@ -285,9 +286,10 @@ fn outgoing(message: &TokenEvent) -> (HeaderMap, bytes::Bytes) {
     (headers, message.to_json().into())
 }
 
-/// Publishes a batch; says how JetStream confirmed it (`None`: nothing to publish) and how many messages it reported
-/// as duplicates (a republish after a crash). `stream_seq` is the stream's sequence
-/// after the relay's previous batch when that batch confirmed it, else `None`.
+/// Publishes a batch; says how JetStream confirmed it (`None`: nothing to publish) and
+/// how many messages it reported as duplicates (a republish after a crash). `stream_seq`
+/// is the stream's sequence after the relay's previous batch when that batch confirmed
+/// it, else `None`.
 ///
 /// With a known sequence only the batch's last message asks for an ack: one
 /// connection's messages are stored in the order sent, so an ack at `stream_seq + n`
