@@ -201,7 +201,7 @@ pub async fn ensure_stream(js: &jetstream::Context, max_age: Duration) -> Result
         ..Default::default()
     })
     .await
-    .map_err(|e| RelayError::Nats(e.to_string()))?;
+    .map_err(nats_error)?;
     Ok(())
 }
 
@@ -279,6 +279,10 @@ where
     }
 }
 
+fn nats_error(e: impl std::fmt::Display) -> RelayError {
+    RelayError::Nats(e.to_string())
+}
+
 /// The wire form of one message: its headers (`Nats-Msg-Id`) and payload.
 fn outgoing(message: &TokenEvent) -> (HeaderMap, bytes::Bytes) {
     let mut headers = HeaderMap::new();
@@ -307,7 +311,6 @@ async fn publish(
     messages: &[TokenEvent],
     stream_seq: &mut Option<u64>,
 ) -> Result<(Option<Confirmation>, u64), RelayError> {
-    let failed = |e: &dyn std::fmt::Display| RelayError::Nats(e.to_string());
     let Some((last, rest)) = messages.split_last() else {
         // A batch of events resource services do not see: nothing to confirm.
         return Ok((None, 0));
@@ -318,7 +321,7 @@ async fn publish(
             let (headers, payload) = outgoing(message);
             nats.publish_with_headers(message.subject(), headers, payload)
                 .await
-                .map_err(|e| failed(&e))?;
+                .map_err(nats_error)?;
         }
         let (headers, payload) = outgoing(last);
         // An ack that fails (e.g. times out) confirms nothing either: the republish below
@@ -329,7 +332,7 @@ async fn publish(
                 PublishMessage::build().payload(payload).headers(headers),
             )
             .await
-            .map_err(|e| failed(&e))?
+            .map_err(nats_error)?
             .await;
         let expected = before + messages.len() as u64;
         match ack {
@@ -357,13 +360,13 @@ async fn publish(
         let ack = js
             .send_publish(message.subject(), publish)
             .await
-            .map_err(|e| failed(&e))?;
+            .map_err(nats_error)?;
         acks.push(ack);
     }
     let mut duplicates = 0;
     let mut last = None;
     for ack in acks {
-        let ack = ack.await.map_err(|e| failed(&e))?;
+        let ack = ack.await.map_err(nats_error)?;
         if ack.duplicate {
             duplicates += 1;
         }

@@ -4,10 +4,11 @@
 //! (executor start-up, snapshot, WAL commit record and flush), not per row. So appends
 //! queue here and a worker (one: see `GROUP_WORKERS`) takes whatever is waiting and
 //! writes it with ONE statement: every stream's version check, every event (one
-//! `unnest` insert) and the projection's set-based statements. The statement commits or fails as a whole; a
-//! group that fails (a version conflict, a constraint, anything) is retried one append
-//! at a time, so each caller gets exactly the answer it would have got alone. A lone
-//! append takes the ordinary composed path, so an idle server's latency is unchanged.
+//! `unnest` insert) and the projection's set-based statements. The statement commits
+//! or fails as a whole; a group that fails (a version conflict, a constraint, anything)
+//! is retried one append at a time, so each caller gets exactly the answer it would
+//! have got alone. A lone append takes the ordinary composed path, so an idle server's
+//! latency is unchanged.
 //!
 //! Appends in one group must not touch a stream that another one in it writes: the
 //! statement sees one snapshot, so a version check would not see the other's write
