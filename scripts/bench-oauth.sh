@@ -1,27 +1,32 @@
 #!/usr/bin/env bash
-# Side-by-side OAuth benchmark: Valet against Django OAuth Toolkit (DOT), plus the
-# machine's ceiling for single-row INSERT transactions (pgbench), all in one run with
-# the same load tool and the same concurrency.
+# Side-by-side OAuth benchmark: Valet against Django OAuth Toolkit (DOT) and
+# node-oidc-provider, plus the machine's ceiling for single-row INSERT transactions
+# (pgbench), all in one run with the same load tool and the same concurrency.
 #
 # Measured (each one after a CHECKPOINT, so no run pays for another's dirty pages), in
-# ROUNDS rounds of pgbench, Valet and DOT-unhashed in turn (DOT hashed in the first round
-# only: it is a reference at a few requests per second). This machine's speed drifts by
-# a quarter over minutes, and DOT's own rate with it, so one 10-second run of each can
-# land in different phases; the report gives each target's median round and the ratios
-# of the medians, and lists every round's ratio.
+# ROUNDS rounds of pgbench, Valet, DOT-unhashed and node-oidc-provider in turn (DOT
+# hashed in the first round only: it is a reference at a few requests per second). This
+# machine's speed drifts by a quarter over minutes, and DOT's own rate with it, so one
+# 10-second run of each can land in different phases; the report gives each target's
+# median round and the ratios of the medians, and lists every round's ratio.
 #   pgbench       one-row INSERT transactions into a jsonb table (database valet_pgbench)
 #   valet         client_credentials token issuance and introspection (valet serve on
 #                 127.0.0.1:8090, database valet_oauth_bench, recreated each round)
 #   dot           the DOT peer with its default hashed client secret (bench-client)
 #   dot-unhashed  the DOT peer with the unhashed-secret client (bench-client-plain)
+#   oidcp         the node-oidc-provider peer (opaque access tokens, its in-memory store,
+#                 one Node.js process) on 127.0.0.1:8802: installed from npm on first use
+#                 by $SHARED_DIR/peers/node-oidc-provider/run.sh, started once before the
+#                 first round (idle while the others are measured), stopped at the end
 # The HTTP measurements are made by $SHARED_DIR/bench/oauth-load.sh, which checks
 # correctness before timing. Its JSON lines (and one for pgbench) are collected in
 # .build/bench/oauth-results.jsonl; the markdown report goes to stdout and to
 # .build/bench/oauth-report.md. Progress goes to stderr.
 #
 # Exit status: non-zero when Valet or pgbench could not be measured (the report is
-# still printed). The DOT peer never fails the run: without it the Valet rows are
-# printed without a DOT comparison. Missing goals are reported, not fatal.
+# still printed). The peers never fail the run: without DOT (or node-oidc-provider, e.g.
+# when npm is unreachable) the Valet rows are printed without that comparison. Missing
+# goals are reported, not fatal.
 #
 # Environment (all optional):
 #   DURATION        length of each measurement: 10s, 1m or seconds (default 10s)
@@ -29,12 +34,18 @@
 #   ROUNDS          rounds of measurements, alternating the targets (default 3)
 #   LOAD_TOOL       oha or wrk (default: oha when on PATH, else wrk, installed from apt)
 #   SHARED_DIR      the shared/ checkout (default: <repo>/../shared)
+#   VALET_BIN       an already-built valet binary to measure: skips the default
+#                   `cargo build --release -p valet-cli` (and target/release/valet)
 #   SKIP_DOT_SETUP  1: do not run peers/dot/setup.sh (reuse the existing DOT venv/DB)
 #   DOT_PORT        port of the DOT peer (default 8801)
+#   SKIP_OIDCP      1: leave node-oidc-provider out (no comparison with it)
+#   OIDCP_PORT      port of the node-oidc-provider peer (default 8802)
 #   PAUSE           seconds of quiet before each HTTP measurement (oauth-load.sh; default 3)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VALET_BIN="${VALET_BIN:-}"
+[[ -z "$VALET_BIN" || "$VALET_BIN" == /* ]] || VALET_BIN="$PWD/$VALET_BIN" # relative to the caller
 cd "$ROOT"
 
 DURATION="${DURATION:-10s}"
@@ -44,6 +55,8 @@ ROUNDS="${ROUNDS:-3}"
 LOAD_TOOL="${LOAD_TOOL:-}"
 SKIP_DOT_SETUP="${SKIP_DOT_SETUP:-0}"
 DOT_PORT="${DOT_PORT:-8801}"
+SKIP_OIDCP="${SKIP_OIDCP:-0}"
+OIDCP_PORT="${OIDCP_PORT:-8802}"
 if [[ -z "${SHARED_DIR:-}" ]]; then
     SHARED_DIR="$(git -C "$ROOT" rev-parse --show-toplevel 2>/dev/null || echo "$ROOT")/../shared"
 fi
@@ -53,14 +66,18 @@ SHARED_DIR="$(cd "$SHARED_DIR" 2>/dev/null && pwd)" || {
 }
 LOAD="$SHARED_DIR/bench/oauth-load.sh"
 DOT_DIR="$SHARED_DIR/peers/dot"
+OIDCP_DIR="$SHARED_DIR/peers/node-oidc-provider"
 
 PG_ADMIN_URL="postgres://postgres@127.0.0.1:5432/postgres"
 VALET_DB=valet_oauth_bench
 VALET_DB_URL="postgres://postgres@127.0.0.1:5432/$VALET_DB"
 VALET_ADDR=127.0.0.1:8090
 VALET_URL="http://$VALET_ADDR"
-VALET="$ROOT/target/release/valet"
+VALET="${VALET_BIN:-$ROOT/target/release/valet}"
 DOT_URL="http://127.0.0.1:$DOT_PORT"
+OIDCP_URL="http://127.0.0.1:$OIDCP_PORT"
+# run.sh's own PEER_DIR default; its server log is server-$OIDCP_PORT.log there
+OIDCP_LOG="${PEER_DIR:-$HOME/.cache/valet-peers/oidcp}/server-$OIDCP_PORT.log"
 PGBENCH_DB=valet_pgbench
 
 OUT_DIR="$ROOT/.build/bench"
@@ -68,11 +85,13 @@ RESULTS="$OUT_DIR/oauth-results.jsonl"
 REPORT="$OUT_DIR/oauth-report.md"
 VALET_LOG="$OUT_DIR/valet.log"
 DOT_SETUP_LOG="$OUT_DIR/dot-setup.log"
+OIDCP_SETUP_LOG="$OUT_DIR/oidcp-setup.log"
 
 log() { printf '[bench-oauth] %s\n' "$*" >&2; }
 
 [[ "$CONCURRENCY" =~ ^[1-9][0-9]*$ ]] || { log "error: CONCURRENCY must be a positive integer"; exit 1; }
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { log "error: ROUNDS must be a positive integer"; exit 1; }
+[[ "$OIDCP_PORT" =~ ^[1-9][0-9]*$ ]] || { log "error: OIDCP_PORT must be a port number"; exit 1; }
 # pgbench -T takes whole seconds.
 case "$DURATION" in
     *[0-9]s) SECS="${DURATION%s}" ;;
@@ -89,10 +108,13 @@ TMP="$(mktemp -d)"
 
 VALET_PID=""
 DOT_STARTED=0
+OIDCP_STARTED=0
+OIDCP_SETUP_PID="" # timeout ... run.sh start, while it runs
 # Why a part could not be measured (empty: measured).
 VALET_FAIL=""
 PGBENCH_FAIL=""
 DOT_FAIL=""
+OIDCP_FAIL=""
 
 stop_valet() {
     [[ -n "$VALET_PID" ]] || return 0
@@ -115,9 +137,24 @@ stop_dot() {
     DOT_STARTED=0
 }
 
+# Stops node-oidc-provider if this run started it (run.sh stop: the PID in its pidfile).
+stop_oidcp() {
+    if [[ -n "$OIDCP_SETUP_PID" ]]; then # interrupted while run.sh installs or starts it
+        # timeout passes the signal on to its process group: run.sh, npm, node
+        kill -TERM "$OIDCP_SETUP_PID" 2>/dev/null || true
+        wait "$OIDCP_SETUP_PID" 2>/dev/null || true
+        OIDCP_SETUP_PID=""
+    fi
+    ((OIDCP_STARTED)) || return 0
+    log "stopping node-oidc-provider on $OIDCP_URL"
+    PORT="$OIDCP_PORT" "$OIDCP_DIR/run.sh" stop || log "warning: '$OIDCP_DIR/run.sh stop' failed"
+    OIDCP_STARTED=0
+}
+
 cleanup() {
     stop_valet
     stop_dot
+    stop_oidcp
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -166,13 +203,24 @@ esac
 log "load tool $LOAD_TOOL, $DURATION per measurement, $CONCURRENCY connections, $ROUNDS rounds; shared: $SHARED_DIR"
 
 # ------------------------------------------------------------------ build Valet
-log "cargo build --release -p valet-cli"
-if ! cargo build --release -p valet-cli >&2; then
-    VALET_FAIL="cargo build --release -p valet-cli failed"
-    log "error: $VALET_FAIL"
-fi
 # What was built and measured (the working tree may differ from HEAD).
 COMMIT="$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
+if [[ -n "$VALET_BIN" ]]; then
+    log "VALET_BIN: measuring $VALET (not building)"
+    if [[ ! -f "$VALET" || ! -x "$VALET" ]]; then
+        VALET_FAIL="VALET_BIN=$VALET is not an executable file"
+        log "error: $VALET_FAIL"
+    fi
+    # Built elsewhere: the working tree says nothing about what it contains.
+    MEASURED="binary $VALET, not built here; working tree at $COMMIT"
+else
+    log "cargo build --release -p valet-cli"
+    if ! cargo build --release -p valet-cli >&2; then
+        VALET_FAIL="cargo build --release -p valet-cli failed"
+        log "error: $VALET_FAIL"
+    fi
+    MEASURED="commit $COMMIT"
+fi
 
 # ------------------------------------------------------------------ DOT setup
 if [[ "$SKIP_DOT_SETUP" == 1 ]]; then
@@ -185,6 +233,41 @@ else
         tail -n 15 "$DOT_SETUP_LOG" >&2 || true
         DOT_FAIL="DOT peer setup failed (see $DOT_SETUP_LOG)"
         log "*** $DOT_FAIL: continuing without a DOT comparison ***"
+    fi
+fi
+
+# ------------------------------------------------------------------ node-oidc-provider
+# Started once here and kept for every round (it sits idle while the others are measured).
+if [[ "$SKIP_OIDCP" == 1 ]]; then
+    OIDCP_FAIL="left out (SKIP_OIDCP=1)"
+    log "SKIP_OIDCP=1: node-oidc-provider left out"
+else
+    code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$OIDCP_URL/.well-known/openid-configuration" || true)"
+    if [[ -n "$code" && "$code" != 000 ]]; then
+        # Not ours (run.sh would stop the one in its pidfile): measured as it is, not stopped.
+        log "a server already answers on $OIDCP_URL (HTTP $code; not started here): using it as it is"
+    else
+        log "node-oidc-provider peer: $OIDCP_DIR/run.sh (installs oidc-provider from npm on first use; log: $OIDCP_SETUP_LOG)"
+        # Set before starting, so that the EXIT trap stops it even when run.sh fails or is
+        # interrupted half-way (run.sh stop only touches the PID in its own pidfile).
+        OIDCP_STARTED=1
+        # timeout: an unreachable npm registry must not stall the run for long. It runs
+        # run.sh in a process group of its own, which Ctrl-C does not reach: waited for
+        # with `wait`, which (unlike a foreground command) the INT trap interrupts at once.
+        PORT="$OIDCP_PORT" timeout 300 "$OIDCP_DIR/run.sh" start >"$OIDCP_SETUP_LOG" 2>&1 &
+        OIDCP_SETUP_PID=$!
+        code=0
+        wait "$OIDCP_SETUP_PID" || code=$?
+        OIDCP_SETUP_PID=""
+        if ((code != 0)); then
+            ((code != 124)) || echo "(timed out after 300 s)" >>"$OIDCP_SETUP_LOG"
+            tail -n 15 "$OIDCP_SETUP_LOG" >&2 || true
+            OIDCP_FAIL="node-oidc-provider could not be set up or started (see $OIDCP_SETUP_LOG and $OIDCP_LOG)"
+            log "*** $OIDCP_FAIL: continuing without a node-oidc-provider comparison ***"
+            stop_oidcp
+        else
+            log "node-oidc-provider answers on $OIDCP_URL (log: $OIDCP_LOG)"
+        fi
     fi
 fi
 
@@ -363,13 +446,22 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
         stop_dot
         [[ -z "$DOT_FAIL" ]] || log "*** $DOT_FAIL: no full DOT comparison ***"
     fi
+
+    # 4. node-oidc-provider (started once, before the first round)
+    if [[ -z "$OIDCP_FAIL" ]]; then
+        load oidcp "$OIDCP_URL/token" "$OIDCP_URL/token/introspection" bench-client bench-secret ||
+            OIDCP_FAIL="oauth-load.sh failed against node-oidc-provider (see above and $OIDCP_LOG)"
+        [[ -z "$OIDCP_FAIL" ]] || log "*** $OIDCP_FAIL: no full node-oidc-provider comparison ***"
+    fi
 done
+stop_oidcp
 
 # ------------------------------------------------------------------ report
 python3 - "$RESULTS" "$DURATION" "$CONCURRENCY" "$LOAD_TOOL" "$VALET_FAIL" "$PGBENCH_FAIL" "$DOT_FAIL" \
-    "$COMMIT" "$(nproc)" "$LOADAVG" "$ROUNDS" <<'PY' | tee "$REPORT"
+    "$OIDCP_FAIL" "$MEASURED" "$(nproc)" "$LOADAVG" "$ROUNDS" <<'PY' | tee "$REPORT"
 import json, statistics, sys
-path, duration, conc, tool, valet_fail, pg_fail, dot_fail, commit, cores, loadavg, rounds = sys.argv[1:]
+(path, duration, conc, tool, valet_fail, pg_fail, dot_fail, oidcp_fail, measured, cores, loadavg,
+ rounds) = sys.argv[1:]
 runs = {}  # (op, target) -> [row per round, in order]
 tools = set()
 for line in open(path):
@@ -395,13 +487,17 @@ def num(v, fmt):
 
 TOKEN, INTRO = "token_client_credentials", "introspect"
 OPS = [(TOKEN, "token (client_credentials)"), (INTRO, "introspect")]
-TARGETS = ["valet", "dot", "dot-unhashed"]
+TARGETS = ["valet", "dot", "dot-unhashed", "oidcp"]
+NAMES = {"oidcp": "node-oidc-provider"}  # how a target is shown, when not by its label
 no_dot = not any(t in ("dot", "dot-unhashed") for _, t in runs)
+no_oidcp = not any(t == "oidcp" for _, t in runs)
+missing = " or ".join(n for n, gone in (("DOT", no_dot), ("node-oidc-provider", no_oidcp)) if gone)
 
-print(f"## OAuth benchmark: Valet vs Django OAuth Toolkit (commit {commit})\n")
+print(f"## OAuth benchmark: Valet vs Django OAuth Toolkit and node-oidc-provider ({measured})\n")
 print(f"Load tool: {', '.join(sorted(tools)) or tool}; {conc} connections; {duration} per "
-      f"measurement; {rounds} round(s) alternating pgbench, Valet and DOT-unhashed (DOT hashed "
-      f"in the first only); {cores} cores shared by server, database and load tool; load "
+      f"measurement; {rounds} round(s) alternating pgbench, Valet, DOT-unhashed and "
+      f"node-oidc-provider (DOT hashed in the first only; node-oidc-provider started once, idle "
+      f"while the others run); {cores} cores shared by server, database and load tool; load "
       f"average before measuring {loadavg}.\n")
 print("Each row is the target's median round; `rounds` lists every round's rate.\n")
 print("| op | target | rps | p50 ms | p99 ms | non2xx | errors | rounds (rps) |")
@@ -409,7 +505,7 @@ print("|---|---|---:|---:|---:|---:|---:|---|")
 table = [(op, label, t) for op, label in OPS for t in TARGETS] + [("insert", "INSERT (pgbench)", "pgbench")]
 for op, label, t in table:
     r = rows.get((op, t))
-    name = t + (" (no DOT comparison)" if t == "valet" and no_dot else "")
+    name = NAMES.get(t, t) + (f" (no {missing} comparison)" if t == "valet" and missing else "")
     if r is None:
         print(f"| {label} | {name} | n/a | n/a | n/a | n/a | n/a | |")
     else:
@@ -441,6 +537,10 @@ def verdict(value, ok, op):
         return "FAIL (Valet had non-2xx responses or errors)"
     return "PASS" if ok else "FAIL"
 
+def peer_note(op, t):  # a peer's failed requests make its rate (and the ratio) suspect
+    return "" if not runs.get((op, t)) or clean(op, t) else \
+        f" (note: {NAMES.get(t, t)} had non-2xx responses or errors)"
+
 print("\nRatios of the medians, and goals:\n")
 pg = rows.get(("insert", "pgbench"))
 for op, label in OPS:
@@ -453,6 +553,11 @@ for op, label in OPS:
     print(f"- {label}: valet / dot-unhashed = {num(r, '.1f')}{'x' if r is not None else ''}"
           f" (goal: >= {goal_x}x): {verdict(r, r is not None and r >= goal_x, op)}"
           f"{per_round(op, (op, 'dot-unhashed'), lambda x: f'{x:.1f}x')}")
+    goal_o = 2 if op == TOKEN else 5
+    r = ratio(v, rows.get((op, "oidcp")))
+    print(f"- {label}: valet / node-oidc-provider = {num(r, '.2f')}{'x' if r is not None else ''}"
+          f" (goal: >= {goal_o}x): {verdict(r, r is not None and r >= goal_o, op)}"
+          f"{per_round(op, (op, 'oidcp'), lambda x: f'{x:.2f}x')}{peer_note(op, 'oidcp')}")
     if op == TOKEN:
         r = ratio(v, pg)
         pct = None if r is None else 100 * r
@@ -468,7 +573,8 @@ for op, label in OPS:
 
 notes = [n for n in (valet_fail and f"Valet not measured: {valet_fail}.",
                      pg_fail and f"pgbench not measured: {pg_fail}.",
-                     dot_fail and f"No DOT comparison: {dot_fail}.") if n]
+                     dot_fail and f"No DOT comparison: {dot_fail}.",
+                     oidcp_fail and f"No node-oidc-provider comparison: {oidcp_fail}.") if n]
 if notes:
     print()
     for n in notes:
