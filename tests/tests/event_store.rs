@@ -315,9 +315,9 @@ async fn grouped_appends_commit_together_and_fail_alone() {
         .into_iter()
         .map(|r| r.expect("both assert the current version"))
         .collect();
-    assert_eq!(outcomes[0][1].recorded[0].payload, event(8).payload);
-    assert_eq!(outcomes[1][1].recorded[0].payload, event(9).payload);
-    assert_eq!(outcomes[1][1].recorded[0].stream_id, f.as_str());
+    assert_eq!(outcomes[0][1].recorded[0].event, event(8).event);
+    assert_eq!(outcomes[1][1].recorded[0].event, event(9).event);
+    assert_eq!(outcomes[1][1].recorded[0].stream, f);
     assert_eq!(
         outcomes[0][1].recorded[0].xact, outcomes[1][1].recorded[0].xact,
         "one statement, one transaction"

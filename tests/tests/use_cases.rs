@@ -3,7 +3,9 @@
 
 use uuid::Uuid;
 use valet_app::aggregate::{Code, Consent};
-use valet_app::{execute, load, Clock, EventMetadata, EventStore, ExecuteError, SystemClock};
+use valet_app::{
+    execute, load, Clock, EventMetadata, EventStore, ExecuteError, SystemClock, UuidV7,
+};
 use valet_domain::code::{self, RedirectUriPresence};
 use valet_domain::{
     ClientId, CodeTtl, GrantId, RedirectUri, ScopeSet, StreamId, TokenHash, UserId, Username,
@@ -27,7 +29,8 @@ async fn concurrent_commands_all_land<S: EventStore + Clone>(store: &S) {
                 scope: ScopeSet::parse(&format!("scope{n}")).expect("scope"),
                 at: SystemClock.now(),
             };
-            execute::<Consent, _>(&store, &stream, command, &EventMetadata::default()).await
+            execute::<Consent, _>(&store, &UuidV7, &stream, command, &EventMetadata::default())
+                .await
         }));
     }
     for task in tasks {
@@ -63,7 +66,7 @@ async fn a_rejection_records_its_events<S: EventStore>(store: &S) {
         at: now,
         ttl: CodeTtl::new(60).expect("ttl"),
     };
-    execute::<Code, _>(store, &stream, issue, &meta)
+    execute::<Code, _>(store, &UuidV7, &stream, issue, &meta)
         .await
         .expect("issue");
     let redeem = code::Command::Redeem {
@@ -72,10 +75,10 @@ async fn a_rejection_records_its_events<S: EventStore>(store: &S) {
         verifier: None,
         at: now,
     };
-    execute::<Code, _>(store, &stream, redeem.clone(), &meta)
+    execute::<Code, _>(store, &UuidV7, &stream, redeem.clone(), &meta)
         .await
         .expect("first redemption");
-    match execute::<Code, _>(store, &stream, redeem, &meta).await {
+    match execute::<Code, _>(store, &UuidV7, &stream, redeem, &meta).await {
         Err(ExecuteError::Rejected { error, recorded }) => {
             assert!(matches!(error, code::Error::InvalidGrant(_)), "{error:?}");
             assert_eq!(recorded.len(), 1);
@@ -83,12 +86,12 @@ async fn a_rejection_records_its_events<S: EventStore>(store: &S) {
         Ok(_) => panic!("a replayed code was accepted"),
         Err(other) => panic!("unexpected error {other}"),
     }
-    let types: Vec<String> = store
+    let types: Vec<&str> = store
         .read_stream(&stream)
         .await
         .expect("read")
         .into_iter()
-        .map(|e| e.event_type)
+        .map(|e| e.event.event_type())
         .collect();
     assert_eq!(types, ["CodeIssued", "CodeRedeemed", "CodeReplayed"]);
 }

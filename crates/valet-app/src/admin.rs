@@ -1,6 +1,5 @@
 //! Administration use cases behind `valet client …` and `valet user …`.
 
-use uuid::Uuid;
 use valet_domain::client::{self, ClientKind};
 use valet_domain::{
     user, ClientId, ClientName, GrantType, RedirectUri, RevocationReason, ScopeSet, StreamId,
@@ -9,7 +8,7 @@ use valet_domain::{
 
 use crate::aggregate::{self as agg, execute, ExecuteError};
 use crate::clock::Clock;
-use crate::oauth::{OAuth, OAuthError, RequestMeta};
+use crate::oauth::{OAuth, OAuthError, RequestMeta, Unavailable};
 use crate::ports::{EventStore, StoreError};
 use crate::read::{ClientSummary, ReadModels};
 use crate::secrets::{self, SecretKind};
@@ -23,22 +22,26 @@ pub enum AdminError {
     NotFound(String),
     #[error("{0} already exists")]
     AlreadyExists(String),
-    #[error("{0}")]
-    Unavailable(String),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
 }
 
 impl From<StoreError> for AdminError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Constraint(what) => AdminError::AlreadyExists(what),
-            other => AdminError::Unavailable(other.to_string()),
+            other => AdminError::Unavailable(other.into()),
         }
     }
 }
 
 impl From<OAuthError> for AdminError {
     fn from(e: OAuthError) -> Self {
-        AdminError::Unavailable(e.to_string())
+        match e {
+            OAuthError::Unavailable(e) => AdminError::Unavailable(e),
+            // The admin use cases call no flow that answers with a protocol error.
+            protocol @ OAuthError::Protocol { .. } => AdminError::Invalid(protocol.to_string()),
+        }
     }
 }
 
@@ -46,7 +49,7 @@ fn failed<E: std::fmt::Display>(e: ExecuteError<E>) -> AdminError {
     match e {
         ExecuteError::Rejected { error, .. } => AdminError::Invalid(error.to_string()),
         ExecuteError::Store(e) => e.into(),
-        other => AdminError::Unavailable(other.to_string()),
+        ExecuteError::Contention(n) => AdminError::Unavailable(Unavailable::Contention(n)),
     }
 }
 
@@ -100,15 +103,15 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             ));
         }
         let scopes = ScopeSet::parse(&spec.scopes.join(" ")).map_err(|e| invalid("--scope", &e))?;
-        let client_id = ClientId::parse(
-            &secrets::client_id().map_err(|e| AdminError::Unavailable(e.to_string()))?,
-        )
-        .map_err(|e| AdminError::Unavailable(e.to_string()))?;
+        let random = self.randomness();
+        let drawn = secrets::client_id(random).map_err(Unavailable::from)?;
+        // 32 hex characters always make a valid client id.
+        let client_id = ClientId::parse(&drawn).map_err(|e| invalid("client id", &e))?;
         let (kind, secret) = match spec.client_type {
             ClientType::Public => (ClientKind::Public, None),
             ClientType::Confidential => {
-                let secret = secrets::generate(SecretKind::ClientSecret)
-                    .map_err(|e| AdminError::Unavailable(e.to_string()))?;
+                let secret = secrets::generate(SecretKind::ClientSecret, random)
+                    .map_err(Unavailable::from)?;
                 (
                     ClientKind::Confidential {
                         secret_hash: secret.hash,
@@ -128,6 +131,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         };
         execute::<agg::Client, S>(
             &self.store,
+            self.ids(),
             &StreamId::client(&client_id),
             command,
             &meta.metadata(ADMIN.to_owned()),
@@ -151,6 +155,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         let command = client::Command::Disable { at: self.now() };
         execute::<agg::Client, S>(
             &self.store,
+            self.ids(),
             &StreamId::client(&client_id),
             command,
             &meta.metadata(ADMIN.to_owned()),
@@ -192,11 +197,12 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             return Err(AdminError::AlreadyExists(format!("user {username}")));
         }
         let password = password.to_owned();
-        let hash = tokio::task::spawn_blocking(move || secrets::hash_password(&password))
+        let (passwords, random) = (self.password_hashing().clone(), self.shared_randomness());
+        let hash = tokio::task::spawn_blocking(move || passwords.hash(&password, random.as_ref()))
             .await
-            .map_err(|e| AdminError::Unavailable(e.to_string()))?
-            .map_err(|e| AdminError::Unavailable(e.to_string()))?;
-        let user_id = UserId::new(Uuid::now_v7());
+            .map_err(|e| Unavailable::Blocking(e.to_string()))?
+            .map_err(Unavailable::from)?;
+        let user_id = UserId::new(self.ids().new_id());
         let command = user::Command::Register {
             user_id,
             username: username.clone(),
@@ -204,6 +210,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         };
         execute::<agg::User, S>(
             &self.store,
+            self.ids(),
             &StreamId::user(&user_id),
             command,
             &meta.metadata(ADMIN.to_owned()),
@@ -230,6 +237,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         let command = user::Command::Disable { at: self.now() };
         execute::<agg::User, S>(
             &self.store,
+            self.ids(),
             &StreamId::user(&user.user_id),
             command,
             &meta.metadata(ADMIN.to_owned()),

@@ -2,10 +2,10 @@
 //! decide, append with the loaded version as expectation, and on a conflict start over.
 
 use uuid::Uuid;
-use valet_domain::event::DecodeError;
-use valet_domain::{DomainEvent, Rejection, StreamId};
+use valet_domain::{Event, Rejection, StreamId};
 
-use crate::log::{NewEvent, RecordedEvent};
+use crate::entropy::Ids;
+use crate::log::NewEvent;
 use crate::ports::{
     AppendError, EventMetadata, EventStore, ExpectedVersion, StoreError, StreamVersion,
 };
@@ -20,7 +20,7 @@ pub type Decision<A> = Result<
 pub trait Aggregate {
     type State: Default + Send;
     type Command: Clone + Send;
-    type Event: DomainEvent + Send + Sync;
+    type Event: Into<Event> + TryFrom<Event, Error = Event> + Clone + Send + Sync;
     type Error: Send;
 
     fn decide(state: &Self::State, command: Self::Command) -> Decision<Self>;
@@ -76,14 +76,15 @@ pub async fn load<A: Aggregate, S: EventStore>(
         .last()
         .map_or(StreamVersion::EMPTY, |e| e.stream_version);
     let mut state = A::State::default();
-    for event in &recorded {
-        state = A::evolve(state, &decode::<A>(event)?);
+    for recorded in recorded {
+        let event =
+            A::Event::try_from(recorded.event).map_err(|other| StoreError::ForeignEvent {
+                stream: stream.clone(),
+                event_type: other.event_type(),
+            })?;
+        state = A::evolve(state, &event);
     }
     Ok(Loaded { state, version })
-}
-
-fn decode<A: Aggregate>(event: &RecordedEvent) -> Result<A::Event, DecodeError> {
-    event.decode::<A::Event>()
 }
 
 /// What an accepted command changed.
@@ -103,19 +104,19 @@ pub enum ExecuteError<E> {
     Rejected { error: E, recorded: Vec<Uuid> },
     #[error("gave up after {0} conflicting attempts")]
     Contention(usize),
+    /// The store failed, or holds an event this build cannot read (never guessed at).
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A stored event could not be read back: never guess, stop.
-    #[error(transparent)]
-    Decode(#[from] DecodeError),
 }
 
 /// Attempts before a command gives up under contention on one stream.
 pub const MAX_ATTEMPTS: usize = 16;
 
-/// Runs `command` against the stream: load, decide, append; retried on conflict.
+/// Runs `command` against the stream: load, decide, append; retried on conflict. The
+/// events' ids come from `ids`.
 pub async fn execute<A: Aggregate, S: EventStore>(
     store: &S,
+    ids: &dyn Ids,
     stream: &StreamId,
     command: A::Command,
     metadata: &EventMetadata,
@@ -140,10 +141,10 @@ pub async fn execute<A: Aggregate, S: EventStore>(
             };
         }
         let identified: Vec<(Uuid, A::Event)> =
-            events.into_iter().map(|e| (Uuid::now_v7(), e)).collect();
+            events.into_iter().map(|e| (ids.new_id(), e)).collect();
         let new_events = identified
             .iter()
-            .map(|(id, e)| NewEvent::from_domain(*id, e, metadata.clone()))
+            .map(|(id, e)| NewEvent::new(*id, e.clone(), metadata.clone()))
             .collect();
         match store
             .append(stream, ExpectedVersion::from_loaded(version), new_events)

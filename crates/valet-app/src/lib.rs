@@ -8,7 +8,9 @@
 pub mod admin;
 pub mod aggregate;
 pub mod clock;
+pub mod entropy;
 pub mod log;
+pub mod memory;
 pub mod oauth;
 pub mod outbox;
 pub mod ports;
@@ -17,7 +19,8 @@ pub mod secrets;
 
 pub use aggregate::{execute, load, Aggregate, ExecuteError, Executed, Loaded};
 pub use clock::{Clock, SystemClock};
-pub use log::{Followed, LogCursor, LogFollower, NewEvent, RecordedEvent, ReplayEvent, Replayable};
+pub use entropy::{Ids, OsRandom, Randomness, RandomnessError, UuidV7};
+pub use log::{Followed, LogCursor, LogFollower, NewEvent, RecordedEvent, ReplayEvent};
 pub use ports::{
     AppendError, AppendOutcome, EventMetadata, EventStore, ExpectedVersion, Readiness, StoreError,
     StreamVersion, StreamWrite,

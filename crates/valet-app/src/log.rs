@@ -2,50 +2,40 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
 use uuid::Uuid;
+use valet_domain::{Event, StreamId};
 
 use crate::ports::{EventMetadata, EventStore, StoreError, StreamVersion};
 
 /// An event about to be appended.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
     pub event_id: Uuid,
-    pub event_type: String,
-    pub schema_version: u32,
-    pub payload: Value,
+    pub event: Event,
     pub metadata: EventMetadata,
 }
 
 impl NewEvent {
-    /// Wraps a domain event; `event_id` should be a UUID v7 drawn by the caller.
-    pub fn from_domain<E: valet_domain::DomainEvent>(
-        event_id: Uuid,
-        event: &E,
-        metadata: EventMetadata,
-    ) -> Self {
+    /// `event_id` should be a UUID v7 drawn by the caller (see [`Ids`](crate::Ids)).
+    pub fn new(event_id: Uuid, event: impl Into<Event>, metadata: EventMetadata) -> Self {
         NewEvent {
             event_id,
-            event_type: event.event_type().to_owned(),
-            schema_version: event.schema_version(),
-            payload: event.to_payload(),
+            event: event.into(),
             metadata,
         }
     }
 }
 
-/// An event read back from the log.
-#[derive(Debug, Clone, PartialEq)]
+/// An event read back from the log, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedEvent {
     pub position: i64,
     /// The id of the transaction that wrote it: the first half of the commit-safe cursor.
     pub xact: i64,
     pub event_id: Uuid,
-    pub stream_id: String,
+    pub stream: StreamId,
     pub stream_version: StreamVersion,
-    pub event_type: String,
-    pub schema_version: u32,
-    pub payload: Value,
+    pub event: Event,
     pub metadata: EventMetadata,
     /// Unix microseconds at which the store recorded it.
     pub recorded_at_micros: i64,
@@ -58,34 +48,17 @@ impl RecordedEvent {
             position: self.position,
         }
     }
-
-    pub fn decode<E: valet_domain::DomainEvent>(
-        &self,
-    ) -> Result<E, valet_domain::event::DecodeError> {
-        E::from_payload(&self.event_type, self.schema_version, self.payload.clone())
-    }
-
-    /// Like [`decode`](Self::decode) without copying the payload, which is left empty:
-    /// for replays, where the payload is not needed afterwards.
-    pub fn take_decoded<E: valet_domain::DomainEvent>(
-        &mut self,
-    ) -> Result<E, valet_domain::event::DecodeError> {
-        let payload = std::mem::take(&mut self.payload);
-        E::from_payload(&self.event_type, self.schema_version, payload)
-    }
 }
 
-/// An event read for a replay: the payload as JSON text (parsed straight into the
-/// domain event), no metadata.
-#[derive(Debug, Clone, PartialEq)]
+/// An event read for a replay or by a follower that only maps events (the relay):
+/// decoded, without metadata or stream version, which a store can read for less.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayEvent {
     pub position: i64,
     pub xact: i64,
     pub event_id: Uuid,
-    pub stream_id: String,
-    pub event_type: String,
-    pub schema_version: u32,
-    pub payload: String,
+    pub stream: StreamId,
+    pub event: Event,
     pub recorded_at_micros: i64,
 }
 
@@ -96,61 +69,18 @@ impl ReplayEvent {
             position: self.position,
         }
     }
+}
 
-    /// The replay form of a recorded event.
-    pub fn of(event: &RecordedEvent) -> Self {
+impl From<RecordedEvent> for ReplayEvent {
+    fn from(event: RecordedEvent) -> Self {
         ReplayEvent {
             position: event.position,
             xact: event.xact,
             event_id: event.event_id,
-            stream_id: event.stream_id.clone(),
-            event_type: event.event_type.clone(),
-            schema_version: event.schema_version,
-            payload: event.payload.to_string(),
+            stream: event.stream,
+            event: event.event,
             recorded_at_micros: event.recorded_at_micros,
         }
-    }
-}
-
-/// What a replay needs of an event, whichever way it was read.
-pub trait Replayable {
-    fn stream_id(&self) -> &str;
-    fn event_id(&self) -> Uuid;
-    /// Decodes the payload; it may be consumed (replays do not need it afterwards).
-    fn decode_as<E: valet_domain::DomainEvent>(
-        &mut self,
-    ) -> Result<E, valet_domain::event::DecodeError>;
-}
-
-impl Replayable for RecordedEvent {
-    fn stream_id(&self) -> &str {
-        &self.stream_id
-    }
-
-    fn event_id(&self) -> Uuid {
-        self.event_id
-    }
-
-    fn decode_as<E: valet_domain::DomainEvent>(
-        &mut self,
-    ) -> Result<E, valet_domain::event::DecodeError> {
-        self.take_decoded()
-    }
-}
-
-impl Replayable for ReplayEvent {
-    fn stream_id(&self) -> &str {
-        &self.stream_id
-    }
-
-    fn event_id(&self) -> Uuid {
-        self.event_id
-    }
-
-    fn decode_as<E: valet_domain::DomainEvent>(
-        &mut self,
-    ) -> Result<E, valet_domain::event::DecodeError> {
-        E::from_payload_json(&self.event_type, self.schema_version, &self.payload)
     }
 }
 

@@ -63,7 +63,7 @@ pub struct EventMetadata {
 }
 
 /// Where an append landed.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendOutcome {
     /// The stream's version after the append.
     pub version: StreamVersion,
@@ -78,7 +78,7 @@ impl AppendOutcome {
 }
 
 /// Events for one stream, part of an atomic multi-stream append.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamWrite {
     pub stream: StreamId,
     pub expected: ExpectedVersion,
@@ -90,7 +90,7 @@ pub enum AppendError {
     /// Another writer got there first (or the expectation was wrong): reload and decide again.
     #[error("stream {stream} is not at the expected version {expected:?} (it is at {actual})")]
     Conflict {
-        stream: String,
+        stream: StreamId,
         expected: ExpectedVersion,
         actual: StreamVersion,
     },
@@ -107,6 +107,18 @@ pub enum StoreError {
     Unavailable(String),
     #[error("event store returned a malformed row: {0}")]
     Malformed(String),
+    /// An event in the log that this build cannot read: stop rather than skip it.
+    #[error("event {event_id} cannot be decoded: {error}")]
+    Undecodable {
+        event_id: uuid::Uuid,
+        error: valet_domain::DecodeError,
+    },
+    /// An append of an event to a stream of another aggregate (a programming error).
+    #[error("a {event_type} event does not belong in stream {stream}")]
+    ForeignEvent {
+        stream: StreamId,
+        event_type: &'static str,
+    },
     /// A read model refused the change (e.g. a username taken by a concurrent writer).
     #[error("constraint violated: {0}")]
     Constraint(String),
@@ -155,7 +167,7 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<ReplayEvent>, StoreError>> + Send {
         async move {
             let events = self.read_log(after, limit).await?;
-            Ok(events.iter().map(ReplayEvent::of).collect())
+            Ok(events.into_iter().map(ReplayEvent::from).collect())
         }
     }
 

@@ -5,10 +5,12 @@
 //! as SHA-256 digests. User passwords are low-entropy, so they get argon2id instead.
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::{Algorithm, Argon2, Params, Version};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use valet_domain::TokenHash;
+
+use crate::entropy::{random_bytes, Randomness, RandomnessError};
 
 /// What a secret is for; its prefix says so to humans and scanners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,26 +39,17 @@ pub struct Secret {
     pub hash: TokenHash,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("the operating system's random number generator failed: {0}")]
-pub struct RandomnessError(String);
-
-pub fn random_bytes<const N: usize>() -> Result<[u8; N], RandomnessError> {
-    let mut bytes = [0u8; N];
-    getrandom::fill(&mut bytes).map_err(|e| RandomnessError(e.to_string()))?;
-    Ok(bytes)
-}
-
-pub fn generate(kind: SecretKind) -> Result<Secret, RandomnessError> {
-    let bytes: [u8; 32] = random_bytes()?;
+/// A new secret of `kind`: 256 bits from `random`.
+pub fn generate(kind: SecretKind, random: &dyn Randomness) -> Result<Secret, RandomnessError> {
+    let bytes: [u8; 32] = random_bytes(random)?;
     let raw = format!("{}{}", kind.prefix(), URL_SAFE_NO_PAD.encode(bytes));
     let hash = TokenHash::of(&raw);
     Ok(Secret { raw, hash })
 }
 
 /// A client id: 128 random bits, hex, safe as a NATS subject token.
-pub fn client_id() -> Result<String, RandomnessError> {
-    let bytes: [u8; 16] = random_bytes()?;
+pub fn client_id(random: &dyn Randomness) -> Result<String, RandomnessError> {
+    let bytes: [u8; 16] = random_bytes(random)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -68,37 +61,68 @@ pub enum PasswordError {
     Hash(String),
 }
 
-/// argon2id with the crate's default (OWASP-recommended) parameters. CPU-heavy: call
-/// from a blocking thread.
-pub fn hash_password(password: &str) -> Result<String, PasswordError> {
-    let salt_bytes: [u8; 16] = random_bytes()?;
-    let salt =
-        SaltString::encode_b64(&salt_bytes).map_err(|e| PasswordError::Hash(e.to_string()))?;
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| PasswordError::Hash(e.to_string()))
+/// How passwords are hashed: argon2id. CPU-heavy by design: call from a blocking thread.
+#[derive(Debug, Clone)]
+pub struct PasswordHashing {
+    params: Params,
 }
 
-/// Verifies against a stored PHC string; any malformed hash counts as a mismatch.
-pub fn verify_password(password: &str, stored: &str) -> bool {
-    PasswordHash::new(stored)
-        .map(|parsed| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok()
-        })
-        .unwrap_or(false)
+impl Default for PasswordHashing {
+    /// The argon2 crate's defaults, OWASP's recommendation (19 MiB, 2 passes, 1 lane).
+    fn default() -> Self {
+        PasswordHashing {
+            params: Params::default(),
+        }
+    }
+}
+
+impl PasswordHashing {
+    /// The least work argon2id allows: for unit tests, never for stored passwords.
+    pub fn minimal_for_tests() -> Self {
+        PasswordHashing {
+            params: Params::new(Params::MIN_M_COST, Params::MIN_T_COST, 1, None)
+                .unwrap_or_default(),
+        }
+    }
+
+    fn argon2(&self) -> Argon2<'static> {
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
+    }
+
+    /// A PHC string of `password` with a 128-bit salt drawn from `random`.
+    pub fn hash(&self, password: &str, random: &dyn Randomness) -> Result<String, PasswordError> {
+        let salt_bytes: [u8; 16] = random_bytes(random)?;
+        let salt =
+            SaltString::encode_b64(&salt_bytes).map_err(|e| PasswordError::Hash(e.to_string()))?;
+        self.argon2()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| PasswordError::Hash(e.to_string()))
+    }
+
+    /// Verifies against a stored PHC string (with the parameters it names); any
+    /// malformed hash counts as a mismatch.
+    pub fn verify(&self, password: &str, stored: &str) -> bool {
+        PasswordHash::new(stored)
+            .map(|parsed| {
+                self.argon2()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use crate::entropy::OsRandom;
+
     #[test]
     fn secrets_carry_256_bits_behind_their_prefix() {
-        let a = generate(SecretKind::AccessToken).expect("random");
-        let b = generate(SecretKind::AccessToken).expect("random");
+        let a = generate(SecretKind::AccessToken, &OsRandom).expect("random");
+        let b = generate(SecretKind::AccessToken, &OsRandom).expect("random");
         assert!(a.raw.starts_with("valet_at_"));
         assert_eq!(a.raw.len(), "valet_at_".len() + 43);
         assert_ne!(a.raw, b.raw);
@@ -107,10 +131,19 @@ mod tests {
 
     #[test]
     fn passwords_verify_only_with_the_right_password() {
-        let stored = hash_password("correct horse").expect("hash");
-        assert!(stored.starts_with("$argon2id$"));
-        assert!(verify_password("correct horse", &stored));
-        assert!(!verify_password("wrong horse", &stored));
-        assert!(!verify_password("correct horse", "not a phc string"));
+        let hashing = PasswordHashing::default();
+        let stored = hashing.hash("correct horse", &OsRandom).expect("hash");
+        assert!(
+            stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{stored}"
+        );
+        assert!(hashing.verify("correct horse", &stored));
+        assert!(!hashing.verify("wrong horse", &stored));
+        assert!(!hashing.verify("correct horse", "not a phc string"));
+        // A hash names its own parameters: verification does not depend on today's.
+        let cheap = PasswordHashing::minimal_for_tests()
+            .hash("correct horse", &OsRandom)
+            .expect("hash");
+        assert!(hashing.verify("correct horse", &cheap));
     }
 }

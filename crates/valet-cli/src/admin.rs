@@ -7,17 +7,10 @@ use serde_json::json;
 use valet_app::admin::{ClientType, NewClient};
 use valet_app::oauth::RequestMeta;
 
-use crate::{wiring, ClientCommand, Config, UserCommand};
+use crate::{wiring, ClientCommand, UserCommand};
 
-fn issuer(config: &Config) -> String {
-    config
-        .issuer
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", config.listen))
-}
-
-pub async fn client(config: &Config, command: ClientCommand) -> anyhow::Result<()> {
-    let oauth = wiring::oauth(config, issuer(config), 4).await?;
+pub async fn client(database_url: &str, command: ClientCommand) -> anyhow::Result<()> {
+    let oauth = wiring::oauth(database_url, wiring::admin_settings(), 4).await?;
     let meta = RequestMeta::default();
     match command {
         ClientCommand::Create {
@@ -105,8 +98,8 @@ pub async fn client(config: &Config, command: ClientCommand) -> anyhow::Result<(
     Ok(())
 }
 
-pub async fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
-    let oauth = wiring::oauth(config, issuer(config), 4).await?;
+pub async fn user(database_url: &str, command: UserCommand) -> anyhow::Result<()> {
+    let oauth = wiring::oauth(database_url, wiring::admin_settings(), 4).await?;
     let meta = RequestMeta::default();
     match command {
         UserCommand::Create { username, .. } => {

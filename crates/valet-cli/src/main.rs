@@ -16,7 +16,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod admin;
 mod audit;
+mod lineage;
 mod logwriter;
+mod rebuild;
 mod seed;
 mod timefmt;
 mod wiring;
@@ -37,14 +39,6 @@ use valet_relay::RelayConfig;
         Exit status is 0 on success, non-zero with a one-line error on stderr otherwise."
 )]
 struct Cli {
-    #[command(flatten)]
-    config: Config,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Args, Debug, Clone)]
-struct Config {
     /// PostgreSQL URL of the event log and read models.
     #[arg(
         long,
@@ -53,46 +47,33 @@ struct Config {
         global = true
     )]
     database_url: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The options of `valet serve`.
+#[derive(Args, Debug, Clone)]
+struct ServeArgs {
     /// NATS server that token lifecycle events are published to.
-    #[arg(
-        long,
-        env = "VALET_NATS_URL",
-        default_value = "nats://127.0.0.1:4222",
-        global = true
-    )]
+    #[arg(long, env = "VALET_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
     /// Address the HTTP server listens on.
-    #[arg(
-        long,
-        env = "VALET_LISTEN",
-        default_value = "127.0.0.1:8080",
-        global = true
-    )]
+    #[arg(long, env = "VALET_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Issuer identifier (RFC 8414); defaults to http://<listen address>.
-    #[arg(long, env = "VALET_ISSUER", global = true)]
+    #[arg(long, env = "VALET_ISSUER")]
     issuer: Option<String>,
     /// Access-token lifetime in seconds.
-    #[arg(
-        long,
-        env = "VALET_ACCESS_TOKEN_TTL",
-        default_value_t = 3600,
-        global = true
-    )]
+    #[arg(long, env = "VALET_ACCESS_TOKEN_TTL", default_value_t = 3600)]
     access_token_ttl: u32,
     /// Refresh-token lifetime in seconds.
-    #[arg(
-        long,
-        env = "VALET_REFRESH_TOKEN_TTL",
-        default_value_t = 2_592_000,
-        global = true
-    )]
+    #[arg(long, env = "VALET_REFRESH_TOKEN_TTL", default_value_t = 2_592_000)]
     refresh_token_ttl: u32,
     /// Authorization-code lifetime in seconds (at most 600).
-    #[arg(long, env = "VALET_CODE_TTL", default_value_t = 60, global = true)]
+    #[arg(long, env = "VALET_CODE_TTL", default_value_t = 60)]
     code_ttl: u32,
-    /// PostgreSQL connections of `valet serve`.
-    #[arg(long, env = "VALET_DB_POOL_SIZE", default_value_t = 32, global = true)]
+    /// PostgreSQL connections of the server.
+    #[arg(long, env = "VALET_DB_POOL_SIZE", default_value_t = 32)]
     db_pool_size: usize,
 }
 
@@ -100,8 +81,9 @@ struct Config {
 enum Command {
     /// Create the database if it does not exist and apply migrations (idempotent).
     Migrate,
-    /// Serve the OAuth endpoints (read models are maintained inline with every write).
-    Serve,
+    /// Serve the OAuth endpoints and relay token events to NATS (read models are
+    /// maintained inline with every write).
+    Serve(ServeArgs),
     /// Register, list and disable clients (applications).
     #[command(subcommand)]
     Client(ClientCommand),
@@ -279,11 +261,10 @@ fn init_tracing() -> logwriter::LogGuard {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = cli.config;
-    validate(&config)?;
+    let database_url = cli.database_url;
     match cli.command {
         Command::Migrate => {
-            let report = valet_store::migrate(&config.database_url)
+            let report = valet_store::migrate(&database_url)
                 .await
                 .context("migrate")?;
             if report.database_created {
@@ -296,9 +277,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Serve => serve(config).await,
-        Command::Client(command) => admin::client(&config, command).await,
-        Command::User(command) => admin::user(&config, command).await,
+        Command::Serve(args) => serve(&database_url, args).await,
+        Command::Client(command) => admin::client(&database_url, command).await,
+        Command::User(command) => admin::user(&database_url, command).await,
         Command::Audit(AuditCommand::Log {
             stream,
             client,
@@ -315,32 +296,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 until,
                 format,
             };
-            audit::log(&config.database_url, args).await
+            audit::log(&database_url, args).await
         }
         Command::Audit(AuditCommand::Token { token }) => {
-            audit::token(&config.database_url, &token).await
+            lineage::token(&database_url, &token).await
         }
         Command::Audit(AuditCommand::At {
             time,
             client,
             user,
             format,
-        }) => audit::at(&config.database_url, &time, client, user, format).await,
+        }) => audit::at(&database_url, &time, client, user, format).await,
         Command::Projections(ProjectionsCommand::Rebuild { verify, batch_size }) => {
-            audit::rebuild(&config.database_url, verify, batch_size).await
+            rebuild::rebuild(&database_url, verify, batch_size).await
         }
-        Command::Seed { events } => seed::seed(&config.database_url, events).await,
+        Command::Seed { events } => seed::seed(&database_url, events).await,
     }
 }
 
-fn validate(config: &Config) -> anyhow::Result<()> {
-    valet_domain::CodeTtl::new(config.code_ttl).context("--code-ttl")?;
-    valet_domain::AccessTokenTtl::new(config.access_token_ttl).context("--access-token-ttl")?;
-    valet_domain::RefreshTokenTtl::new(config.refresh_token_ttl).context("--refresh-token-ttl")?;
-    Ok(())
-}
-
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(database_url: &str, config: ServeArgs) -> anyhow::Result<()> {
+    // Refuse bad settings before binding the port.
+    let settings = wiring::settings(&config, String::new())?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
@@ -357,8 +333,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .issuer
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
-    let oauth = wiring::oauth(&config, issuer.clone(), config.db_pool_size).await?;
-    let candidate = valet_app::secrets::random_bytes::<32>().context("draw a session key")?;
+    let settings = valet_app::oauth::Settings {
+        issuer: issuer.clone(),
+        ..settings
+    };
+    let oauth = wiring::oauth(database_url, settings, config.db_pool_size).await?;
+    let candidate = valet_app::entropy::random_bytes::<32>(&valet_app::OsRandom)
+        .context("draw a session key")?;
     let session_key = oauth
         .store
         .shared_secret("session_key", candidate)

@@ -14,20 +14,20 @@ use valet_app::{
 use valet_domain::client::{self, ClientKind};
 use valet_domain::grant::{self, AccessTokenIssue, GrantOrigin, RefreshTokenIssue, Subject};
 use valet_domain::{
-    user, ClientId, ClientName, DomainEvent, GrantId, RedirectUri, RevocationReason, ScopeSet,
-    StreamId, TokenHash, UserId, Username,
+    user, ClientId, ClientName, GrantId, RedirectUri, RevocationReason, ScopeSet, StreamId,
+    TokenHash, UserId, Username,
 };
 use valet_projector::ReadModelProjection;
 use valet_store::{PgEventStore, PgStoreConfig};
 
-fn events<E: DomainEvent>(events: &[E]) -> Vec<NewEvent> {
+fn events<E: Clone + Into<valet_domain::Event>>(events: &[E]) -> Vec<NewEvent> {
     let metadata = EventMetadata {
         actor: Some("seed".to_owned()),
         ..EventMetadata::default()
     };
     events
         .iter()
-        .map(|e| NewEvent::from_domain(Uuid::now_v7(), e, metadata.clone()))
+        .map(|e| NewEvent::new(Uuid::now_v7(), e.clone(), metadata.clone()))
         .collect()
 }
 

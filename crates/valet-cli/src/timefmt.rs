@@ -3,6 +3,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// The range of Unix seconds a moment may take: years 0000 to 9999, which RFC 3339 can
+/// write and whose microseconds fit in an i64.
+const SECONDS: std::ops::RangeInclusive<i64> = -62_167_219_200..=253_402_300_799;
+
 /// Parses a moment into Unix microseconds.
 pub fn parse(input: &str) -> Result<i64, String> {
     let s = input.trim();
@@ -12,17 +16,27 @@ pub fn parse(input: &str) -> Result<i64, String> {
             .map_or(0, |d| d.as_micros() as i64));
     }
     if let Some(seconds) = s.strip_prefix('@') {
-        return seconds
-            .parse::<i64>()
-            .map(|s| s * 1_000_000)
-            .map_err(|_| format!("not a Unix time: {input}"));
+        let seconds: i64 = seconds
+            .parse()
+            .map_err(|_| format!("not a Unix time: {input}"))?;
+        if !SECONDS.contains(&seconds) {
+            return Err(format!(
+                "Unix time out of range (years 0000 to 9999): {input}"
+            ));
+        }
+        return Ok(seconds * 1_000_000);
     }
     let bad = || {
         format!("not a time (use RFC 3339 like 2026-11-28T09:30:00Z, a date, `now` or @<unix seconds>): {input}")
     };
+    // Every form below is ASCII: anything else is refused here, so the positions below
+    // are character boundaries.
+    if !s.is_ascii() {
+        return Err(bad());
+    }
     let num = |range: std::ops::Range<usize>| -> Result<i64, String> {
         s.get(range)
-            .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|p| p.parse().ok())
             .ok_or_else(bad)
     };
@@ -45,7 +59,7 @@ pub fn parse(input: &str) -> Result<i64, String> {
         return Err(bad());
     }
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let mut rest = &s[19..];
+    let mut rest = s.get(19..).ok_or_else(bad)?;
     let mut micros = 0i64;
     if let Some(fraction) = rest.strip_prefix('.') {
         let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
@@ -56,15 +70,14 @@ pub fn parse(input: &str) -> Result<i64, String> {
         micros = padded.parse().map_err(|_| bad())?;
         rest = &fraction[digits..];
     }
-    let offset_seconds = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6
-            && (rest.starts_with('+') || rest.starts_with('-'))
-            && &rest[3..4] == ":" =>
+    let offset_seconds = match rest.as_bytes() {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2]
+            if [h1, h2, m1, m2].iter().all(|b| b.is_ascii_digit()) =>
         {
-            let h: i64 = rest[1..3].parse().map_err(|_| bad())?;
-            let m: i64 = rest[4..6].parse().map_err(|_| bad())?;
-            let sign = if rest.starts_with('-') { -1 } else { 1 };
+            let digit = |b: &u8| i64::from(b - b'0');
+            let (h, m) = (digit(h1) * 10 + digit(h2), digit(m1) * 10 + digit(m2));
+            let sign = if *sign == b'-' { -1 } else { 1 };
             sign * (h * 3600 + m * 60)
         }
         _ => return Err(bad()),
@@ -109,6 +122,34 @@ mod tests {
         assert!(parse("2026-13-01").is_err());
         let now = parse("now").expect("now");
         assert!(now > 1_700_000_000_000_000);
+    }
+
+    #[test]
+    fn non_ascii_input_is_refused_not_a_panic() {
+        for input in [
+            "2026-01-01T00:00:00+0\u{e9}00",
+            "2026-01-01T00:00:00+\u{e9}:00",
+            "2026-01-01T00:00:00.\u{e9}Z",
+            "2026-01-01T00:00:00\u{e9}",
+            "\u{e9}026-01-01",
+            "2026-01-01T00:00:00+00:0\u{e9}",
+        ] {
+            assert!(parse(input).is_err(), "{input}");
+        }
+    }
+
+    #[test]
+    fn unix_times_beyond_the_printable_range_are_refused() {
+        for input in ["@99999999999999999", "@-99999999999999999", "@253402300800"] {
+            let answer = parse(input);
+            assert!(
+                answer.as_ref().is_err_and(|e| e.contains("out of range")),
+                "{input}: {answer:?}"
+            );
+        }
+        // The last second of year 9999 is still a time.
+        assert_eq!(parse("@253402300799"), Ok(253_402_300_799_000_000));
+        assert_eq!(parse("@-1"), Ok(-1_000_000));
     }
 
     #[test]

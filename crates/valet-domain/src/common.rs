@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::ids::StreamId;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("unsupported grant type")]
 pub struct UnsupportedGrantType;
@@ -67,7 +69,7 @@ impl RevocationReason {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventRef {
-    pub stream_id: String,
+    pub stream_id: StreamId,
     pub event_id: Uuid,
 }
 

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::change::Few;
 use crate::common::{EventRef, RevocationReason};
 use crate::event::{domain_event, Rejection};
 use crate::ids::{ClientId, GrantId, UserId, Username};
@@ -372,82 +373,168 @@ fn refresh_tokens(
     }])
 }
 
-fn access_token(issue: &AccessTokenIssue) -> (TokenHash, AccessToken) {
-    let token = AccessToken {
-        scope: issue.scope.clone(),
-        issued_at: issue.issued_at,
-        expires_at: issue.expires_at,
-        revoked: None,
-    };
-    (issue.hash, token)
+/// What one grant event changed, token by token: the one fold of the grant lifecycle.
+/// [`evolve`] keeps its result in memory; the read models, the audit answers and the
+/// wire messages of resource services each render it their own way, so a new event
+/// type is taught here once (and to a renderer only if it brings a new kind of change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change<'e> {
+    /// The grant exists: who holds it, for which scope, and how it began.
+    Opened {
+        grant_id: GrantId,
+        client_id: &'e ClientId,
+        subject: Option<&'e Subject>,
+        scope: &'e ScopeSet,
+        origin: &'e GrantOrigin,
+        at: Timestamp,
+    },
+    /// An access token of the grant was handed out.
+    AccessIssued(&'e AccessTokenIssue),
+    /// A refresh token was handed out; it replaces the grant's current one.
+    RefreshIssued(&'e RefreshTokenIssue),
+    /// The refresh token was exchanged: presenting it again is reuse.
+    RefreshRotated(&'e TokenHash),
+    /// A rotated refresh token came back. Only a fact for the audit: the revocation it
+    /// causes is a change of its own.
+    RefreshReused {
+        presented: &'e TokenHash,
+        at: Timestamp,
+    },
+    /// One access token stopped working.
+    AccessRevoked {
+        hash: &'e TokenHash,
+        reason: RevocationReason,
+        at: Timestamp,
+    },
+    /// Every token of the grant, past and future, stopped working.
+    Revoked {
+        reason: RevocationReason,
+        cause: Option<&'e EventRef>,
+        at: Timestamp,
+    },
+}
+
+/// The changes `event` makes, in the order they apply.
+pub fn changes(event: &Event) -> Few<Change<'_>> {
+    match event {
+        Event::GrantIssued {
+            grant_id,
+            client_id,
+            subject,
+            scope,
+            origin,
+            access,
+            refresh,
+            at,
+        } => Few::of([
+            Some(Change::Opened {
+                grant_id: *grant_id,
+                client_id,
+                subject: subject.as_ref(),
+                scope,
+                origin,
+                at: *at,
+            }),
+            Some(Change::AccessIssued(access)),
+            refresh.as_ref().map(Change::RefreshIssued),
+        ]),
+        Event::TokensRefreshed {
+            previous_refresh,
+            access,
+            refresh,
+            ..
+        } => Few::of([
+            Some(Change::RefreshRotated(previous_refresh)),
+            Some(Change::AccessIssued(access)),
+            Some(Change::RefreshIssued(refresh)),
+        ]),
+        Event::RefreshTokenReused { presented, at } => {
+            Few::one(Change::RefreshReused { presented, at: *at })
+        }
+        Event::AccessTokenRevoked { hash, reason, at } => Few::one(Change::AccessRevoked {
+            hash,
+            reason: *reason,
+            at: *at,
+        }),
+        Event::GrantRevoked { reason, cause, at } => Few::one(Change::Revoked {
+            reason: *reason,
+            cause: cause.as_ref(),
+            at: *at,
+        }),
+    }
 }
 
 pub fn evolve(state: State, event: &Event) -> State {
-    let grant = match (state.0, event) {
+    changes(event).fold(state, apply)
+}
+
+/// The grant as [`evolve`] keeps it, after one change.
+fn apply(State(grant): State, change: Change<'_>) -> State {
+    State(match (grant, change) {
         (
             None,
-            Event::GrantIssued {
+            Change::Opened {
                 grant_id,
                 client_id,
                 subject,
                 scope,
                 origin,
-                access,
-                refresh,
                 at,
             },
-        ) => Grant {
-            grant_id: *grant_id,
+        ) => Some(Grant {
+            grant_id,
             client_id: client_id.clone(),
-            subject: subject.clone(),
+            subject: subject.cloned(),
             scope: scope.clone(),
             origin: origin.clone(),
-            issued_at: *at,
+            issued_at: at,
             revoked: None,
-            current_refresh: refresh.clone(),
+            current_refresh: None,
             rotated_refresh: BTreeSet::new(),
-            access_tokens: BTreeMap::from([access_token(access)]),
-        },
-        (
-            Some(mut g),
-            Event::TokensRefreshed {
-                previous_refresh,
-                access,
-                refresh,
-                ..
-            },
-        ) => {
-            g.rotated_refresh.insert(*previous_refresh);
-            g.current_refresh = Some(refresh.clone());
-            let (hash, token) = access_token(access);
-            g.access_tokens.insert(hash, token);
-            g
+            access_tokens: BTreeMap::new(),
+        }),
+        (Some(mut g), Change::AccessIssued(issue)) => {
+            let token = AccessToken {
+                scope: issue.scope.clone(),
+                issued_at: issue.issued_at,
+                expires_at: issue.expires_at,
+                revoked: None,
+            };
+            g.access_tokens.insert(issue.hash, token);
+            Some(g)
         }
-        // The fact is kept in the log for audit; the GrantRevoked that follows changes state.
-        (Some(g), Event::RefreshTokenReused { .. }) => g,
-        (Some(mut g), Event::AccessTokenRevoked { hash, reason, .. }) => {
+        (Some(mut g), Change::RefreshIssued(issue)) => {
+            g.current_refresh = Some(issue.clone());
+            Some(g)
+        }
+        (Some(mut g), Change::RefreshRotated(hash)) => {
+            g.rotated_refresh.insert(*hash);
+            Some(g)
+        }
+        (Some(mut g), Change::AccessRevoked { hash, reason, .. }) => {
             if let Some(token) = g.access_tokens.get_mut(hash) {
-                token.revoked.get_or_insert(*reason);
+                token.revoked.get_or_insert(reason);
             }
-            g
+            Some(g)
         }
-        (Some(mut g), Event::GrantRevoked { reason, cause, at }) => {
+        (Some(mut g), Change::Revoked { reason, cause, at }) => {
             g.revoked.get_or_insert_with(|| Revocation {
-                reason: *reason,
-                cause: cause.clone(),
-                at: *at,
+                reason,
+                cause: cause.cloned(),
+                at,
             });
-            g
+            Some(g)
         }
-        // decide never produces other sequences; replay stays total regardless.
-        (other, _) => return State(other),
-    };
-    State(Some(grant))
+        // The reuse is kept in the log for the audit; the revocation that follows changes
+        // state. decide never produces other sequences; replay stays total regardless.
+        (other, _) => other,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::StreamId;
     use crate::scope::scopes;
     use crate::testing::{self, Aggregate};
     use uuid::Uuid;
@@ -895,7 +982,7 @@ mod tests {
     #[test]
     fn grant_revocation() {
         let cause = EventRef {
-            stream_id: "code-abc".into(),
+            stream_id: StreamId::code(&TokenHash::of("abc")),
             event_id: Uuid::from_u128(5),
         };
         let cmd = || Command::RevokeGrant {
@@ -951,7 +1038,7 @@ mod tests {
                 Event::GrantRevoked {
                     reason: RevocationReason::CodeReplay,
                     cause: Some(EventRef {
-                        stream_id: "code-x".into(),
+                        stream_id: StreamId::code(&TokenHash::of("x")),
                         event_id: Uuid::from_u128(1),
                     }),
                     at: t(14),

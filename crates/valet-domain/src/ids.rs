@@ -151,66 +151,97 @@ uuid_newtype!(
     GrantId
 );
 
-/// The name of an event stream. Only built from typed ids (or checked by
-/// `parse`), so a stream id can never be forged from request input.
+/// An event stream, by kind and identity. Only built from typed ids (or checked by
+/// `parse`), so a stream id can never be forged from request input; its text form
+/// (`grant-<uuid>`, `consent-<user>-<client>`…) is what the log stores.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct StreamId(String);
-string_newtype!(StreamId);
+pub enum StreamId {
+    Client(ClientId),
+    User(UserId),
+    Code(TokenHash),
+    Grant(GrantId),
+    Consent(UserId, ClientId),
+}
 
 impl StreamId {
     pub fn client(id: &ClientId) -> Self {
-        Self(format!("client-{id}"))
+        Self::Client(id.clone())
     }
 
     pub fn user(id: &UserId) -> Self {
-        Self(format!("user-{id}"))
+        Self::User(*id)
     }
 
     pub fn code(hash: &TokenHash) -> Self {
-        Self(format!("code-{hash}"))
+        Self::Code(*hash)
     }
 
     pub fn grant(id: &GrantId) -> Self {
-        Self(format!("grant-{id}"))
+        Self::Grant(*id)
     }
 
     pub fn consent(user: &UserId, client: &ClientId) -> Self {
-        Self(format!("consent-{user}-{client}"))
+        Self::Consent(*user, client.clone())
     }
 
-    /// Accepts exactly the strings the constructors produce (canonical forms only).
+    /// Accepts exactly the strings `Display` produces (canonical forms only).
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        // Canonical means lowercase hyphenated: parse_str alone would also take other spellings.
-        fn canonical_uuid(s: &str) -> bool {
-            Uuid::parse_str(s).is_ok_and(|u| u.hyphenated().to_string() == s)
-        }
-        let ok = if let Some(rest) = s.strip_prefix("client-") {
-            ClientId::parse(rest).is_ok()
+        let malformed = IdError::Malformed { what: "stream id" };
+        let stream = if let Some(rest) = s.strip_prefix("client-") {
+            ClientId::parse(rest).map(Self::Client).ok()
         } else if let Some(rest) = s.strip_prefix("user-") {
-            canonical_uuid(rest)
+            canonical_uuid(rest).map(|u| Self::User(UserId::new(u)))
         } else if let Some(rest) = s.strip_prefix("code-") {
-            TokenHash::from_hex(rest).is_ok()
+            TokenHash::from_hex(rest).map(Self::Code).ok()
         } else if let Some(rest) = s.strip_prefix("grant-") {
-            canonical_uuid(rest)
+            canonical_uuid(rest).map(|u| Self::Grant(GrantId::new(u)))
         } else if let Some(rest) = s.strip_prefix("consent-") {
-            match (rest.get(..36), rest.get(36..)) {
-                (Some(user), Some(tail)) => {
-                    canonical_uuid(user)
-                        && tail
-                            .strip_prefix('-')
-                            .is_some_and(|c| ClientId::parse(c).is_ok())
-                }
-                _ => false,
+            match (rest.get(..36).and_then(canonical_uuid), rest.get(36..)) {
+                (Some(user), Some(tail)) => tail
+                    .strip_prefix('-')
+                    .and_then(|c| ClientId::parse(c).ok())
+                    .map(|client| Self::Consent(UserId::new(user), client)),
+                _ => None,
             }
         } else {
-            false
+            None
         };
-        if ok {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(IdError::Malformed { what: "stream id" })
+        stream.ok_or(malformed)
+    }
+}
+
+/// A UUID in its one canonical spelling, lowercase hyphenated (`Uuid::parse_str` alone
+/// would also take others); checked without allocating, as replays parse a stream id
+/// per event.
+fn canonical_uuid(s: &str) -> Option<Uuid> {
+    let uuid = Uuid::parse_str(s).ok()?;
+    let mut buf = Uuid::encode_buffer();
+    (uuid.hyphenated().encode_lower(&mut buf) == s).then_some(uuid)
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Client(id) => write!(f, "client-{id}"),
+            Self::User(id) => write!(f, "user-{id}"),
+            Self::Code(hash) => write!(f, "code-{hash}"),
+            Self::Grant(id) => write!(f, "grant-{id}"),
+            Self::Consent(user, client) => write!(f, "consent-{user}-{client}"),
         }
+    }
+}
+
+impl TryFrom<String> for StreamId {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, IdError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<StreamId> for String {
+    fn from(v: StreamId) -> String {
+        v.to_string()
     }
 }
 
@@ -309,7 +340,7 @@ mod tests {
             ),
         ];
         for (id, expected) in built {
-            assert_eq!(id.as_str(), expected);
+            assert_eq!(id.to_string(), expected);
             assert_eq!(StreamId::parse(&expected).unwrap(), id);
         }
         for bad in [

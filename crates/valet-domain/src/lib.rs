@@ -6,6 +6,7 @@
 //! rule is deterministic and testable in microseconds.
 #![forbid(unsafe_code)]
 
+pub mod change;
 pub mod client;
 pub mod code;
 pub mod common;
@@ -23,8 +24,9 @@ pub mod user;
 #[cfg(test)]
 pub(crate) mod testing;
 
+pub use change::{changes, Change, Few};
 pub use common::{EventRef, GrantType, RevocationReason, UnsupportedGrantType};
-pub use event::{fold, DecodeError, DomainEvent, Rejection};
+pub use event::{fold, DecodeError, DomainEvent, Event, Rejection};
 pub use ids::{ClientId, ClientName, GrantId, IdError, StreamId, UserId, Username};
 pub use pkce::{PkceChallenge, PkceError, PkceMethod, PkceVerifier};
 pub use redirect::{LoopbackPortRule, RedirectUri, RedirectUriError};

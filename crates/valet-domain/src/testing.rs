@@ -81,6 +81,9 @@ pub(crate) fn assert_round_trips<E: DomainEvent + Debug + PartialEq>(
         );
         let payload = event.to_payload();
         assert!(payload.is_object(), "{payload}");
+        // The text the store writes is the same payload.
+        let written: serde_json::Value = serde_json::from_str(&event.payload_json()).unwrap();
+        assert_eq!(written, payload);
         let text = payload.to_string();
         let back = E::from_payload(event.event_type(), event.schema_version(), payload).unwrap();
         assert_eq!(&back, event);

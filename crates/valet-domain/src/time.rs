@@ -35,7 +35,7 @@ pub struct TtlError {
 }
 
 macro_rules! ttl {
-    ($(#[$doc:meta])* $name:ident, $what:literal, $max:expr) => {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $max:expr, default $default:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "u32", into = "u32")]
@@ -57,6 +57,13 @@ macro_rules! ttl {
             }
         }
 
+        /// The server's default (`valet serve` without the option).
+        impl Default for $name {
+            fn default() -> Self {
+                Self($default)
+            }
+        }
+
         impl TryFrom<u32> for $name {
             type Error = TtlError;
             fn try_from(seconds: u32) -> Result<Self, TtlError> {
@@ -74,15 +81,15 @@ macro_rules! ttl {
 
 ttl!(
     /// Authorization code lifetime; RFC 6749 §4.1.2 recommends at most 10 minutes.
-    CodeTtl, "code lifetime", 600
+    CodeTtl, "code lifetime", 600, default 60
 );
 ttl!(
     /// Access token lifetime, at most one day.
-    AccessTokenTtl, "access token lifetime", 86_400
+    AccessTokenTtl, "access token lifetime", 86_400, default 3600
 );
 ttl!(
     /// Refresh token lifetime, at most one year.
-    RefreshTokenTtl, "refresh token lifetime", 31_536_000
+    RefreshTokenTtl, "refresh token lifetime", 31_536_000, default 2_592_000
 );
 
 #[cfg(test)]

@@ -155,7 +155,7 @@ fn forbidden() -> Response {
     )
 }
 
-fn unavailable(detail: &str) -> Response {
+fn unavailable(detail: &dyn std::fmt::Display) -> Response {
     tracing::warn!(%detail, "authorization failed: service unavailable");
     page(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -325,7 +325,7 @@ fn login_form<S, R, C>(
 ) -> Response {
     let (csrf, set_cookie) = match csrf_cookie(app, headers) {
         Ok(c) => c,
-        Err(e) => return unavailable(&e.to_string()),
+        Err(e) => return unavailable(&e),
     };
     let field = app.signer.csrf_field(&csrf);
     let body = html::login_page(&LoginView {
@@ -350,7 +350,7 @@ fn consent_form<S, R, C>(
 ) -> Response {
     let (csrf, set_cookie) = match csrf_cookie(app, headers) {
         Ok(c) => c,
-        Err(e) => return unavailable(&e.to_string()),
+        Err(e) => return unavailable(&e),
     };
     let field = app.signer.csrf_field(&csrf);
     let body = html::consent_page(&ConsentView {
@@ -420,12 +420,12 @@ where
         Ok(Some(user)) => user,
         // Disabled or deleted since the session began: sign in again.
         Ok(None) => return sign_in(),
-        Err(e) => return unavailable(&e.to_string()),
+        Err(e) => return unavailable(&e),
     };
     match app.oauth.consent_covers(&user, &request).await {
         Ok(true) => issue_code(&app, &ctx, &user, &request, Answering::Get).await,
         Ok(false) => consent_form(&app, &headers, &request, params, &user),
-        Err(e) => unavailable(&e.to_string()),
+        Err(e) => unavailable(&e),
     }
 }
 
@@ -529,7 +529,7 @@ where
     let user = match app.oauth.active_user(user_id).await {
         Ok(Some(user)) => user,
         Ok(None) => return forbidden(),
-        Err(e) => return unavailable(&e.to_string()),
+        Err(e) => return unavailable(&e),
     };
     match decision {
         Decision::Approve => issue_code(&app, &ctx, &user, &request, Answering::Post).await,

@@ -22,10 +22,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
+use valet_app::entropy::{random_bytes, OsRandom, RandomnessError};
 use valet_app::oauth::OAuth;
 use valet_app::outbox::RelayStatus;
 use valet_app::read::ReadModels;
-use valet_app::secrets::{random_bytes, RandomnessError};
 use valet_app::{Clock, EventStore, Readiness};
 
 pub use authorize::{CookieTransport, CSRF_COOKIE, SESSION_COOKIE};
@@ -81,7 +81,7 @@ impl<S, R, C> AppState<S, R, C> {
 
 /// 256 bits from the OS CSPRNG, for [`AppState::new`].
 pub fn random_session_key() -> Result<[u8; 32], RandomnessError> {
-    random_bytes()
+    random_bytes(&OsRandom)
 }
 
 pub fn router<S, R, C>(state: Arc<AppState<S, R, C>>) -> Router

@@ -8,7 +8,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use uuid::Uuid;
-use valet_app::secrets::{random_bytes, RandomnessError};
+use valet_app::entropy::{random_bytes, OsRandom, RandomnessError};
 use valet_domain::UserId;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -98,7 +98,7 @@ impl Signer {
 
 /// A fresh random CSRF cookie value.
 pub fn new_csrf_cookie() -> Result<String, RandomnessError> {
-    let bytes: [u8; 32] = random_bytes()?;
+    let bytes: [u8; 32] = random_bytes(&OsRandom)?;
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 

@@ -11,6 +11,7 @@ use axum::Json;
 use serde::Serialize;
 use valet_app::oauth::{
     AuthenticatedClient, ClientAuth, ErrorCode, Introspection, OAuthError, TokenResponse,
+    Unavailable,
 };
 use valet_app::read::ReadModels;
 use valet_app::{Clock, EventStore, Readiness};
@@ -32,7 +33,7 @@ pub enum ApiError {
     #[error("too many failed client authentications")]
     RateLimited { retry_after: Duration },
     #[error("temporarily unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(Unavailable),
 }
 
 impl ApiError {

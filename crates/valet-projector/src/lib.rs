@@ -9,7 +9,7 @@ mod project;
 mod queries;
 mod rebuild;
 
-pub use project::ReadModelProjection;
+pub use project::{apply_batch, fold, EarlierRows, Folded, ReadModelProjection};
 pub use queries::PgReadModels;
 pub use rebuild::{
     rebuild, RebuildMode, RebuildReport, TableDiff, READ_MODEL_TABLES, SCRATCH_SCHEMA,

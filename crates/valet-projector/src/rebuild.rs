@@ -11,7 +11,7 @@ use std::time::Instant;
 use deadpool_postgres::Pool;
 use valet_app::outbox::Leadership;
 use valet_app::{LogCursor, RecordedEvent, ReplayEvent, StoreError};
-use valet_store::{decode_row, PgEventStore, SnapshotScope, EVENT_COLUMNS};
+use valet_store::{recorded_row, PgEventStore, SnapshotScope, EVENT_COLUMNS};
 
 use crate::db_error;
 use crate::project::{apply_batch, apply_deferred, fold, EarlierRows, Folded, DEFERRED_TABLES};
@@ -118,10 +118,14 @@ pub async fn rebuild(
     let (folded_tx, mut folded) = tokio::sync::mpsc::channel(1);
     let folder = tokio::spawn(async move {
         while let Some(events) = batches.recv().await {
-            let folded = events.and_then(|events| {
+            let folded = events.map(|events| {
                 let last = events.last().map(ReplayEvent::cursor);
                 let count = events.len() as u64;
-                Ok((fold(events)?, count, last))
+                (
+                    fold(events.iter().map(|e| (&e.stream, &e.event))),
+                    count,
+                    last,
+                )
             });
             if folded_tx.send(folded).await.is_err() {
                 break;
@@ -190,17 +194,12 @@ pub async fn rebuild(
         )
         .await
         .map_err(db_error)?;
-    let mut tail: Vec<RecordedEvent> = tail.iter().map(decode_row).collect::<Result<_, _>>()?;
-    while !tail.is_empty() {
-        let rest = tail.split_off(tail.len().min(batch.max(1)));
+    let tail: Vec<RecordedEvent> = tail.iter().map(recorded_row).collect::<Result<_, _>>()?;
+    for chunk in tail.chunks(batch.max(1)) {
         let seq = applied as i64;
-        applied += tail.len() as u64;
-        apply_batch(
-            &tx,
-            std::mem::replace(&mut tail, rest),
-            EarlierRows::Defer { seq },
-        )
-        .await?;
+        applied += chunk.len() as u64;
+        let events = chunk.iter().map(|e| (&e.stream, &e.event));
+        apply_batch(&tx, events, EarlierRows::Defer { seq }).await?;
     }
     apply_deferred(&tx).await?;
     tracing::debug!(

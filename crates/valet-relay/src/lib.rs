@@ -13,6 +13,8 @@
 //!   relay has caught up. NATS down: the batch is retried with backoff; nothing is
 //!   skipped and the HTTP API is unaffected.
 
+mod checkpoint;
+mod confirm;
 mod mapping;
 
 use std::sync::Arc;
@@ -24,16 +26,17 @@ use valet_app::outbox::{Confirmation, Leadership, Lease, RelayStatus};
 use valet_app::{EventStore, LogCursor, LogFollower, ReplayEvent, StoreError};
 use valet_wire::{TokenEvent, MSG_ID_HEADER, STREAM, SUBJECTS};
 
+use checkpoint::Checkpoints;
+use confirm::{Ack, Plan, Sequence, Verdict};
+
 pub use mapping::{GrantDirectory, MappingError};
 
 /// How long the relay waits after catching up before reading again (bounds its read
 /// rate under load; adds at most this much to the propagation lag).
 const COALESCE: Duration = Duration::from_millis(2);
 
-/// The longest the checkpoint lags behind what was published while the relay is busy.
-/// Each save is a statement and a commit in PostgreSQL; saving per batch cost one per
-/// few dozen tokens. A takeover republishes at most this much more, which JetStream
-/// drops as duplicates.
+/// The longest the checkpoint lags behind what was published while the relay is busy
+/// (see `checkpoint`).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// The lease name of the relay.
@@ -228,18 +231,13 @@ where
     let mut follower =
         LogFollower::<_, ReplayEvent>::from_cursor(store, cursor).with_batch(config.batch);
     let mut directory = GrantDirectory::default();
-    // The checkpoint saved last, and when: under load it is saved at most every
-    // CHECKPOINT_EVERY, and always before the relay waits for new commits.
-    let mut saved = cursor;
-    let mut saved_at = tokio::time::Instant::now();
-    // The stream's sequence after the last confirmed batch (see `publish`).
-    let mut stream_seq = None;
+    let mut checkpoints = Checkpoints::new(cursor, std::time::Instant::now(), CHECKPOINT_EVERY);
+    let mut sequence = Sequence::default();
     loop {
         let mut batch = follower.poll().await?;
-        if saved != cursor && (batch.is_empty() || saved_at.elapsed() >= CHECKPOINT_EVERY) {
+        if checkpoints.due(cursor, batch.is_empty(), std::time::Instant::now()) {
             lease.save_checkpoint(cursor).await?;
-            saved = cursor;
-            saved_at = tokio::time::Instant::now();
+            checkpoints.saved(cursor, std::time::Instant::now());
         }
         if batch.is_empty() {
             batch = follower.next().await?;
@@ -248,7 +246,7 @@ where
         let last = batch.last().map(ReplayEvent::cursor).unwrap_or(cursor);
         let mut backoff = Backoff::new();
         loop {
-            match publish(nats, &js, &messages, &mut stream_seq).await {
+            match publish(nats, &js, &messages, &mut sequence).await {
                 Ok((confirmation, duplicates)) => {
                     status.set_connected(true);
                     status.record_published(messages.len() as u64, duplicates, last.position);
@@ -291,32 +289,20 @@ fn outgoing(message: &TokenEvent) -> (HeaderMap, bytes::Bytes) {
 }
 
 /// Publishes a batch; says how JetStream confirmed it (`None`: nothing to publish) and
-/// how many messages it reported as duplicates (a republish after a crash). `stream_seq`
-/// is the stream's sequence after the relay's previous batch when that batch confirmed
-/// it, else `None`.
-///
-/// With a known sequence only the batch's last message asks for an ack: one
-/// connection's messages are stored in the order sent, so an ack at `stream_seq + n`
-/// proves that all n were stored, and NATS and the relay are spared n − 1 acks (about a
-/// third of NATS's CPU per token under load). Any other answer (a duplicate, a failed
-/// store, a message from another publisher in between, no answer) and the batch is
-/// sent again with an ack per message: JetStream drops what it already holds by
-/// `Nats-Msg-Id`, so nothing is lost or doubled either way. The one case the count
-/// cannot tell apart, a message of ours refused while exactly as many from another
-/// publisher land in the same batch, would need a refusal that spares the batch's last
-/// message, and JetStream refuses for a full store, which refuses every later one too.
+/// how many messages it reported as duplicates (a republish after a crash). Which acks
+/// it asks for, and what their answers prove, is `confirm`'s.
 async fn publish(
     nats: &async_nats::Client,
     js: &jetstream::Context,
     messages: &[TokenEvent],
-    stream_seq: &mut Option<u64>,
+    sequence: &mut Sequence,
 ) -> Result<(Option<Confirmation>, u64), RelayError> {
     let Some((last, rest)) = messages.split_last() else {
         // A batch of events resource services do not see: nothing to confirm.
         return Ok((None, 0));
     };
-    let mut confirmation = Confirmation::EveryAck;
-    if let Some(before) = stream_seq.take() {
+    let plan = sequence.plan(messages.len());
+    if let Plan::LastAck { expected } = plan {
         for message in rest {
             let (headers, payload) = outgoing(message);
             nats.publish_with_headers(message.subject(), headers, payload)
@@ -334,26 +320,28 @@ async fn publish(
             .await
             .map_err(nats_error)?
             .await;
-        let expected = before + messages.len() as u64;
-        match ack {
-            Ok(ack) if !ack.duplicate && ack.sequence == expected => {
-                *stream_seq = Some(ack.sequence);
-                return Ok((Some(Confirmation::LastAck), 0));
+        let answer = match &ack {
+            Ok(ack) => Some(Ack {
+                sequence: ack.sequence,
+                duplicate: ack.duplicate,
+            }),
+            Err(error) => {
+                tracing::debug!(%error, "the batch's last ack failed");
+                None
             }
-            Ok(ack) => tracing::debug!(
+        };
+        match sequence.on_last_ack(expected, answer) {
+            Verdict::Confirmed => {
+                return Ok((Some(confirm::confirmation(plan, Some(Verdict::Confirmed))), 0))
+            }
+            Verdict::Republish => tracing::debug!(
                 expected,
-                acked = ack.sequence,
-                duplicate = ack.duplicate,
+                ?answer,
                 "the last ack does not account for the batch; republishing it with an ack per message"
             ),
-            Err(error) => tracing::debug!(
-                %error,
-                "the batch's last ack failed; republishing it with an ack per message"
-            ),
         }
-        confirmation = Confirmation::Republished;
     }
-    let mut acks = Vec::with_capacity(messages.len());
+    let mut pending = Vec::with_capacity(messages.len());
     for message in messages {
         let (headers, payload) = outgoing(message);
         let publish = PublishMessage::build().payload(payload).headers(headers);
@@ -361,20 +349,19 @@ async fn publish(
             .send_publish(message.subject(), publish)
             .await
             .map_err(nats_error)?;
-        acks.push(ack);
+        pending.push(ack);
     }
-    let mut duplicates = 0;
-    let mut last = None;
-    for ack in acks {
+    let mut acks = Vec::with_capacity(pending.len());
+    for ack in pending {
         let ack = ack.await.map_err(nats_error)?;
-        if ack.duplicate {
-            duplicates += 1;
-        }
-        last = Some(ack);
+        acks.push(Ack {
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        });
     }
-    // A duplicate's sequence is the original's, not necessarily the stream's last.
-    *stream_seq = last.filter(|a| !a.duplicate).map(|a| a.sequence);
-    Ok((Some(confirmation), duplicates))
+    let duplicates = sequence.on_every_ack(&acks);
+    let verdict = matches!(plan, Plan::LastAck { .. }).then_some(Verdict::Republish);
+    Ok((Some(confirm::confirmation(plan, verdict)), duplicates))
 }
 
 /// Exponential backoff from 100 ms to 5 s.

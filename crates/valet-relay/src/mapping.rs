@@ -1,36 +1,45 @@
-//! Log events → wire messages. Only grant events concern resource services; a grant's
-//! client and user come from its first event, which the relay remembers (or reloads
-//! from the grant's stream after a restart).
+//! Log events → wire messages: the relay's rendering of the grant fold. Only token
+//! changes concern resource services; a grant's client and user come from its opening,
+//! which the relay remembers (or reloads from the grant's stream after a restart).
 
 use std::collections::HashMap;
 
-use valet_app::{EventStore, RecordedEvent, ReplayEvent, StoreError};
-use valet_domain::grant;
-use valet_domain::{DomainEvent, GrantId, RevocationReason, StreamId};
+use valet_app::{EventStore, ReplayEvent, StoreError};
+use valet_domain::grant::{self, Subject};
+use valet_domain::{changes, Change, ClientId, GrantId, RevocationReason, StreamId, Timestamp};
 use valet_wire::{rfc3339_from_unix_millis, EventType, TokenEvent, SCHEMA_VERSION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MappingError {
-    /// An event the relay cannot read: stop rather than skip a revocation.
-    #[error("event {event_id} cannot be decoded: {reason}")]
-    Undecodable { event_id: String, reason: String },
     #[error("grant {0} has no GrantIssued event")]
-    UnknownGrant(String),
+    UnknownGrant(GrantId),
+    /// Includes an event the relay cannot read: it stops rather than skip a revocation.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-#[derive(Debug, Clone)]
-struct GrantInfo {
+/// Who holds a grant, as the wire names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Holder {
     client_id: String,
     sub: Option<String>,
     username: Option<String>,
 }
 
+impl Holder {
+    fn of(client_id: &ClientId, subject: Option<&Subject>) -> Self {
+        Holder {
+            client_id: client_id.to_string(),
+            sub: subject.map(|s| s.user_id.to_string()),
+            username: subject.map(|s| s.username.to_string()),
+        }
+    }
+}
+
 /// Remembers who each grant belongs to; bounded, reloaded from the log on a miss.
 #[derive(Default)]
 pub struct GrantDirectory {
-    grants: HashMap<uuid::Uuid, GrantInfo>,
+    grants: HashMap<GrantId, Holder>,
 }
 
 const DIRECTORY_LIMIT: usize = 200_000;
@@ -48,26 +57,6 @@ fn reason(reason: RevocationReason) -> valet_wire::RevocationReason {
     }
 }
 
-fn undecodable(
-    event_id: uuid::Uuid,
-) -> impl FnOnce(valet_domain::event::DecodeError) -> MappingError {
-    move |e| MappingError::Undecodable {
-        event_id: event_id.to_string(),
-        reason: e.to_string(),
-    }
-}
-
-/// A followed event, parsed from its JSON text.
-fn decode(event: &ReplayEvent) -> Result<grant::Event, MappingError> {
-    grant::Event::from_payload_json(&event.event_type, event.schema_version, &event.payload)
-        .map_err(undecodable(event.event_id))
-}
-
-/// A grant's first event, reloaded from its stream.
-fn decode_recorded(event: &RecordedEvent) -> Result<grant::Event, MappingError> {
-    event.decode().map_err(undecodable(event.event_id))
-}
-
 impl GrantDirectory {
     /// The wire messages of a batch, in log order.
     pub async fn map_batch<S: EventStore>(
@@ -77,77 +66,87 @@ impl GrantDirectory {
     ) -> Result<Vec<TokenEvent>, MappingError> {
         let mut out = Vec::new();
         for event in batch {
-            let Some(grant_id) = event
-                .stream_id
-                .strip_prefix("grant-")
-                .and_then(|id| uuid::Uuid::parse_str(id).ok())
-            else {
-                continue;
-            };
-            let decoded = decode(event)?;
-            if let grant::Event::GrantIssued {
-                client_id, subject, ..
-            } = &decoded
-            {
-                if self.grants.len() >= DIRECTORY_LIMIT {
-                    self.grants.clear();
+            for change in changes(&event.stream, &event.event) {
+                let Change::Grant { grant_id, change } = change else {
+                    continue;
+                };
+                if let grant::Change::Opened {
+                    client_id, subject, ..
+                } = change
+                {
+                    self.remember(grant_id, Holder::of(client_id, subject));
                 }
-                self.grants.insert(
-                    grant_id,
-                    GrantInfo {
-                        client_id: client_id.to_string(),
-                        sub: subject.as_ref().map(|s| s.user_id.to_string()),
-                        username: subject.as_ref().map(|s| s.username.to_string()),
-                    },
-                );
-            }
-            let info = self.info(store, grant_id).await?;
-            if let Some(message) = to_wire(event, grant_id, &info, decoded) {
-                out.push(message);
+                if !is_visible(&change) {
+                    continue;
+                }
+                let holder = self.holder(store, grant_id).await?;
+                out.extend(to_wire(event, grant_id, &holder, change));
             }
         }
         Ok(out)
     }
 
-    async fn info<S: EventStore>(
+    fn remember(&mut self, grant_id: GrantId, holder: Holder) {
+        if self.grants.len() >= DIRECTORY_LIMIT {
+            self.grants.clear();
+        }
+        self.grants.insert(grant_id, holder);
+    }
+
+    async fn holder<S: EventStore>(
         &mut self,
         store: &S,
-        grant_id: uuid::Uuid,
-    ) -> Result<GrantInfo, MappingError> {
-        if let Some(info) = self.grants.get(&grant_id) {
-            return Ok(info.clone());
+        grant_id: GrantId,
+    ) -> Result<Holder, MappingError> {
+        if let Some(holder) = self.grants.get(&grant_id) {
+            return Ok(holder.clone());
         }
-        let stream = StreamId::grant(&GrantId::new(grant_id));
+        let stream = StreamId::grant(&grant_id);
         let first = store.read_stream(&stream).await?.into_iter().next();
-        let Some(grant::Event::GrantIssued {
-            client_id, subject, ..
-        }) = first.as_ref().map(decode_recorded).transpose()?
-        else {
-            return Err(MappingError::UnknownGrant(grant_id.to_string()));
-        };
-        let info = GrantInfo {
-            client_id: client_id.to_string(),
-            sub: subject.as_ref().map(|s| s.user_id.to_string()),
-            username: subject.as_ref().map(|s| s.username.to_string()),
-        };
-        self.grants.insert(grant_id, info.clone());
-        Ok(info)
+        let holder = first
+            .as_ref()
+            .and_then(|e| {
+                changes(&e.stream, &e.event).find_map(|change| match change {
+                    Change::Grant {
+                        change:
+                            grant::Change::Opened {
+                                client_id, subject, ..
+                            },
+                        ..
+                    } => Some(Holder::of(client_id, subject)),
+                    _ => None,
+                })
+            })
+            .ok_or(MappingError::UnknownGrant(grant_id))?;
+        self.remember(grant_id, holder.clone());
+        Ok(holder)
     }
 }
 
+/// Whether resource services hear of a change.
+fn is_visible(change: &grant::Change<'_>) -> bool {
+    matches!(
+        change,
+        grant::Change::AccessIssued(_)
+            | grant::Change::AccessRevoked { .. }
+            | grant::Change::Revoked { .. }
+    )
+}
+
+/// The wire message of one visible change.
 fn to_wire(
     event: &ReplayEvent,
-    grant_id: uuid::Uuid,
-    info: &GrantInfo,
-    decoded: grant::Event,
+    grant_id: GrantId,
+    holder: &Holder,
+    change: grant::Change<'_>,
 ) -> Option<TokenEvent> {
-    let base = |event_type: EventType, occurred_at: i64| TokenEvent {
+    let base = |event_type: EventType, occurred_at: Timestamp| TokenEvent {
         schema_version: SCHEMA_VERSION,
         event_id: event.event_id.to_string(),
         position: event.position,
         event_type,
-        occurred_at: rfc3339_from_unix_millis(occurred_at),
-        client_id: info.client_id.clone(),
+        occurred_at: rfc3339_from_unix_millis(occurred_at.as_unix_millis()),
+        client_id: holder.client_id.clone(),
         grant_id: grant_id.to_string(),
         token_sha256: None,
         token_type: None,
@@ -157,21 +156,17 @@ fn to_wire(
         expires_at: None,
         reason: None,
     };
-    let issued = |access: &grant::AccessTokenIssue, at: i64| TokenEvent {
-        token_sha256: Some(access.hash.to_string()),
-        token_type: Some("access_token".to_owned()),
-        sub: info.sub.clone(),
-        username: info.username.clone(),
-        scope: Some(access.scope.to_string()),
-        expires_at: Some(access.expires_at.as_unix_seconds()),
-        ..base(EventType::TokenIssued, at)
-    };
-    match decoded {
-        grant::Event::GrantIssued { access, at, .. } => Some(issued(&access, at.as_unix_millis())),
-        grant::Event::TokensRefreshed { access, at, .. } => {
-            Some(issued(&access, at.as_unix_millis()))
-        }
-        grant::Event::AccessTokenRevoked {
+    match change {
+        grant::Change::AccessIssued(issue) => Some(TokenEvent {
+            token_sha256: Some(issue.hash.to_string()),
+            token_type: Some("access_token".to_owned()),
+            sub: holder.sub.clone(),
+            username: holder.username.clone(),
+            scope: Some(issue.scope.to_string()),
+            expires_at: Some(issue.expires_at.as_unix_seconds()),
+            ..base(EventType::TokenIssued, issue.issued_at)
+        }),
+        grant::Change::AccessRevoked {
             hash,
             reason: why,
             at,
@@ -179,16 +174,133 @@ fn to_wire(
             token_sha256: Some(hash.to_string()),
             token_type: Some("access_token".to_owned()),
             reason: Some(reason(why)),
-            ..base(EventType::TokenRevoked, at.as_unix_millis())
+            ..base(EventType::TokenRevoked, at)
         }),
-        grant::Event::GrantRevoked {
+        grant::Change::Revoked {
             reason: why, at, ..
         } => Some(TokenEvent {
-            sub: info.sub.clone(),
+            sub: holder.sub.clone(),
             reason: Some(reason(why)),
-            ..base(EventType::GrantRevoked, at.as_unix_millis())
+            ..base(EventType::GrantRevoked, at)
         }),
-        // The GrantRevoked that follows it is what consumers act on.
-        grant::Event::RefreshTokenReused { .. } => None,
+        // Refresh tokens never reach resource services; a reuse is followed by the
+        // revocation they act on.
+        grant::Change::Opened { .. }
+        | grant::Change::RefreshIssued(_)
+        | grant::Change::RefreshRotated(_)
+        | grant::Change::RefreshReused { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+    use valet_app::memory::MemoryEventStore;
+    use valet_app::{EventMetadata, ExpectedVersion, NewEvent};
+    use valet_domain::grant::{AccessTokenIssue, GrantOrigin, RefreshTokenIssue};
+    use valet_domain::{Event, ScopeSet, TokenHash, UserId, Username};
+
+    fn t(ms: i64) -> Timestamp {
+        Timestamp::from_unix_millis(ms)
+    }
+
+    fn gid() -> GrantId {
+        GrantId::new(Uuid::from_u128(3))
+    }
+
+    fn issued() -> Event {
+        grant::Event::GrantIssued {
+            grant_id: gid(),
+            client_id: ClientId::parse("web").unwrap(),
+            subject: Some(Subject {
+                user_id: UserId::new(Uuid::from_u128(7)),
+                username: Username::parse("alice").unwrap(),
+            }),
+            scope: ScopeSet::parse("read").unwrap(),
+            origin: GrantOrigin::ClientCredentials,
+            access: AccessTokenIssue {
+                hash: TokenHash::of("at"),
+                scope: ScopeSet::parse("read").unwrap(),
+                issued_at: t(1000),
+                expires_at: t(4_000),
+            },
+            refresh: Some(RefreshTokenIssue {
+                hash: TokenHash::of("rt"),
+                issued_at: t(1000),
+                expires_at: t(9_000),
+            }),
+            at: t(1000),
+        }
+        .into()
+    }
+
+    fn replay(position: i64, event: Event) -> ReplayEvent {
+        ReplayEvent {
+            position,
+            xact: position,
+            event_id: Uuid::from_u128(position as u128),
+            stream: StreamId::grant(&gid()),
+            event,
+            recorded_at_micros: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn token_changes_become_wire_messages_with_their_holder() {
+        let store = MemoryEventStore::new();
+        let revoked: Event = grant::Event::GrantRevoked {
+            reason: RevocationReason::Admin,
+            cause: None,
+            at: t(2000),
+        }
+        .into();
+        let mut directory = GrantDirectory::default();
+        let out = directory
+            .map_batch(&store, &[replay(1, issued()), replay(2, revoked)])
+            .await
+            .expect("mapped");
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0].event_type, EventType::TokenIssued);
+        assert_eq!(out[0].token_sha256, Some(TokenHash::of("at").to_string()));
+        assert_eq!(out[0].username.as_deref(), Some("alice"));
+        assert_eq!(out[0].expires_at, Some(4));
+        assert_eq!(out[1].event_type, EventType::GrantRevoked);
+        assert_eq!(out[1].client_id, "web");
+        assert_eq!(out[1].reason, Some(valet_wire::RevocationReason::Admin));
+    }
+
+    #[tokio::test]
+    async fn a_grant_opened_before_the_relay_started_is_read_from_its_stream() {
+        let store = MemoryEventStore::new();
+        store
+            .append(
+                &StreamId::grant(&gid()),
+                ExpectedVersion::NoStream,
+                vec![NewEvent::new(
+                    Uuid::from_u128(1),
+                    issued(),
+                    EventMetadata::default(),
+                )],
+            )
+            .await
+            .expect("appended");
+        let revoked: Event = grant::Event::AccessTokenRevoked {
+            hash: TokenHash::of("at"),
+            reason: RevocationReason::ClientRequest,
+            at: t(2000),
+        }
+        .into();
+        let out = GrantDirectory::default()
+            .map_batch(&store, &[replay(9, revoked.clone())])
+            .await
+            .expect("mapped");
+        assert_eq!(out[0].event_type, EventType::TokenRevoked);
+        assert_eq!(out[0].client_id, "web");
+        // A grant with no opening in the log is an error, not a guess.
+        let unknown = GrantDirectory::default()
+            .map_batch(&MemoryEventStore::new(), &[replay(9, revoked)])
+            .await;
+        assert!(matches!(unknown, Err(MappingError::UnknownGrant(_))));
     }
 }

@@ -4,17 +4,19 @@
 //! follow a (transaction id, position) cursor instead of the position alone.
 
 mod lease;
-mod memory;
 mod migrate;
 mod pg;
 
 pub use lease::PgLease;
-pub use memory::MemoryEventStore;
 pub use migrate::{migrate, MigrateError, MigrationReport, MIGRATIONS};
 pub use pg::{
-    append_on, decode_row, describe, execute_planned, new_pool, with_options, InlineProjection,
-    PgEventStore, PgStoreConfig, Planned, SnapshotRead, SnapshotScope, EVENT_COLUMNS,
+    append_on, describe, execute_writes, new_pool, recorded_row, with_options, InlineProjection,
+    Params, PgEventStore, PgStoreConfig, RowWrite, SnapshotRead, SnapshotScope, WriteSql,
+    EVENT_COLUMNS,
 };
+/// The in-memory store lives beside the ports it implements (valet-app), so that the
+/// use cases' unit tests can run on it; it is reachable here too.
+pub use valet_app::memory::MemoryEventStore;
 
 /// Connects to PostgreSQL without TLS: the database is expected on a trusted network
 /// (loopback or a private link); put TLS termination in front of it otherwise.

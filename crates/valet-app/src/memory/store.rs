@@ -1,29 +1,34 @@
 //! An in-memory event store with the same contract as PostgreSQL, for fast tests.
 //!
 //! Appends are serialised by a mutex, so commit order equals position order and the
-//! transaction half of the cursor is simply the position.
+//! transaction half of the cursor is simply the position. With read models attached
+//! ([`MemoryEventStore::with_read_models`]) every append also applies its events to
+//! them under the same lock, as the PostgreSQL store does in the append's transaction.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
-use valet_app::{
-    AppendError, AppendOutcome, EventStore, ExpectedVersion, LogCursor, NewEvent, RecordedEvent,
-    StoreError, StreamVersion, StreamWrite,
-};
 use valet_domain::StreamId;
+
+use super::MemoryReadModels;
+use crate::log::{LogCursor, NewEvent, RecordedEvent};
+use crate::ports::{
+    AppendError, AppendOutcome, EventStore, ExpectedVersion, StoreError, StreamVersion, StreamWrite,
+};
 
 #[derive(Clone)]
 pub struct MemoryEventStore {
     inner: Arc<Mutex<Log>>,
     wake: Arc<watch::Sender<u64>>,
+    read_models: Option<MemoryReadModels>,
 }
 
 #[derive(Default)]
 struct Log {
     events: Vec<RecordedEvent>,
-    streams: HashMap<String, Vec<usize>>,
+    streams: HashMap<StreamId, Vec<usize>>,
     ids: HashSet<uuid::Uuid>,
 }
 
@@ -32,17 +37,18 @@ impl Default for MemoryEventStore {
         MemoryEventStore {
             inner: Arc::default(),
             wake: Arc::new(watch::channel(0).0),
+            read_models: None,
         }
     }
 }
 
 impl Log {
-    fn version(&self, stream: &str) -> StreamVersion {
+    fn version(&self, stream: &StreamId) -> StreamVersion {
         StreamVersion(self.streams.get(stream).map_or(0, |i| i.len() as u64))
     }
 
     fn push(&mut self, write: StreamWrite, recorded_at_micros: i64) -> AppendOutcome {
-        let current = self.version(write.stream.as_str());
+        let current = self.version(&write.stream);
         let mut recorded = Vec::with_capacity(write.events.len());
         for (offset, event) in write.events.into_iter().enumerate() {
             let position = self.events.len() as i64 + 1;
@@ -52,18 +58,16 @@ impl Log {
                 position,
                 xact: position,
                 event_id: event.event_id,
-                stream_id: write.stream.as_str().to_owned(),
+                stream: write.stream.clone(),
                 stream_version: StreamVersion(current.0 + offset as u64 + 1),
-                event_type: event.event_type,
-                schema_version: event.schema_version,
-                payload: event.payload,
+                event: event.event,
                 metadata: event.metadata,
                 recorded_at_micros,
             };
             recorded.push(event.clone());
             self.events.push(event);
             self.streams
-                .entry(write.stream.as_str().to_owned())
+                .entry(write.stream.clone())
                 .or_default()
                 .push(index);
         }
@@ -77,6 +81,14 @@ impl Log {
 impl MemoryEventStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store that keeps `read_models` in step with every append.
+    pub fn with_read_models(read_models: MemoryReadModels) -> Self {
+        MemoryEventStore {
+            read_models: Some(read_models),
+            ..Self::default()
+        }
     }
 
     fn log(&self) -> MutexGuard<'_, Log> {
@@ -112,10 +124,16 @@ impl EventStore for MemoryEventStore {
             // Validate every write before touching the log: all or nothing.
             let mut seen = HashSet::new();
             for write in &writes {
-                let current = log.version(write.stream.as_str());
+                if let Some(foreign) = write.events.iter().find(|e| !e.event.fits(&write.stream)) {
+                    return Err(AppendError::Store(StoreError::ForeignEvent {
+                        stream: write.stream.clone(),
+                        event_type: foreign.event.event_type(),
+                    }));
+                }
+                let current = log.version(&write.stream);
                 if current != write.expected.as_version() {
                     return Err(AppendError::Conflict {
-                        stream: write.stream.as_str().to_owned(),
+                        stream: write.stream.clone(),
                         expected: write.expected,
                         actual: current,
                     });
@@ -129,10 +147,16 @@ impl EventStore for MemoryEventStore {
             let recorded_at_micros = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as i64);
-            writes
+            let outcomes: Vec<AppendOutcome> = writes
                 .into_iter()
                 .map(|write| log.push(write, recorded_at_micros))
-                .collect::<Vec<_>>()
+                .collect();
+            if let Some(read_models) = &self.read_models {
+                for event in outcomes.iter().flat_map(|o| &o.recorded) {
+                    read_models.apply(&event.stream, &event.event);
+                }
+            }
+            outcomes
         };
         self.wake.send_modify(|v| *v = v.wrapping_add(1));
         Ok(outcomes)
@@ -142,7 +166,7 @@ impl EventStore for MemoryEventStore {
         let log = self.log();
         Ok(log
             .streams
-            .get(stream.as_str())
+            .get(stream)
             .map(|indexes| indexes.iter().map(|&i| log.events[i].clone()).collect())
             .unwrap_or_default())
     }
@@ -162,7 +186,7 @@ impl EventStore for MemoryEventStore {
     }
 }
 
-impl valet_app::Readiness for MemoryEventStore {
+impl crate::ports::Readiness for MemoryEventStore {
     async fn ready(&self) -> Result<(), StoreError> {
         Ok(())
     }

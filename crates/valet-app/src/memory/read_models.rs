@@ -1,0 +1,302 @@
+//! The read models in memory: the same fold ([`valet_domain::changes`]) as the
+//! PostgreSQL projection, rendered into maps. For unit tests of the use cases.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use valet_domain::client::{self, ClientKind};
+use valet_domain::grant::{self, Subject};
+use valet_domain::{
+    changes, user, Change, ClientId, Event, GrantId, ScopeSet, StreamId, Timestamp, TokenHash,
+    UserId, Username,
+};
+
+use crate::ports::StoreError;
+use crate::read::{
+    AccessTokenView, ClientSummary, ReadModels, RefreshStatus, RefreshTokenView, UserCredentials,
+};
+
+/// Cheap to clone: clones share the tables.
+#[derive(Clone, Default)]
+pub struct MemoryReadModels {
+    tables: Arc<Mutex<Tables>>,
+}
+
+#[derive(Default)]
+struct Tables {
+    /// In order of registration, as `valet client list` shows them.
+    clients: Vec<ClientSummary>,
+    users: HashMap<UserId, UserRow>,
+    user_ids: HashMap<Username, UserId>,
+    passwords: HashMap<UserId, String>,
+    grants: BTreeMap<GrantId, GrantRow>,
+    access: HashMap<TokenHash, AccessRow>,
+    refresh: HashMap<TokenHash, RefreshRow>,
+}
+
+struct UserRow {
+    username: Username,
+    active: bool,
+}
+
+struct GrantRow {
+    client_id: ClientId,
+    subject: Option<Subject>,
+    scope: ScopeSet,
+    revoked: bool,
+}
+
+struct AccessRow {
+    grant_id: GrantId,
+    scope: ScopeSet,
+    issued_at: Timestamp,
+    expires_at: Timestamp,
+    revoked: bool,
+}
+
+struct RefreshRow {
+    grant_id: GrantId,
+    issued_at: Timestamp,
+    expires_at: Timestamp,
+    rotated: bool,
+}
+
+impl MemoryReadModels {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn tables(&self) -> MutexGuard<'_, Tables> {
+        // Every change is applied whole before the lock is released.
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies one event of `stream` (the store calls this for every append).
+    pub fn apply(&self, stream: &StreamId, event: &Event) {
+        let mut tables = self.tables();
+        for change in changes(stream, event) {
+            tables.apply(change);
+        }
+    }
+}
+
+impl Tables {
+    fn apply(&mut self, change: Change<'_>) {
+        match change {
+            Change::Client { client_id, event } => self.client(client_id, event),
+            Change::User { user_id, event } => self.user(user_id, event),
+            Change::Grant { grant_id, change } => self.grant(grant_id, change),
+            // Consents and codes are read from their streams.
+            Change::Consent { .. } | Change::Code { .. } => {}
+        }
+    }
+
+    fn client(&mut self, client_id: &ClientId, event: &client::Event) {
+        match event {
+            client::Event::ClientRegistered {
+                name,
+                kind,
+                redirect_uris,
+                grant_types,
+                scopes,
+                ..
+            } => self.clients.push(ClientSummary {
+                client_id: client_id.to_string(),
+                name: name.to_string(),
+                kind: match kind {
+                    ClientKind::Confidential { .. } => "confidential",
+                    ClientKind::Public => "public",
+                }
+                .to_owned(),
+                redirect_uris: redirect_uris
+                    .iter()
+                    .map(|u| u.as_str().to_owned())
+                    .collect(),
+                grant_types: grant_types.iter().map(|g| g.as_str().to_owned()).collect(),
+                scopes: scopes.to_string(),
+                active: true,
+            }),
+            client::Event::ClientDisabled { .. } => {
+                for row in &mut self.clients {
+                    if row.client_id == client_id.as_str() {
+                        row.active = false;
+                    }
+                }
+            }
+        }
+    }
+
+    fn user(&mut self, user_id: UserId, event: &user::Event) {
+        match event {
+            user::Event::UserRegistered { username, .. } => {
+                self.user_ids.insert(username.clone(), user_id);
+                self.users.insert(
+                    user_id,
+                    UserRow {
+                        username: username.clone(),
+                        active: true,
+                    },
+                );
+            }
+            user::Event::UserDisabled { .. } => {
+                if let Some(row) = self.users.get_mut(&user_id) {
+                    row.active = false;
+                }
+            }
+        }
+    }
+
+    fn grant(&mut self, grant_id: GrantId, change: grant::Change<'_>) {
+        match change {
+            grant::Change::Opened {
+                client_id,
+                subject,
+                scope,
+                ..
+            } => {
+                self.grants.insert(
+                    grant_id,
+                    GrantRow {
+                        client_id: client_id.clone(),
+                        subject: subject.cloned(),
+                        scope: scope.clone(),
+                        revoked: false,
+                    },
+                );
+            }
+            grant::Change::AccessIssued(issue) => {
+                self.access.insert(
+                    issue.hash,
+                    AccessRow {
+                        grant_id,
+                        scope: issue.scope.clone(),
+                        issued_at: issue.issued_at,
+                        expires_at: issue.expires_at,
+                        revoked: false,
+                    },
+                );
+            }
+            grant::Change::RefreshIssued(issue) => {
+                self.refresh.insert(
+                    issue.hash,
+                    RefreshRow {
+                        grant_id,
+                        issued_at: issue.issued_at,
+                        expires_at: issue.expires_at,
+                        rotated: false,
+                    },
+                );
+            }
+            grant::Change::RefreshRotated(hash) => {
+                if let Some(row) = self.refresh.get_mut(hash) {
+                    row.rotated = true;
+                }
+            }
+            grant::Change::AccessRevoked { hash, .. } => {
+                if let Some(row) = self.access.get_mut(hash) {
+                    row.revoked = true;
+                }
+            }
+            grant::Change::Revoked { .. } => {
+                if let Some(row) = self.grants.get_mut(&grant_id) {
+                    row.revoked = true;
+                }
+            }
+            grant::Change::RefreshReused { .. } => {}
+        }
+    }
+
+    fn grant_of(&self, grant_id: GrantId) -> Result<&GrantRow, StoreError> {
+        self.grants
+            .get(&grant_id)
+            .ok_or_else(|| StoreError::Malformed(format!("tokens of unknown grant {grant_id}")))
+    }
+}
+
+impl ReadModels for MemoryReadModels {
+    async fn access_token(&self, hash: &TokenHash) -> Result<Option<AccessTokenView>, StoreError> {
+        let tables = self.tables();
+        let Some(row) = tables.access.get(hash) else {
+            return Ok(None);
+        };
+        let grant = tables.grant_of(row.grant_id)?;
+        Ok(Some(AccessTokenView {
+            grant_id: row.grant_id,
+            client_id: grant.client_id.clone(),
+            user_id: grant.subject.as_ref().map(|s| s.user_id),
+            username: grant.subject.as_ref().map(|s| s.username.clone()),
+            scope: row.scope.clone(),
+            issued_at: row.issued_at,
+            expires_at: row.expires_at,
+            revoked: row.revoked || grant.revoked,
+        }))
+    }
+
+    async fn refresh_token(
+        &self,
+        hash: &TokenHash,
+    ) -> Result<Option<RefreshTokenView>, StoreError> {
+        let tables = self.tables();
+        let Some(row) = tables.refresh.get(hash) else {
+            return Ok(None);
+        };
+        let grant = tables.grant_of(row.grant_id)?;
+        Ok(Some(RefreshTokenView {
+            grant_id: row.grant_id,
+            client_id: grant.client_id.clone(),
+            user_id: grant.subject.as_ref().map(|s| s.user_id),
+            username: grant.subject.as_ref().map(|s| s.username.clone()),
+            scope: grant.scope.clone(),
+            issued_at: row.issued_at,
+            expires_at: row.expires_at,
+            status: match (grant.revoked, row.rotated) {
+                (true, _) => RefreshStatus::Revoked,
+                (false, true) => RefreshStatus::Rotated,
+                (false, false) => RefreshStatus::Current,
+            },
+        }))
+    }
+
+    async fn user_by_name(&self, name: &Username) -> Result<Option<UserCredentials>, StoreError> {
+        let tables = self.tables();
+        Ok(tables.user_ids.get(name).and_then(|id| {
+            tables.users.get(id).map(|row| UserCredentials {
+                user_id: *id,
+                username: row.username.clone(),
+                active: row.active,
+                password_hash: tables.passwords.get(id).cloned(),
+            })
+        }))
+    }
+
+    async fn set_password(&self, user_id: UserId, password_hash: &str) -> Result<(), StoreError> {
+        self.tables()
+            .passwords
+            .insert(user_id, password_hash.to_owned());
+        Ok(())
+    }
+
+    async fn active_grants_of_client(&self, client: &ClientId) -> Result<Vec<GrantId>, StoreError> {
+        Ok(self
+            .tables()
+            .grants
+            .iter()
+            .filter(|(_, g)| !g.revoked && &g.client_id == client)
+            .map(|(id, _)| *id)
+            .collect())
+    }
+
+    async fn active_grants_of_user(&self, user: UserId) -> Result<Vec<GrantId>, StoreError> {
+        Ok(self
+            .tables()
+            .grants
+            .iter()
+            .filter(|(_, g)| !g.revoked && g.subject.as_ref().is_some_and(|s| s.user_id == user))
+            .map(|(id, _)| *id)
+            .collect())
+    }
+
+    async fn clients(&self) -> Result<Vec<ClientSummary>, StoreError> {
+        Ok(self.tables().clients.clone())
+    }
+}

@@ -1,0 +1,230 @@
+//! RFC 6749 §4.1.1–4.1.2 with RFC 7636: validating an authorization request, consent,
+//! and issuing the code once the user approves.
+
+use valet_domain::client::{ClientKind, ScopeError};
+use valet_domain::code::{self, RedirectUriPresence};
+use valet_domain::{
+    consent, ClientId, GrantId, GrantType, PkceChallenge, PkceMethod, RedirectUri, ScopeSet,
+    StreamId,
+};
+
+use super::{AuthenticatedUser, ErrorCode, OAuth, OAuthError, RequestMeta, Unavailable};
+use crate::aggregate::{self as agg, execute, load, Aggregate};
+use crate::clock::Clock;
+use crate::ports::{EventStore, ExpectedVersion};
+use crate::read::ReadModels;
+use crate::secrets::{self, SecretKind};
+
+/// The parameters of GET /authorize, as sent (each at most once: the HTTP layer refuses
+/// repeated parameters before this point).
+#[derive(Debug, Clone, Default)]
+pub struct AuthorizeParams {
+    pub client_id: Option<String>,
+    pub redirect_uri: Option<String>,
+    pub response_type: Option<String>,
+    pub scope: Option<String>,
+    pub state: Option<String>,
+    pub code_challenge: Option<String>,
+    pub code_challenge_method: Option<String>,
+}
+
+/// Why an authorization request was refused, and where the answer goes.
+#[derive(Debug)]
+pub enum AuthorizeRejection {
+    /// The client or redirect URI cannot be trusted: show an error page, never redirect.
+    NoRedirect {
+        reason: &'static str,
+    },
+    /// Tell the client through its (verified) redirect URI.
+    Redirect {
+        redirect_uri: String,
+        code: ErrorCode,
+        description: &'static str,
+        state: Option<String>,
+    },
+    Unavailable(Unavailable),
+}
+
+/// A validated authorization request, ready for login and consent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizationRequest {
+    pub client_id: ClientId,
+    pub client_name: String,
+    pub redirect_uri: RedirectUri,
+    pub redirect_uri_in_request: RedirectUriPresence,
+    pub scope: ScopeSet,
+    pub state: Option<String>,
+    pub pkce: Option<PkceChallenge>,
+}
+
+impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
+    /// Checks the request in the order that decides where an error may be sent: client
+    /// and redirect URI problems are never redirected.
+    pub async fn validate_authorization(
+        &self,
+        params: &AuthorizeParams,
+    ) -> Result<AuthorizationRequest, AuthorizeRejection> {
+        let Some(client_id) = params.client_id.as_deref() else {
+            return Err(AuthorizeRejection::NoRedirect {
+                reason: "The request names no client.",
+            });
+        };
+        let state = self
+            .client_state(client_id)
+            .await
+            .map_err(AuthorizeRejection::Unavailable)?;
+        let Some(client) = state.client().filter(|_| state.is_active()) else {
+            return Err(AuthorizeRejection::NoRedirect {
+                reason: "The application that sent you here is not registered or is disabled.",
+            });
+        };
+        let redirect_uri = state
+            .resolve_redirect_uri(params.redirect_uri.as_deref())
+            .map_err(|_| AuthorizeRejection::NoRedirect {
+                reason: "The application asked to send you to an address it did not register.",
+            })?;
+        let reject = |code: ErrorCode, description: &'static str| AuthorizeRejection::Redirect {
+            redirect_uri: redirect_uri.as_str().to_owned(),
+            code,
+            description,
+            state: params.state.clone(),
+        };
+        match params.response_type.as_deref() {
+            None => {
+                return Err(reject(
+                    ErrorCode::InvalidRequest,
+                    "response_type is required",
+                ))
+            }
+            Some("code") => {}
+            Some(_) => {
+                return Err(reject(
+                    ErrorCode::UnsupportedResponseType,
+                    "only response_type=code is supported",
+                ))
+            }
+        }
+        if !state.allows_grant(GrantType::AuthorizationCode) {
+            return Err(reject(
+                ErrorCode::UnauthorizedClient,
+                "the client is not allowed to use the authorization code grant",
+            ));
+        }
+        let requested = params
+            .scope
+            .as_deref()
+            .map(ScopeSet::parse)
+            .transpose()
+            .map_err(|_| reject(ErrorCode::InvalidScope, "the requested scope is malformed"))?;
+        let scope = state
+            .grantable_scope(requested.as_ref())
+            .map_err(|e| match e {
+                ScopeError::UnknownClient | ScopeError::Empty | ScopeError::NotAllowed(_) => {
+                    reject(
+                        ErrorCode::InvalidScope,
+                        "the requested scope is not allowed",
+                    )
+                }
+            })?;
+        let pkce =
+            match (
+                params.code_challenge.as_deref(),
+                params.code_challenge_method.as_deref(),
+            ) {
+                (None, None) => None,
+                (None, Some(_)) => {
+                    return Err(reject(
+                        ErrorCode::InvalidRequest,
+                        "code_challenge_method without code_challenge",
+                    ))
+                }
+                // RFC 7636 §4.3: an absent method means "plain", which is refused.
+                (Some(challenge), method) => {
+                    PkceMethod::parse(method.unwrap_or("plain")).map_err(|_| {
+                        reject(
+                            ErrorCode::InvalidRequest,
+                            "code_challenge_method must be S256",
+                        )
+                    })?;
+                    Some(PkceChallenge::parse(challenge).map_err(|_| {
+                        reject(ErrorCode::InvalidRequest, "malformed code_challenge")
+                    })?)
+                }
+            };
+        if pkce.is_none() && matches!(client.kind, ClientKind::Public) {
+            return Err(reject(
+                ErrorCode::InvalidRequest,
+                "public clients must send a PKCE S256 code_challenge",
+            ));
+        }
+        Ok(AuthorizationRequest {
+            client_id: client.client_id.clone(),
+            client_name: client.name.to_string(),
+            redirect_uri,
+            redirect_uri_in_request: if params.redirect_uri.is_some() {
+                RedirectUriPresence::Sent
+            } else {
+                RedirectUriPresence::Omitted
+            },
+            scope,
+            state: params.state.clone(),
+            pkce,
+        })
+    }
+
+    /// Whether the user already approved (a superset of) this request's scope.
+    pub async fn consent_covers(
+        &self,
+        user: &AuthenticatedUser,
+        request: &AuthorizationRequest,
+    ) -> Result<bool, OAuthError> {
+        let stream = StreamId::consent(&user.user_id, &request.client_id);
+        let loaded = load::<agg::Consent, S>(&self.store, &stream).await?;
+        Ok(loaded.state.covers(&request.scope))
+    }
+
+    /// The user approves: remember the consent and issue a single-use code.
+    pub async fn approve(
+        &self,
+        user: &AuthenticatedUser,
+        request: &AuthorizationRequest,
+        meta: &RequestMeta,
+    ) -> Result<String, OAuthError> {
+        let now = self.now();
+        let metadata = meta.metadata(format!("user:{}", user.username));
+        let consent = consent::Command::Give {
+            user_id: user.user_id,
+            client_id: request.client_id.clone(),
+            scope: request.scope.clone(),
+            at: now,
+        };
+        let stream = StreamId::consent(&user.user_id, &request.client_id);
+        execute::<agg::Consent, S>(&self.store, self.ids.as_ref(), &stream, consent, &metadata)
+            .await?;
+
+        let code = secrets::generate(SecretKind::AuthorizationCode, self.random.as_ref())?;
+        let command = code::Command::Issue {
+            code_hash: code.hash,
+            client_id: request.client_id.clone(),
+            user_id: user.user_id,
+            username: user.username.clone(),
+            redirect_uri: request.redirect_uri.clone(),
+            redirect_uri_in_request: request.redirect_uri_in_request,
+            scope: request.scope.clone(),
+            pkce: request.pkce.clone(),
+            grant_id: GrantId::new(self.ids.new_id()),
+            at: now,
+            ttl: self.settings.code_ttl,
+        };
+        let events = agg::Code::decide(&Default::default(), command)
+            .map_err(|r| Unavailable::Refused(r.error.into()))?;
+        self.store
+            .append(
+                &StreamId::code(&code.hash),
+                ExpectedVersion::NoStream,
+                self.new_events(&events, &metadata),
+            )
+            .await?;
+        Ok(code.raw)
+    }
+}

@@ -1,0 +1,181 @@
+//! `valet audit token`: the lineage of one token, each event described for a person,
+//! then the verdict: when, why and by whom it stopped working, and what caused it.
+
+use std::io::Write;
+
+use anyhow::bail;
+use valet_app::RecordedEvent;
+use valet_domain::{client, code, consent, grant, user, Event, TokenHash};
+use valet_projector::audit;
+
+use crate::audit::store;
+use crate::timefmt;
+
+/// `sha256:<first 12 hex>…`: enough to tell tokens apart on a screen.
+fn short(hash: &TokenHash) -> String {
+    format!("sha256:{}…", &hash.to_string()[..12])
+}
+
+/// One event in words. Every event type is named here: the lineage shows them all.
+fn describe(event: &Event) -> String {
+    match event {
+        Event::Client(client::Event::ClientRegistered {
+            client_id,
+            name,
+            scopes,
+            ..
+        }) => format!("client {client_id} \"{name}\" registered, scopes \"{scopes}\""),
+        Event::Client(client::Event::ClientDisabled { .. }) => "client disabled".to_owned(),
+        Event::User(user::Event::UserRegistered { username, .. }) => {
+            format!("user {username} registered")
+        }
+        Event::User(user::Event::UserDisabled { .. }) => "user disabled".to_owned(),
+        Event::Consent(consent::Event::ConsentGiven { scope, .. }) => {
+            format!("consent given for \"{scope}\"")
+        }
+        Event::Consent(consent::Event::ConsentRevoked { .. }) => "consent revoked".to_owned(),
+        Event::Code(code::Event::CodeIssued {
+            code_hash,
+            username,
+            scope,
+            ..
+        }) => format!(
+            "code {} issued to user {username} for \"{scope}\"",
+            short(code_hash)
+        ),
+        Event::Code(code::Event::CodeRedeemed { .. }) => "code redeemed".to_owned(),
+        Event::Code(code::Event::CodeReplayed { .. }) => {
+            "code presented again (replay): its grant is revoked".to_owned()
+        }
+        Event::Grant(grant::Event::GrantIssued {
+            scope,
+            access,
+            refresh,
+            ..
+        }) => format!(
+            "grant issued, scope \"{scope}\"; access {}{}",
+            short(&access.hash),
+            refresh
+                .as_ref()
+                .map(|r| format!(", refresh {}", short(&r.hash)))
+                .unwrap_or_default()
+        ),
+        Event::Grant(grant::Event::TokensRefreshed {
+            previous_refresh,
+            access,
+            refresh,
+            ..
+        }) => format!(
+            "refresh {} rotated → access {}, refresh {}",
+            short(previous_refresh),
+            short(&access.hash),
+            short(&refresh.hash)
+        ),
+        Event::Grant(grant::Event::RefreshTokenReused { presented, .. }) => format!(
+            "rotated refresh token {} presented again (reuse)",
+            short(presented)
+        ),
+        Event::Grant(grant::Event::AccessTokenRevoked { hash, reason, .. }) => {
+            format!("access {} revoked: {}", short(hash), reason.as_str())
+        }
+        Event::Grant(grant::Event::GrantRevoked { reason, .. }) => {
+            format!("grant revoked: {}", reason.as_str())
+        }
+    }
+}
+
+/// What caused a revocation: the event it names, or the reuse recorded just before it.
+fn cause(lineage: &audit::Lineage, revocation: &RecordedEvent) -> Option<String> {
+    if let Event::Grant(grant::Event::GrantRevoked {
+        cause: Some(cause), ..
+    }) = &revocation.event
+    {
+        return Some(format!(
+            "event {} in stream {}",
+            cause.event_id, cause.stream_id
+        ));
+    }
+    lineage
+        .grant_events
+        .iter()
+        .rev()
+        .skip_while(|e| e.event_id != revocation.event_id)
+        .nth(1)
+        .filter(|e| {
+            matches!(
+                e.event,
+                Event::Grant(grant::Event::RefreshTokenReused { .. })
+            )
+        })
+        .map(|e| {
+            format!(
+                "event {} ({} at #{})",
+                e.event_id,
+                e.event.event_type(),
+                e.position
+            )
+        })
+}
+
+pub async fn token(database_url: &str, token: &str) -> anyhow::Result<()> {
+    let store = store(database_url).await?;
+    let Some(lineage) = audit::lineage(&store, token).await? else {
+        bail!("no token with that value or SHA-256 was ever issued");
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "token   sha256:{} ({})",
+        lineage.token,
+        lineage.kind.as_str()
+    )?;
+    let grant_id = lineage.grant.to_string();
+    writeln!(
+        out,
+        "grant   {}",
+        grant_id.strip_prefix("grant-").unwrap_or(&grant_id)
+    )?;
+    for (label, entries) in [
+        ("client", &lineage.client),
+        ("consent", &lineage.consent),
+        ("code", &lineage.code),
+        ("grant", &lineage.grant_events),
+    ] {
+        for e in entries {
+            writeln!(
+                out,
+                "  {:<8} {}  #{:<8} {:<20} by {:<26} {}",
+                label,
+                timefmt::format_micros(e.recorded_at_micros),
+                e.position,
+                e.event.event_type(),
+                e.metadata.actor.as_deref().unwrap_or("-"),
+                describe(&e.event)
+            )?;
+        }
+    }
+    match lineage.revocation() {
+        None => writeln!(out, "status  not revoked (see `valet audit at` for expiry)")?,
+        Some(revocation) => {
+            let reason = match &revocation.event {
+                Event::Grant(
+                    grant::Event::GrantRevoked { reason, .. }
+                    | grant::Event::AccessTokenRevoked { reason, .. },
+                ) => reason.as_str(),
+                _ => "?",
+            };
+            writeln!(
+                out,
+                "status  revoked at {} by {}: {reason} (event {} at #{})",
+                timefmt::format_micros(revocation.recorded_at_micros),
+                revocation.metadata.actor.as_deref().unwrap_or("-"),
+                revocation.event_id,
+                revocation.position
+            )?;
+            if let Some(cause) = cause(&lineage, revocation) {
+                writeln!(out, "cause   {cause}")?;
+            }
+        }
+    }
+    Ok(())
+}

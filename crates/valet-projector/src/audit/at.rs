@@ -1,0 +1,270 @@
+//! `valet audit at`: the grants active at a moment, by replaying the log up to it and
+//! rendering the grant fold into live grants and tokens.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use uuid::Uuid;
+use valet_app::StoreError;
+use valet_domain::{changes, grant, Change, TokenHash};
+use valet_store::PgEventStore;
+
+/// A grant as it stood at the moment asked about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantAt {
+    pub grant_id: String,
+    pub client_id: String,
+    pub user_id: Option<String>,
+    pub username: Option<String>,
+    pub scope: String,
+    pub issued_at_millis: i64,
+    /// Access tokens live at that moment: (SHA-256 hex, scope, expires_at millis).
+    pub access_tokens: Vec<(String, String, i64)>,
+    /// Whether a refresh token was redeemable at that moment.
+    pub refreshable: bool,
+}
+
+/// One live grant during an `audit at` replay, kept small: the answer holds every
+/// grant active at the moment, which on a busy server is most of them.
+#[derive(Debug)]
+struct GrantFold {
+    client_id: Arc<str>,
+    subject: Option<(Uuid, Arc<str>)>,
+    scope: Arc<str>,
+    issued_at: i64,
+    /// (SHA-256, scope, expires_at): only tokens still valid at the moment asked about.
+    access: Vec<([u8; 32], Arc<str>, i64)>,
+    refresh_expires: Option<i64>,
+}
+
+/// Shares the few distinct client ids, usernames and scopes among all grants.
+#[derive(Default)]
+struct Interner(HashMap<String, Arc<str>>);
+
+impl Interner {
+    fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(shared) = self.0.get(s) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(s);
+        self.0.insert(s.to_owned(), shared.clone());
+        shared
+    }
+}
+
+/// How far past `at` the replay reads: a transaction that started before `at` can commit
+/// (and be ordered) after events recorded later, but never this much later.
+pub const COMMIT_SLACK_MICROS: i64 = 10 * 60 * 1_000_000;
+
+/// The grants active at a moment, kept compact until they are written out one by one
+/// (a busy server has hundreds of thousands of them).
+pub struct ActiveGrants {
+    /// Sorted by (issued_at, grant id); only grants with something live.
+    grants: Vec<(Uuid, GrantFold)>,
+    at_millis: i64,
+    /// Events read by the replay.
+    pub read: u64,
+}
+
+impl ActiveGrants {
+    pub fn len(&self) -> usize {
+        self.grants.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.grants.is_empty()
+    }
+
+    /// Keeps the grants of which `keep(client_id, username)` holds.
+    pub fn retain(&mut self, keep: impl Fn(&str, Option<&str>) -> bool) {
+        self.grants
+            .retain(|(_, g)| keep(&g.client_id, g.subject.as_ref().map(|(_, n)| &**n)));
+    }
+
+    /// The grants, in order of issue, spelled out.
+    pub fn iter(&self) -> impl Iterator<Item = GrantAt> + '_ {
+        self.grants.iter().map(|(grant_id, g)| GrantAt {
+            grant_id: grant_id.to_string(),
+            client_id: g.client_id.to_string(),
+            user_id: g.subject.as_ref().map(|(id, _)| id.to_string()),
+            username: g.subject.as_ref().map(|(_, name)| name.to_string()),
+            scope: g.scope.to_string(),
+            issued_at_millis: g.issued_at,
+            access_tokens: g
+                .access
+                .iter()
+                .map(|(hash, scope, expires)| {
+                    (
+                        TokenHash::from_bytes(*hash).to_string(),
+                        scope.to_string(),
+                        *expires,
+                    )
+                })
+                .collect(),
+            refreshable: g.refresh_expires.is_some_and(|e| e > self.at_millis),
+        })
+    }
+}
+
+/// Replays the log up to `at` (Unix microseconds) and returns the grants that were
+/// active then, with their live access tokens, and the number of events read.
+///
+/// Stages run at once: the store reads and decodes rows (two tasks), a task turns the
+/// grant changes of each batch into map operations (interning strings), and this one
+/// applies them in log order.
+pub async fn active_at(
+    store: &PgEventStore,
+    at_micros: i64,
+    batch: usize,
+) -> Result<ActiveGrants, StoreError> {
+    let at_millis = at_micros.div_euclid(1000);
+    let mut grants: HashMap<Uuid, GrantFold> = HashMap::new();
+    // One snapshot of the log: everything committed when the replay starts, whatever
+    // other transactions are open (an audit must not wait for, or skip past, them).
+    let mut batches = store
+        .read_snapshot(valet_store::SnapshotScope::All, batch)
+        .await?
+        .batches;
+    let (decoded_tx, mut decoded) = tokio::sync::mpsc::channel(2);
+    let decoder = tokio::spawn(async move {
+        let mut strings = Interner::default();
+        let mut read = 0u64;
+        'replay: while let Some(events) = batches.recv().await {
+            let events = match events {
+                Ok(events) => events,
+                Err(e) => {
+                    let _ = decoded_tx.send(Err(e)).await;
+                    return read;
+                }
+            };
+            let mut out = Vec::with_capacity(events.len());
+            let mut past = false;
+            for event in events {
+                read += 1;
+                if event.recorded_at_micros > at_micros {
+                    if event.recorded_at_micros > at_micros + COMMIT_SLACK_MICROS {
+                        past = true;
+                        break;
+                    }
+                    continue;
+                }
+                for change in changes(&event.stream, &event.event) {
+                    if let Change::Grant { grant_id, change } = change {
+                        out.extend(fold_op(&mut strings, at_millis, grant_id.as_uuid(), change));
+                    }
+                }
+            }
+            if decoded_tx.send(Ok(out)).await.is_err() || past {
+                break 'replay;
+            }
+        }
+        read
+    });
+    while let Some(events) = decoded.recv().await {
+        for event in events? {
+            fold(&mut grants, event);
+        }
+    }
+    let read = decoder
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("replay: {e}")))?;
+    let mut active: Vec<(Uuid, GrantFold)> = grants
+        .into_iter()
+        .filter(|(_, g)| !g.access.is_empty() || g.refresh_expires.is_some_and(|e| e > at_millis))
+        .collect();
+    active.sort_unstable_by_key(|(id, g)| (g.issued_at, *id));
+    Ok(ActiveGrants {
+        grants: active,
+        at_millis,
+        read,
+    })
+}
+
+/// A live access token: (SHA-256, scope, expires_at millis).
+type LiveToken = ([u8; 32], Arc<str>, i64);
+
+/// What one grant change does to the replay's state, prepared by the change task
+/// (interning, conversions) so that the folding loop only touches the map.
+enum FoldOp {
+    Open(Uuid, GrantFold),
+    AddToken(Uuid, LiveToken),
+    Refreshable(Uuid, i64),
+    RevokeToken(Uuid, [u8; 32]),
+    Forget(Uuid),
+}
+
+fn fold_op(
+    strings: &mut Interner,
+    at_millis: i64,
+    grant_id: Uuid,
+    change: grant::Change<'_>,
+) -> Option<FoldOp> {
+    Some(match change {
+        grant::Change::Opened {
+            client_id,
+            subject,
+            scope,
+            at,
+            ..
+        } => FoldOp::Open(
+            grant_id,
+            GrantFold {
+                client_id: strings.get(client_id.as_str()),
+                subject: subject.map(|s| (s.user_id.as_uuid(), strings.get(s.username.as_str()))),
+                scope: strings.get(&scope.to_string()),
+                issued_at: at.as_unix_millis(),
+                access: Vec::new(),
+                refresh_expires: None,
+            },
+        ),
+        // Tokens already expired at the moment asked about can never be in the answer.
+        grant::Change::AccessIssued(issue) if issue.expires_at.as_unix_millis() > at_millis => {
+            FoldOp::AddToken(
+                grant_id,
+                (
+                    *issue.hash.as_bytes(),
+                    strings.get(&issue.scope.to_string()),
+                    issue.expires_at.as_unix_millis(),
+                ),
+            )
+        }
+        grant::Change::AccessIssued(_) => return None,
+        grant::Change::RefreshIssued(issue) => {
+            FoldOp::Refreshable(grant_id, issue.expires_at.as_unix_millis())
+        }
+        grant::Change::AccessRevoked { hash, .. } => {
+            FoldOp::RevokeToken(grant_id, *hash.as_bytes())
+        }
+        grant::Change::Revoked { .. } => FoldOp::Forget(grant_id),
+        // The new refresh token's issue replaces the rotated one's expiry; a reuse is
+        // followed by the revocation that matters here.
+        grant::Change::RefreshRotated(_) | grant::Change::RefreshReused { .. } => return None,
+    })
+}
+
+fn fold(grants: &mut HashMap<Uuid, GrantFold>, op: FoldOp) {
+    match op {
+        FoldOp::Open(grant_id, g) => {
+            grants.insert(grant_id, g);
+        }
+        FoldOp::AddToken(grant_id, token) => {
+            if let Some(g) = grants.get_mut(&grant_id) {
+                g.access.push(token);
+            }
+        }
+        FoldOp::Refreshable(grant_id, expires) => {
+            if let Some(g) = grants.get_mut(&grant_id) {
+                g.refresh_expires = Some(expires);
+            }
+        }
+        FoldOp::RevokeToken(grant_id, hash) => {
+            if let Some(g) = grants.get_mut(&grant_id) {
+                g.access.retain(|(h, _, _)| *h != hash);
+            }
+        }
+        // A revoked grant is gone for good: forget it (keeps memory to the live set).
+        FoldOp::Forget(grant_id) => {
+            grants.remove(&grant_id);
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! `valet audit token`: the story of one token, from the log.
+
+use valet_app::{EventStore, RecordedEvent, StoreError};
+use valet_domain::grant::{self, GrantOrigin};
+use valet_domain::{changes, Change, StreamId, TokenHash};
+use valet_store::PgEventStore;
+
+use crate::db_error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    AccessToken,
+    RefreshToken,
+}
+
+impl TokenKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::AccessToken => "access_token",
+            TokenKind::RefreshToken => "refresh_token",
+        }
+    }
+}
+
+/// Every event of a token's grant, of the code and consent it came from, and the
+/// client's, each in log order.
+#[derive(Debug, Clone)]
+pub struct Lineage {
+    pub token: TokenHash,
+    pub kind: TokenKind,
+    pub grant: StreamId,
+    pub client: Vec<RecordedEvent>,
+    pub consent: Vec<RecordedEvent>,
+    pub code: Vec<RecordedEvent>,
+    pub grant_events: Vec<RecordedEvent>,
+}
+
+impl Lineage {
+    /// The event that ended the token, if one did: its own revocation or its grant's.
+    pub fn revocation(&self) -> Option<&RecordedEvent> {
+        self.grant_events.iter().find(|e| {
+            changes(&e.stream, &e.event).any(|change| match change {
+                Change::Grant {
+                    change: grant::Change::Revoked { .. },
+                    ..
+                } => true,
+                Change::Grant {
+                    change: grant::Change::AccessRevoked { hash, .. },
+                    ..
+                } => *hash == self.token,
+                _ => false,
+            })
+        })
+    }
+}
+
+/// Finds the grant a token belongs to, by the token or its SHA-256 (64 hex characters).
+pub async fn lineage(
+    store: &PgEventStore,
+    token_or_sha256: &str,
+) -> Result<Option<Lineage>, StoreError> {
+    let token =
+        TokenHash::from_hex(token_or_sha256).unwrap_or_else(|_| TokenHash::of(token_or_sha256));
+    let hex = token.to_string();
+    let client = store
+        .pool()
+        .get()
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    // The log is the authority (read models may be mid-rebuild): search the stored grant
+    // events for the digest where tokens appear in them.
+    let found = client
+        .query_opt(
+            "SELECT stream_id, payload->'access'->>'hash' = $1
+             FROM events
+             WHERE stream_id LIKE 'grant-%'
+               AND (payload->'access'->>'hash' = $1 OR payload->'refresh'->>'hash' = $1)
+             LIMIT 1",
+            &[&hex],
+        )
+        .await
+        .map_err(db_error)?;
+    let Some(found) = found else { return Ok(None) };
+    let grant = StreamId::parse(found.get(0))
+        .map_err(|_| StoreError::Malformed(format!("stream id {:?}", found.get::<_, &str>(0))))?;
+    let kind = if found.get::<_, Option<bool>>(1) == Some(true) {
+        TokenKind::AccessToken
+    } else {
+        TokenKind::RefreshToken
+    };
+    let grant_events = store.read_stream(&grant).await?;
+    let opened = grant_events.first().and_then(|e| {
+        changes(&e.stream, &e.event).find_map(|change| match change {
+            Change::Grant {
+                change:
+                    grant::Change::Opened {
+                        client_id,
+                        subject,
+                        origin,
+                        ..
+                    },
+                ..
+            } => Some((
+                StreamId::client(client_id),
+                subject.map(|s| StreamId::consent(&s.user_id, client_id)),
+                match origin {
+                    GrantOrigin::AuthorizationCode { code_hash } => Some(StreamId::code(code_hash)),
+                    GrantOrigin::ClientCredentials => None,
+                },
+            )),
+            _ => None,
+        })
+    });
+    let (mut client_events, mut consent, mut code) = (Vec::new(), Vec::new(), Vec::new());
+    if let Some((client_stream, consent_stream, code_stream)) = opened {
+        client_events = store.read_stream(&client_stream).await?;
+        if let Some(stream) = consent_stream {
+            consent = store.read_stream(&stream).await?;
+        }
+        if let Some(stream) = code_stream {
+            code = store.read_stream(&stream).await?;
+        }
+    }
+    Ok(Some(Lineage {
+        token,
+        kind,
+        grant,
+        client: client_events,
+        consent,
+        code,
+        grant_events,
+    }))
+}
