@@ -2,11 +2,9 @@
 
 use valet_domain::code;
 use valet_domain::user;
-use valet_domain::{StreamId, Timestamp};
 
 use super::*;
 use crate::oauth::{AuthorizeRejection, LoginError};
-use crate::ports::StreamVersion;
 
 #[tokio::test]
 async fn a_valid_request_is_ready_for_sign_in_and_consent() {
@@ -210,22 +208,10 @@ async fn sign_in_needs_the_right_password_of_an_active_user() {
             "{name}"
         );
     }
+    let disabled = user::Event::UserDisabled { at: world.now() };
     world
-        .valet
-        .store
-        .append(
-            &StreamId::user(&alice.user_id),
-            ExpectedVersion::Exactly(StreamVersion(1)),
-            vec![NewEvent::new(
-                Uuid::from_u128(99),
-                user::Event::UserDisabled {
-                    at: Timestamp::from_unix_millis(T0),
-                },
-                meta(),
-            )],
-        )
-        .await
-        .unwrap();
+        .given_later(StreamId::user(&alice.user_id), disabled)
+        .await;
     assert!(matches!(
         world.valet.login("alice", "a long passphrase").await,
         Err(LoginError::InvalidCredentials)

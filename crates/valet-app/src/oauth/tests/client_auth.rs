@@ -1,8 +1,5 @@
 //! Client authentication and the guard on token-issuing writes.
 
-use valet_domain::client;
-use valet_domain::{ClientId, StreamId, Timestamp};
-
 use super::*;
 use crate::ports::StreamVersion;
 
@@ -76,19 +73,7 @@ async fn a_disabled_client_is_refused_once_the_cache_entry_expires() {
         .given_client("svc", Kind::Confidential, SERVICE, "read")
         .await;
     assert!(world.valet.authenticate(&service).await.is_ok());
-    let disabled = client::Event::ClientDisabled {
-        at: Timestamp::from_unix_millis(T0),
-    };
-    world
-        .valet
-        .store
-        .append(
-            &StreamId::client(&ClientId::parse("svc").unwrap()),
-            ExpectedVersion::Exactly(StreamVersion(1)),
-            vec![NewEvent::new(Uuid::from_u128(99), disabled, meta())],
-        )
-        .await
-        .unwrap();
+    world.given_disabled_client("svc").await;
     // Within the cache's second the state is the one loaded...
     world.clock.advance_millis(999);
     assert!(world.valet.authenticate(&service).await.is_ok());
@@ -107,22 +92,7 @@ async fn a_clock_set_back_does_not_keep_a_cache_entry_fresh() {
         .given_client("svc", Kind::Confidential, SERVICE, "read")
         .await;
     assert!(world.valet.authenticate(&service).await.is_ok());
-    world
-        .valet
-        .store
-        .append(
-            &StreamId::client(&ClientId::parse("svc").unwrap()),
-            ExpectedVersion::Exactly(StreamVersion(1)),
-            vec![NewEvent::new(
-                Uuid::from_u128(99),
-                client::Event::ClientDisabled {
-                    at: Timestamp::from_unix_millis(T0),
-                },
-                meta(),
-            )],
-        )
-        .await
-        .unwrap();
+    world.given_disabled_client("svc").await;
     world.clock.advance_millis(-60_000);
     assert_eq!(
         error_code(world.valet.authenticate(&service).await),

@@ -28,7 +28,7 @@ use crate::log::{LogCursor, NewEvent};
 use crate::memory::{
     CountingRandom, FixedClock, MemoryEventStore, MemoryReadModels, SequentialIds,
 };
-use crate::ports::{EventMetadata, EventStore, ExpectedVersion};
+use crate::ports::{EventMetadata, EventStore, ExpectedVersion, StreamVersion};
 use crate::read::ReadModels;
 use crate::secrets::PasswordHashing;
 
@@ -97,6 +97,30 @@ impl World {
         self.skip_recorded().await;
     }
 
+    /// Given: `event` happened to an existing stream, after what it holds.
+    pub async fn given_later(&mut self, stream: StreamId, event: impl Into<Event>) {
+        let version = self.valet.store.read_stream(&stream).await.unwrap().len() as u64;
+        self.given_ids -= 1;
+        let event = NewEvent::new(Uuid::from_u128(self.given_ids), event, meta());
+        self.valet
+            .store
+            .append(
+                &stream,
+                ExpectedVersion::Exactly(StreamVersion(version)),
+                vec![event],
+            )
+            .await
+            .expect("the given event is appended");
+        self.skip_recorded().await;
+    }
+
+    /// Given: an administrator disabled the client `name`.
+    pub async fn given_disabled_client(&mut self, name: &str) {
+        let stream = StreamId::client(&ClientId::parse(name).unwrap());
+        let disabled = client::Event::ClientDisabled { at: self.now() };
+        self.given_later(stream, disabled).await;
+    }
+
     /// Given: a client registered with `kind`, grant types and scopes; its credentials.
     pub async fn given_client(
         &mut self,
@@ -158,6 +182,19 @@ impl World {
             .authenticate(auth)
             .await
             .expect("the client authenticates")
+    }
+
+    /// Then: whether introspection by `client` answers `token` active.
+    pub async fn is_active(&self, client: &AuthenticatedClient, token: &str) -> bool {
+        match self
+            .valet
+            .introspect(client, token)
+            .await
+            .expect("introspected")
+        {
+            super::Introspection::Active { .. } => true,
+            super::Introspection::Inactive => false,
+        }
     }
 
     /// Then: the events recorded since the last look, as (stream, event type).
@@ -267,6 +304,31 @@ pub(super) async fn code_grant_tokens(
         .expect("tokens");
     world.skip_recorded().await;
     tokens
+}
+
+/// A world where alice signed in at the confidential `web` app (scopes "read write"),
+/// which holds her tokens.
+pub(super) struct AliceAtWeb {
+    pub world: World,
+    pub client: AuthenticatedClient,
+    pub tokens: TokenResponse,
+}
+
+impl AliceAtWeb {
+    pub async fn new() -> Self {
+        let mut world = World::new();
+        let web = world
+            .given_client("web", Kind::Confidential, WEB_APP, "read write")
+            .await;
+        let alice = world.given_user("alice", "a long passphrase").await;
+        let tokens = code_grant_tokens(&mut world, &web, &alice).await;
+        let client = world.authenticated(&web).await;
+        AliceAtWeb {
+            world,
+            client,
+            tokens,
+        }
+    }
 }
 
 /// The grant types of a client that signs users in.

@@ -4,17 +4,15 @@ use valet_domain::grant;
 use valet_domain::RevocationReason;
 
 use super::*;
-use crate::oauth::Introspection;
 
 #[tokio::test]
 async fn a_refresh_rotates_the_token_and_keeps_the_grant() {
-    let mut world = World::new();
-    let web = world
-        .given_client("web", Kind::Confidential, WEB_APP, "read write")
-        .await;
-    let alice = world.given_user("alice", "a long passphrase").await;
-    let first = code_grant_tokens(&mut world, &web, &alice).await;
-    let client = world.authenticated(&web).await;
+    let AliceAtWeb {
+        mut world,
+        client,
+        tokens: first,
+        ..
+    } = AliceAtWeb::new().await;
     world.clock.advance_seconds(30);
     let second = world
         .valet
@@ -46,25 +44,17 @@ async fn a_refresh_rotates_the_token_and_keeps_the_grant() {
     );
     assert_eq!(access.issued_at, world.now().plus_seconds(30));
     // Rotation does not cut the earlier access token short.
-    assert!(matches!(
-        world
-            .valet
-            .introspect(&client, &first.access_token)
-            .await
-            .unwrap(),
-        Introspection::Active { .. }
-    ));
+    assert!(world.is_active(&client, &first.access_token).await);
 }
 
 #[tokio::test]
 async fn a_narrower_scope_may_be_asked_a_wider_one_not() {
-    let mut world = World::new();
-    let web = world
-        .given_client("web", Kind::Confidential, WEB_APP, "read write")
-        .await;
-    let alice = world.given_user("alice", "a long passphrase").await;
-    let tokens = code_grant_tokens(&mut world, &web, &alice).await;
-    let client = world.authenticated(&web).await;
+    let AliceAtWeb {
+        world,
+        client,
+        tokens,
+        ..
+    } = AliceAtWeb::new().await;
     let refresh = tokens.refresh_token.unwrap();
     assert_eq!(
         error_code(
@@ -85,13 +75,12 @@ async fn a_narrower_scope_may_be_asked_a_wider_one_not() {
 
 #[tokio::test]
 async fn a_rotated_token_presented_again_revokes_the_whole_grant() {
-    let mut world = World::new();
-    let web = world
-        .given_client("web", Kind::Confidential, WEB_APP, "read write")
-        .await;
-    let alice = world.given_user("alice", "a long passphrase").await;
-    let first = code_grant_tokens(&mut world, &web, &alice).await;
-    let client = world.authenticated(&web).await;
+    let AliceAtWeb {
+        mut world,
+        client,
+        tokens: first,
+        ..
+    } = AliceAtWeb::new().await;
     let stolen = first.refresh_token.unwrap();
     let second = world
         .valet
@@ -115,10 +104,7 @@ async fn a_rotated_token_presented_again_revokes_the_whole_grant() {
     ));
     // Every token of the family is dead, the legitimate holder's too.
     for token in [&second.access_token, second.refresh_token.as_ref().unwrap()] {
-        assert_eq!(
-            world.valet.introspect(&client, token).await.unwrap(),
-            Introspection::Inactive
-        );
+        assert!(!world.is_active(&client, token).await);
     }
     assert_eq!(
         error_code(
@@ -138,15 +124,12 @@ async fn a_rotated_token_presented_again_revokes_the_whole_grant() {
 
 #[tokio::test]
 async fn another_clients_refresh_token_is_unknown_to_it() {
-    let mut world = World::new();
-    let web = world
-        .given_client("web", Kind::Confidential, WEB_APP, "read write")
-        .await;
+    let AliceAtWeb {
+        mut world, tokens, ..
+    } = AliceAtWeb::new().await;
     let other = world
         .given_client("other", Kind::Confidential, WEB_APP, "read")
         .await;
-    let alice = world.given_user("alice", "a long passphrase").await;
-    let tokens = code_grant_tokens(&mut world, &web, &alice).await;
     let other = world.authenticated(&other).await;
     assert_eq!(
         error_code(

@@ -1,12 +1,10 @@
 //! The client_credentials grant (RFC 6749 §4.4).
 
-use valet_domain::client;
 use valet_domain::grant::{self, GrantOrigin};
-use valet_domain::{ClientId, GrantId, StreamId, Timestamp};
+use valet_domain::GrantId;
 
 use super::*;
 use crate::oauth::Introspection;
-use crate::ports::StreamVersion;
 
 #[tokio::test]
 async fn a_service_gets_a_token_of_its_scope_recorded_as_a_one_token_grant() {
@@ -119,23 +117,7 @@ async fn a_client_disabled_after_authenticating_gets_no_token() {
         .await;
     let client = world.authenticated(&service).await;
     // The client is disabled between authentication and issuance.
-    world
-        .valet
-        .store
-        .append(
-            &StreamId::client(&ClientId::parse("svc").unwrap()),
-            ExpectedVersion::Exactly(StreamVersion(1)),
-            vec![NewEvent::new(
-                Uuid::from_u128(99),
-                client::Event::ClientDisabled {
-                    at: Timestamp::from_unix_millis(T0),
-                },
-                meta(),
-            )],
-        )
-        .await
-        .unwrap();
-    world.skip_recorded().await;
+    world.given_disabled_client("svc").await;
     assert_eq!(
         error_code(
             world
