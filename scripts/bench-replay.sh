@@ -6,7 +6,8 @@
 #
 # Environment: EVENTS (default 1000000), VALET_BENCH_SERVER (PostgreSQL server URL,
 # default postgres://postgres@127.0.0.1:5432); the database valet_replay_bench on it is
-# dropped and recreated. Seeding 1M events takes a minute or two.
+# dropped and recreated. Seeding 1M events takes a minute or two. VALET_BIN: an
+# already-built valet to measure instead of building target/release/valet.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -17,8 +18,12 @@ OUT=.build/bench
 mkdir -p "$OUT"
 log() { printf '[bench-replay] %s\n' "$*" >&2; }
 
-cargo build --release -p valet-cli >&2
-VALET=target/release/valet
+if [[ -n "${VALET_BIN:-}" ]]; then
+    VALET="$VALET_BIN"
+else
+    cargo build --release -p valet-cli >&2
+    VALET=target/release/valet
+fi
 psql -q "$SERVER/postgres" -c "DROP DATABASE IF EXISTS valet_replay_bench WITH (FORCE)" >&2
 "$VALET" migrate >&2
 log "seeding $EVENTS events"

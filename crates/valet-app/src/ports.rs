@@ -133,12 +133,25 @@ pub enum StoreError {
 /// - `wakeups` changes after every append made through any store on the same log
 ///   (eventually, for other processes), so followers need not poll fast.
 pub trait EventStore: Send + Sync + 'static {
+    /// Appends to one stream: [`append_all`](Self::append_all) with one write.
     fn append(
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
-    ) -> impl Future<Output = Result<AppendOutcome, AppendError>> + Send;
+    ) -> impl Future<Output = Result<AppendOutcome, AppendError>> + Send {
+        let write = StreamWrite {
+            stream: stream.clone(),
+            expected,
+            events,
+        };
+        async move {
+            let mut outcomes = self.append_all(vec![write]).await?;
+            outcomes
+                .pop()
+                .ok_or_else(|| StoreError::Malformed("an append returned no outcome".into()).into())
+        }
+    }
 
     /// Appends to several streams atomically: all writes land, or none does.
     fn append_all(

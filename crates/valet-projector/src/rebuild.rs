@@ -91,15 +91,27 @@ pub async fn rebuild(
 
     // The bulk: every event of one snapshot S (no waiting for the commit horizon: what
     // S shows is final). A resumed run reads what S showed after its cursor.
+    // Each batch is folded into rows where it is decoded (CPU), while this loop writes
+    // the previous one (PostgreSQL).
+    let to_rows = |events: Vec<ReplayEvent>| {
+        let last = events.last().map(ReplayEvent::cursor);
+        let count = events.len() as u64;
+        let folded = fold(events.iter().map(|e| (&e.stream, &e.event)));
+        (folded, count, last)
+    };
     let read = match &resume {
         Some(r) => {
             let scope = SnapshotScope::VisibleIn {
                 snapshot: r.snapshot.clone(),
                 after: r.cursor,
             };
-            store.read_snapshot(scope, batch).await?
+            store.read_snapshot(scope, batch, to_rows).await?
         }
-        None => store.read_snapshot(SnapshotScope::All, batch).await?,
+        None => {
+            store
+                .read_snapshot(SnapshotScope::All, batch, to_rows)
+                .await?
+        }
     };
     let snapshot = match &resume {
         Some(r) => r.snapshot.clone(),
@@ -112,27 +124,8 @@ pub async fn rebuild(
         )
         .await
         .map_err(db_error)?;
-    // Three stages in step: the store's reader decodes rows, a task folds each batch
-    // into rows (CPU), and this loop writes the previous batch meanwhile (PostgreSQL).
     let mut batches = read.batches;
-    let (folded_tx, mut folded) = tokio::sync::mpsc::channel(1);
-    let folder = tokio::spawn(async move {
-        while let Some(events) = batches.recv().await {
-            let folded = events.map(|events| {
-                let last = events.last().map(ReplayEvent::cursor);
-                let count = events.len() as u64;
-                (
-                    fold(events.iter().map(|e| (&e.stream, &e.event))),
-                    count,
-                    last,
-                )
-            });
-            if folded_tx.send(folded).await.is_err() {
-                break;
-            }
-        }
-    });
-    while let Some(batch) = folded.recv().await {
+    while let Some(batch) = batches.recv().await {
         let (batch, count, last) = batch?;
         let Some(last) = last else {
             break;
@@ -141,8 +134,6 @@ pub async fn rebuild(
         applied += count;
         progress(applied, (total as u64).max(applied));
     }
-    drop(folded);
-    let _ = folder.await;
 
     tracing::debug!(
         seconds = started.elapsed().as_secs_f64(),

@@ -13,9 +13,9 @@ use tokio::sync::watch;
 use valet_domain::StreamId;
 
 use super::MemoryReadModels;
-use crate::log::{LogCursor, NewEvent, RecordedEvent};
+use crate::log::{LogCursor, RecordedEvent};
 use crate::ports::{
-    AppendError, AppendOutcome, EventStore, ExpectedVersion, StoreError, StreamVersion, StreamWrite,
+    AppendError, AppendOutcome, EventStore, StoreError, StreamVersion, StreamWrite,
 };
 
 #[derive(Clone)]
@@ -99,22 +99,6 @@ impl MemoryEventStore {
 }
 
 impl EventStore for MemoryEventStore {
-    async fn append(
-        &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<AppendOutcome, AppendError> {
-        let mut outcomes = self
-            .append_all(vec![StreamWrite {
-                stream: stream.clone(),
-                expected,
-                events,
-            }])
-            .await?;
-        Ok(outcomes.remove(0))
-    }
-
     async fn append_all(
         &self,
         writes: Vec<StreamWrite>,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use uuid::Uuid;
-use valet_app::StoreError;
+use valet_app::{ReplayEvent, StoreError};
 use valet_domain::{changes, grant, Change, TokenHash};
 use valet_store::PgEventStore;
 
@@ -109,9 +109,9 @@ impl ActiveGrants {
 /// Replays the log up to `at` (Unix microseconds) and returns the grants that were
 /// active then, with their live access tokens, and the number of events read.
 ///
-/// Stages run at once: the store reads and decodes rows (two tasks), a task turns the
-/// grant changes of each batch into map operations (interning strings), and this one
-/// applies them in log order.
+/// Three stages run at once: the store reads rows; decodes them and turns the grant
+/// changes of each batch into map operations (interning strings); and this one applies
+/// them in log order.
 pub async fn active_at(
     store: &PgEventStore,
     at_micros: i64,
@@ -121,53 +121,43 @@ pub async fn active_at(
     let mut grants: HashMap<Uuid, GrantFold> = HashMap::new();
     // One snapshot of the log: everything committed when the replay starts, whatever
     // other transactions are open (an audit must not wait for, or skip past, them).
+    let mut strings = Interner::default();
+    // Each batch becomes map operations where it is decoded (interning strings), and
+    // whether the replay has passed the moment asked about.
+    let to_ops = move |events: Vec<ReplayEvent>| {
+        let mut ops = Vec::with_capacity(events.len());
+        let mut read = 0u64;
+        for event in events {
+            read += 1;
+            if event.recorded_at_micros > at_micros {
+                if event.recorded_at_micros > at_micros + COMMIT_SLACK_MICROS {
+                    return (ops, read, Past::Yes);
+                }
+                continue;
+            }
+            for change in changes(&event.stream, &event.event) {
+                if let Change::Grant { grant_id, change } = change {
+                    ops.extend(fold_op(&mut strings, at_millis, grant_id.as_uuid(), change));
+                }
+            }
+        }
+        (ops, read, Past::No)
+    };
     let mut batches = store
-        .read_snapshot(valet_store::SnapshotScope::All, batch)
+        .read_snapshot(valet_store::SnapshotScope::All, batch, to_ops)
         .await?
         .batches;
-    let (decoded_tx, mut decoded) = tokio::sync::mpsc::channel(2);
-    let decoder = tokio::spawn(async move {
-        let mut strings = Interner::default();
-        let mut read = 0u64;
-        'replay: while let Some(events) = batches.recv().await {
-            let events = match events {
-                Ok(events) => events,
-                Err(e) => {
-                    let _ = decoded_tx.send(Err(e)).await;
-                    return read;
-                }
-            };
-            let mut out = Vec::with_capacity(events.len());
-            let mut past = false;
-            for event in events {
-                read += 1;
-                if event.recorded_at_micros > at_micros {
-                    if event.recorded_at_micros > at_micros + COMMIT_SLACK_MICROS {
-                        past = true;
-                        break;
-                    }
-                    continue;
-                }
-                for change in changes(&event.stream, &event.event) {
-                    if let Change::Grant { grant_id, change } = change {
-                        out.extend(fold_op(&mut strings, at_millis, grant_id.as_uuid(), change));
-                    }
-                }
-            }
-            if decoded_tx.send(Ok(out)).await.is_err() || past {
-                break 'replay;
-            }
+    let mut read = 0;
+    while let Some(batch) = batches.recv().await {
+        let (ops, count, past) = batch?;
+        read += count;
+        for op in ops {
+            fold(&mut grants, op);
         }
-        read
-    });
-    while let Some(events) = decoded.recv().await {
-        for event in events? {
-            fold(&mut grants, event);
+        if past == Past::Yes {
+            break;
         }
     }
-    let read = decoder
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("replay: {e}")))?;
     let mut active: Vec<(Uuid, GrantFold)> = grants
         .into_iter()
         .filter(|(_, g)| !g.access.is_empty() || g.refresh_expires.is_some_and(|e| e > at_millis))
@@ -178,6 +168,13 @@ pub async fn active_at(
         at_millis,
         read,
     })
+}
+
+/// Whether a batch reached past the moment asked about (and the commit slack after it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Past {
+    Yes,
+    No,
 }
 
 /// A live access token: (SHA-256, scope, expires_at millis).
@@ -213,7 +210,9 @@ fn fold_op(
                 subject: subject.map(|s| (s.user_id.as_uuid(), strings.get(s.username.as_str()))),
                 scope: strings.get(&scope.to_string()),
                 issued_at: at.as_unix_millis(),
-                access: Vec::new(),
+                // Most grants hold one token: room for exactly one (the answer keeps
+                // every live grant, so a Vec's default first growth, to four, adds up).
+                access: Vec::with_capacity(1),
                 refresh_expires: None,
             },
         ),

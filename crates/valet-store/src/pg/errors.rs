@@ -15,7 +15,14 @@ const EVENT_ID_KEY: &str = "events_event_id_key";
 const STREAM_VERSION_KEY: &str = "events_stream_version_key";
 
 pub(super) fn unavailable(e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    match e {
+        // Say why a connection could not be made (the server's message, e.g. that the
+        // database does not exist), not just that the pool could not make one.
+        deadpool_postgres::PoolError::Backend(e) => {
+            StoreError::Unavailable(format!("cannot connect: {}", describe(&e)))
+        }
+        other => StoreError::Unavailable(other.to_string()),
+    }
 }
 
 pub(super) fn db_error(e: tokio_postgres::Error) -> StoreError {

@@ -23,8 +23,8 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 use valet_app::{
-    AppendError, AppendOutcome, EventStore, ExpectedVersion, LogCursor, NewEvent, RecordedEvent,
-    ReplayEvent, StoreError, StreamVersion, StreamWrite,
+    AppendError, AppendOutcome, EventStore, LogCursor, RecordedEvent, ReplayEvent, StoreError,
+    StreamVersion, StreamWrite,
 };
 use valet_domain::StreamId;
 
@@ -219,22 +219,6 @@ impl PgEventStore {
 }
 
 impl EventStore for PgEventStore {
-    async fn append(
-        &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<AppendOutcome, AppendError> {
-        let mut outcomes = self
-            .append_all(vec![StreamWrite {
-                stream: stream.clone(),
-                expected,
-                events,
-            }])
-            .await?;
-        Ok(outcomes.remove(0))
-    }
-
     async fn append_all(
         &self,
         writes: Vec<StreamWrite>,

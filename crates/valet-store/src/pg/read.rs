@@ -24,10 +24,11 @@ pub enum SnapshotScope {
     },
 }
 
-/// A snapshot (as `pg_snapshot` text) and the batches of events read in it.
-pub struct SnapshotRead {
+/// A snapshot (as `pg_snapshot` text) and what the caller's `map` made of each batch of
+/// the events read in it, in order.
+pub struct SnapshotRead<T> {
     pub snapshot: String,
-    pub batches: mpsc::Receiver<Result<Vec<ReplayEvent>, StoreError>>,
+    pub batches: mpsc::Receiver<Result<T, StoreError>>,
 }
 
 pub(super) async fn read_stream<C: GenericClient + Sync>(
@@ -94,13 +95,19 @@ impl PgEventStore {
     /// what an audit or the bulk of a rebuild needs. The snapshot is returned (as
     /// `pg_snapshot` text) so a later read can take exactly what committed after it.
     ///
-    /// Two background tasks, so that replays keep both cores busy: one receives rows,
-    /// the other decodes them (JSON, most of a replay's CPU), each a batch or two ahead.
-    pub async fn read_snapshot(
+    /// Two background tasks, a batch or two ahead of the caller: one receives rows, the
+    /// other decodes each batch (JSON, most of a replay's CPU) and hands it to `map` (the
+    /// caller's fold), so that an event is decoded, folded and dropped on one thread.
+    pub async fn read_snapshot<T, F>(
         &self,
         scope: SnapshotScope,
         batch: usize,
-    ) -> Result<SnapshotRead, StoreError> {
+        mut map: F,
+    ) -> Result<SnapshotRead<T>, StoreError>
+    where
+        T: Send + 'static,
+        F: FnMut(Vec<ReplayEvent>) -> T + Send + 'static,
+    {
         let mut client = crate::connect(&self.inner.config).await.map_err(db_error)?;
         let batch = batch.max(1);
         let (tx_snapshot, rx_snapshot) = tokio::sync::oneshot::channel();
@@ -145,13 +152,11 @@ impl PgEventStore {
                 let mut pending = Vec::with_capacity(batch);
                 while let Some(row) = rows.next().await {
                     pending.push(row.map_err(db_error)?);
-                    if pending.len() >= batch
-                        && rows_tx
-                            .send(Ok(std::mem::take(&mut pending)))
-                            .await
-                            .is_err()
-                    {
-                        return Ok(());
+                    if pending.len() >= batch {
+                        let full = std::mem::replace(&mut pending, Vec::with_capacity(batch));
+                        if rows_tx.send(Ok(full)).await.is_err() {
+                            return Ok(());
+                        }
                     }
                 }
                 if !pending.is_empty() {
@@ -167,9 +172,11 @@ impl PgEventStore {
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(async move {
             while let Some(rows) = rows_rx.recv().await {
-                let events = rows.and_then(|rows| rows.iter().map(replay_row).collect());
-                let failed = events.is_err();
-                if tx.send(events).await.is_err() || failed {
+                let mapped = rows
+                    .and_then(|rows| rows.iter().map(replay_row).collect())
+                    .map(&mut map);
+                let failed = mapped.is_err();
+                if tx.send(mapped).await.is_err() || failed {
                     return;
                 }
             }
