@@ -4,7 +4,6 @@
 use std::io::Write;
 
 use anyhow::bail;
-use valet_app::RecordedEvent;
 use valet_domain::{client, code, consent, grant, user, Event, TokenHash};
 use valet_projector::audit;
 
@@ -85,36 +84,21 @@ fn describe(event: &Event) -> String {
 }
 
 /// What caused a revocation: the event it names, or the reuse recorded just before it.
-fn cause(lineage: &audit::Lineage, revocation: &RecordedEvent) -> Option<String> {
-    if let Event::Grant(grant::Event::GrantRevoked {
-        cause: Some(cause), ..
-    }) = &revocation.event
-    {
+fn cause(lineage: &audit::Lineage, revocation: &audit::Revocation<'_>) -> Option<String> {
+    if let Some(cause) = revocation.cause {
         return Some(format!(
             "event {} in stream {}",
             cause.event_id, cause.stream_id
         ));
     }
-    lineage
-        .grant_events
-        .iter()
-        .rev()
-        .skip_while(|e| e.event_id != revocation.event_id)
-        .nth(1)
-        .filter(|e| {
-            matches!(
-                e.event,
-                Event::Grant(grant::Event::RefreshTokenReused { .. })
-            )
-        })
-        .map(|e| {
-            format!(
-                "event {} ({} at #{})",
-                e.event_id,
-                e.event.event_type(),
-                e.position
-            )
-        })
+    lineage.reuse_before(revocation.event).map(|e| {
+        format!(
+            "event {} ({} at #{})",
+            e.event_id,
+            e.event.event_type(),
+            e.position
+        )
+    })
 }
 
 pub async fn token(database_url: &str, token: &str) -> anyhow::Result<()> {
@@ -157,22 +141,17 @@ pub async fn token(database_url: &str, token: &str) -> anyhow::Result<()> {
     match lineage.revocation() {
         None => writeln!(out, "status  not revoked (see `valet audit at` for expiry)")?,
         Some(revocation) => {
-            let reason = match &revocation.event {
-                Event::Grant(
-                    grant::Event::GrantRevoked { reason, .. }
-                    | grant::Event::AccessTokenRevoked { reason, .. },
-                ) => reason.as_str(),
-                _ => "?",
-            };
+            let event = revocation.event;
             writeln!(
                 out,
-                "status  revoked at {} by {}: {reason} (event {} at #{})",
-                timefmt::format_micros(revocation.recorded_at_micros),
-                revocation.metadata.actor.as_deref().unwrap_or("-"),
-                revocation.event_id,
-                revocation.position
+                "status  revoked at {} by {}: {} (event {} at #{})",
+                timefmt::format_micros(event.recorded_at_micros),
+                event.metadata.actor.as_deref().unwrap_or("-"),
+                revocation.reason.as_str(),
+                event.event_id,
+                event.position
             )?;
-            if let Some(cause) = cause(&lineage, revocation) {
+            if let Some(cause) = cause(&lineage, &revocation) {
                 writeln!(out, "cause   {cause}")?;
             }
         }

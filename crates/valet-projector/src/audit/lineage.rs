@@ -2,7 +2,7 @@
 
 use valet_app::{EventStore, RecordedEvent, StoreError};
 use valet_domain::grant::{self, GrantOrigin};
-use valet_domain::{changes, Change, StreamId, TokenHash};
+use valet_domain::{changes, Change, EventRef, RevocationReason, StreamId, TokenHash};
 use valet_store::PgEventStore;
 
 use crate::db_error;
@@ -35,22 +35,60 @@ pub struct Lineage {
     pub grant_events: Vec<RecordedEvent>,
 }
 
+/// How a token stopped working: the event, why, and what caused it when the log says.
+#[derive(Debug, Clone, Copy)]
+pub struct Revocation<'l> {
+    pub event: &'l RecordedEvent,
+    pub reason: RevocationReason,
+    /// The event named as the cause, if any (a code replay names it).
+    pub cause: Option<&'l EventRef>,
+}
+
 impl Lineage {
-    /// The event that ended the token, if one did: its own revocation or its grant's.
-    pub fn revocation(&self) -> Option<&RecordedEvent> {
-        self.grant_events.iter().find(|e| {
-            changes(&e.stream, &e.event).any(|change| match change {
+    /// The change that ended the token, if one did: its own revocation or its grant's.
+    pub fn revocation(&self) -> Option<Revocation<'_>> {
+        self.grant_events.iter().find_map(|event| {
+            changes(&event.stream, &event.event).find_map(|change| match change {
                 Change::Grant {
-                    change: grant::Change::Revoked { .. },
+                    change: grant::Change::Revoked { reason, cause, .. },
                     ..
-                } => true,
+                } => Some(Revocation {
+                    event,
+                    reason,
+                    cause,
+                }),
                 Change::Grant {
-                    change: grant::Change::AccessRevoked { hash, .. },
+                    change: grant::Change::AccessRevoked { hash, reason, .. },
                     ..
-                } => *hash == self.token,
-                _ => false,
+                } if *hash == self.token => Some(Revocation {
+                    event,
+                    reason,
+                    cause: None,
+                }),
+                _ => None,
             })
         })
+    }
+
+    /// The reuse of a rotated refresh token recorded just before `revocation`, which is
+    /// what caused it when it names no cause.
+    pub fn reuse_before(&self, revocation: &RecordedEvent) -> Option<&RecordedEvent> {
+        self.grant_events
+            .iter()
+            .rev()
+            .skip_while(|e| e.event_id != revocation.event_id)
+            .nth(1)
+            .filter(|e| {
+                changes(&e.stream, &e.event).any(|change| {
+                    matches!(
+                        change,
+                        Change::Grant {
+                            change: grant::Change::RefreshReused { .. },
+                            ..
+                        }
+                    )
+                })
+            })
     }
 }
 

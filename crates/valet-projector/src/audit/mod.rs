@@ -10,5 +10,5 @@ mod lineage;
 mod timeline;
 
 pub use at::{active_at, ActiveGrants, GrantAt, COMMIT_SLACK_MICROS};
-pub use lineage::{lineage, Lineage, TokenKind};
+pub use lineage::{lineage, Lineage, Revocation, TokenKind};
 pub use timeline::{log, LogFilter};
