@@ -9,6 +9,7 @@ pub mod admin;
 pub mod aggregate;
 pub mod clock;
 pub mod entropy;
+pub mod follow;
 pub mod log;
 pub mod memory;
 pub mod oauth;
@@ -20,7 +21,8 @@ pub mod secrets;
 pub use aggregate::{execute, load, Aggregate, ExecuteError, Executed, Loaded};
 pub use clock::{Clock, SystemClock};
 pub use entropy::{Ids, OsRandom, Randomness, RandomnessError, UuidV7};
-pub use log::{Followed, LogCursor, LogFollower, NewEvent, RecordedEvent, ReplayEvent};
+pub use follow::{Followed, LogFollower};
+pub use log::{LogCursor, NewEvent, RecordedEvent, ReplayEvent};
 pub use ports::{
     AppendError, AppendOutcome, EventMetadata, EventStore, ExpectedVersion, Readiness, StoreError,
     StreamVersion, StreamWrite,

@@ -2,25 +2,11 @@
 
 use std::future::Future;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use valet_domain::StreamId;
 
+pub use crate::log::{EventMetadata, StreamVersion};
 use crate::log::{LogCursor, NewEvent, RecordedEvent, ReplayEvent};
-
-/// The version of a stream: the number of events in it (0 = the stream does not exist).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct StreamVersion(pub u64);
-
-impl StreamVersion {
-    pub const EMPTY: StreamVersion = StreamVersion(0);
-}
-
-impl std::fmt::Display for StreamVersion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
 
 /// What the writer believes the stream's version is; the append fails unless it is so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,19 +33,6 @@ impl ExpectedVersion {
             ExpectedVersion::Exactly(version)
         }
     }
-}
-
-/// Who did it and on whose behalf: recorded with every event, never a secret.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EventMetadata {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub actor: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_ip: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub correlation_id: Option<String>,
 }
 
 /// Where an append landed.

@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::change::Few;
 use crate::common::{EventRef, RevocationReason};
 use crate::event::{domain_event, Rejection};
+use crate::few::Few;
 use crate::ids::{ClientId, GrantId, UserId, Username};
 use crate::scope::ScopeSet;
 use crate::secret::TokenHash;

@@ -12,8 +12,10 @@ pub mod code;
 pub mod common;
 pub mod consent;
 pub mod event;
+pub mod few;
 pub mod grant;
 pub mod ids;
+pub mod log_event;
 pub mod pkce;
 pub mod redirect;
 pub mod scope;
@@ -24,10 +26,12 @@ pub mod user;
 #[cfg(test)]
 pub(crate) mod testing;
 
-pub use change::{changes, Change, Few};
+pub use change::{changes, Change};
 pub use common::{EventRef, GrantType, RevocationReason, UnsupportedGrantType};
-pub use event::{fold, DecodeError, DomainEvent, Event, Rejection};
+pub use event::{fold, DecodeError, DomainEvent, Rejection};
+pub use few::Few;
 pub use ids::{ClientId, ClientName, GrantId, IdError, StreamId, UserId, Username};
+pub use log_event::Event;
 pub use pkce::{PkceChallenge, PkceError, PkceMethod, PkceVerifier};
 pub use redirect::{LoopbackPortRule, RedirectUri, RedirectUriError};
 pub use scope::{Scope, ScopeParseError, ScopeSet};

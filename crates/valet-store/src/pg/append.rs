@@ -19,8 +19,9 @@ use valet_app::{
 };
 use valet_domain::StreamId;
 
-use super::errors::{append_failure, classify, db_error, AppendFailure};
+use super::errors::{classify, db_error, AppendFailure};
 use super::projection::{embed, execute_writes, plan_writes, InlineProjection};
+use super::read::current_version;
 use super::rows::{micros, EncodedEvent, JsonText};
 
 const APPEND_SQL: &str = "
@@ -43,9 +44,6 @@ SELECT $3, $1, cur.v + 1, $4, $5, $6, $7
 FROM (SELECT coalesce(max(stream_version), 0) AS v FROM events WHERE stream_id = $1) cur
 WHERE cur.v = $2
 RETURNING position, stream_version, xact, recorded_at";
-
-const VERSION_SQL: &str =
-    "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1";
 
 /// The parameters of one stream's append, column by column (each event serialized once,
 /// into its payload's JSON text).
@@ -357,14 +355,58 @@ pub(super) async fn check_version<C: GenericClient + Sync>(
     }
 }
 
-pub(super) async fn current_version<C: GenericClient + Sync>(
+/// Maps the failure of a statement that appended `writes` (and wrote their read
+/// models). A concurrent writer is found by asking where the streams are now: the
+/// first whose version moved is the one that conflicted.
+async fn append_failure<C: GenericClient + Sync>(
     client: &C,
-    stream: &StreamId,
-) -> Result<StreamVersion, StoreError> {
-    let statement = client.prepare_cached(VERSION_SQL).await.map_err(db_error)?;
-    let row = client
-        .query_one(&statement, &[&stream.to_string()])
-        .await
-        .map_err(db_error)?;
-    Ok(StreamVersion(row.get::<_, i64>(0) as u64))
+    e: tokio_postgres::Error,
+    writes: &[StreamWrite],
+) -> AppendError {
+    let Some(db) = e.as_db_error() else {
+        return AppendError::Store(db_error(e));
+    };
+    let conflict = |write: &StreamWrite, actual| AppendError::Conflict {
+        stream: write.stream.clone(),
+        expected: write.expected,
+        actual: StreamVersion(actual),
+    };
+    match classify(db) {
+        AppendFailure::VersionConflict { stream, actual } => {
+            match StreamId::parse(&stream)
+                .ok()
+                .and_then(|stream| writes.iter().find(|w| w.stream == stream))
+            {
+                Some(write) => conflict(write, actual),
+                None => AppendError::Store(db_error(e)),
+            }
+        }
+        AppendFailure::ConcurrentWriter => {
+            for write in writes.iter().filter(|w| !w.events.is_empty()) {
+                match current_version(client, &write.stream).await {
+                    Ok(actual) if actual != write.expected.as_version() => {
+                        return conflict(write, actual.0)
+                    }
+                    Ok(_) => {}
+                    Err(error) => return AppendError::Store(error),
+                }
+            }
+            // The other writer's version is not visible yet: name the first stream
+            // written, one past what was expected.
+            match writes.iter().find(|w| !w.events.is_empty()) {
+                Some(write) => conflict(write, write.expected.as_version().0 + 1),
+                None => AppendError::Store(db_error(e)),
+            }
+        }
+        AppendFailure::DuplicateEventId => {
+            let id = writes
+                .iter()
+                .flat_map(|w| &w.events)
+                .map(|e| e.event_id)
+                .next();
+            AppendError::DuplicateEventId(id.unwrap_or_default())
+        }
+        AppendFailure::Constraint(name) => AppendError::Store(StoreError::Constraint(name)),
+        AppendFailure::Other => AppendError::Store(db_error(e)),
+    }
 }

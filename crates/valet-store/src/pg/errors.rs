@@ -1,12 +1,8 @@
 //! PostgreSQL's errors as the store's: by SQLSTATE and constraint name, never by the
 //! wording of a message.
 
-use deadpool_postgres::GenericClient;
 use tokio_postgres::error::{DbError, SqlState};
-use valet_app::{AppendError, StoreError, StreamVersion, StreamWrite};
-use valet_domain::StreamId;
-
-use super::append::current_version;
+use valet_app::StoreError;
 
 /// Raised by `valet_version_conflict` (migration 4): HINT names the stream, DETAIL the
 /// version it is at.
@@ -77,60 +73,4 @@ pub(super) fn classify(db: &DbError) -> AppendFailure {
         };
     }
     AppendFailure::Other
-}
-
-/// Maps the failure of a statement that appended `writes` (and wrote their read
-/// models). A concurrent writer is found by asking where the streams are now: the
-/// first whose version moved is the one that conflicted.
-pub(super) async fn append_failure<C: GenericClient + Sync>(
-    client: &C,
-    e: tokio_postgres::Error,
-    writes: &[StreamWrite],
-) -> AppendError {
-    let Some(db) = e.as_db_error() else {
-        return AppendError::Store(db_error(e));
-    };
-    let conflict = |write: &StreamWrite, actual| AppendError::Conflict {
-        stream: write.stream.clone(),
-        expected: write.expected,
-        actual: StreamVersion(actual),
-    };
-    match classify(db) {
-        AppendFailure::VersionConflict { stream, actual } => {
-            match StreamId::parse(&stream)
-                .ok()
-                .and_then(|stream| writes.iter().find(|w| w.stream == stream))
-            {
-                Some(write) => conflict(write, actual),
-                None => AppendError::Store(db_error(e)),
-            }
-        }
-        AppendFailure::ConcurrentWriter => {
-            for write in writes.iter().filter(|w| !w.events.is_empty()) {
-                match current_version(client, &write.stream).await {
-                    Ok(actual) if actual != write.expected.as_version() => {
-                        return conflict(write, actual.0)
-                    }
-                    Ok(_) => {}
-                    Err(error) => return AppendError::Store(error),
-                }
-            }
-            // The other writer's version is not visible yet: name the first stream
-            // written, one past what was expected.
-            match writes.iter().find(|w| !w.events.is_empty()) {
-                Some(write) => conflict(write, write.expected.as_version().0 + 1),
-                None => AppendError::Store(db_error(e)),
-            }
-        }
-        AppendFailure::DuplicateEventId => {
-            let id = writes
-                .iter()
-                .flat_map(|w| &w.events)
-                .map(|e| e.event_id)
-                .next();
-            AppendError::DuplicateEventId(id.unwrap_or_default())
-        }
-        AppendFailure::Constraint(name) => AppendError::Store(StoreError::Constraint(name)),
-        AppendFailure::Other => AppendError::Store(db_error(e)),
-    }
 }

@@ -214,7 +214,7 @@ impl PgEventStore {
     /// The current version of a stream (0 when it does not exist).
     pub async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, StoreError> {
         let client = self.inner.pool.get().await.map_err(unavailable)?;
-        append::current_version(&client, stream).await
+        read::current_version(&client, stream).await
     }
 }
 

@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
-use valet_app::{LogCursor, RecordedEvent, ReplayEvent, StoreError};
+use valet_app::{LogCursor, RecordedEvent, ReplayEvent, StoreError, StreamVersion};
 use valet_domain::StreamId;
 
 use super::errors::{db_error, unavailable};
@@ -29,6 +29,22 @@ pub enum SnapshotScope {
 pub struct SnapshotRead<T> {
     pub snapshot: String,
     pub batches: mpsc::Receiver<Result<T, StoreError>>,
+}
+
+const VERSION_SQL: &str =
+    "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1";
+
+/// The version a stream is at (0 when it does not exist).
+pub(super) async fn current_version<C: GenericClient + Sync>(
+    client: &C,
+    stream: &StreamId,
+) -> Result<StreamVersion, StoreError> {
+    let statement = client.prepare_cached(VERSION_SQL).await.map_err(db_error)?;
+    let row = client
+        .query_one(&statement, &[&stream.to_string()])
+        .await
+        .map_err(db_error)?;
+    Ok(StreamVersion(row.get::<_, i64>(0) as u64))
 }
 
 pub(super) async fn read_stream<C: GenericClient + Sync>(
