@@ -51,9 +51,7 @@ impl AuthenticatedClient {
 }
 
 /// How long a loaded client state is trusted for authentication.
-pub const CLIENT_CACHE_TTL_MILLIS: i64 = 1000;
-pub const CLIENT_CACHE_TTL: std::time::Duration =
-    std::time::Duration::from_millis(CLIENT_CACHE_TTL_MILLIS as u64);
+pub const CLIENT_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 const CLIENT_CACHE_LIMIT: usize = 10_000;
 
 /// Client states recently loaded, so that every token and introspection request does
@@ -77,7 +75,7 @@ impl CachedClient {
     /// Loaded less than the TTL ago by the clock (a clock set back counts as stale).
     fn fresh(&self, now: Timestamp) -> bool {
         let age = now.as_unix_millis() - self.loaded.as_unix_millis();
-        (0..CLIENT_CACHE_TTL_MILLIS).contains(&age)
+        (0..CLIENT_CACHE_TTL.as_millis() as i64).contains(&age)
     }
 }
 
