@@ -94,6 +94,7 @@ fn relay_config(nats: &TestNats) -> RelayConfig {
     RelayConfig {
         nats_url: nats.url(),
         max_age: Duration::from_secs(86_400),
+        duplicate_window: valet_relay::DEFAULT_DUPLICATE_WINDOW,
         batch: 100,
     }
 }
@@ -469,4 +470,40 @@ async fn a_batch_its_last_ack_does_not_account_for_is_republished_with_an_ack_pe
     assert!(ours.windows(2).all(|w| w[0].0.position < w[1].0.position));
     relay.abort();
     db.drop_database().await;
+}
+
+/// The stream's duplicate window is the configured one, never longer than the stream
+/// keeps messages (JetStream refuses that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_duplicate_window_is_configurable_and_bounded_by_the_max_age() {
+    let nats = TestNats::start().await;
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let window = |config: RelayConfig| {
+        let js = js.clone();
+        async move {
+            valet_relay::ensure_stream(&js, &config)
+                .await
+                .expect("stream set up");
+            let mut stream = js.get_stream(STREAM).await.expect("the stream");
+            stream.info().await.expect("info").config.duplicate_window
+        }
+    };
+    let config = RelayConfig {
+        duplicate_window: Duration::from_secs(600),
+        ..relay_config(&nats)
+    };
+    assert_eq!(window(config).await, Duration::from_secs(600));
+    // Updated in place on the next start.
+    let config = RelayConfig {
+        duplicate_window: Duration::from_secs(30),
+        ..relay_config(&nats)
+    };
+    assert_eq!(window(config).await, Duration::from_secs(30));
+    let config = RelayConfig {
+        max_age: Duration::from_secs(3600),
+        duplicate_window: Duration::from_secs(7200),
+        ..relay_config(&nats)
+    };
+    assert_eq!(window(config).await, Duration::from_secs(3600));
 }

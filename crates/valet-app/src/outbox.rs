@@ -27,11 +27,6 @@ pub trait Lease: Send + 'static {
         &mut self,
         cursor: LogCursor,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// How many events of the log lie after `cursor`.
-    fn backlog(
-        &mut self,
-        cursor: LogCursor,
-    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
 }
 
 /// What the relay is doing, shared with /readyz and /metrics. Plain atomics: written by

@@ -157,6 +157,26 @@ pub trait EventStore: Send + Sync + 'static {
         }
     }
 
+    /// How many events the log holds after `after` (committed ones: a relay's backlog).
+    /// Here counted by reading them; a store can do it for less.
+    fn count_after(
+        &self,
+        after: LogCursor,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        async move {
+            let mut cursor = after;
+            let mut count = 0u64;
+            loop {
+                let page = self.read_log(cursor, 1000).await?;
+                let Some(last) = page.last() else {
+                    return Ok(count);
+                };
+                cursor = last.cursor();
+                count += page.len() as u64;
+            }
+        }
+    }
+
     /// A receiver whose value changes whenever new events may be readable.
     fn wakeups(&self) -> watch::Receiver<u64>;
 }

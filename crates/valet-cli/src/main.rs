@@ -57,6 +57,12 @@ struct ServeArgs {
     /// NATS server that token lifecycle events are published to.
     #[arg(long, env = "VALET_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
+    /// Seconds JetStream remembers event ids, dropping a republished event (a relay
+    /// taking over after a crash republishes at most what came after the last
+    /// checkpoint). At most the stream's max age.
+    #[arg(long, env = "VALET_NATS_DUPLICATE_WINDOW", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    nats_duplicate_window: u64,
     /// Address the HTTP server listens on.
     #[arg(long, env = "VALET_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -357,6 +363,7 @@ async fn serve(database_url: &str, config: ServeArgs) -> anyhow::Result<()> {
             // Resource services bootstrap by replaying the stream: keep at least a day,
             // and never less than an access token lives.
             max_age: Duration::from_secs(u64::from(config.access_token_ttl).max(86_400)),
+            duplicate_window: Duration::from_secs(config.nats_duplicate_window),
             batch: 500,
         },
         relay_status.clone(),

@@ -13,6 +13,7 @@
 //!   relay has caught up. NATS down: the batch is retried with backoff; nothing is
 //!   skipped and the HTTP API is unaffected.
 
+mod backlog;
 mod checkpoint;
 mod confirm;
 mod mapping;
@@ -48,9 +49,16 @@ pub struct RelayConfig {
     /// JetStream keeps messages this long: at least the longest access-token lifetime,
     /// so a new resource service can bootstrap by replaying the stream.
     pub max_age: Duration,
+    /// How long JetStream remembers message ids to drop a republished event. A relay
+    /// that resumes later than this after a crash stores again what it had published
+    /// since its last checkpoint (consumers drop those by event id).
+    pub duplicate_window: Duration,
     /// Events read from the log per batch.
     pub batch: usize,
 }
+
+/// JetStream's default duplicate window, and Valet's.
+pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -194,13 +202,17 @@ async fn connect(url: &str, status: Arc<RelayStatus>) -> async_nats::Client {
 }
 
 /// Creates or updates the stream so its definition matches this version of Valet.
-pub async fn ensure_stream(js: &jetstream::Context, max_age: Duration) -> Result<(), RelayError> {
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    config: &RelayConfig,
+) -> Result<(), RelayError> {
     js.create_or_update_stream(jetstream::stream::Config {
         name: STREAM.to_owned(),
         subjects: vec![SUBJECTS.to_owned()],
         storage: StorageType::File,
-        max_age,
-        duplicate_window: Duration::from_secs(120),
+        max_age: config.max_age,
+        // JetStream refuses a window longer than the stream keeps messages.
+        duplicate_window: config.duplicate_window.min(config.max_age),
         ..Default::default()
     })
     .await
@@ -213,21 +225,22 @@ async fn lead<S, L>(
     mut lease: L,
     nats: &async_nats::Client,
     config: &RelayConfig,
-    status: &RelayStatus,
+    status: &Arc<RelayStatus>,
 ) -> Result<(), RelayError>
 where
-    S: EventStore,
+    S: EventStore + Clone,
     L: Lease,
 {
     let js = jetstream::new(nats.clone());
     let mut backoff = Backoff::new();
-    while let Err(error) = ensure_stream(&js, config.max_age).await {
+    while let Err(error) = ensure_stream(&js, config).await {
         status.record_failure();
         tracing::warn!(%error, "cannot set up stream {STREAM}; retrying");
         backoff.wait().await;
     }
     let mut cursor = lease.checkpoint().await?.unwrap_or(LogCursor::START);
-    status.set_backlog(lease.backlog(cursor).await?);
+    let confirmed = backlog::Confirmed::new(cursor);
+    let _reporter = backlog::Reporter::start(store.clone(), confirmed.clone(), status.clone());
     let mut follower =
         LogFollower::<_, ReplayEvent>::from_cursor(store, cursor).with_batch(config.batch);
     let mut directory = GrantDirectory::default();
@@ -259,16 +272,15 @@ where
                     status.record_failure();
                     status.set_connected(false);
                     tracing::warn!(%error, pending = messages.len(), "publishing to NATS failed; retrying");
-                    // The checkpoint has not moved: report how far behind we are.
-                    status.set_backlog(lease.backlog(cursor).await?);
                     backoff.wait().await;
                 }
             }
         }
         cursor = last;
-        if batch.len() >= config.batch {
-            status.set_backlog(lease.backlog(cursor).await?);
-        } else {
+        confirmed.set(cursor);
+        if batch.len() < config.batch {
+            // Caught up with what the read saw: nothing waits (the reporter counts anew
+            // within its interval).
             status.set_backlog(0);
             // Caught up: let a few more commits gather before the next read, so a busy
             // server costs the relay one read per interval, not one per token.

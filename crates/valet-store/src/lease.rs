@@ -13,10 +13,9 @@ use crate::pg::PgEventStore;
 pub struct PgLease {
     client: tokio_postgres::Client,
     name: String,
-    /// Prepared on first use: the relay saves a checkpoint and counts its backlog
-    /// after every batch, and an unprepared statement costs a parse and a round trip.
+    /// Prepared on first use: the relay saves a checkpoint often, and an unprepared
+    /// statement costs a parse and a round trip.
     save: Option<tokio_postgres::Statement>,
-    count: Option<tokio_postgres::Statement>,
 }
 
 /// A stable 64-bit key for the lock from the reader's name (FNV-1a; any fixed hash works).
@@ -67,7 +66,6 @@ impl Leadership for PgEventStore {
             client,
             name: name.to_owned(),
             save: None,
-            count: None,
         }))
     }
 }
@@ -101,20 +99,5 @@ impl Lease for PgLease {
             .await
             .map_err(db_error)?;
         Ok(())
-    }
-
-    async fn backlog(&mut self, cursor: LogCursor) -> Result<i64, StoreError> {
-        let statement = prepared(
-            &self.client,
-            &mut self.count,
-            "SELECT count(*) FROM events WHERE (xact, position) > ($1, $2)",
-        )
-        .await?;
-        let row = self
-            .client
-            .query_one(statement, &[&cursor.xact, &cursor.position])
-            .await
-            .map_err(db_error)?;
-        Ok(row.get(0))
     }
 }

@@ -276,6 +276,11 @@ impl EventStore for PgEventStore {
         self.read_log_lean(after, limit).await
     }
 
+    async fn count_after(&self, after: LogCursor) -> Result<u64, StoreError> {
+        let client = self.inner.pool.get().await.map_err(unavailable)?;
+        read::count_after(&client, after).await
+    }
+
     fn wakeups(&self) -> watch::Receiver<u64> {
         self.inner.wake.subscribe()
     }

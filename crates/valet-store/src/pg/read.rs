@@ -47,6 +47,22 @@ pub(super) async fn current_version<C: GenericClient + Sync>(
     Ok(StreamVersion(row.get::<_, i64>(0) as u64))
 }
 
+/// How many committed events follow `after` in commit order (an index range count).
+pub(super) async fn count_after<C: GenericClient + Sync>(
+    client: &C,
+    after: LogCursor,
+) -> Result<u64, StoreError> {
+    let statement = client
+        .prepare_cached("SELECT count(*) FROM events WHERE (xact, position) > ($1, $2)")
+        .await
+        .map_err(db_error)?;
+    let row = client
+        .query_one(&statement, &[&after.xact, &after.position])
+        .await
+        .map_err(db_error)?;
+    Ok(row.get::<_, i64>(0).max(0) as u64)
+}
+
 pub(super) async fn read_stream<C: GenericClient + Sync>(
     client: &C,
     stream: &StreamId,
