@@ -534,6 +534,31 @@ impl TestServer {
 
     /// Starts on `db` (e.g. one on a private PostgreSQL that a test restarts).
     pub async fn start_on(db: TestDb, env: &[(&str, &str)]) -> TestServer {
+        let (name, url) = (db.name.clone(), db.url.clone());
+        Self::launch(Some(db), name.clone(), url, &name, env).await
+    }
+
+    /// Another `valet serve` on this server's database (a replica behind the same load
+    /// balancer); stopping it leaves the database to this one.
+    pub async fn replica(&self, env: &[(&str, &str)]) -> TestServer {
+        let log_name = format!("{}.replica-{}", self.db_name, nonce());
+        Self::launch(
+            None,
+            self.db_name.clone(),
+            self.db_url.clone(),
+            &log_name,
+            env,
+        )
+        .await
+    }
+
+    async fn launch(
+        db: Option<TestDb>,
+        db_name: String,
+        db_url: String,
+        log_name: &str,
+        env: &[(&str, &str)],
+    ) -> TestServer {
         let bin = valet_bin();
         let env: Vec<(String, String)> = env
             .iter()
@@ -541,7 +566,7 @@ impl TestServer {
             .collect();
         let log_dir = target_dir().join("test-logs");
         std::fs::create_dir_all(&log_dir).expect("create test-logs dir");
-        let log_path = log_dir.join(format!("{}.log", db.name));
+        let log_path = log_dir.join(format!("{log_name}.log"));
         let log = Arc::new(Mutex::new(
             std::fs::OpenOptions::new()
                 .create(true)
@@ -550,7 +575,7 @@ impl TestServer {
                 .expect("open server log"),
         ));
 
-        let mut cmd = valet_command(&db.url, &env);
+        let mut cmd = valet_command(&db_url, &env);
         cmd.arg("serve")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -601,9 +626,9 @@ impl TestServer {
             "unexpected listening line: {base_url}"
         );
         TestServer {
-            db_name: db.name.clone(),
-            db_url: db.url.clone(),
-            db: Some(db),
+            db_name,
+            db_url,
+            db,
             child: Some(child),
             base_url: base_url.trim_end_matches('/').to_owned(),
             log_path,
@@ -897,12 +922,29 @@ impl TestServer {
 
     /// POST a form (pairs in this order, duplicates kept) with client authentication.
     pub async fn post_form(&self, path: &str, auth: &Auth, pairs: &[(&str, &str)]) -> Resp {
+        self.post_form_with(path, auth, pairs, &[]).await
+    }
+
+    /// `post_form` with extra headers (e.g. `X-Forwarded-For`).
+    pub async fn post_form_with(
+        &self,
+        path: &str,
+        auth: &Auth,
+        pairs: &[(&str, &str)],
+        extra: &[(&str, &str)],
+    ) -> Resp {
         let mut all: Vec<(String, String)> = pairs
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         let mut headers = HeaderMap::new();
         auth.apply(&mut all, &mut headers);
+        for (k, v) in extra {
+            headers.insert(
+                HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+                HeaderValue::from_str(v).expect("header value"),
+            );
+        }
         let started = Instant::now();
         let resp = self
             .http

@@ -1,7 +1,8 @@
 //! SECURITY.md 20–22: client authentication at /token, /introspect and /revoke.
 //!
-//! The server rate-limits failed authentications per (client_id, IP): these tests keep
-//! every client below 10 failures except where the limit itself is under test.
+//! The server limits failed authentications per source address (10 a minute, then
+//! 429). s20 and s21 fail more often than that on purpose, so their servers allow more
+//! (`VALET_FAILED_AUTH_PER_MINUTE`); s22 tests the default limit.
 
 use std::time::Duration;
 
@@ -14,13 +15,16 @@ use valet_tests::server::{
 
 const CC: [(&str, &str); 1] = [("grant_type", "client_credentials")];
 
+/// Enough failed authentications per minute for the tests that make many on purpose.
+const MANY_FAILURES: (&str, &str) = ("VALET_FAILED_AUTH_PER_MINUTE", "1000");
+
 fn fake_secret() -> String {
     format!("valet_cs_{}", random_b64(32))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s20_bad_basic_credentials_are_401_invalid_client_with_a_challenge() {
-    let fx = Fixture::new().await;
+    let fx = Fixture::with_env(&[MANY_FAILURES]).await;
     let s = &fx.server;
     let rs = &fx.rs;
     let app = &fx.client;
@@ -129,10 +133,9 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s21_unknown_client_and_wrong_secret_are_indistinguishable() {
-    let fx = Fixture::new().await;
+    let fx = Fixture::with_env(&[MANY_FAILURES]).await;
     let s = &fx.server;
-    // Wrong-secret attempts are spread over five clients, so that none reaches the
-    // rate limit (10 failures per client and IP in 60 s).
+    // Wrong secrets are spread over five clients, as an attacker's would be.
     let mut known: Vec<ClientCreds> = Vec::new();
     for i in 0..5 {
         known.push(
@@ -222,7 +225,9 @@ async fn s21_unknown_client_and_wrong_secret_are_indistinguishable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s22_basic_is_form_urldecoded_single_method_and_rate_limited() {
-    let fx = Fixture::new().await;
+    // The test client is a trusted proxy, so the limit can be shown for an address of
+    // its own (the failures above it come from 127.0.0.1).
+    let fx = Fixture::with_env(&[("VALET_TRUSTED_PROXIES", "127.0.0.1")]).await;
     let s = &fx.server;
     let rs = &fx.rs;
     let (id, secret) = (rs.client_id.as_str(), rs.secret());
@@ -271,7 +276,6 @@ async fn s22_basic_is_form_urldecoded_single_method_and_rate_limited() {
         format!("Basic {}", STANDARD.encode(format!("{id}:{secret}")))
     );
     // A secret with `: % +` must be sent encoded; sent raw, it is a different secret.
-    // (Another client takes these failures, so `rs` stays below the rate limit.)
     let (aid, asecret) = (fx.client.client_id.as_str(), fx.client.secret());
     for (what, raw) in [
         ("raw colon inside the secret", format!("{aid}:{asecret}:x")),
@@ -323,7 +327,9 @@ async fn s22_basic_is_form_urldecoded_single_method_and_rate_limited() {
         }
     }
 
-    // Rate limit: 10 failures for one client_id from one IP within 60 s, then 429.
+    // Rate limit: 10 failures from one address within 60 s, then 429 for the failures
+    // that follow. The right secret is still served: what is limited is the failing
+    // source, not the client it names.
     let limited = s
         .create_client(
             &ClientSpec::confidential("Limited")
@@ -331,31 +337,57 @@ async fn s22_basic_is_form_urldecoded_single_method_and_rate_limited() {
                 .scopes("x"),
         )
         .await;
+    let from = |addr: &'static str| [("x-forwarded-for", addr)];
+    let attacker = from("198.51.100.22");
+    let wrong = || Auth::Basic(limited.client_id.clone(), fake_secret());
     for n in 1..=10 {
-        let resp = s
-            .token(&Auth::Basic(limited.client_id.clone(), fake_secret()), &CC)
-            .await;
+        let resp = s.post_form_with("/token", &wrong(), &CC, &attacker).await;
         assert_invalid_client(&resp, &format!("failure #{n}"));
     }
-    for (what, auth) in [
-        (
-            "11th failure",
-            Auth::Basic(limited.client_id.clone(), fake_secret()),
-        ),
-        ("then the right secret", limited.basic()),
-        ("then the right secret in the body", limited.post()),
-    ] {
-        let resp = s.token(&auth, &CC).await;
-        assert_eq!(resp.status, 429, "{what}: {}", resp.describe());
+    for n in 11..=12 {
+        let resp = s.post_form_with("/token", &wrong(), &CC, &attacker).await;
+        assert_eq!(resp.status, 429, "failure #{n}: {}", resp.describe());
         let retry = resp.header("retry-after").unwrap_or_default();
         let secs: u64 = retry
             .trim()
             .parse()
-            .unwrap_or_else(|_| panic!("{what}: Retry-After {retry:?} is not delay-seconds"));
-        assert!((1..=60).contains(&secs), "{what}: Retry-After {secs}");
+            .unwrap_or_else(|_| panic!("failure #{n}: Retry-After {retry:?} is not delay-seconds"));
+        assert!((1..=60).contains(&secs), "failure #{n}: Retry-After {secs}");
         assert!(resp.json().get("access_token").is_none());
+        assert_eq!(
+            resp.error().as_deref(),
+            Some("invalid_client"),
+            "failure #{n}"
+        );
     }
-    // Other clients are not affected.
+    // Unknown clients from that address are refused alike (nothing to tell them apart).
+    let resp = s
+        .post_form_with(
+            "/token",
+            &Auth::Basic(format!("ghost-{}", nonce()), fake_secret()),
+            &CC,
+            &attacker,
+        )
+        .await;
+    assert_eq!(resp.status, 429, "unknown client: {}", resp.describe());
+    for (what, auth) in [
+        ("the right secret", limited.basic()),
+        ("the right secret in the body", limited.post()),
+    ] {
+        let resp = s.post_form_with("/token", &auth, &CC, &attacker).await;
+        assert_eq!(
+            resp.status,
+            200,
+            "{what} from the limited address: {}",
+            resp.describe()
+        );
+        assert!(resp.json().get("access_token").is_some(), "{what}");
+    }
+    // Other addresses and other clients are not affected.
+    let resp = s
+        .post_form_with("/token", &wrong(), &CC, &from("198.51.100.23"))
+        .await;
+    assert_invalid_client(&resp, "a failure from another address");
     let resp = s.token(&rs.basic(), &CC).await;
     assert_eq!(
         resp.status,

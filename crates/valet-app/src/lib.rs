@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod aggregate;
+pub mod attempts;
 pub mod clock;
 pub mod entropy;
 pub mod follow;

@@ -81,6 +81,22 @@ struct ServeArgs {
     /// PostgreSQL connections of the server.
     #[arg(long, env = "VALET_DB_POOL_SIZE", default_value_t = 32)]
     db_pool_size: usize,
+    /// A reverse proxy whose `Forwarded` / `X-Forwarded-For` headers name the client's
+    /// address (for failed-authentication limits and the audit log). Repeat, or
+    /// comma-separate in the environment. Without it those headers are ignored.
+    #[arg(
+        long = "trusted-proxy",
+        env = "VALET_TRUSTED_PROXIES",
+        value_name = "IP",
+        value_delimiter = ','
+    )]
+    trusted_proxies: Vec<std::net::IpAddr>,
+    /// Failed authentications (wrong client secrets, failed sign-ins) one address may
+    /// make in a minute before it gets 429 for a minute. Raise it when many clients
+    /// share one address (NAT) and no trusted proxy names them.
+    #[arg(long, env = "VALET_FAILED_AUTH_PER_MINUTE", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    failed_auth_per_minute: u32,
 }
 
 #[derive(Subcommand, Debug)]
@@ -370,7 +386,16 @@ async fn serve(database_url: &str, config: ServeArgs) -> anyhow::Result<()> {
     )
     .context("start the relay")?;
 
-    let state = Arc::new(valet_http::AppState::new(oauth, session_key).with_relay(relay_status));
+    let attempts = Arc::new(valet_store::PgAttempts::new(oauth.store.clone()));
+    let state = Arc::new(
+        valet_http::AppState::new(oauth, session_key)
+            .with_attempts(attempts)
+            .with_trusted_proxies(valet_http::TrustedProxies::new(config.trusted_proxies))
+            .with_failure_limits(valet_http::FailureLimits::per_minute(
+                config.failed_auth_per_minute,
+            ))
+            .with_relay(relay_status),
+    );
     let app = valet_http::router(state);
     tracing::info!(listen = %addr, %issuer, "valet serving");
     // Scripts and tests wait for this line: the socket is bound and accepting.

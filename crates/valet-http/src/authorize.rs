@@ -5,12 +5,12 @@
 //! redirected (§4.1.2.1); every other error goes back to the client with its `state`.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use valet_app::attempts::AttemptKey;
 use valet_app::oauth::{
     AuthenticatedUser, AuthorizationRequest, AuthorizeParams, AuthorizeRejection, ErrorCode,
     LoginError, OAuthError,
@@ -20,9 +20,9 @@ use valet_app::{Clock, EventStore, Readiness};
 use valet_domain::UserId;
 
 use crate::html::{self, ConsentView, Hidden, LoginFailed, LoginView};
+use crate::limits;
 use crate::observe::RequestContext;
 use crate::params::{append_query, encode_pairs, Params};
-use crate::rate_limit::{LimitKey, Verdict};
 use crate::signing::{self, SESSION_SECONDS};
 use crate::{read_form, AppState};
 
@@ -165,10 +165,16 @@ fn unavailable(detail: &dyn std::fmt::Display) -> Response {
 }
 
 fn too_many_attempts(retry_after: std::time::Duration) -> Response {
+    let secs = retry_after.as_secs();
+    let wait = if secs == 1 {
+        "a second".to_owned()
+    } else {
+        format!("{secs} seconds")
+    };
     let mut res = page(
         StatusCode::TOO_MANY_REQUESTS,
         "Too many attempts",
-        "Too many failed sign-in attempts. Please wait a minute and try again.",
+        &format!("Too many failed sign-in attempts. Please wait {wait} and try again."),
     );
     res.headers_mut().insert(
         header::RETRY_AFTER,
@@ -454,13 +460,26 @@ where
     };
     let username = form.field("username").value().unwrap_or_default();
     let password = form.field("password").value().unwrap_or_default();
-    let key = LimitKey::new(username, ctx.ip());
-    if let Verdict::Limited { retry_after } = app.login_failures.check(&key, Instant::now()) {
+    // Failed sign-ins slow down the address they come from and the guessing of this
+    // user's password (backoff, not a lockout), across replicas, before any password is
+    // hashed.
+    let (source, user) = (
+        AttemptKey::Source(ctx.ip()),
+        AttemptKey::User(username.to_owned()),
+    );
+    let now = app.oauth.clock.now();
+    let attempts = app.attempts.as_ref();
+    let verdict = limits::verdict(attempts, &source, app.limits.source, now)
+        .await
+        .and(limits::verdict(attempts, &user, app.limits.user, now).await);
+    if let Some(retry_after) = limits::retry_after(verdict) {
         app.metrics.record_rate_limited();
         return too_many_attempts(retry_after);
     }
     match app.oauth.login(username, password).await {
-        Ok(user) => {
+        Ok(user_signed_in) => {
+            limits::clear(attempts, &user).await;
+            let user = user_signed_in;
             let expires_at = app.oauth.clock.now().as_unix_seconds() + SESSION_SECONDS;
             let session = app.signer.session(user.user_id, expires_at);
             let cookie = format!(
@@ -472,7 +491,8 @@ where
             with_cookie(res, HeaderValue::from_str(&cookie).ok())
         }
         Err(LoginError::InvalidCredentials) => {
-            app.login_failures.record_failure(key, Instant::now());
+            limits::record_failure(attempts, &source, app.limits.source, now).await;
+            limits::record_failure(attempts, &user, app.limits.user, now).await;
             login_form(
                 &app,
                 &headers,

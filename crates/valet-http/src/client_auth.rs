@@ -70,13 +70,6 @@ pub fn presented(headers: &HeaderMap, body: &Params) -> Result<ClientAuth, Clien
     }
 }
 
-/// The client id a request claims, for rate limiting.
-pub fn claimed_id(auth: &ClientAuth) -> &str {
-    match auth {
-        ClientAuth::Secret { client_id, .. } | ClientAuth::Public { client_id } => client_id,
-    }
-}
-
 #[derive(Debug, PartialEq, Eq)]
 pub struct BasicCredentials {
     pub client_id: String,

@@ -7,9 +7,10 @@
 mod authorize;
 mod client_auth;
 mod html;
+mod limits;
 mod observe;
 mod params;
-mod rate_limit;
+mod proxies;
 mod signing;
 mod token;
 
@@ -22,7 +23,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
+use valet_app::attempts::Attempts;
 use valet_app::entropy::{random_bytes, OsRandom, RandomnessError};
+use valet_app::memory::MemoryAttempts;
 use valet_app::oauth::OAuth;
 use valet_app::outbox::RelayStatus;
 use valet_app::read::ReadModels;
@@ -31,9 +34,10 @@ use valet_app::{Clock, EventStore, Readiness};
 pub use authorize::{CookieTransport, CSRF_COOKIE, SESSION_COOKIE};
 pub use observe::{Metrics, RequestContext, X_REQUEST_ID};
 
+pub use crate::limits::FailureLimits;
 use crate::observe::observe;
 use crate::params::{FormError, Params};
-use crate::rate_limit::{FailureLimiter, LimitPolicy};
+pub use crate::proxies::TrustedProxies;
 use crate::signing::Signer;
 
 /// Request bodies above this size are refused with 413 before any parsing.
@@ -45,10 +49,12 @@ pub struct AppState<S, R, C> {
     pub oauth: OAuth<S, R, C>,
     signer: Signer,
     cookie_transport: CookieTransport,
-    /// Failed client authentications at /token, /revoke and /introspect.
-    client_failures: FailureLimiter,
-    /// Failed sign-ins on the login page.
-    login_failures: FailureLimiter,
+    /// Failed authentications (clients and sign-ins), counted where every replica sees
+    /// them.
+    attempts: Arc<dyn Attempts>,
+    limits: FailureLimits,
+    /// Proxies whose `Forwarded` / `X-Forwarded-For` name the client's address.
+    proxies: TrustedProxies,
     metrics: Arc<Metrics>,
     /// The NATS relay of this process, reported by `/readyz` and `/metrics`.
     relay: Option<Arc<RelayStatus>>,
@@ -64,11 +70,32 @@ impl<S, R, C> AppState<S, R, C> {
             oauth,
             signer: Signer::new(session_key),
             cookie_transport,
-            client_failures: FailureLimiter::new(LimitPolicy::DEFAULT),
-            login_failures: FailureLimiter::new(LimitPolicy::DEFAULT),
+            attempts: Arc::new(MemoryAttempts::new()),
+            limits: FailureLimits::default(),
+            proxies: TrustedProxies::none(),
             metrics: Arc::default(),
             relay: None,
         }
+    }
+
+    /// Counts failed authentications in `attempts` (shared by every replica) instead of
+    /// this process's memory.
+    pub fn with_attempts(mut self, attempts: Arc<dyn Attempts>) -> Self {
+        self.attempts = attempts;
+        self
+    }
+
+    /// Applies `limits` instead of the defaults (10 failures a minute per address).
+    pub fn with_failure_limits(mut self, limits: FailureLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Takes the client's address from `Forwarded` / `X-Forwarded-For` when the peer
+    /// is one of `proxies`.
+    pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.proxies = proxies;
+        self
     }
 
     /// Reports the relay's state (lease, NATS connection, backlog) in `/readyz` and
@@ -90,7 +117,10 @@ where
     R: ReadModels,
     C: Clock,
 {
-    let metrics = state.metrics.clone();
+    let observer = observe::Observer {
+        metrics: state.metrics.clone(),
+        proxies: state.proxies.clone(),
+    };
     let no_store = || map_response(token::no_store);
     Router::new()
         .route("/authorize", get(authorize::show::<S, R, C>))
@@ -111,7 +141,7 @@ where
         .route("/metrics", get(metrics_text::<S, R, C>))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(from_fn(observe::refuse_large_bodies))
-        .layer(from_fn_with_state(metrics, observe))
+        .layer(from_fn_with_state(observer, observe))
         .with_state(state)
 }
 

@@ -25,7 +25,8 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     pub request_id: String,
-    /// The TCP peer; `None` when served without connect info (in-process tests).
+    /// The TCP peer, or the client a trusted proxy names; `None` when served without
+    /// connect info (in-process tests).
     pub client_ip: Option<IpAddr>,
 }
 
@@ -213,10 +214,18 @@ pub fn render_relay(out: &mut String, s: &RelaySnapshot) {
     }
 }
 
+/// What the observing middleware needs: the metrics it counts into, and whose forwarding
+/// headers name the client.
+#[derive(Clone)]
+pub(crate) struct Observer {
+    pub metrics: Arc<Metrics>,
+    pub proxies: crate::TrustedProxies,
+}
+
 /// Assigns the request id (any the client sent is ignored: ids in our logs are ours),
-/// then logs and counts the response.
-pub async fn observe(
-    State(metrics): State<Arc<Metrics>>,
+/// finds the client's address, then logs and counts the response.
+pub(crate) async fn observe(
+    State(Observer { metrics, proxies }): State<Observer>,
     mut req: Request,
     next: Next,
 ) -> Response {
@@ -227,10 +236,11 @@ pub async fn observe(
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned());
-    let client_ip = req
+    let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
+    let client_ip = proxies.client_address(peer, req.headers());
     req.headers_mut().remove(&X_REQUEST_ID);
     req.extensions_mut().insert(RequestContext {
         request_id: request_id.clone(),

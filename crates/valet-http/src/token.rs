@@ -1,7 +1,7 @@
 //! The JSON endpoints: /token (RFC 6749 §3.2), /revoke (RFC 7009), /introspect (RFC 7662).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Extension, State};
@@ -9,6 +9,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
+use valet_app::attempts::AttemptKey;
 use valet_app::oauth::{
     AuthenticatedClient, ClientAuth, ErrorCode, Introspection, OAuthError, TokenResponse,
     Unavailable,
@@ -16,10 +17,10 @@ use valet_app::oauth::{
 use valet_app::read::ReadModels;
 use valet_app::{Clock, EventStore, Readiness};
 
-use crate::client_auth::{self, claimed_id, ClientAuthError};
+use crate::client_auth::{self, ClientAuthError};
+use crate::limits;
 use crate::observe::RequestContext;
 use crate::params::{Field, Params};
-use crate::rate_limit::{LimitKey, Verdict};
 use crate::{read_form, AppState, FormRejection};
 
 /// A failed JSON-endpoint request. Descriptions are fixed: they never echo input.
@@ -188,8 +189,9 @@ fn grant(form: &Params) -> Result<Grant<'_>, ApiError> {
     }
 }
 
-/// Authenticates the client, refusing without a check after repeated failures from the
-/// same address (so the secret cannot be guessed at speed).
+/// Authenticates the client. Its right credentials are always accepted: what repeated
+/// failures limit is the address they come from (10 a minute, then 429), never the
+/// client they name, so a third party cannot lock a client out.
 async fn authenticate<S, R, C>(
     app: &AppState<S, R, C>,
     ctx: &RequestContext,
@@ -200,18 +202,21 @@ where
     R: ReadModels,
     C: Clock,
 {
-    let key = LimitKey::new(claimed_id(auth), ctx.ip());
-    if let Verdict::Limited { retry_after } = app.client_failures.check(&key, Instant::now()) {
-        app.metrics.record_rate_limited();
-        return Err(ApiError::RateLimited { retry_after });
-    }
     match app.oauth.authenticate(auth).await {
         Ok(client) => Ok(client),
         Err(OAuthError::Protocol {
             code: ErrorCode::InvalidClient,
             ..
         }) => {
-            app.client_failures.record_failure(key, Instant::now());
+            let source = AttemptKey::Source(ctx.ip());
+            let now = app.oauth.clock.now();
+            let policy = app.limits.source;
+            let verdict = limits::verdict(app.attempts.as_ref(), &source, policy, now).await;
+            if let Some(retry_after) = limits::retry_after(verdict) {
+                app.metrics.record_rate_limited();
+                return Err(ApiError::RateLimited { retry_after });
+            }
+            limits::record_failure(app.attempts.as_ref(), &source, policy, now).await;
             Err(ApiError::invalid_client())
         }
         Err(e) => Err(e.into()),

@@ -11,8 +11,8 @@ pub use lease::PgLease;
 pub use migrate::{migrate, MigrateError, MigrationReport, MIGRATIONS};
 pub use pg::{
     append_on, describe, execute_writes, new_pool, recorded_row, with_options, InlineProjection,
-    Params, PgEventStore, PgStoreConfig, RowWrite, SnapshotRead, SnapshotScope, WriteSql,
-    EVENT_COLUMNS,
+    Params, PgAttempts, PgEventStore, PgStoreConfig, RowWrite, SnapshotRead, SnapshotScope,
+    WriteSql, EVENT_COLUMNS,
 };
 /// The in-memory store lives beside the ports it implements (valet-app), so that the
 /// use cases' unit tests can run on it; it is reachable here too.

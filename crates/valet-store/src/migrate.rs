@@ -30,6 +30,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "version_conflict",
         sql: include_str!("../../../migrations/0004_version_conflict.sql"),
     },
+    Migration {
+        version: 5,
+        name: "auth_failures",
+        sql: include_str!("../../../migrations/0005_auth_failures.sql"),
+    },
 ];
 
 /// Serialises concurrent `valet migrate` runs (several replicas starting at once).

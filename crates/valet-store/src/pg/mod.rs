@@ -7,6 +7,7 @@
 //! (LISTEN/NOTIFY) and `secrets` (keys shared by replicas).
 
 mod append;
+mod attempts;
 mod errors;
 mod group;
 mod in_order;
@@ -29,6 +30,7 @@ use valet_app::{
 use valet_domain::StreamId;
 
 pub use append::append_on;
+pub use attempts::PgAttempts;
 pub use errors::describe;
 pub use projection::{execute_writes, InlineProjection, Params, RowWrite, WriteSql};
 pub use read::{SnapshotRead, SnapshotScope};
