@@ -147,7 +147,7 @@ fn assert_wrong_password(resp: &Resp, what: &str) {
     assert!(resp.location().is_none(), "{what}: redirected");
 }
 
-/// 429 with a Retry-After of at most `max` seconds, and a page that says so.
+/// 429 with a Retry-After of at most `max` seconds, and the sign-in form saying so.
 #[track_caller]
 fn assert_too_many(resp: &Resp, max: u64, what: &str) -> u64 {
     assert_eq!(resp.status, 429, "{what}: {}", resp.describe());
@@ -157,6 +157,12 @@ fn assert_too_many(resp: &Resp, max: u64, what: &str) -> u64 {
     assert!(
         resp.text().contains("Too many failed sign-in attempts"),
         "{what}: {}",
+        resp.describe()
+    );
+    // The sign-in form is shown again, so the person can retry after the wait.
+    assert!(
+        valet_tests::html::find_form(&resp.text(), Form::is_login).is_some(),
+        "{what}: no sign-in form: {}",
         resp.describe()
     );
     secs

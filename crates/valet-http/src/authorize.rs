@@ -19,7 +19,7 @@ use valet_app::read::ReadModels;
 use valet_app::{Clock, EventStore, Readiness};
 use valet_domain::UserId;
 
-use crate::html::{self, ConsentView, Hidden, LoginFailed, LoginView};
+use crate::html::{self, ConsentView, Hidden, LoginNotice, LoginView};
 use crate::limits;
 use crate::observe::RequestContext;
 use crate::params::{append_query, encode_pairs, Params};
@@ -162,25 +162,6 @@ fn unavailable(detail: &dyn std::fmt::Display) -> Response {
         "Temporarily unavailable",
         "We can't complete your sign-in right now. Please try again in a moment.",
     )
-}
-
-fn too_many_attempts(retry_after: std::time::Duration) -> Response {
-    let secs = retry_after.as_secs();
-    let wait = if secs == 1 {
-        "a second".to_owned()
-    } else {
-        format!("{secs} seconds")
-    };
-    let mut res = page(
-        StatusCode::TOO_MANY_REQUESTS,
-        "Too many attempts",
-        &format!("Too many failed sign-in attempts. Please wait {wait} and try again."),
-    );
-    res.headers_mut().insert(
-        header::RETRY_AFTER,
-        HeaderValue::from(retry_after.as_secs()),
-    );
-    res
 }
 
 /// Validates the parameters; any answer other than a valid request is the response.
@@ -327,7 +308,7 @@ fn login_form<S, R, C>(
     request: &AuthorizationRequest,
     params: &AuthorizeParams,
     username: &str,
-    failed: LoginFailed,
+    notice: LoginNotice,
 ) -> Response {
     let (csrf, set_cookie) = match csrf_cookie(app, headers) {
         Ok(c) => c,
@@ -338,13 +319,21 @@ fn login_form<S, R, C>(
         client_name: &request.client_name,
         hidden: &hidden_fields(&field, params),
         username,
-        failed,
+        notice,
     });
-    let status = match failed {
-        LoginFailed::No => StatusCode::OK,
-        LoginFailed::Yes => StatusCode::UNAUTHORIZED,
+    let (status, retry_after) = match notice {
+        LoginNotice::None => (StatusCode::OK, None),
+        LoginNotice::WrongCredentials => (StatusCode::UNAUTHORIZED, None),
+        LoginNotice::TooManyAttempts { retry_after_secs } => {
+            (StatusCode::TOO_MANY_REQUESTS, Some(retry_after_secs))
+        }
     };
-    with_cookie(html::response(status, body), set_cookie)
+    let mut res = html::response(status, body);
+    if let Some(secs) = retry_after {
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    with_cookie(res, set_cookie)
 }
 
 fn consent_form<S, R, C>(
@@ -418,7 +407,7 @@ where
         Err(res) => return res,
     };
     let params = &incoming.params;
-    let sign_in = || login_form(&app, &headers, &request, params, "", LoginFailed::No);
+    let sign_in = || login_form(&app, &headers, &request, params, "", LoginNotice::None);
     let Some(user_id) = session_user(&app, &headers) else {
         return sign_in();
     };
@@ -474,7 +463,10 @@ where
         .and(limits::verdict(attempts, &user, app.limits.user, now).await);
     if let Some(retry_after) = limits::retry_after(verdict) {
         app.metrics.record_rate_limited();
-        return too_many_attempts(retry_after);
+        let notice = LoginNotice::TooManyAttempts {
+            retry_after_secs: retry_after.as_secs(),
+        };
+        return login_form(&app, &headers, &request, &incoming.params, username, notice);
     }
     match app.oauth.login(username, password).await {
         Ok(user_signed_in) => {
@@ -499,7 +491,7 @@ where
                 &request,
                 &incoming.params,
                 username,
-                LoginFailed::Yes,
+                LoginNotice::WrongCredentials,
             )
         }
         Err(LoginError::Unavailable(detail)) => unavailable(&detail),

@@ -70,14 +70,18 @@ pub struct LoginView<'a> {
     pub hidden: &'a [Hidden<'a>],
     /// Shown again after a failed attempt, so only the password has to be retyped.
     pub username: &'a str,
-    pub failed: LoginFailed,
+    pub notice: LoginNotice,
 }
 
-/// Whether to show the "wrong credentials" notice.
+/// What the sign-in form says above its fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoginFailed {
-    No,
-    Yes,
+pub enum LoginNotice {
+    None,
+    WrongCredentials,
+    /// Failed attempts are being limited; the next one is taken after this wait.
+    TooManyAttempts {
+        retry_after_secs: u64,
+    },
 }
 
 pub struct ConsentView<'a> {
@@ -97,9 +101,23 @@ pub fn login_page(view: &LoginView<'_>) -> String {
 "#,
         client = escape(view.client_name)
     );
-    if view.failed == LoginFailed::Yes {
-        body.push_str(r#"<p class="alert" role="alert">Wrong username or password.</p>"#);
-        body.push('\n');
+    match view.notice {
+        LoginNotice::None => {}
+        LoginNotice::WrongCredentials => {
+            body.push_str(r#"<p class="alert" role="alert">Wrong username or password.</p>"#);
+            body.push('\n');
+        }
+        LoginNotice::TooManyAttempts { retry_after_secs } => {
+            let wait = match retry_after_secs {
+                0 | 1 => "a second".to_owned(),
+                secs if secs < 120 => format!("{secs} seconds"),
+                secs => format!("{} minutes", secs.div_ceil(60)),
+            };
+            let _ = writeln!(
+                body,
+                r#"<p class="alert" role="alert">Too many failed sign-in attempts. Please wait {wait} and try again.</p>"#
+            );
+        }
     }
     body.push_str(r#"<form method="post" action="/authorize/login">"#);
     body.push('\n');
@@ -249,7 +267,7 @@ mod tests {
             client_name: evil,
             hidden: &hidden,
             username: evil,
-            failed: LoginFailed::Yes,
+            notice: LoginNotice::WrongCredentials,
         });
         let consent = consent_page(&ConsentView {
             client_name: evil,
@@ -291,10 +309,26 @@ mod tests {
             client_name: "App",
             hidden: &hidden,
             username: "",
-            failed: LoginFailed::No,
+            notice: LoginNotice::None,
         });
         assert!(login.contains(r#"<form method="post" action="/authorize/login">"#));
         assert!(login.contains(r#"name="username""#) && login.contains(r#"name="password""#));
         assert!(!login.contains("Wrong username"));
+    }
+
+    #[test]
+    fn the_sign_in_form_says_how_long_to_wait_when_limited() {
+        let view = |retry_after_secs| {
+            login_page(&LoginView {
+                client_name: "App",
+                hidden: &[],
+                username: "alice",
+                notice: LoginNotice::TooManyAttempts { retry_after_secs },
+            })
+        };
+        assert!(view(1).contains("Please wait a second and try again."));
+        assert!(view(8).contains("Please wait 8 seconds and try again."));
+        assert!(view(900).contains("Please wait 15 minutes and try again."));
+        assert!(view(61).contains(r#"value="alice""#));
     }
 }
