@@ -1,30 +1,40 @@
-//! How the relay learns that JetStream stored a batch: pure, with acks as inputs.
+//! How the relay keeps the stream in log order and learns that JetStream stored a batch:
+//! pure, with acks as inputs.
 //!
-//! Once the stream's sequence is known, only the batch's last message asks for an ack:
-//! one connection's messages are stored in the order sent, so an ack at
-//! `known + n` proves that all n were stored (sparing NATS and the relay n − 1 acks,
-//! about a third of NATS's CPU per token under load). Any other answer (a duplicate, a
-//! failed store, a message from another publisher in between, no answer) and the batch
-//! is sent again with an ack per message, which JetStream deduplicates by
-//! `Nats-Msg-Id`, so nothing is lost or doubled either way. The one case the count
-//! cannot tell apart, a message of ours refused while exactly as many from another
-//! publisher land in the same batch, would need a refusal that spares the batch's last
-//! message, and JetStream refuses for a full store, which refuses every later one too.
+//! Every message names its predecessor (`Nats-Expected-Last-Msg-Id`: the event id of the
+//! message before it in the log, or of the last one confirmed). JetStream stores a
+//! message only right after its predecessor, so a message whose predecessor was lost
+//! (a NATS crash, a reconnect that sends buffered messages late) is refused instead of
+//! landing ahead of it. JetStream checks `Nats-Msg-Id` first: a message it already has
+//! is answered as a duplicate whatever it names, so a republish after a takeover walks
+//! through what is stored and goes on after it.
+//!
+//! Once a batch has been confirmed, the next is sent with one ack, on its last message:
+//! that message was stored right after its predecessor, which was stored right after
+//! its own, and so on back to the last confirmed message, so the one answer proves the
+//! whole batch stored in order. Any other answer, and the batch is sent again with an
+//! ack per message. A message refused there (the stream's last message is not its
+//! predecessor: another publisher's message, or a predecessor past the duplicate window)
+//! is sent again naming none, so the relay always makes progress: after the stream's
+//! current last message, which is where a consumer would expect it.
 
 use valet_app::outbox::Confirmation;
 
-/// One JetStream ack: where the message was stored, and whether it was a duplicate.
+/// JetStream's answer to one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Ack {
-    pub sequence: u64,
-    pub duplicate: bool,
+pub(crate) enum Answer {
+    Stored,
+    /// Already in the stream (its `Nats-Msg-Id` is within the duplicate window).
+    Duplicate,
+    /// Not stored: the stream's last message is not the one it named.
+    Refused,
 }
 
-/// How to publish a batch.
+/// How to publish the next batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Plan {
-    /// Ask for one ack, on the last message; it confirms the batch at this sequence.
-    LastAck { expected: u64 },
+    /// Ask for one ack, on the last message; it confirms the batch.
+    LastAck,
     /// Ask for an ack per message.
     EveryAck,
 }
@@ -37,47 +47,87 @@ pub(crate) enum Verdict {
     Republish,
 }
 
-/// The stream's sequence after the relay's last confirmed batch, when it is known.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Sequence(Option<u64>);
+/// What the acks of a [`Plan::EveryAck`] batch say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EveryAck {
+    pub duplicates: u64,
+    /// The first message refused, if any: send the batch again from there.
+    pub resume_at: Option<usize>,
+}
 
-impl Sequence {
-    /// How to publish the next batch of `len` messages. Forgets the sequence until an
-    /// answer confirms a new one (a publish that fails half-way proves nothing).
-    pub fn plan(&mut self, len: usize) -> Plan {
-        match self.0.take() {
-            Some(known) => Plan::LastAck {
-                expected: known + len as u64,
-            },
-            None => Plan::EveryAck,
+/// The relay's end of the stream: the last message it knows is stored, and whether the
+/// stream is known to end there (so a batch can be confirmed by its last ack).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Chain {
+    last: Option<String>,
+    trusted: bool,
+}
+
+impl Chain {
+    /// How to publish the next batch. Until an answer confirms it again, the end of the
+    /// stream is not trusted (a publish that fails half-way proves nothing).
+    pub fn plan(&mut self) -> Plan {
+        match (std::mem::take(&mut self.trusted), &self.last) {
+            (true, Some(_)) => Plan::LastAck,
+            _ => Plan::EveryAck,
         }
     }
 
-    /// The answer to a [`Plan::LastAck`] batch's last message (`None`: no answer).
-    pub fn on_last_ack(&mut self, expected: u64, ack: Option<Ack>) -> Verdict {
-        match ack {
-            Some(ack) if !ack.duplicate && ack.sequence == expected => {
-                self.0 = Some(ack.sequence);
+    /// The predecessor each message names, for messages sent in this order.
+    pub fn expectations<'a>(&'a self, ids: &[&'a str]) -> Vec<Option<&'a str>> {
+        std::iter::once(self.last.as_deref())
+            .chain(ids.iter().map(|id| Some(*id)))
+            .take(ids.len())
+            .collect()
+    }
+
+    /// The answer to a [`Plan::LastAck`] batch's last message, `last_id` (`None`: no
+    /// answer).
+    pub fn on_last_ack(&mut self, last_id: &str, answer: Option<Answer>) -> Verdict {
+        match answer {
+            Some(Answer::Stored) => {
+                self.last = Some(last_id.to_owned());
+                self.trusted = true;
                 Verdict::Confirmed
             }
+            // A duplicate is in the stream, but whether the stream ends there is not known.
             _ => Verdict::Republish,
         }
     }
 
-    /// Every message's ack, in order, of a batch sent with [`Plan::EveryAck`]; how many
-    /// were duplicates.
-    pub fn on_every_ack(&mut self, acks: &[Ack]) -> u64 {
-        // A duplicate's sequence is the original's, not necessarily the stream's last.
-        self.0 = acks.last().filter(|a| !a.duplicate).map(|a| a.sequence);
-        acks.iter().filter(|a| a.duplicate).count() as u64
+    /// Every message's answer, in order, of a batch sent with [`Plan::EveryAck`].
+    pub fn on_every_ack(&mut self, ids: &[&str], answers: &[Answer]) -> EveryAck {
+        let mut duplicates = 0;
+        for (i, (id, answer)) in ids.iter().zip(answers).enumerate() {
+            match answer {
+                Answer::Stored => self.last = Some((*id).to_owned()),
+                Answer::Duplicate => {
+                    duplicates += 1;
+                    self.last = Some((*id).to_owned());
+                }
+                Answer::Refused => {
+                    // Resend it naming no predecessor: after whatever ends the stream.
+                    self.last = None;
+                    return EveryAck {
+                        duplicates,
+                        resume_at: Some(i),
+                    };
+                }
+            }
+        }
+        self.trusted = true;
+        EveryAck {
+            duplicates,
+            resume_at: None,
+        }
     }
 }
 
 /// How a batch was confirmed, for the relay's status.
 pub(crate) fn confirmation(plan: Plan, verdict: Option<Verdict>) -> Confirmation {
     match (plan, verdict) {
-        (Plan::LastAck { .. }, Some(Verdict::Confirmed)) => Confirmation::LastAck,
-        (Plan::LastAck { .. }, _) => Confirmation::Republished,
+        (Plan::LastAck, Some(Verdict::Confirmed)) => Confirmation::LastAck,
+        (Plan::LastAck, _) => Confirmation::Republished,
         (Plan::EveryAck, _) => Confirmation::EveryAck,
     }
 }
@@ -86,81 +136,123 @@ pub(crate) fn confirmation(plan: Plan, verdict: Option<Verdict>) -> Confirmation
 mod tests {
     use super::*;
 
-    fn ack(sequence: u64) -> Ack {
-        Ack {
-            sequence,
-            duplicate: false,
-        }
+    const IDS: [&str; 3] = ["e1", "e2", "e3"];
+
+    fn confirmed_at(id: &str) -> Chain {
+        let mut chain = Chain::default();
+        assert_eq!(chain.plan(), Plan::EveryAck);
+        chain.on_every_ack(&[id], &[Answer::Stored]);
+        chain
     }
 
-    fn duplicate(sequence: u64) -> Ack {
-        Ack {
-            sequence,
-            duplicate: true,
-        }
+    #[test]
+    fn each_message_names_its_predecessor_in_the_log() {
+        let chain = Chain::default();
+        assert_eq!(
+            chain.expectations(&IDS),
+            vec![None, Some("e1"), Some("e2")],
+            "a relay that starts knows no predecessor for its first message"
+        );
+        let chain = confirmed_at("e0");
+        assert_eq!(
+            chain.expectations(&IDS),
+            vec![Some("e0"), Some("e1"), Some("e2")]
+        );
     }
 
     #[test]
     fn the_first_batch_asks_every_ack_then_the_last_ack_suffices() {
-        let mut sequence = Sequence::default();
-        assert_eq!(sequence.plan(3), Plan::EveryAck);
-        assert_eq!(sequence.on_every_ack(&[ack(10), ack(11), ack(12)]), 0);
-        assert_eq!(sequence.plan(5), Plan::LastAck { expected: 17 });
-        assert_eq!(sequence.on_last_ack(17, Some(ack(17))), Verdict::Confirmed);
-        assert_eq!(sequence.plan(1), Plan::LastAck { expected: 18 });
-    }
-
-    #[test]
-    fn another_publishers_message_in_between_means_republishing() {
-        let mut sequence = Sequence::default();
-        sequence.on_every_ack(&[ack(10)]);
-        let Plan::LastAck { expected } = sequence.plan(2) else {
-            panic!("the sequence is known")
-        };
-        // Someone else's message landed at 11: ours are at 12 and 13.
+        let mut chain = confirmed_at("e0");
+        assert_eq!(chain.plan(), Plan::LastAck);
         assert_eq!(
-            sequence.on_last_ack(expected, Some(ack(13))),
-            Verdict::Republish
+            chain.on_last_ack("e3", Some(Answer::Stored)),
+            Verdict::Confirmed
         );
-        // The republish asks every ack; JetStream reports ours as duplicates.
-        assert_eq!(sequence.plan(2), Plan::EveryAck);
-        assert_eq!(sequence.on_every_ack(&[duplicate(12), duplicate(13)]), 2);
-        // A duplicate's sequence is not the stream's: it is not known any more.
-        assert_eq!(sequence.plan(1), Plan::EveryAck);
+        assert_eq!(chain.plan(), Plan::LastAck);
+        assert_eq!(chain.expectations(&["e4"]), vec![Some("e3")]);
     }
 
     #[test]
-    fn no_answer_or_a_duplicate_confirms_nothing() {
-        for answer in [None, Some(duplicate(12))] {
-            let mut sequence = Sequence::default();
-            sequence.on_every_ack(&[ack(10)]);
-            assert_eq!(sequence.plan(2), Plan::LastAck { expected: 12 });
+    fn no_answer_a_refusal_or_a_duplicate_means_republishing_with_every_ack() {
+        for answer in [None, Some(Answer::Refused), Some(Answer::Duplicate)] {
+            let mut chain = confirmed_at("e0");
+            assert_eq!(chain.plan(), Plan::LastAck);
             assert_eq!(
-                sequence.on_last_ack(12, answer),
+                chain.on_last_ack("e3", answer),
                 Verdict::Republish,
                 "{answer:?}"
             );
-            assert_eq!(sequence.plan(2), Plan::EveryAck);
+            assert_eq!(chain.plan(), Plan::EveryAck, "{answer:?}");
+            // The republish still names the last confirmed message first.
+            assert_eq!(chain.expectations(&IDS)[0], Some("e0"));
         }
     }
 
     #[test]
-    fn a_publish_that_failed_half_way_forgets_the_sequence() {
-        let mut sequence = Sequence::default();
-        sequence.on_every_ack(&[ack(10)]);
-        let _ = sequence.plan(4); // ...and the connection drops before any answer
-        assert_eq!(sequence.plan(4), Plan::EveryAck);
+    fn a_republish_walks_through_duplicates_and_goes_on_after_them() {
+        let mut chain = confirmed_at("e0");
+        let _ = chain.plan();
+        let outcome = chain.on_every_ack(
+            &IDS,
+            &[Answer::Duplicate, Answer::Duplicate, Answer::Stored],
+        );
+        assert_eq!(
+            outcome,
+            EveryAck {
+                duplicates: 2,
+                resume_at: None
+            }
+        );
+        assert_eq!(chain.plan(), Plan::LastAck);
+        assert_eq!(chain.expectations(&["e4"]), vec![Some("e3")]);
+    }
+
+    #[test]
+    fn a_refused_message_is_resent_naming_no_predecessor() {
+        let mut chain = confirmed_at("e0");
+        let _ = chain.plan();
+        // Another publisher's message ended the stream: e1 is refused, and e2 and e3,
+        // which name e1 and e2, with it.
+        let outcome =
+            chain.on_every_ack(&IDS, &[Answer::Refused, Answer::Refused, Answer::Refused]);
+        assert_eq!(
+            outcome,
+            EveryAck {
+                duplicates: 0,
+                resume_at: Some(0)
+            }
+        );
+        assert_eq!(chain.plan(), Plan::EveryAck);
+        assert_eq!(chain.expectations(&IDS), vec![None, Some("e1"), Some("e2")]);
+        chain.on_every_ack(&IDS, &[Answer::Stored; 3]);
+        assert_eq!(chain.plan(), Plan::LastAck);
+    }
+
+    #[test]
+    fn a_refusal_after_stored_messages_resumes_at_the_refused_one() {
+        let mut chain = Chain::default();
+        let _ = chain.plan();
+        let outcome = chain.on_every_ack(&IDS, &[Answer::Stored, Answer::Refused, Answer::Refused]);
+        assert_eq!(outcome.resume_at, Some(1));
+        assert_eq!(chain.expectations(&IDS[1..]), vec![None, Some("e2")]);
+    }
+
+    #[test]
+    fn a_publish_that_failed_half_way_is_not_trusted() {
+        let mut chain = confirmed_at("e0");
+        let _ = chain.plan(); // ...and the connection drops before any answer
+        assert_eq!(chain.plan(), Plan::EveryAck);
+        assert_eq!(chain.expectations(&IDS)[0], Some("e0"));
     }
 
     #[test]
     fn confirmations_are_counted_by_how_they_came() {
-        let last = Plan::LastAck { expected: 1 };
         assert_eq!(
-            confirmation(last, Some(Verdict::Confirmed)),
+            confirmation(Plan::LastAck, Some(Verdict::Confirmed)),
             Confirmation::LastAck
         );
         assert_eq!(
-            confirmation(last, Some(Verdict::Republish)),
+            confirmation(Plan::LastAck, Some(Verdict::Republish)),
             Confirmation::Republished
         );
         assert_eq!(confirmation(Plan::EveryAck, None), Confirmation::EveryAck);

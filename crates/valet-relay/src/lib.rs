@@ -5,10 +5,12 @@
 //!   stand by and take over when the holder's session ends.
 //! - It follows the log with a commit-safe cursor, woken by new commits.
 //! - Each message carries `Nats-Msg-Id` = the event id, so a republish after a crash
-//!   between PubAck and checkpoint is dropped by JetStream's duplicate window.
+//!   between PubAck and checkpoint is dropped by JetStream's duplicate window, and names
+//!   its predecessor, so JetStream never stores it ahead of one that was lost (see
+//!   `confirm`).
 //! - A batch is published pipelined (all messages sent, then the acks awaited in order;
-//!   once the stream's sequence is known, only the last message asks for an ack, and
-//!   the sequence it reports confirms the whole batch) and the checkpoint advances only
+//!   once a batch has been confirmed, only the next one's last message asks for an ack,
+//!   and it confirms the whole batch) and the checkpoint advances only
 //!   after the batch is confirmed: at most every 100 ms under load, and whenever the
 //!   relay has caught up. NATS down: the batch is retried with backoff; nothing is
 //!   skipped and the HTTP API is unaffected.
@@ -21,14 +23,16 @@ mod mapping;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, message::PublishMessage, stream::StorageType};
+use async_nats::jetstream::{
+    self, context::PublishErrorKind, message::PublishMessage, stream::StorageType,
+};
 use async_nats::HeaderMap;
 use valet_app::outbox::{Confirmation, Leadership, Lease, RelayStatus};
 use valet_app::{EventStore, LogCursor, LogFollower, ReplayEvent, StoreError};
 use valet_wire::{TokenEvent, MSG_ID_HEADER, STREAM, SUBJECTS};
 
 use checkpoint::Checkpoints;
-use confirm::{Ack, Plan, Sequence, Verdict};
+use confirm::{Answer, Chain, Plan, Verdict};
 
 pub use mapping::{GrantDirectory, MappingError};
 
@@ -245,7 +249,7 @@ where
         LogFollower::<_, ReplayEvent>::from_cursor(store, cursor).with_batch(config.batch);
     let mut directory = GrantDirectory::default();
     let mut checkpoints = Checkpoints::new(cursor, std::time::Instant::now(), CHECKPOINT_EVERY);
-    let mut sequence = Sequence::default();
+    let mut chain = Chain::default();
     loop {
         let mut batch = follower.poll().await?;
         if checkpoints.due(cursor, batch.is_empty(), std::time::Instant::now()) {
@@ -259,7 +263,7 @@ where
         let last = batch.last().map(ReplayEvent::cursor).unwrap_or(cursor);
         let mut backoff = Backoff::new();
         loop {
-            match publish(nats, &js, &messages, &mut sequence).await {
+            match publish(nats, &js, &messages, &mut chain).await {
                 Ok((confirmation, duplicates)) => {
                     status.set_connected(true);
                     status.record_published(messages.len() as u64, duplicates, last.position);
@@ -293,11 +297,28 @@ fn nats_error(e: impl std::fmt::Display) -> RelayError {
     RelayError::Nats(e.to_string())
 }
 
-/// The wire form of one message: its headers (`Nats-Msg-Id`) and payload.
-fn outgoing(message: &TokenEvent) -> (HeaderMap, bytes::Bytes) {
+/// The wire form of one message: its headers (`Nats-Msg-Id`, and the predecessor it
+/// must follow in the stream) and payload.
+fn outgoing(message: &TokenEvent, after: Option<&str>) -> (HeaderMap, bytes::Bytes) {
     let mut headers = HeaderMap::new();
     headers.insert(MSG_ID_HEADER, message.event_id.as_str());
+    if let Some(after) = after {
+        headers.insert(async_nats::header::NATS_EXPECTED_LAST_MESSAGE_ID, after);
+    }
     (headers, message.to_json().into())
+}
+
+/// JetStream's answer to one message; an error for a failure that says nothing of where
+/// the stream ends (a timeout, a broken connection).
+fn answer(
+    ack: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+) -> Result<Answer, RelayError> {
+    match ack {
+        Ok(ack) if ack.duplicate => Ok(Answer::Duplicate),
+        Ok(_) => Ok(Answer::Stored),
+        Err(error) if error.kind() == PublishErrorKind::WrongLastMessageId => Ok(Answer::Refused),
+        Err(error) => Err(nats_error(error)),
+    }
 }
 
 /// Publishes a batch; says how JetStream confirmed it (`None`: nothing to publish) and
@@ -307,21 +328,23 @@ async fn publish(
     nats: &async_nats::Client,
     js: &jetstream::Context,
     messages: &[TokenEvent],
-    sequence: &mut Sequence,
+    chain: &mut Chain,
 ) -> Result<(Option<Confirmation>, u64), RelayError> {
     let Some((last, rest)) = messages.split_last() else {
         // A batch of events resource services do not see: nothing to confirm.
         return Ok((None, 0));
     };
-    let plan = sequence.plan(messages.len());
-    if let Plan::LastAck { expected } = plan {
-        for message in rest {
-            let (headers, payload) = outgoing(message);
+    let ids: Vec<&str> = messages.iter().map(|m| m.event_id.as_str()).collect();
+    let plan = chain.plan();
+    if plan == Plan::LastAck {
+        let after = chain.expectations(&ids);
+        for (message, after) in rest.iter().zip(&after) {
+            let (headers, payload) = outgoing(message, *after);
             nats.publish_with_headers(message.subject(), headers, payload)
                 .await
                 .map_err(nats_error)?;
         }
-        let (headers, payload) = outgoing(last);
+        let (headers, payload) = outgoing(last, after[after.len() - 1]);
         // An ack that fails (e.g. times out) confirms nothing either: the republish below
         // reports a real outage as its own error.
         let ack = js
@@ -332,47 +355,51 @@ async fn publish(
             .await
             .map_err(nats_error)?
             .await;
-        let answer = match &ack {
-            Ok(ack) => Some(Ack {
-                sequence: ack.sequence,
-                duplicate: ack.duplicate,
-            }),
-            Err(error) => {
-                tracing::debug!(%error, "the batch's last ack failed");
-                None
-            }
-        };
-        match sequence.on_last_ack(expected, answer) {
+        let answer = answer(ack)
+            .inspect_err(|error| tracing::debug!(%error, "the batch's last ack failed"))
+            .ok();
+        match chain.on_last_ack(&last.event_id, answer) {
             Verdict::Confirmed => {
                 return Ok((Some(confirm::confirmation(plan, Some(Verdict::Confirmed))), 0))
             }
             Verdict::Republish => tracing::debug!(
-                expected,
-                ?answer,
-                "the last ack does not account for the batch; republishing it with an ack per message"
+                "the last ack does not prove the batch stored in order; republishing it with an ack per message"
             ),
         }
     }
-    let mut pending = Vec::with_capacity(messages.len());
-    for message in messages {
-        let (headers, payload) = outgoing(message);
-        let publish = PublishMessage::build().payload(payload).headers(headers);
-        let ack = js
-            .send_publish(message.subject(), publish)
-            .await
-            .map_err(nats_error)?;
-        pending.push(ack);
+    let mut duplicates = 0;
+    let mut from = 0;
+    while from < messages.len() {
+        let (batch, batch_ids) = (&messages[from..], &ids[from..]);
+        let after = chain.expectations(batch_ids);
+        let mut pending = Vec::with_capacity(batch.len());
+        for (message, after) in batch.iter().zip(&after) {
+            let (headers, payload) = outgoing(message, *after);
+            let publish = PublishMessage::build().payload(payload).headers(headers);
+            let ack = js
+                .send_publish(message.subject(), publish)
+                .await
+                .map_err(nats_error)?;
+            pending.push(ack);
+        }
+        let mut answers = Vec::with_capacity(pending.len());
+        for ack in pending {
+            answers.push(answer(ack.await)?);
+        }
+        let outcome = chain.on_every_ack(batch_ids, &answers);
+        duplicates += outcome.duplicates;
+        match outcome.resume_at {
+            Some(at) => {
+                tracing::debug!(
+                    event_id = batch_ids[at],
+                    "the stream does not end with this event's predecessor (another publisher, or an outage longer than the duplicate window); publishing it after the stream's last message"
+                );
+                from += at;
+            }
+            None => break,
+        }
     }
-    let mut acks = Vec::with_capacity(pending.len());
-    for ack in pending {
-        let ack = ack.await.map_err(nats_error)?;
-        acks.push(Ack {
-            sequence: ack.sequence,
-            duplicate: ack.duplicate,
-        });
-    }
-    let duplicates = sequence.on_every_ack(&acks);
-    let verdict = matches!(plan, Plan::LastAck { .. }).then_some(Verdict::Republish);
+    let verdict = (plan == Plan::LastAck).then_some(Verdict::Republish);
     Ok((Some(confirm::confirmation(plan, verdict)), duplicates))
 }
 
