@@ -131,3 +131,110 @@ impl Drop for TestNats {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A TCP proxy in front of a nats-server, one per client under test, so a test can cut
+/// one process off NATS while the others keep it (`cut`, `restore`).
+pub struct NatsProxy {
+    pub port: u16,
+    cut: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl NatsProxy {
+    pub async fn start(nats: &TestNats) -> NatsProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let upstream = nats.port;
+        let (cut, _) = tokio::sync::watch::channel(false);
+        let cut = std::sync::Arc::new(cut);
+        let accepting = cut.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if *accepting.borrow() {
+                    // Cut off: the connection is refused by closing it at once.
+                    continue;
+                }
+                let mut cut_off = accepting.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut_off.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        NatsProxy { port, cut, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Drops every connection through the proxy and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    pub fn restore(&self) {
+        self.cut.send_replace(false);
+    }
+}
+
+impl Drop for NatsProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The event ids the relay publishes, in log (commit) order.
+pub async fn publishable_event_ids(pg: &tokio_postgres::Client) -> Vec<String> {
+    pg.query(
+        "SELECT event_id::text FROM events WHERE stream_id LIKE 'grant-%' AND event_type IN \
+         ('GrantIssued', 'TokensRefreshed', 'AccessTokenRevoked', 'GrantRevoked') \
+         ORDER BY xact, position",
+        &[],
+    )
+    .await
+    .expect("publishable events")
+    .iter()
+    .map(|row| row.get(0))
+    .collect()
+}
+
+/// Whether the stream holds exactly the log's token events (`log`: their event ids in
+/// commit order), each once, in that order; if not, a short account of how it differs.
+pub fn stream_matches_log(stream: &[valet_wire::TokenEvent], log: &[String]) -> Result<(), String> {
+    let ids: Vec<&str> = stream.iter().map(|e| e.event_id.as_str()).collect();
+    let log: Vec<&str> = log.iter().map(String::as_str).collect();
+    if ids == log {
+        return Ok(());
+    }
+    let stored: std::collections::HashSet<&str> = ids.iter().copied().collect();
+    let logged: std::collections::HashSet<&str> = log.iter().copied().collect();
+    let first_difference = ids.iter().zip(&log).position(|(a, b)| a != b);
+    // Per grant, events must come in the order of their positions.
+    let mut last_of_grant = std::collections::HashMap::new();
+    let backwards = stream
+        .iter()
+        .filter(|e| {
+            let previous = last_of_grant.insert(e.grant_id.as_str(), e.position);
+            previous.is_some_and(|p| p >= e.position)
+        })
+        .count();
+    Err(format!(
+        "{} messages ({} distinct) for {} events: missing {}, foreign {}, {backwards} behind a \
+         later event of their grant; first difference at {first_difference:?}",
+        ids.len(),
+        stored.len(),
+        log.len(),
+        logged.difference(&stored).count(),
+        stored.difference(&logged).count(),
+    ))
+}

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use valet_app::admin::{ClientType, NewClient};
 use valet_app::oauth::{ClientAuth, OAuth, RequestMeta, Settings};
-use valet_app::outbox::{Leadership, Lease, RelayStatus};
+use valet_app::outbox::{Acquisition, Leadership, Lease, RelayStatus};
 use valet_app::{LogCursor, SystemClock};
 use valet_domain::{AccessTokenTtl, CodeTtl, RefreshTokenTtl, TokenHash};
 use valet_projector::{PgReadModels, ReadModelProjection};
 use valet_relay::RelayConfig;
 use valet_store::{PgEventStore, PgStoreConfig};
-use valet_tests::nats::TestNats;
+use valet_tests::nats::{publishable_event_ids, stream_matches_log, TestNats};
 use valet_tests::TestDb;
 use valet_wire::{EventType, TokenEvent, STREAM};
 
@@ -97,6 +97,7 @@ fn relay_config(nats: &TestNats) -> RelayConfig {
         max_age: Duration::from_secs(86_400),
         duplicate_window: valet_relay::DEFAULT_DUPLICATE_WINDOW,
         batch: 100,
+        holder: valet_relay::this_process(),
     }
 }
 
@@ -108,6 +109,28 @@ fn start_relay(app: &App, nats: &TestNats) -> (tokio::task::JoinHandle<()>, Arc<
         status.clone(),
     ));
     (task, status)
+}
+
+async fn try_relay_lease(app: &App) -> Acquisition<valet_store::PgLease> {
+    app.store
+        .try_acquire(valet_relay::LEASE, "test", valet_relay::LEASE_TTL)
+        .await
+        .expect("ask for the lease")
+}
+
+/// The relay lease, once free.
+async fn acquire_relay_lease(app: &App) -> valet_store::PgLease {
+    let start = std::time::Instant::now();
+    loop {
+        if let Acquisition::Acquired(lease) = try_relay_lease(app).await {
+            return lease;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the lease stays taken"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
@@ -199,22 +222,13 @@ async fn s39_republish_after_a_crash_before_the_checkpoint_is_deduplicated() {
     let _ = relay.await;
 
     // Rewind the checkpoint: exactly what a crash between PubAck and checkpoint leaves.
-    let mut lease = loop {
-        if let Some(lease) = app
-            .store
-            .try_acquire(valet_relay::LEASE)
-            .await
-            .expect("lease")
-        {
-            break lease;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    // (The aborted relay could not release its lease: it expires.)
+    let lease = acquire_relay_lease(&app).await;
     lease
         .save_checkpoint(LogCursor::START)
         .await
         .expect("rewind");
-    drop(lease);
+    lease.release().await.expect("release");
 
     let (relay, status) = start_relay(&app, &nats);
     wait_until("the republish", Duration::from_secs(20), || {
@@ -379,21 +393,16 @@ async fn a_relay_on_its_own_thread_publishes_and_frees_the_lease_when_stopped() 
     .await;
     assert_eq!(events_in_stream(&nats).await.len(), 3);
     assert!(
-        app.store
-            .try_acquire(valet_relay::LEASE)
-            .await
-            .expect("ask for the lease")
-            .is_none(),
+        matches!(
+            try_relay_lease(&app).await,
+            Acquisition::HeldBy(holder) if holder == valet_relay::this_process()
+        ),
         "the lease is held while the relay runs"
     );
 
     relay.stop();
     assert!(
-        app.store
-            .try_acquire(valet_relay::LEASE)
-            .await
-            .expect("ask for the lease")
-            .is_some(),
+        matches!(try_relay_lease(&app).await, Acquisition::Acquired(_)),
         "the lease is free once stop() returns"
     );
     db.drop_database().await;
@@ -510,23 +519,6 @@ async fn the_duplicate_window_is_configurable_and_bounded_by_the_max_age() {
     assert_eq!(window(config).await, Duration::from_secs(3600));
 }
 
-/// The event ids the relay publishes, in log order.
-async fn publishable_event_ids(db: &TestDb) -> Vec<String> {
-    db.connect()
-        .await
-        .query(
-            "SELECT event_id::text FROM events WHERE stream_id LIKE 'grant-%' AND event_type IN \
-             ('GrantIssued', 'TokensRefreshed', 'AccessTokenRevoked', 'GrantRevoked') \
-             ORDER BY position",
-            &[],
-        )
-        .await
-        .expect("publishable events")
-        .iter()
-        .map(|row| row.get(0))
-        .collect()
-}
-
 /// NATS is killed while the relay publishes under load, restarted, and killed again as
 /// soon as the relay has published: in every run the stream ends with every event once,
 /// in log order (a grant's revocation never ahead of its issuance).
@@ -568,7 +560,7 @@ async fn repeated_nats_crashes_under_load_keep_log_order_and_lose_nothing() {
     for task in load {
         task.await.expect("load task");
     }
-    let expected = publishable_event_ids(&db).await;
+    let expected = publishable_event_ids(&db.connect().await).await;
     wait_until("the backlog to drain", Duration::from_secs(60), || {
         let s = status.snapshot();
         s.backlog == 0 && s.last_position > 0 && s.nats_connected
@@ -582,25 +574,13 @@ async fn repeated_nats_crashes_under_load_keep_log_order_and_lose_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let ids: Vec<&str> = events.iter().map(|(_, id)| id.as_str()).collect();
-    let unique: std::collections::HashSet<&str> = ids.iter().copied().collect();
-    assert_eq!(unique.len(), ids.len(), "an event is in the stream twice");
-    let out_of_order = events
-        .windows(2)
-        .filter(|w| w[0].0.position >= w[1].0.position)
-        .count();
-    assert_eq!(
-        out_of_order, 0,
-        "{out_of_order} messages are behind a later event of the log"
-    );
-    assert_eq!(
-        ids,
-        expected.iter().map(String::as_str).collect::<Vec<_>>(),
-        "the stream is not the log's token events, each once, in order"
-    );
+    let events: Vec<TokenEvent> = events.into_iter().map(|(event, _)| event).collect();
+    if let Err(difference) = stream_matches_log(&events, &expected) {
+        panic!("the stream is not the log's token events, each once, in log order: {difference}");
+    }
     eprintln!(
         "{} events through {CRASHES} NATS crashes: {:?}",
-        ids.len(),
+        events.len(),
         status.snapshot()
     );
     relay.abort();

@@ -776,10 +776,13 @@ async fn s40_readyz_and_metrics_show_the_relay_backlog_during_a_nats_outage() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(relay["active"], true, "{relay}");
+    // A leader that cannot publish steps down after a while and takes the lease again
+    // (it is the only replica), so `active` flips during the outage; a leader is named.
+    assert!(relay["leader"].is_string(), "{relay}");
     assert!(metric(&server, "valet_relay_backlog").await >= 30);
     assert_eq!(metric(&server, "valet_relay_nats_connected").await, 0);
-    // The backlog shows before the first publish gives up (its acks time out later).
+    // The backlog shows before the first publish gives up (its acks time out later, or
+    // the leader steps down for the stall).
     let start = Instant::now();
     while metric(&server, "valet_relay_publish_failures_total").await == 0 {
         assert!(

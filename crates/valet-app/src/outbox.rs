@@ -1,32 +1,66 @@
-//! Ports for catch-up readers that must run once across all processes (the NATS relay,
-//! later the catch-up projector): a lease that elects one active reader and carries its
-//! checkpoint, and a status the HTTP layer reports in /readyz and /metrics.
+//! Ports for catch-up readers that must run once across all processes (the NATS relay):
+//! a lease that elects one active reader and guards its checkpoint, and a status the
+//! HTTP layer reports in /readyz and /metrics.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use crate::log::LogCursor;
 use crate::ports::StoreError;
 
-/// Elects one active reader per name across processes.
+/// Elects one active reader per name across processes, with leases that expire unless
+/// their holder renews them.
 pub trait Leadership: Send + Sync + 'static {
     type Lease: Lease;
 
-    /// The lease if nobody else holds it; `None` means stand by and ask again later.
+    /// Takes the lease for `ttl` if it is free or has expired; otherwise says who holds
+    /// it (stand by and ask again later).
     fn try_acquire(
         &self,
         name: &str,
-    ) -> impl Future<Output = Result<Option<Self::Lease>, StoreError>> + Send;
+        holder: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Acquisition<Self::Lease>, StoreError>> + Send;
+
+    /// The checkpoint saved under `name` (readable by anyone: standbys report their
+    /// backlog from it).
+    fn checkpoint(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<LogCursor>, StoreError>> + Send;
 }
 
-/// Held by the active reader. Every checkpoint write goes through it, so a reader that
-/// lost its lease cannot move the checkpoint.
-pub trait Lease: Send + 'static {
-    fn checkpoint(&mut self) -> impl Future<Output = Result<Option<LogCursor>, StoreError>> + Send;
+/// The answer to [`Leadership::try_acquire`].
+#[derive(Debug)]
+pub enum Acquisition<L> {
+    Acquired(L),
+    /// Someone else holds it.
+    HeldBy(String),
+}
+
+/// Why a lease operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// Another holder took the lease (this one expired): stop acting on it.
+    #[error("the lease was taken over")]
+    Lost,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Held by the active reader. Renewals and checkpoint writes are checked against the
+/// lease's epoch, so a reader that lost its lease cannot keep it or move the checkpoint.
+pub trait Lease: Send + Sync + 'static {
+    /// Extends the lease by its ttl from now.
+    fn renew(&self) -> impl Future<Output = Result<(), LeaseError>> + Send;
     fn save_checkpoint(
-        &mut self,
+        &self,
         cursor: LogCursor,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<(), LeaseError>> + Send;
+    /// Lets a standby take over at once (a lease taken over meanwhile is left alone).
+    fn release(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// What the relay is doing, shared with /readyz and /metrics. Plain atomics: written by
@@ -43,16 +77,19 @@ pub struct RelayStatus {
     confirmed_by_last_ack: AtomicU64,
     confirmed_by_every_ack: AtomicU64,
     republished: AtomicU64,
+    step_downs: AtomicU64,
+    /// Who holds the lease, as last seen by this process.
+    leader: Mutex<Option<String>>,
 }
 
 /// How JetStream confirmed that a batch was stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Confirmation {
-    /// One ack, on the last message, at the sequence that accounts for the whole batch.
+    /// One ack, on the last message, which proves the whole batch stored in order.
     LastAck,
-    /// An ack per message (the stream's sequence was not known).
+    /// An ack per message (the end of the stream was not known).
     EveryAck,
-    /// The last ack did not account for the batch, which was sent again with an ack per
+    /// The last ack did not prove the batch stored, which was sent again with an ack per
     /// message.
     Republished,
 }
@@ -71,6 +108,9 @@ pub struct RelaySnapshot {
     pub confirmed_by_last_ack: u64,
     pub confirmed_by_every_ack: u64,
     pub republished: u64,
+    /// Times this process gave up leading (it could not publish or renew in time, or
+    /// another took the lease).
+    pub step_downs: u64,
 }
 
 impl RelayStatus {
@@ -86,7 +126,27 @@ impl RelayStatus {
             confirmed_by_last_ack: self.confirmed_by_last_ack.load(Ordering::Relaxed),
             confirmed_by_every_ack: self.confirmed_by_every_ack.load(Ordering::Relaxed),
             republished: self.republished.load(Ordering::Relaxed),
+            step_downs: self.step_downs.load(Ordering::Relaxed),
         }
+    }
+
+    /// Who holds the relay lease, as last seen by this process.
+    pub fn leader(&self) -> Option<String> {
+        self.leader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_leader(&self, leader: Option<&str>) {
+        let mut current = self.leader.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_deref() != leader {
+            *current = leader.map(str::to_owned);
+        }
+    }
+
+    pub fn record_step_down(&self) {
+        self.step_downs.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn set_active(&self, active: bool) {

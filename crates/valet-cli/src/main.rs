@@ -381,6 +381,7 @@ async fn serve(database_url: &str, config: ServeArgs) -> anyhow::Result<()> {
             max_age: Duration::from_secs(u64::from(config.access_token_ttl).max(86_400)),
             duplicate_window: Duration::from_secs(config.nats_duplicate_window),
             batch: 500,
+            holder: valet_relay::this_process(),
         },
         relay_status.clone(),
     )

@@ -241,6 +241,8 @@ struct ReadyBody {
 struct RelayBody {
     /// This process holds the relay lease (another process may be relaying instead).
     active: bool,
+    /// Who holds the relay lease (`host:pid`), as last seen by this process.
+    leader: Option<String>,
     nats_connected: bool,
     backlog: i64,
     last_position: i64,
@@ -256,6 +258,7 @@ where
         let s = r.snapshot();
         RelayBody {
             active: s.active,
+            leader: r.leader(),
             nats_connected: s.nats_connected,
             backlog: s.backlog,
             last_position: s.last_position,

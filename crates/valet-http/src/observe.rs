@@ -190,6 +190,11 @@ pub fn render_relay(out: &mut String, s: &RelaySnapshot) {
             "Failed publish attempts.",
             s.publish_failures,
         ),
+        (
+            "valet_relay_step_downs_total",
+            "Times this process gave up the relay lease (could not publish or renew in time).",
+            s.step_downs,
+        ),
     ];
     for (name, help, value) in counters {
         let _ = write!(
@@ -328,10 +333,12 @@ mod tests {
             confirmed_by_last_ack: 7,
             confirmed_by_every_ack: 2,
             republished: 1,
+            step_downs: 3,
         };
         render_relay(&mut text, &snapshot);
         assert!(text.contains("# TYPE valet_relay_backlog gauge\nvalet_relay_backlog 12\n"));
         assert!(text.contains("valet_relay_nats_connected 0\n"));
+        assert!(text.contains("valet_relay_step_downs_total 3\n"));
         assert!(text.contains("valet_relay_publish_failures_total 4\n"));
         assert!(text.contains("valet_relay_batches_total{confirmed=\"last_ack\"} 7\n"));
         assert!(text.contains("valet_relay_batches_total{confirmed=\"republished\"} 1\n"));

@@ -9,7 +9,6 @@
 use std::time::Instant;
 
 use deadpool_postgres::Pool;
-use valet_app::outbox::Leadership;
 use valet_app::{LogCursor, RecordedEvent, ReplayEvent, StoreError};
 use valet_store::{recorded_row, PgEventStore, SnapshotScope, EVENT_COLUMNS};
 
@@ -74,8 +73,8 @@ pub async fn rebuild(
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
     // One rebuild at a time: a second would resume from the first one's progress.
-    let _lease = store
-        .try_acquire(REBUILD_LEASE)
+    let _lock = store
+        .try_lock(REBUILD_LOCK)
         .await?
         .ok_or_else(|| StoreError::Unavailable("another projections rebuild is running".into()))?;
     let resume = prepare_scratch(&admin).await?;
@@ -249,7 +248,7 @@ struct Resume {
 }
 
 /// The lease that keeps rebuilds from running twice at once.
-const REBUILD_LEASE: &str = "projections-rebuild";
+const REBUILD_LOCK: &str = "projections-rebuild";
 
 /// Creates the scratch schema, or finds an interrupted rebuild to resume.
 async fn prepare_scratch(admin: &deadpool_postgres::Client) -> Result<Option<Resume>, StoreError> {

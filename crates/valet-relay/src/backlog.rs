@@ -1,30 +1,46 @@
 //! The relay's backlog: committed events after the last one JetStream confirmed,
 //! counted from the log on a task of its own, so that a publish stuck waiting for acks
-//! (a NATS outage) cannot hold the figure back.
+//! (a NATS outage) cannot hold the figure back. A leader counts from what it has
+//! confirmed; a standby from the saved checkpoint, so every replica's `/readyz` shows it.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use valet_app::outbox::RelayStatus;
+use valet_app::outbox::{Leadership, RelayStatus};
 use valet_app::{EventStore, LogCursor};
 
-/// How often the backlog is counted while this relay leads.
+use crate::LEASE;
+
+/// How often the backlog is counted.
 pub(crate) const EVERY: Duration = Duration::from_millis(500);
 
-/// The cursor after the last confirmed batch, shared with the counting task.
+/// The cursor after this relay's last confirmed batch while it leads (`None`: standing
+/// by), shared with the counting task.
 #[derive(Debug, Default)]
-pub(crate) struct Confirmed(Mutex<LogCursor>);
+pub(crate) struct Confirmed(Mutex<Option<LogCursor>>);
 
 impl Confirmed {
-    pub fn new(cursor: LogCursor) -> Arc<Self> {
-        Arc::new(Confirmed(Mutex::new(cursor)))
+    pub fn standing_by() -> Arc<Self> {
+        Arc::default()
+    }
+
+    pub fn lead_from(&self, cursor: LogCursor) {
+        self.put(Some(cursor));
     }
 
     pub fn set(&self, cursor: LogCursor) {
+        self.put(Some(cursor));
+    }
+
+    pub fn stand_by(&self) {
+        self.put(None);
+    }
+
+    fn put(&self, cursor: Option<LogCursor>) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = cursor;
     }
 
-    fn get(&self) -> LogCursor {
+    fn get(&self) -> Option<LogCursor> {
         *self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -33,14 +49,21 @@ impl Confirmed {
 pub(crate) struct Reporter(tokio::task::JoinHandle<()>);
 
 impl Reporter {
-    pub fn start<S: EventStore + Clone>(
+    pub fn start<S: EventStore + Leadership + Clone>(
         store: S,
         confirmed: Arc<Confirmed>,
         status: Arc<RelayStatus>,
     ) -> Self {
         Reporter(tokio::spawn(async move {
             loop {
-                match store.count_after(confirmed.get()).await {
+                let from = match confirmed.get() {
+                    Some(cursor) => Ok(cursor),
+                    None => store
+                        .checkpoint(LEASE)
+                        .await
+                        .map(|saved| saved.unwrap_or(LogCursor::START)),
+                };
+                match async { store.count_after(from?).await }.await {
                     Ok(backlog) => status.set_backlog(i64::try_from(backlog).unwrap_or(i64::MAX)),
                     Err(error) => tracing::warn!(%error, "cannot count the relay's backlog"),
                 }

@@ -19,20 +19,24 @@ mod backlog;
 mod checkpoint;
 mod confirm;
 mod mapping;
+mod progress;
+mod tenure;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{
     self, context::PublishErrorKind, message::PublishMessage, stream::StorageType,
 };
 use async_nats::HeaderMap;
-use valet_app::outbox::{Confirmation, Leadership, Lease, RelayStatus};
+use valet_app::outbox::{Acquisition, Confirmation, Leadership, Lease, LeaseError, RelayStatus};
 use valet_app::{EventStore, LogCursor, LogFollower, ReplayEvent, StoreError};
 use valet_wire::{TokenEvent, MSG_ID_HEADER, STREAM, SUBJECTS};
 
 use checkpoint::Checkpoints;
 use confirm::{Answer, Chain, Plan, Verdict};
+use progress::Progress;
+use tenure::{Bounds, Decision, StepDown, Tenure};
 
 pub use mapping::{GrantDirectory, MappingError};
 
@@ -47,6 +51,27 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// The lease name of the relay.
 pub const LEASE: &str = "nats-relay";
 
+/// How long the relay lease lasts without renewal. A standby takes over at most this
+/// long after the leader's last renewal, plus one [`STANDBY_POLL`] and its start.
+pub const LEASE_TTL: Duration = Duration::from_secs(3);
+
+/// How often a standby asks for the lease, and the leader renews it.
+pub const STANDBY_POLL: Duration = Duration::from_millis(500);
+const RENEW_EVERY: Duration = Duration::from_millis(500);
+/// A renewal that takes longer is abandoned (the next is tried; the tenure decides).
+const RENEW_TIMEOUT: Duration = Duration::from_millis(500);
+
+const BOUNDS: Bounds = Bounds {
+    ttl: LEASE_TTL,
+    // One renewal interval and one renewal's timeout, with room to spare.
+    margin: Duration::from_millis(1200),
+    stall_limit: Duration::from_secs(3),
+};
+
+/// After stepping down, a relay waits this long (more than a standby's poll) before
+/// asking for the lease again, so that a standby gets it first.
+const AFTER_STEP_DOWN: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     pub nats_url: String,
@@ -59,6 +84,19 @@ pub struct RelayConfig {
     pub duplicate_window: Duration,
     /// Events read from the log per batch.
     pub batch: usize,
+    /// Who this relay is, as `/readyz` shows the leader (see [`this_process`]).
+    pub holder: String,
+}
+
+/// `host:pid`, naming this process as a lease holder.
+pub fn this_process() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}:{}", std::process::id())
 }
 
 /// JetStream's default duplicate window, and Valet's.
@@ -72,36 +110,131 @@ pub enum RelayError {
     Mapping(#[from] MappingError),
     #[error("nats: {0}")]
     Nats(String),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
 }
 
-/// Runs forever: stand by until this process leads, then relay until the lease is lost.
+/// Runs forever: stand by until this process leads, then relay until it steps down.
 pub async fn run<S>(store: S, config: RelayConfig, status: Arc<RelayStatus>)
 where
     S: EventStore + Leadership + Clone,
 {
-    let nats = connect(&config.nats_url, status.clone()).await;
+    run_until(store, config, status, std::future::pending()).await;
+}
+
+/// Why a relay stopped leading.
+enum Ended {
+    Failed(RelayError),
+    SteppedDown(StepDown),
+    Lost,
+    Shutdown,
+}
+
+/// [`run`] until `shutdown` completes; a leading relay then releases its lease, so a
+/// standby takes over at once.
+pub async fn run_until<S>(
+    store: S,
+    config: RelayConfig,
+    status: Arc<RelayStatus>,
+    shutdown: impl std::future::Future<Output = ()>,
+) where
+    S: EventStore + Leadership + Clone,
+{
+    tokio::pin!(shutdown);
+    let nats = tokio::select! {
+        nats = connect(&config.nats_url, status.clone()) => nats,
+        () = &mut shutdown => return,
+    };
+    let confirmed = backlog::Confirmed::standing_by();
+    let _reporter = backlog::Reporter::start(store.clone(), confirmed.clone(), status.clone());
     let mut backoff = Backoff::new();
     loop {
-        let lease = match store.try_acquire(LEASE).await {
-            Ok(Some(lease)) => lease,
-            Ok(None) => {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+        let sent_at = Instant::now();
+        let acquired = tokio::select! {
+            acquired = store.try_acquire(LEASE, &config.holder, LEASE_TTL) => acquired,
+            () = &mut shutdown => return,
+        };
+        let pause = match acquired {
+            Ok(Acquisition::Acquired(lease)) => {
+                backoff = Backoff::new();
+                tracing::info!(holder = %config.holder, "relay is active");
+                status.set_leader(Some(&config.holder));
+                status.set_active(true);
+                let progress = Progress::default();
+                let ended = tokio::select! {
+                    result = lead(&store, &lease, &nats, &config, &status, &confirmed, &progress) => {
+                        match result {
+                            Err(RelayError::Lease(LeaseError::Lost)) => Ended::Lost,
+                            Err(error) => Ended::Failed(error),
+                            Ok(never) => match never {},
+                        }
+                    }
+                    ended = hold(&lease, &progress, Tenure::new(BOUNDS, sent_at)) => ended,
+                    () = &mut shutdown => Ended::Shutdown,
+                };
+                status.set_active(false);
+                confirmed.stand_by();
+                if !matches!(ended, Ended::Lost) {
+                    if let Ok(Err(error)) =
+                        tokio::time::timeout(RENEW_TIMEOUT, lease.release()).await
+                    {
+                        tracing::warn!(%error, "cannot release the relay lease; it expires by itself");
+                    }
+                }
+                match ended {
+                    Ended::Shutdown => return,
+                    Ended::Failed(error) => {
+                        tracing::warn!(%error, "relay stopped leading; standing by")
+                    }
+                    Ended::SteppedDown(StepDown::Stalled) => {
+                        // The unconfirmed batch is abandoned: a failed publish.
+                        status.record_failure();
+                        tracing::warn!(
+                            "relay stepped down: JetStream has not confirmed a batch in time; standing by"
+                        )
+                    }
+                    Ended::SteppedDown(StepDown::LeaseRunningOut) => tracing::warn!(
+                        "relay stepped down: the lease could not be renewed in time; standing by"
+                    ),
+                    Ended::Lost => {
+                        tracing::warn!("relay lost its lease to another process; standing by")
+                    }
+                }
+                status.record_step_down();
+                AFTER_STEP_DOWN
+            }
+            Ok(Acquisition::HeldBy(holder)) => {
+                status.set_leader(Some(&holder));
+                STANDBY_POLL
             }
             Err(error) => {
                 tracing::warn!(%error, "relay cannot reach PostgreSQL; retrying");
-                backoff.wait().await;
-                continue;
+                backoff.next()
             }
         };
-        tracing::info!("relay is active");
-        status.set_active(true);
-        let result = lead(&store, lease, &nats, &config, &status).await;
-        status.set_active(false);
-        if let Err(error) = result {
-            tracing::warn!(%error, "relay stopped leading; standing by");
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = &mut shutdown => return,
         }
-        backoff.wait().await;
+    }
+}
+
+/// Renews the lease while the relay makes progress; returns when it must step down.
+async fn hold<L: Lease>(lease: &L, progress: &Progress, mut tenure: Tenure) -> Ended {
+    loop {
+        tokio::time::sleep(RENEW_EVERY).await;
+        if let Decision::StepDown(why) = tenure.decide(Instant::now(), progress.busy_since()) {
+            return Ended::SteppedDown(why);
+        }
+        let sent_at = Instant::now();
+        match tokio::time::timeout(RENEW_TIMEOUT, lease.renew()).await {
+            Ok(Ok(())) => tenure.renewed(sent_at),
+            Ok(Err(LeaseError::Lost)) => return Ended::Lost,
+            Ok(Err(LeaseError::Store(error))) => {
+                tracing::warn!(%error, "cannot renew the relay lease")
+            }
+            Err(_) => tracing::warn!("renewing the relay lease timed out"),
+        }
     }
 }
 
@@ -113,8 +246,8 @@ pub struct RelayThread {
 }
 
 impl RelayThread {
-    /// Stops the relay and waits for its thread, which closes its connections (and so
-    /// frees the lease for a standby at once).
+    /// Stops the relay and waits for its thread, which releases the lease (so a standby
+    /// takes over at once) and closes its connections.
     pub fn stop(mut self) {
         self.shut_down();
     }
@@ -157,12 +290,9 @@ where
     let thread = std::thread::Builder::new()
         .name("valet-relay".into())
         .spawn(move || {
-            runtime.block_on(async move {
-                tokio::select! {
-                    () = run(store, config, status) => {}
-                    _ = stopped => {}
-                }
-            });
+            runtime.block_on(run_until(store, config, status, async {
+                let _ = stopped.await;
+            }));
         })?;
     Ok(RelayThread {
         stop: Some(stop),
@@ -226,38 +356,44 @@ pub async fn ensure_stream(
 
 async fn lead<S, L>(
     store: &S,
-    mut lease: L,
+    lease: &L,
     nats: &async_nats::Client,
     config: &RelayConfig,
     status: &Arc<RelayStatus>,
-) -> Result<(), RelayError>
+    confirmed: &backlog::Confirmed,
+    progress: &Progress,
+) -> Result<std::convert::Infallible, RelayError>
 where
-    S: EventStore + Clone,
+    S: EventStore + Leadership + Clone,
     L: Lease,
 {
+    progress.busy();
     let js = jetstream::new(nats.clone());
     let mut backoff = Backoff::new();
     while let Err(error) = ensure_stream(&js, config).await {
         status.record_failure();
         tracing::warn!(%error, "cannot set up stream {STREAM}; retrying");
-        backoff.wait().await;
+        tokio::time::sleep(backoff.next()).await;
     }
-    let mut cursor = lease.checkpoint().await?.unwrap_or(LogCursor::START);
-    let confirmed = backlog::Confirmed::new(cursor);
-    let _reporter = backlog::Reporter::start(store.clone(), confirmed.clone(), status.clone());
+    let mut cursor = store.checkpoint(LEASE).await?.unwrap_or(LogCursor::START);
+    confirmed.lead_from(cursor);
     let mut follower =
         LogFollower::<_, ReplayEvent>::from_cursor(store, cursor).with_batch(config.batch);
     let mut directory = GrantDirectory::default();
-    let mut checkpoints = Checkpoints::new(cursor, std::time::Instant::now(), CHECKPOINT_EVERY);
+    let mut checkpoints = Checkpoints::new(cursor, Instant::now(), CHECKPOINT_EVERY);
     let mut chain = Chain::default();
     loop {
+        progress.busy();
         let mut batch = follower.poll().await?;
-        if checkpoints.due(cursor, batch.is_empty(), std::time::Instant::now()) {
+        if checkpoints.due(cursor, batch.is_empty(), Instant::now()) {
             lease.save_checkpoint(cursor).await?;
-            checkpoints.saved(cursor, std::time::Instant::now());
+            checkpoints.saved(cursor, Instant::now());
         }
         if batch.is_empty() {
+            // Waiting for commits is no stall.
+            progress.idle();
             batch = follower.next().await?;
+            progress.busy();
         }
         let messages = directory.map_batch(store, &batch).await?;
         let last = batch.last().map(ReplayEvent::cursor).unwrap_or(cursor);
@@ -276,10 +412,11 @@ where
                     status.record_failure();
                     status.set_connected(false);
                     tracing::warn!(%error, pending = messages.len(), "publishing to NATS failed; retrying");
-                    backoff.wait().await;
+                    tokio::time::sleep(backoff.next()).await;
                 }
             }
         }
+        progress.idle();
         cursor = last;
         confirmed.set(cursor);
         if batch.len() < config.batch {
@@ -411,8 +548,10 @@ impl Backoff {
         Backoff(Duration::from_millis(100))
     }
 
-    async fn wait(&mut self) {
-        tokio::time::sleep(self.0).await;
+    /// The next delay.
+    fn next(&mut self) -> Duration {
+        let delay = self.0;
         self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        delay
     }
 }

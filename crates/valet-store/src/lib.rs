@@ -7,7 +7,7 @@ mod lease;
 mod migrate;
 mod pg;
 
-pub use lease::PgLease;
+pub use lease::{AdvisoryLock, PgLease};
 pub use migrate::{migrate, MigrateError, MigrationReport, MIGRATIONS};
 pub use pg::{
     append_on, describe, execute_writes, new_pool, recorded_row, with_options, InlineProjection,

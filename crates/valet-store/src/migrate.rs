@@ -35,6 +35,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "auth_failures",
         sql: include_str!("../../../migrations/0005_auth_failures.sql"),
     },
+    Migration {
+        version: 6,
+        name: "leases",
+        sql: include_str!("../../../migrations/0006_leases.sql"),
+    },
 ];
 
 /// Serialises concurrent `valet migrate` runs (several replicas starting at once).

@@ -1,0 +1,371 @@
+//! Relay failover across `valet serve` replicas on one database, under load: the relay
+//! leader killed (`kill -9`), paused (`SIGSTOP`), and cut off from NATS alone. Each time
+//! a standby takes over within 5 s of the leader's last progress, every replica's
+//! `/readyz` names the same leader, and in the end the stream holds every committed
+//! event once, in log order.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use valet_tests::nats::{publishable_event_ids, stream_matches_log, NatsProxy, TestNats};
+use valet_tests::server::{ClientCreds, ClientSpec, TestServer};
+use valet_wire::{TokenEvent, STREAM};
+
+/// The goal for a takeover, from the leader's last progress to the stream growing again.
+const TAKEOVER_GOAL: Duration = Duration::from_secs(5);
+
+struct Replica {
+    server: TestServer,
+    proxy: NatsProxy,
+}
+
+impl Replica {
+    fn holder(&self) -> String {
+        format!("{}:{}", hostname(), self.server.pid())
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
+async fn replica_of(first: &TestServer, nats: &TestNats) -> Replica {
+    let proxy = NatsProxy::start(nats).await;
+    let server = first.replica(&[("VALET_NATS_URL", &proxy.url())]).await;
+    Replica { server, proxy }
+}
+
+/// `/readyz`'s relay object, or `None` if the replica does not answer within a second
+/// (a paused process).
+async fn relay_state(server: &TestServer) -> Option<Value> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .expect("client");
+    let resp = client.get(server.url("/readyz")).send().await.ok()?;
+    let body: Value = serde_json::from_slice(&resp.bytes().await.ok()?).ok()?;
+    Some(body["relay"].clone())
+}
+
+/// Waits until the answering replicas agree: exactly one of `candidates` is active and
+/// every answering replica names it as leader. Returns its index.
+async fn agreed_leader(replicas: &[&Replica], within: Duration) -> usize {
+    let start = Instant::now();
+    loop {
+        let mut states = Vec::new();
+        for r in replicas {
+            states.push(relay_state(&r.server).await);
+        }
+        let active: Vec<usize> = states
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.as_ref().is_some_and(|s| s["active"] == true))
+            .map(|(i, _)| i)
+            .collect();
+        if let [leader] = active[..] {
+            let holder = replicas[leader].holder();
+            if states
+                .iter()
+                .flatten()
+                .all(|s| s["leader"].as_str() == Some(holder.as_str()))
+            {
+                return leader;
+            }
+        }
+        assert!(
+            start.elapsed() < within,
+            "the replicas did not agree on one relay leader within {within:?}: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Tokens issued (and every other one revoked) through the replicas in `live`, round
+/// robin, until stopped.
+struct Load {
+    live: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<u64>>,
+}
+
+impl Load {
+    fn start(client: &ClientCreds, live: Vec<String>) -> Load {
+        let live = Arc::new(Mutex::new(live));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..4)
+            .map(|worker| {
+                let (live, stop) = (live.clone(), stop.clone());
+                let (id, secret) = (client.client_id.clone(), client.secret().to_owned());
+                tokio::spawn(async move {
+                    let http = reqwest::Client::builder()
+                        .timeout(Duration::from_secs(3))
+                        .build()
+                        .expect("client");
+                    let mut issued = 0u64;
+                    let mut n = worker;
+                    while !stop.load(Ordering::Relaxed) {
+                        let base = {
+                            let live = live.lock().expect("live");
+                            live[n % live.len()].clone()
+                        };
+                        n += 1;
+                        let Ok(resp) = http
+                            .post(format!("{base}/token"))
+                            .basic_auth(&id, Some(&secret))
+                            .form(&[("grant_type", "client_credentials")])
+                            .send()
+                            .await
+                        else {
+                            continue;
+                        };
+                        let Some(body) = resp
+                            .bytes()
+                            .await
+                            .ok()
+                            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                        else {
+                            continue;
+                        };
+                        let Some(token) = body["access_token"].as_str() else {
+                            continue;
+                        };
+                        issued += 1;
+                        if issued % 2 == 0 {
+                            let _ = http
+                                .post(format!("{base}/revoke"))
+                                .basic_auth(&id, Some(&secret))
+                                .form(&[("token", token)])
+                                .send()
+                                .await;
+                        }
+                    }
+                    issued
+                })
+            })
+            .collect();
+        Load { live, stop, tasks }
+    }
+
+    fn set_live(&self, live: Vec<String>) {
+        *self.live.lock().expect("live") = live;
+    }
+
+    async fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut issued = 0;
+        for task in self.tasks {
+            issued += task.await.expect("load task");
+        }
+        issued
+    }
+}
+
+/// The stream's last sequence, sampled every 20 ms with the time it last grew.
+struct Watch {
+    growth: Arc<Mutex<Vec<(Instant, u64)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watch {
+    async fn start(nats: &TestNats) -> Watch {
+        let js =
+            async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("connect"));
+        let growth = Arc::new(Mutex::new(Vec::new()));
+        let record = growth.clone();
+        let task = tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                if let Ok(mut stream) = js.get_stream(STREAM).await {
+                    if let Ok(info) = stream.info().await {
+                        let seq = info.state.last_sequence;
+                        if seq > last {
+                            last = seq;
+                            record.lock().expect("growth").push((Instant::now(), seq));
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        Watch { growth, task }
+    }
+
+    /// Waits until the stream grows after `fault`; returns the gap between its last
+    /// growth before `fault` (the leader's last progress) and its first growth after.
+    async fn takeover_after(&self, fault: Instant, within: Duration) -> Duration {
+        loop {
+            {
+                let growth = self.growth.lock().expect("growth");
+                // Messages already on their way at the fault may still land: growth
+                // counts once it follows a pause of at least 500 ms, or 2 s after.
+                let before = growth
+                    .iter()
+                    .rev()
+                    .find(|(t, _)| *t <= fault)
+                    .map(|(t, _)| *t);
+                let after: Vec<Instant> = growth
+                    .iter()
+                    .filter(|(t, _)| *t > fault)
+                    .map(|(t, _)| *t)
+                    .collect();
+                let mut previous = before.unwrap_or(fault);
+                for t in after {
+                    if t.duration_since(previous) >= Duration::from_millis(500) {
+                        return t.duration_since(previous);
+                    }
+                    previous = t;
+                }
+            }
+            assert!(
+                fault.elapsed() < within,
+                "the stream did not grow again within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_relay_takes_over_within_5_s_when_the_leader_dies_pauses_or_loses_nats() {
+    let nats = TestNats::start().await;
+    let first_proxy = NatsProxy::start(&nats).await;
+    let first = TestServer::start_with(&[("VALET_NATS_URL", &first_proxy.url())]).await;
+    let client = first
+        .create_client(
+            &ClientSpec::confidential("Load")
+                .grant("client_credentials")
+                .scopes("read"),
+        )
+        .await;
+    let mut replicas = vec![Replica {
+        server: first,
+        proxy: first_proxy,
+    }];
+    replicas.push(replica_of(&replicas[0].server, &nats).await);
+    replicas.push(replica_of(&replicas[0].server, &nats).await);
+    let urls = |rs: &[Replica]| -> Vec<String> {
+        rs.iter().map(|r| r.server.base_url().to_owned()).collect()
+    };
+
+    let all: Vec<&Replica> = replicas.iter().collect();
+    let leader = agreed_leader(&all, Duration::from_secs(15)).await;
+    let watch = Watch::start(&nats).await;
+    let load = Load::start(&client, urls(&replicas));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut takeovers = Vec::new();
+
+    // 1. kill -9 of the leader.
+    let fault = Instant::now();
+    replicas[leader].server.signal("KILL");
+    let killed = replicas.remove(leader);
+    load.set_live(urls(&replicas));
+    takeovers.push((
+        "kill -9",
+        watch.takeover_after(fault, Duration::from_secs(20)).await,
+    ));
+    let survivors: Vec<&Replica> = replicas.iter().collect();
+    let leader = agreed_leader(&survivors, Duration::from_secs(5)).await;
+    // A replacement joins as a standby.
+    replicas.push(replica_of(&replicas[0].server, &nats).await);
+    load.set_live(urls(&replicas));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 2. SIGSTOP of the leader; once resumed, it has stepped down and says so.
+    let fault = Instant::now();
+    let paused = leader;
+    replicas[paused].server.signal("STOP");
+    load.set_live(
+        replicas
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != paused)
+            .map(|(_, r)| r.server.base_url().to_owned())
+            .collect(),
+    );
+    takeovers.push((
+        "SIGSTOP",
+        watch.takeover_after(fault, Duration::from_secs(20)).await,
+    ));
+    replicas[paused].server.signal("CONT");
+    let all: Vec<&Replica> = replicas.iter().collect();
+    let leader = agreed_leader(&all, Duration::from_secs(10)).await;
+    assert_ne!(leader, paused, "the paused leader took the lease back");
+    load.set_live(urls(&replicas));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 3. The leader loses NATS (only it: the others keep their connections).
+    let fault = Instant::now();
+    let cut = leader;
+    replicas[cut].proxy.cut();
+    takeovers.push((
+        "NATS cut",
+        watch.takeover_after(fault, Duration::from_secs(20)).await,
+    ));
+    let all: Vec<&Replica> = replicas.iter().collect();
+    let leader = agreed_leader(&all, Duration::from_secs(5)).await;
+    assert_ne!(leader, cut, "the leader cut off from NATS kept the lease");
+    let cut_state = relay_state(&replicas[cut].server).await.expect("answers");
+    assert_eq!(cut_state["nats_connected"], false, "{cut_state}");
+    replicas[cut].proxy.restore();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let issued = load.stop().await;
+    let expected = publishable_event_ids(replicas[0].server.pg().await).await;
+    // Every replica's /readyz drains to a zero backlog (standbys count from the
+    // checkpoint).
+    let start = Instant::now();
+    loop {
+        let mut backlogs = Vec::new();
+        for r in &replicas {
+            backlogs.push(relay_state(&r.server).await.map(|s| s["backlog"].clone()));
+        }
+        if backlogs
+            .iter()
+            .all(|b| b.as_ref().and_then(Value::as_i64) == Some(0))
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "backlogs did not drain: {backlogs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let events: Vec<TokenEvent> = nats
+        .stream_messages(STREAM)
+        .await
+        .iter()
+        .map(|m| TokenEvent::from_json(&m.payload).expect("a token event"))
+        .collect();
+    if let Err(difference) = stream_matches_log(&events, &expected) {
+        panic!(
+            "the stream is not the log's token events, each once, in log order: {difference}; \
+             takeovers {takeovers:?}"
+        );
+    }
+    eprintln!(
+        "{issued} tokens issued; {} events; takeovers: {takeovers:?}",
+        events.len()
+    );
+    for (fault, gap) in &takeovers {
+        assert!(
+            *gap <= TAKEOVER_GOAL,
+            "takeover after {fault} took {gap:?} from the leader's last progress"
+        );
+    }
+    drop(watch);
+    // The killed replica may own the database: stopping it drops it.
+    for r in replicas.into_iter().chain([killed]) {
+        r.server.stop().await;
+    }
+}
