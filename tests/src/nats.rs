@@ -12,6 +12,8 @@ use tokio::process::{Child, Command};
 pub struct TestNats {
     pub port: u16,
     dir: PathBuf,
+    /// Options beyond the port and the JetStream store (a cluster node's).
+    args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -38,20 +40,128 @@ fn nats_server() -> String {
 
 impl TestNats {
     pub async fn start() -> TestNats {
-        let dir =
-            std::env::temp_dir().join(format!("valet-test-nats-{}", uuid::Uuid::now_v7().simple()));
-        std::fs::create_dir_all(&dir).expect("nats store dir");
-        let mut nats = TestNats {
-            port: free_port(),
-            dir,
-            child: None,
-        };
+        let mut nats = TestNats::unstarted(Vec::new());
         nats.resume().await;
         nats
     }
 
+    fn unstarted(args: Vec<String>) -> TestNats {
+        let dir =
+            std::env::temp_dir().join(format!("valet-test-nats-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).expect("nats store dir");
+        TestNats {
+            port: free_port(),
+            dir,
+            args,
+            child: None,
+        }
+    }
+
+    /// A cluster of `nodes` servers with JetStream, routed to each other, once JetStream
+    /// answers on every node. Clients are not told of the other nodes
+    /// (`no_advertise`): each knows only the URLs it was given, so a proxy in front of a
+    /// node can cut a client off.
+    pub async fn cluster(nodes: usize) -> Vec<TestNats> {
+        let routes: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
+        let all_routes = routes
+            .iter()
+            .map(|port| format!("nats://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let name = format!("valet-test-{}", uuid::Uuid::now_v7().simple());
+        let mut cluster = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let mut node = TestNats::unstarted(vec![
+                "--cluster_name".into(),
+                name.clone(),
+                "--server_name".into(),
+                format!("n{i}"),
+                "--cluster".into(),
+                format!("nats://127.0.0.1:{route}"),
+                "--routes".into(),
+                all_routes.clone(),
+                "--no_advertise=true".into(),
+            ]);
+            node.resume().await;
+            cluster.push(node);
+        }
+        cluster[0].until_streams_can_be_placed(nodes).await;
+        cluster
+    }
+
+    /// The client URL of every node of `cluster`, comma-separated.
+    pub fn urls(cluster: &[TestNats]) -> String {
+        cluster
+            .iter()
+            .map(TestNats::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until a stream with `replicas` copies can be created (the cluster has formed
+    /// and elected its JetStream leader).
+    async fn until_streams_can_be_placed(&self, replicas: usize) {
+        let client = async_nats::connect(self.url())
+            .await
+            .expect("connect to nats");
+        let js = async_nats::jetstream::new(client);
+        let probe = async_nats::jetstream::stream::Config {
+            name: "VALET_TEST_PROBE".into(),
+            subjects: vec!["valet-test-probe".into()],
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        let mut last = None;
+        for _ in 0..300 {
+            match js.create_stream(probe.clone()).await {
+                Ok(_) => {
+                    js.delete_stream("VALET_TEST_PROBE")
+                        .await
+                        .expect("delete the probe stream");
+                    return;
+                }
+                Err(error) => last = Some(error),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the NATS cluster cannot place a stream: {last:?}");
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Asks the server leading `stream` to hand the leadership to another node, and waits
+    /// until another node leads it.
+    pub async fn move_stream_leader(&self, stream: &str) {
+        let before = self.stream_leader(stream).await;
+        let client = async_nats::connect(self.url())
+            .await
+            .expect("connect to nats");
+        for _ in 0..100 {
+            let _ = client
+                .request(
+                    format!("$JS.API.STREAM.LEADER.STEPDOWN.{stream}"),
+                    "".into(),
+                )
+                .await;
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let now = self.stream_leader(stream).await;
+                if now.is_some() && now != before {
+                    return;
+                }
+            }
+        }
+        panic!("stream {stream} is still led by {before:?}");
+    }
+
+    /// The name of the server leading `stream` (its JetStream cluster leader), if any.
+    pub async fn stream_leader(&self, stream: &str) -> Option<String> {
+        let client = async_nats::connect(self.url()).await.ok()?;
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream(stream).await.ok()?;
+        stream.info().await.ok()?.cluster.as_ref()?.leader.clone()
     }
 
     /// Kills the server (a NATS outage); its JetStream store stays on disk.
@@ -75,6 +185,7 @@ impl TestNats {
                 "-sd",
             ])
             .arg(&self.dir)
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -93,30 +204,47 @@ impl TestNats {
         panic!("nats-server did not start on port {}", self.port);
     }
 
-    /// Every message of the stream, in stream order (an ordered consumer from the start).
+    /// Every message of the stream, in stream order (an ordered consumer from the start;
+    /// a new one from where it stopped if it stalls, as one may while a cluster settles
+    /// after a node restarts).
     pub async fn stream_messages(&self, stream: &str) -> Vec<async_nats::jetstream::Message> {
+        use async_nats::jetstream::consumer::DeliverPolicy;
         let client = async_nats::connect(self.url())
             .await
             .expect("connect to nats");
         let js = async_nats::jetstream::new(client);
         let mut stream = js.get_stream(stream).await.expect("stream exists");
         let total = stream.info().await.expect("stream info").state.messages;
-        let consumer = stream
-            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-                deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .expect("ordered consumer");
-        let mut messages = consumer.messages().await.expect("messages");
-        let mut out = Vec::new();
+        let mut out: Vec<async_nats::jetstream::Message> = Vec::new();
+        let mut stalls = 0;
         while (out.len() as u64) < total {
-            match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
-                Ok(Some(Ok(message))) => out.push(message),
-                other => panic!(
-                    "reading the stream failed after {} messages: {other:?}",
-                    out.len()
-                ),
+            let deliver_policy = match out.last() {
+                None => DeliverPolicy::All,
+                Some(last) => DeliverPolicy::ByStartSequence {
+                    start_sequence: last.info().expect("message info").stream_sequence + 1,
+                },
+            };
+            let consumer = stream
+                .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+                    deliver_policy,
+                    ..Default::default()
+                })
+                .await
+                .expect("ordered consumer");
+            let mut messages = consumer.messages().await.expect("messages");
+            while (out.len() as u64) < total {
+                match tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
+                    Ok(Some(Ok(message))) => out.push(message),
+                    other => {
+                        stalls += 1;
+                        assert!(
+                            stalls <= 5,
+                            "reading the stream failed after {} of {total} messages: {other:?}",
+                            out.len()
+                        );
+                        break;
+                    }
+                }
             }
         }
         out
@@ -136,11 +264,26 @@ impl Drop for TestNats {
 /// one process off NATS while the others keep it (`cut`, `restore`).
 pub struct NatsProxy {
     pub port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     cut: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl NatsProxy {
+    /// One proxy in front of each node of `cluster`, and the URL list through them.
+    pub async fn per_node(cluster: &[TestNats]) -> (Vec<NatsProxy>, String) {
+        let mut proxies = Vec::new();
+        for node in cluster {
+            proxies.push(NatsProxy::start(node).await);
+        }
+        let urls = proxies
+            .iter()
+            .map(NatsProxy::url)
+            .collect::<Vec<_>>()
+            .join(",");
+        (proxies, urls)
+    }
+
     pub async fn start(nats: &TestNats) -> NatsProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -150,6 +293,8 @@ impl NatsProxy {
         let (cut, _) = tokio::sync::watch::channel(false);
         let cut = std::sync::Arc::new(cut);
         let accepting = cut.clone();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = open.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 if *accepting.borrow() {
@@ -157,20 +302,33 @@ impl NatsProxy {
                     continue;
                 }
                 let mut cut_off = accepting.subscribe();
+                let open = counter.clone();
                 tokio::spawn(async move {
                     let Ok(mut server) =
                         tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
                     else {
                         return;
                     };
+                    open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                         _ = cut_off.wait_for(|cut| *cut) => {}
                     }
+                    open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 });
             }
         });
-        NatsProxy { port, cut, task }
+        NatsProxy {
+            port,
+            open,
+            cut,
+            task,
+        }
+    }
+
+    /// Connections through the proxy now open.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn url(&self) -> String {

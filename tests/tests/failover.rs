@@ -1,8 +1,10 @@
-//! Relay failover across `valet serve` replicas on one database, under load: the relay
-//! leader killed (`kill -9`), paused (`SIGSTOP`), and cut off from NATS alone. Each time
-//! a standby takes over within 5 s of the leader's last progress, every replica's
-//! `/readyz` names the same leader, and in the end the stream holds every committed
-//! event once, in log order.
+//! Relay failover across three `valet serve` replicas on one database and a three-node
+//! NATS cluster (stream replicas 3), under load: the relay leader killed (`kill -9`),
+//! paused (`SIGSTOP`), cut off from NATS alone, and the NATS node it is connected to
+//! killed. Each time the stream grows again within 5 s of the leader's last progress,
+//! every replica's `/readyz` names the same leader and says whether it is connected, and
+//! in the end the stream holds every committed event once, in log order. Killing the
+//! NATS node that leads the stream is measured too; JetStream's own election bounds it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,15 +17,27 @@ use valet_wire::{TokenEvent, STREAM};
 
 /// The goal for a takeover, from the leader's last progress to the stream growing again.
 const TAKEOVER_GOAL: Duration = Duration::from_secs(5);
+/// When the NATS node leading the stream dies: JetStream's election (4-9 s) plus the
+/// relay's stall limit and a standby's start.
+const NATS_ELECTION_BOUND: Duration = Duration::from_secs(15);
 
 struct Replica {
     server: TestServer,
-    proxy: NatsProxy,
+    /// One per NATS node: the replica reaches NATS only through these.
+    proxies: Vec<NatsProxy>,
 }
 
 impl Replica {
     fn holder(&self) -> String {
         format!("{}:{}", hostname(), self.server.pid())
+    }
+
+    fn cut_off_nats(&self) {
+        self.proxies.iter().for_each(NatsProxy::cut);
+    }
+
+    fn restore_nats(&self) {
+        self.proxies.iter().for_each(NatsProxy::restore);
     }
 }
 
@@ -33,10 +47,14 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
-async fn replica_of(first: &TestServer, nats: &TestNats) -> Replica {
-    let proxy = NatsProxy::start(nats).await;
-    let server = first.replica(&[("VALET_NATS_URL", &proxy.url())]).await;
-    Replica { server, proxy }
+const STREAM_REPLICAS: (&str, &str) = ("VALET_NATS_STREAM_REPLICAS", "3");
+
+async fn replica_of(first: &TestServer, nats: &[TestNats]) -> Replica {
+    let (proxies, urls) = NatsProxy::per_node(nats).await;
+    let server = first
+        .replica(&[("VALET_NATS_URL", &urls), STREAM_REPLICAS])
+        .await;
+    Replica { server, proxies }
 }
 
 /// `/readyz`'s relay object, or `None` if the replica does not answer within a second
@@ -171,9 +189,12 @@ struct Watch {
 }
 
 impl Watch {
-    async fn start(nats: &TestNats) -> Watch {
-        let js =
-            async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("connect"));
+    async fn start(nats: &[TestNats]) -> Watch {
+        let urls = TestNats::urls(nats);
+        let client = async_nats::connect(valet_wire::nats_servers(&urls))
+            .await
+            .expect("connect");
+        let js = async_nats::jetstream::new(client);
         let growth = Arc::new(Mutex::new(Vec::new()));
         let record = growth.clone();
         let task = tokio::spawn(async move {
@@ -194,35 +215,31 @@ impl Watch {
         Watch { growth, task }
     }
 
-    /// Waits until the stream grows after `fault`; returns the gap between its last
-    /// growth before `fault` (the leader's last progress) and its first growth after.
+    /// The takeover after `fault`: the longest pause in the stream's growth from its last
+    /// growth before `fault` (the leader's last progress), once the stream has grown
+    /// steadily for a second after that pause.
     async fn takeover_after(&self, fault: Instant, within: Duration) -> Duration {
+        const STEADY: Duration = Duration::from_secs(1);
         loop {
             {
                 let growth = self.growth.lock().expect("growth");
-                // Messages already on their way at the fault may still land: growth
-                // counts once it follows a pause of at least 500 ms, or 2 s after.
-                let before = growth
-                    .iter()
-                    .rev()
-                    .find(|(t, _)| *t <= fault)
-                    .map(|(t, _)| *t);
-                let after: Vec<Instant> = growth
-                    .iter()
-                    .filter(|(t, _)| *t > fault)
-                    .map(|(t, _)| *t)
-                    .collect();
-                let mut previous = before.unwrap_or(fault);
-                for t in after {
-                    if t.duration_since(previous) >= Duration::from_millis(500) {
-                        return t.duration_since(previous);
+                let times: Vec<Instant> = growth.iter().map(|(t, _)| *t).collect();
+                // From the last growth before the fault.
+                let start = times.iter().rposition(|t| *t <= fault).unwrap_or(0);
+                let times = &times[start..];
+                let longest = times
+                    .windows(2)
+                    .map(|w| (w[1].duration_since(w[0]), w[1]))
+                    .max_by_key(|(gap, _)| *gap);
+                if let (Some((gap, end)), Some(last)) = (longest, times.last()) {
+                    if *last >= end + STEADY && *last >= fault + STEADY {
+                        return gap;
                     }
-                    previous = t;
                 }
             }
             assert!(
                 fault.elapsed() < within,
-                "the stream did not grow again within {within:?}"
+                "the stream did not grow steadily again within {within:?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -235,11 +252,33 @@ impl Drop for Watch {
     }
 }
 
+/// Waits until every replica's `/readyz` says it is connected to NATS.
+async fn until_every_replica_has_nats(replicas: &[Replica], within: Duration) {
+    let start = Instant::now();
+    loop {
+        let mut states = Vec::new();
+        for r in replicas {
+            states.push(relay_state(&r.server).await);
+        }
+        if states
+            .iter()
+            .all(|s| s.as_ref().is_some_and(|s| s["nats_connected"] == true))
+        {
+            return;
+        }
+        assert!(
+            start.elapsed() < within,
+            "not every replica reconnected to NATS within {within:?}: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_relay_takes_over_within_5_s_when_the_leader_dies_pauses_or_loses_nats() {
-    let nats = TestNats::start().await;
-    let first_proxy = NatsProxy::start(&nats).await;
-    let first = TestServer::start_with(&[("VALET_NATS_URL", &first_proxy.url())]).await;
+    let mut nats = TestNats::cluster(3).await;
+    let (first_proxies, urls) = NatsProxy::per_node(&nats).await;
+    let first = TestServer::start_with(&[("VALET_NATS_URL", &urls), STREAM_REPLICAS]).await;
     let client = first
         .create_client(
             &ClientSpec::confidential("Load")
@@ -249,7 +288,7 @@ async fn a_standby_relay_takes_over_within_5_s_when_the_leader_dies_pauses_or_lo
         .await;
     let mut replicas = vec![Replica {
         server: first,
-        proxy: first_proxy,
+        proxies: first_proxies,
     }];
     replicas.push(replica_of(&replicas[0].server, &nats).await);
     replicas.push(replica_of(&replicas[0].server, &nats).await);
@@ -306,7 +345,7 @@ async fn a_standby_relay_takes_over_within_5_s_when_the_leader_dies_pauses_or_lo
     // 3. The leader loses NATS (only it: the others keep their connections).
     let fault = Instant::now();
     let cut = leader;
-    replicas[cut].proxy.cut();
+    replicas[cut].cut_off_nats();
     takeovers.push((
         "NATS cut",
         watch.takeover_after(fault, Duration::from_secs(20)).await,
@@ -316,7 +355,55 @@ async fn a_standby_relay_takes_over_within_5_s_when_the_leader_dies_pauses_or_lo
     assert_ne!(leader, cut, "the leader cut off from NATS kept the lease");
     let cut_state = relay_state(&replicas[cut].server).await.expect("answers");
     assert_eq!(cut_state["nats_connected"], false, "{cut_state}");
-    replicas[cut].proxy.restore();
+    replicas[cut].restore_nats();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 4. The NATS node the relay leader is connected to is killed (the stream led from
+    // another node): the relay reconnects to another node and goes on.
+    let node = replicas[leader]
+        .proxies
+        .iter()
+        .position(|p| p.open_connections() > 0)
+        .expect("the relay leader is connected to a NATS node");
+    let other = (node + 1) % nats.len();
+    if nats[other].stream_leader(STREAM).await == Some(format!("n{node}")) {
+        nats[other].move_stream_leader(STREAM).await;
+    }
+    let fault = Instant::now();
+    nats[node].stop().await;
+    takeovers.push((
+        "the leader's NATS node killed",
+        watch.takeover_after(fault, Duration::from_secs(20)).await,
+    ));
+    let all: Vec<&Replica> = replicas.iter().collect();
+    agreed_leader(&all, Duration::from_secs(5)).await;
+    until_every_replica_has_nats(&replicas, Duration::from_secs(5)).await;
+    nats[node].resume().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 5. The NATS node leading the stream is killed: the stream takes writes again once
+    // JetStream has elected another leader, which its Raft election timeout bounds (a
+    // follower waits 4-9 s for a lost leader in nats-server 2.9), not the relay.
+    let stream_leader = nats[0]
+        .stream_leader(STREAM)
+        .await
+        .expect("the stream has a leader");
+    let node: usize = stream_leader
+        .trim_start_matches('n')
+        .parse()
+        .expect("nodes are named n0, n1, n2");
+    let fault = Instant::now();
+    nats[node].stop().await;
+    let gap = watch.takeover_after(fault, Duration::from_secs(40)).await;
+    eprintln!("the stream's NATS leader killed: the stream grew again after {gap:?}");
+    assert!(
+        gap <= NATS_ELECTION_BOUND,
+        "the stream grew again only {gap:?} after its leader node was killed"
+    );
+    let all: Vec<&Replica> = replicas.iter().collect();
+    agreed_leader(&all, Duration::from_secs(10)).await;
+    until_every_replica_has_nats(&replicas, Duration::from_secs(5)).await;
+    nats[node].resume().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let issued = load.stop().await;
@@ -341,7 +428,7 @@ async fn a_standby_relay_takes_over_within_5_s_when_the_leader_dies_pauses_or_lo
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let events: Vec<TokenEvent> = nats
+    let events: Vec<TokenEvent> = nats[(node + 1) % nats.len()]
         .stream_messages(STREAM)
         .await
         .iter()

@@ -98,6 +98,7 @@ fn relay_config(nats: &TestNats) -> RelayConfig {
         duplicate_window: valet_relay::DEFAULT_DUPLICATE_WINDOW,
         batch: 100,
         holder: valet_relay::this_process(),
+        stream_replicas: 1,
     }
 }
 

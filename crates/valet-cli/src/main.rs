@@ -54,7 +54,8 @@ struct Cli {
 /// The options of `valet serve`.
 #[derive(Args, Debug, Clone)]
 struct ServeArgs {
-    /// NATS server that token lifecycle events are published to.
+    /// NATS server that token lifecycle events are published to, or a comma-separated
+    /// list of a cluster's servers.
     #[arg(long, env = "VALET_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
     /// Seconds JetStream remembers event ids, dropping a republished event (a relay
@@ -63,6 +64,11 @@ struct ServeArgs {
     #[arg(long, env = "VALET_NATS_DUPLICATE_WINDOW", default_value_t = 120,
           value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     nats_duplicate_window: u64,
+    /// Copies of the stream JetStream keeps: 1, or 3 (or 5) on a NATS cluster, so the
+    /// stream survives the loss of a node.
+    #[arg(long, env = "VALET_NATS_STREAM_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    nats_stream_replicas: u8,
     /// Address the HTTP server listens on.
     #[arg(long, env = "VALET_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -382,6 +388,7 @@ async fn serve(database_url: &str, config: ServeArgs) -> anyhow::Result<()> {
             duplicate_window: Duration::from_secs(config.nats_duplicate_window),
             batch: 500,
             holder: valet_relay::this_process(),
+            stream_replicas: usize::from(config.nats_stream_replicas),
         },
         relay_status.clone(),
     )

@@ -52,11 +52,12 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 pub const LEASE: &str = "nats-relay";
 
 /// How long the relay lease lasts without renewal. A standby takes over at most this
-/// long after the leader's last renewal, plus one [`STANDBY_POLL`] and its start.
+/// long after the leader's last renewal, plus one [`STANDBY_POLL`] and its start; within
+/// one poll when the leader's process died (its PostgreSQL session ended).
 pub const LEASE_TTL: Duration = Duration::from_secs(3);
 
-/// How often a standby asks for the lease, and the leader renews it.
-pub const STANDBY_POLL: Duration = Duration::from_millis(500);
+/// How often a standby asks for the lease.
+pub const STANDBY_POLL: Duration = Duration::from_millis(200);
 const RENEW_EVERY: Duration = Duration::from_millis(500);
 /// A renewal that takes longer is abandoned (the next is tried; the tenure decides).
 const RENEW_TIMEOUT: Duration = Duration::from_millis(500);
@@ -86,6 +87,8 @@ pub struct RelayConfig {
     pub batch: usize,
     /// Who this relay is, as `/readyz` shows the leader (see [`this_process`]).
     pub holder: String,
+    /// Copies of the stream JetStream keeps (1, or 3 or 5 on a cluster).
+    pub stream_replicas: usize,
 }
 
 /// `host:pid`, naming this process as a lease holder.
@@ -300,31 +303,43 @@ where
     })
 }
 
-async fn connect(url: &str, status: Arc<RelayStatus>) -> async_nats::Client {
+/// The relay's NATS connection, and word of each time it was lost.
+struct Nats {
+    client: async_nats::Client,
+    /// Counts disconnections: a publish waiting for acks gives up when it changes (the
+    /// acks of messages sent on a lost connection never come).
+    lost: tokio::sync::watch::Receiver<u64>,
+}
+
+async fn connect(url: &str, status: Arc<RelayStatus>) -> Nats {
     let events = status.clone();
+    let (disconnected, lost) = tokio::sync::watch::channel(0u64);
+    let disconnected = Arc::new(disconnected);
     let options = async_nats::ConnectOptions::new()
         // Start even when NATS is down: events wait in PostgreSQL.
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))
         .event_callback(move |event| {
             let status = events.clone();
+            let disconnected = disconnected.clone();
             async move {
                 match event {
                     async_nats::Event::Connected => status.set_connected(true),
                     async_nats::Event::Disconnected | async_nats::Event::Closed => {
-                        status.set_connected(false)
+                        status.set_connected(false);
+                        disconnected.send_modify(|n| *n += 1);
                     }
                     _ => {}
                 }
             }
         });
     loop {
-        match options.clone().connect(url).await {
+        match options.clone().connect(valet_wire::nats_servers(url)).await {
             Ok(client) => {
                 status.set_connected(
                     client.connection_state() == async_nats::connection::State::Connected,
                 );
-                return client;
+                return Nats { client, lost };
             }
             Err(error) => {
                 // Only a malformed URL gets here (retry_on_initial_connect handles the rest).
@@ -335,29 +350,50 @@ async fn connect(url: &str, status: Arc<RelayStatus>) -> async_nats::Client {
     }
 }
 
-/// Creates or updates the stream so its definition matches this version of Valet.
-pub async fn ensure_stream(
-    js: &jetstream::Context,
-    config: &RelayConfig,
-) -> Result<(), RelayError> {
-    js.create_or_update_stream(jetstream::stream::Config {
+/// The stream's definition for this version of Valet and `config`.
+fn stream_config(config: &RelayConfig) -> jetstream::stream::Config {
+    jetstream::stream::Config {
         name: STREAM.to_owned(),
         subjects: vec![SUBJECTS.to_owned()],
         storage: StorageType::File,
         max_age: config.max_age,
         // JetStream refuses a window longer than the stream keeps messages.
         duplicate_window: config.duplicate_window.min(config.max_age),
+        num_replicas: config.stream_replicas,
         ..Default::default()
-    })
-    .await
-    .map_err(nats_error)?;
+    }
+}
+
+/// Creates or updates the stream so its definition matches this version of Valet.
+/// Reading the stream's definition needs only its leader; changing it needs JetStream's
+/// meta leader, which a cluster may still be electing after losing a node, so an
+/// unchanged definition is left alone.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    config: &RelayConfig,
+) -> Result<(), RelayError> {
+    let wanted = stream_config(config);
+    if let Ok(stream) = js.get_stream(STREAM).await {
+        let current = &stream.cached_info().config;
+        if current.subjects == wanted.subjects
+            && current.storage == wanted.storage
+            && current.max_age == wanted.max_age
+            && current.duplicate_window == wanted.duplicate_window
+            && current.num_replicas == wanted.num_replicas
+        {
+            return Ok(());
+        }
+    }
+    js.create_or_update_stream(wanted)
+        .await
+        .map_err(nats_error)?;
     Ok(())
 }
 
 async fn lead<S, L>(
     store: &S,
     lease: &L,
-    nats: &async_nats::Client,
+    nats: &Nats,
     config: &RelayConfig,
     status: &Arc<RelayStatus>,
     confirmed: &backlog::Confirmed,
@@ -368,7 +404,7 @@ where
     L: Lease,
 {
     progress.busy();
-    let js = jetstream::new(nats.clone());
+    let js = jetstream::new(nats.client.clone());
     let mut backoff = Backoff::new();
     while let Err(error) = ensure_stream(&js, config).await {
         status.record_failure();
@@ -399,9 +435,16 @@ where
         let last = batch.last().map(ReplayEvent::cursor).unwrap_or(cursor);
         let mut backoff = Backoff::new();
         loop {
-            match publish(nats, &js, &messages, &mut chain).await {
+            let mut lost = nats.lost.clone();
+            lost.borrow_and_update();
+            let published = tokio::select! {
+                published = publish(&nats.client, &js, &messages, &mut chain) => published,
+                // Sent on a lost connection: republish at once (the chain keeps order,
+                // JetStream drops what was stored already).
+                Ok(()) = lost.changed() => Err(RelayError::Nats("the connection was lost".into())),
+            };
+            match published {
                 Ok((confirmation, duplicates)) => {
-                    status.set_connected(true);
                     status.record_published(messages.len() as u64, duplicates, last.position);
                     if let Some(confirmation) = confirmation {
                         status.record_confirmation(confirmation);
@@ -409,8 +452,9 @@ where
                     break;
                 }
                 Err(error) => {
+                    // `nats_connected` follows the connection only: a refusal from
+                    // JetStream (a stream without a leader) is no disconnection.
                     status.record_failure();
-                    status.set_connected(false);
                     tracing::warn!(%error, pending = messages.len(), "publishing to NATS failed; retrying");
                     tokio::time::sleep(backoff.next()).await;
                 }

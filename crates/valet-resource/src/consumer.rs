@@ -57,7 +57,7 @@ pub(crate) async fn connect(
                 }
             }
         })
-        .connect(url)
+        .connect(valet_wire::nats_servers(url))
         .await
 }
 

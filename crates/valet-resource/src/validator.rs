@@ -15,7 +15,8 @@ use crate::{token_digest, unix_now, Rejection, TokenInfo, Unavailable};
 /// Settings of [`Validator::connect`].
 #[derive(Debug, Clone)]
 pub struct ValidatorConfig {
-    /// Default: `nats://127.0.0.1:4222`.
+    /// One NATS URL, or a comma-separated list of a cluster's servers. Default:
+    /// `nats://127.0.0.1:4222`.
     pub nats_url: String,
     /// Default: [`valet_wire::STREAM`].
     pub stream: String,

@@ -1,7 +1,8 @@
 //! Leases for readers that must run once across replicas (the NATS relay), in the
 //! `leases` table, timed by PostgreSQL's clock (the one clock every replica shares).
 //!
-//! A lease expires unless renewed; each acquisition bumps its epoch, and renewals and
+//! A lease expires unless renewed, and is free at once when the session its holder renews
+//! it through ends (the process died); each acquisition bumps its epoch, and renewals and
 //! checkpoint writes name the epoch, so a holder that was paused or cut off past its
 //! expiry finds the lease gone instead of acting on it. The holder's operations run on a
 //! connection of its own, so they never queue behind its reads; its caller bounds them
@@ -17,12 +18,24 @@ use valet_app::{LogCursor, StoreError};
 
 use crate::pg::PgEventStore;
 
+/// Takes the lease when it has expired, or when the session its holder renews it through
+/// has ended (a killed process: no need to wait for the expiry).
 const ACQUIRE: &str = "INSERT INTO leases AS l (name, holder, epoch, expires_at)
      VALUES ($1, $2, 1, clock_timestamp() + $3::float8 * interval '1 millisecond')
      ON CONFLICT (name) DO UPDATE
-        SET holder = EXCLUDED.holder, epoch = l.epoch + 1, expires_at = EXCLUDED.expires_at
+        SET holder = EXCLUDED.holder, epoch = l.epoch + 1, expires_at = EXCLUDED.expires_at,
+            backend_pid = NULL, backend_start = NULL
         WHERE l.expires_at <= clock_timestamp()
+           OR (l.backend_pid IS NOT NULL AND NOT EXISTS (
+                SELECT 1 FROM pg_stat_activity a
+                WHERE a.pid = l.backend_pid AND a.backend_start = l.backend_start))
      RETURNING epoch";
+
+/// Names the holder's own session (run on it) as the one whose end frees the lease.
+const BIND_SESSION: &str = "UPDATE leases
+     SET backend_pid = pg_backend_pid(),
+         backend_start = (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())
+     WHERE name = $1 AND epoch = $2";
 
 const RENEW: &str = "UPDATE leases
      SET expires_at = clock_timestamp() + $3::float8 * interval '1 millisecond'
@@ -72,25 +85,16 @@ impl Leadership for PgEventStore {
         ttl: Duration,
     ) -> Result<Acquisition<PgLease>, StoreError> {
         let ttl_ms = ttl.as_secs_f64() * 1000.0;
-        let epoch: i64 = {
+        let acquired = {
             let conn = self.pool().get().await.map_err(pool_error)?;
-            let row = conn
-                .query_opt(ACQUIRE, &[&name, &holder, &ttl_ms])
+            conn.query_opt(ACQUIRE, &[&name, &holder, &ttl_ms])
                 .await
-                .map_err(db_error)?;
-            match row {
-                Some(row) => row.get(0),
-                None => {
-                    let holder = conn
-                        .query_opt("SELECT holder FROM leases WHERE name = $1", &[&name])
-                        .await
-                        .map_err(db_error)?
-                        .map(|r| r.get::<_, String>(0))
-                        .unwrap_or_default();
-                    return Ok(Acquisition::HeldBy(holder));
-                }
-            }
+                .map_err(db_error)?
         };
+        let Some(row) = acquired else {
+            return Ok(Acquisition::HeldBy(self.holder_of(name).await?));
+        };
+        let epoch: i64 = row.get(0);
         let lease = async {
             let client = crate::connect(self.config()).await.map_err(db_error)?;
             // Checkpoints are advisory (a lost one means a republish that consumers
@@ -100,20 +104,29 @@ impl Leadership for PgEventStore {
                 .batch_execute("SET synchronous_commit TO off")
                 .await
                 .map_err(db_error)?;
+            let bound = client
+                .execute(BIND_SESSION, &[&name, &epoch])
+                .await
+                .map_err(db_error)?;
+            if bound == 0 {
+                return Ok(None);
+            }
             let renew = client.prepare(RENEW).await.map_err(db_error)?;
             let save = client.prepare(SAVE).await.map_err(db_error)?;
-            Ok::<_, StoreError>(PgLease {
+            Ok::<_, StoreError>(Some(PgLease {
                 client,
                 name: name.to_owned(),
                 epoch,
                 ttl_ms,
                 renew,
                 save,
-            })
+            }))
         }
         .await;
         match lease {
-            Ok(lease) => Ok(Acquisition::Acquired(lease)),
+            Ok(Some(lease)) => Ok(Acquisition::Acquired(lease)),
+            // Taken by another holder before this one could bind its session.
+            Ok(None) => Ok(Acquisition::HeldBy(self.holder_of(name).await?)),
             Err(error) => {
                 // Do not leave the lease taken by a holder that cannot use it.
                 if let Ok(conn) = self.pool().get().await {
@@ -191,6 +204,16 @@ fn lock_key(name: &str) -> i64 {
 }
 
 impl PgEventStore {
+    async fn holder_of(&self, lease: &str) -> Result<String, StoreError> {
+        let conn = self.pool().get().await.map_err(pool_error)?;
+        Ok(conn
+            .query_opt("SELECT holder FROM leases WHERE name = $1", &[&lease])
+            .await
+            .map_err(db_error)?
+            .map(|r| r.get::<_, String>(0))
+            .unwrap_or_default())
+    }
+
     /// The lock `name` if no other session holds it.
     pub async fn try_lock(&self, name: &str) -> Result<Option<AdvisoryLock>, StoreError> {
         let client = crate::connect(self.config()).await.map_err(db_error)?;

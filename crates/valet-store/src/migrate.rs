@@ -40,6 +40,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "leases",
         sql: include_str!("../../../migrations/0006_leases.sql"),
     },
+    Migration {
+        version: 7,
+        name: "lease_sessions",
+        sql: include_str!("../../../migrations/0007_lease_sessions.sql"),
+    },
 ];
 
 /// Serialises concurrent `valet migrate` runs (several replicas starting at once).

@@ -19,6 +19,15 @@ pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 /// The payload schema this crate writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// The servers of a NATS URL setting: one URL, or a comma-separated list of a cluster's
+/// servers (a client reconnects to another when its server goes away).
+pub fn nats_servers(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect()
+}
+
 /// What happened to a token or grant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EventType {
