@@ -156,6 +156,18 @@ impl TestNats {
         panic!("stream {stream} is still led by {before:?}");
     }
 
+    /// The stream's message count and leader as this node's client is answered.
+    pub async fn stream_state(&self, stream: &str) -> Option<(u64, Option<String>)> {
+        let client = async_nats::connect(self.url()).await.ok()?;
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream(stream).await.ok()?;
+        let info = stream.info().await.ok()?;
+        Some((
+            info.state.messages,
+            info.cluster.as_ref().and_then(|c| c.leader.clone()),
+        ))
+    }
+
     /// The name of the server leading `stream` (its JetStream cluster leader), if any.
     pub async fn stream_leader(&self, stream: &str) -> Option<String> {
         let client = async_nats::connect(self.url()).await.ok()?;
@@ -208,13 +220,30 @@ impl TestNats {
     /// a new one from where it stopped if it stalls, as one may while a cluster settles
     /// after a node restarts).
     pub async fn stream_messages(&self, stream: &str) -> Vec<async_nats::jetstream::Message> {
+        self.stream_messages_at_least(stream, 0).await
+    }
+
+    /// As [`stream_messages`](Self::stream_messages), reading on until at least
+    /// `at_least` messages came even if the stream's info counts fewer (in a cluster, a
+    /// restarted node may answer with its own stale count).
+    pub async fn stream_messages_at_least(
+        &self,
+        stream: &str,
+        at_least: u64,
+    ) -> Vec<async_nats::jetstream::Message> {
         use async_nats::jetstream::consumer::DeliverPolicy;
         let client = async_nats::connect(self.url())
             .await
             .expect("connect to nats");
         let js = async_nats::jetstream::new(client);
         let mut stream = js.get_stream(stream).await.expect("stream exists");
-        let total = stream.info().await.expect("stream info").state.messages;
+        let total = stream
+            .info()
+            .await
+            .expect("stream info")
+            .state
+            .messages
+            .max(at_least);
         let mut out: Vec<async_nats::jetstream::Message> = Vec::new();
         let mut stalls = 0;
         while (out.len() as u64) < total {
