@@ -156,6 +156,50 @@ impl TestNats {
         panic!("stream {stream} is still led by {before:?}");
     }
 
+    /// Waits until every node of `cluster` answers that `stream` has a leader and every
+    /// other node is a current replica with the same message count: a node restarted
+    /// last has caught up, so the next node lost is the only one down.
+    pub async fn until_stream_settled(cluster: &[TestNats], stream: &str, within: Duration) {
+        let start = std::time::Instant::now();
+        loop {
+            let mut views = Vec::new();
+            for node in cluster {
+                views.push(node.stream_view(stream).await);
+            }
+            let settled = views.iter().all(|view| {
+                view.as_ref().is_some_and(|(_, cluster_info)| {
+                    cluster_info.leader.is_some()
+                        && cluster_info.replicas.len() + 1 == cluster.len()
+                        && cluster_info
+                            .replicas
+                            .iter()
+                            .all(|peer| peer.current && !peer.offline && peer.lag.unwrap_or(0) == 0)
+                })
+            }) && views
+                .windows(2)
+                .all(|w| w[0].as_ref().map(|v| v.0) == w[1].as_ref().map(|v| v.0));
+            if settled {
+                return;
+            }
+            assert!(
+                start.elapsed() < within,
+                "stream {stream} did not settle within {within:?}: {views:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn stream_view(
+        &self,
+        stream: &str,
+    ) -> Option<(u64, async_nats::jetstream::stream::ClusterInfo)> {
+        let client = async_nats::connect(self.url()).await.ok()?;
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream(stream).await.ok()?;
+        let info = stream.info().await.ok()?;
+        Some((info.state.messages, info.cluster.clone()?))
+    }
+
     /// The stream's message count and leader as this node's client is answered.
     pub async fn stream_state(&self, stream: &str) -> Option<(u64, Option<String>)> {
         let client = async_nats::connect(self.url()).await.ok()?;
