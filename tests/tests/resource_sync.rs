@@ -332,7 +332,12 @@ async fn a_revoked_token_is_refused_locally_without_introspection() {
     assert_eq!(info.source, Source::Local);
     assert_eq!(info.client_id, svc.client_id);
     assert!(info.has_scope("read"));
-    assert_eq!(info.sub, None, "client_credentials tokens act for nobody");
+    assert_eq!(info.sub.as_deref(), Some(svc.client_id.as_str()));
+    assert_eq!(
+        info.subject(),
+        None,
+        "client_credentials tokens act for no user"
+    );
     let authenticated = validator.authenticate(&tokens.access_token).await;
     assert_eq!(authenticated.map(|i| i.source), Ok(Source::Local));
 

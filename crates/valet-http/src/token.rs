@@ -381,8 +381,7 @@ enum IntrospectionBody<'a> {
         exp: i64,
         iat: i64,
         iss: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        sub: Option<&'a str>,
+        sub: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         username: Option<&'a str>,
     },
@@ -409,7 +408,7 @@ impl<'a> From<&'a Introspection> for IntrospectionBody<'a> {
                 exp: *exp,
                 iat: *iat,
                 iss,
-                sub: sub.as_deref(),
+                sub,
                 username: username.as_deref(),
             },
         }

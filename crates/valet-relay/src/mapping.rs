@@ -30,7 +30,8 @@ impl Holder {
     fn of(client_id: &ClientId, subject: Option<&Subject>) -> Self {
         Holder {
             client_id: client_id.to_string(),
-            sub: subject.map(|s| s.user_id.to_string()),
+            // A client acting for itself is its own subject (RFC 9068 §2.2).
+            sub: Some(subject.map_or_else(|| client_id.to_string(), |s| s.user_id.to_string())),
             username: subject.map(|s| s.username.to_string()),
         }
     }

@@ -31,6 +31,7 @@ impl Bearer {
         self.0.subject()
     }
 
+    /// The token's `sub`: the user id, or the client id for client_credentials tokens.
     pub fn sub(&self) -> Option<&str> {
         self.0.sub.as_deref()
     }

@@ -165,7 +165,9 @@ pub enum Source {
 /// What a valid token grants. Read it through [`TokenInfo`] (which derefs to this).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TokenDetails {
-    /// The user the token acts for; `None` for client_credentials tokens.
+    /// The token's subject: the user it acts for, or the client itself for
+    /// client_credentials tokens (RFC 9068 §2.2). `None` only from a server that does not
+    /// name it.
     pub sub: Option<String>,
     pub username: Option<String>,
     /// The client the token was issued to.
@@ -202,9 +204,18 @@ impl TokenInfo {
         self.0.scopes.contains(scope)
     }
 
-    /// The user's name if known, else the user id; `None` for client_credentials.
+    /// The user's name if known, else the user id; `None` for client_credentials tokens
+    /// (whose `sub` is the client itself: no user).
     pub fn subject(&self) -> Option<&str> {
-        self.0.username.as_deref().or(self.0.sub.as_deref())
+        self.0.username.as_deref().or(self.user_id())
+    }
+
+    /// The user id, `None` for client_credentials tokens.
+    pub fn user_id(&self) -> Option<&str> {
+        self.0
+            .sub
+            .as_deref()
+            .filter(|sub| *sub != self.0.client_id.as_str())
     }
 
     /// The scopes as one space-separated string.

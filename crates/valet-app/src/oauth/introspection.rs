@@ -18,9 +18,14 @@ pub enum Introspection {
         exp: i64,
         iat: i64,
         iss: String,
-        sub: Option<String>,
+        /// The user, or the client itself for client_credentials (RFC 9068 §2.2).
+        sub: String,
         username: Option<String>,
     },
+}
+
+fn subject(user: Option<impl ToString>, client: &impl ToString) -> String {
+    user.map_or_else(|| client.to_string(), |u| u.to_string())
 }
 
 impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
@@ -45,7 +50,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
                 exp: view.expires_at.as_unix_seconds(),
                 iat: view.issued_at.as_unix_seconds(),
                 iss: self.settings.issuer.clone(),
-                sub: view.user_id.map(|u| u.to_string()),
+                sub: subject(view.user_id, &view.client_id),
                 username: view.username.map(|u| u.to_string()),
             });
         }
@@ -60,7 +65,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
                 exp: view.expires_at.as_unix_seconds(),
                 iat: view.issued_at.as_unix_seconds(),
                 iss: self.settings.issuer.clone(),
-                sub: view.user_id.map(|u| u.to_string()),
+                sub: subject(view.user_id, &view.client_id),
                 username: view.username.map(|u| u.to_string()),
             });
         }

@@ -35,7 +35,7 @@ async fn a_code_becomes_a_grant_with_access_and_refresh_tokens() {
         .unwrap()
     {
         Introspection::Active { sub, username, .. } => {
-            assert_eq!(sub, Some(alice.user_id.to_string()));
+            assert_eq!(sub, alice.user_id.to_string());
             assert_eq!(username.as_deref(), Some("alice"));
         }
         inactive => panic!("{inactive:?}"),

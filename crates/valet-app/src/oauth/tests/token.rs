@@ -72,7 +72,11 @@ async fn the_token_introspects_active_at_once() {
             ..
         } => {
             assert_eq!((scope.as_str(), client_id.as_str()), ("read", "svc"));
-            assert_eq!((sub, iss.as_str()), (None, ISSUER));
+            assert_eq!(
+                (sub.as_str(), iss.as_str()),
+                ("svc", ISSUER),
+                "the client is its own subject"
+            );
             assert_eq!(exp, world.now().plus_seconds(ACCESS_TTL).as_unix_seconds());
         }
         inactive => panic!("{inactive:?}"),
