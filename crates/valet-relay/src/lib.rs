@@ -571,9 +571,12 @@ async fn publish(
         duplicates += outcome.duplicates;
         match outcome.resume_at {
             Some(at) => {
-                tracing::debug!(
+                // Rare enough to say: the stream does not end where this relay knew it
+                // to end (a second publisher during a takeover, an outage longer than
+                // the duplicate window, or JetStream losing acknowledged messages).
+                tracing::warn!(
                     event_id = batch_ids[at],
-                    "the stream does not end with this event's predecessor (another publisher, or an outage longer than the duplicate window); publishing it after the stream's last message"
+                    "the stream does not end with this event's predecessor; publishing it after the stream's last message"
                 );
                 from += at;
             }
