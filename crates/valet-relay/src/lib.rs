@@ -44,6 +44,11 @@ pub use mapping::{GrantDirectory, MappingError};
 /// rate under load; adds at most this much to the propagation lag).
 const COALESCE: Duration = Duration::from_millis(2);
 
+/// A batch at least this long means a busy server: wait [`COALESCE`] before the next
+/// read. After a smaller one the relay reads again at once (it then waits for the next
+/// commit), so a quiet server's revocations do not wait for a busy one's batching.
+const COALESCE_FROM: usize = 8;
+
 /// The longest the checkpoint lags behind what was published while the relay is busy
 /// (see `checkpoint`).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
@@ -469,7 +474,9 @@ where
             status.set_backlog(0);
             // Caught up: let a few more commits gather before the next read, so a busy
             // server costs the relay one read per interval, not one per token.
-            tokio::time::sleep(COALESCE).await;
+            if batch.len() >= COALESCE_FROM {
+                tokio::time::sleep(COALESCE).await;
+            }
         }
     }
 }
