@@ -189,35 +189,31 @@ impl TestNats {
         }
     }
 
+    /// The stream's info as this node's client is answered.
+    async fn stream_info(&self, stream: &str) -> Option<async_nats::jetstream::stream::Info> {
+        let client = async_nats::connect(self.url()).await.ok()?;
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream(stream).await.ok()?;
+        stream.info().await.ok().cloned()
+    }
+
     async fn stream_view(
         &self,
         stream: &str,
     ) -> Option<(u64, async_nats::jetstream::stream::ClusterInfo)> {
-        let client = async_nats::connect(self.url()).await.ok()?;
-        let js = async_nats::jetstream::new(client);
-        let mut stream = js.get_stream(stream).await.ok()?;
-        let info = stream.info().await.ok()?;
-        Some((info.state.messages, info.cluster.clone()?))
+        let info = self.stream_info(stream).await?;
+        Some((info.state.messages, info.cluster?))
     }
 
     /// The stream's message count and leader as this node's client is answered.
     pub async fn stream_state(&self, stream: &str) -> Option<(u64, Option<String>)> {
-        let client = async_nats::connect(self.url()).await.ok()?;
-        let js = async_nats::jetstream::new(client);
-        let mut stream = js.get_stream(stream).await.ok()?;
-        let info = stream.info().await.ok()?;
-        Some((
-            info.state.messages,
-            info.cluster.as_ref().and_then(|c| c.leader.clone()),
-        ))
+        let info = self.stream_info(stream).await?;
+        Some((info.state.messages, info.cluster.and_then(|c| c.leader)))
     }
 
     /// The name of the server leading `stream` (its JetStream cluster leader), if any.
     pub async fn stream_leader(&self, stream: &str) -> Option<String> {
-        let client = async_nats::connect(self.url()).await.ok()?;
-        let js = async_nats::jetstream::new(client);
-        let mut stream = js.get_stream(stream).await.ok()?;
-        stream.info().await.ok()?.cluster.as_ref()?.leader.clone()
+        self.stream_info(stream).await?.cluster?.leader
     }
 
     /// Kills the server (a NATS outage); its JetStream store stays on disk.

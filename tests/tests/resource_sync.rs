@@ -267,6 +267,22 @@ async fn readyz_relay(server: &TestServer) -> Value {
     body["relay"].clone()
 }
 
+/// Waits (up to 60 s) until /readyz shows the relay connected with no backlog.
+async fn until_backlog_drained(server: &TestServer) {
+    let start = Instant::now();
+    loop {
+        let relay = readyz_relay(server).await;
+        if relay["backlog"] == 0 && relay["nats_connected"] == true {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the backlog did not drain: {relay}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A sample of /metrics by name (no labels).
 async fn metric(server: &TestServer, name: &str) -> i64 {
     let resp = server.get("/metrics").await;
@@ -710,18 +726,7 @@ async fn a_nats_outage_of_3_s_shows_a_backlog_within_1_s() {
     // Back after 3 s: the backlog drains and the event is in the stream.
     tokio::time::sleep(Duration::from_secs(3).saturating_sub(outage.elapsed())).await;
     nats.resume().await;
-    let start = Instant::now();
-    loop {
-        let relay = readyz_relay(&server).await;
-        if relay["backlog"] == 0 && relay["nats_connected"] == true {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the backlog did not drain: {relay}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_backlog_drained(&server).await;
     assert_eq!(
         until_stream_has_the_log(&server, &nats, PROPAGATION).await,
         2
@@ -800,18 +805,7 @@ async fn s40_readyz_and_metrics_show_the_relay_backlog_during_a_nats_outage() {
     let late = Tokens::from_resp(&server.client_credentials(&svc, None).await);
 
     nats.resume().await;
-    let start = Instant::now();
-    loop {
-        let relay = readyz_relay(&server).await;
-        if relay["backlog"] == 0 && relay["nats_connected"] == true {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the backlog did not drain: {relay}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_backlog_drained(&server).await;
     assert_eq!(metric(&server, "valet_relay_backlog").await, 0);
     assert_eq!(metric(&server, "valet_relay_nats_connected").await, 1);
     let published = until_stream_has_the_log(&server, &nats, PROPAGATION).await;

@@ -24,10 +24,7 @@ impl Confirmed {
         Arc::default()
     }
 
-    pub fn lead_from(&self, cursor: LogCursor) {
-        self.put(Some(cursor));
-    }
-
+    /// Leading, confirmed up to `cursor`.
     pub fn set(&self, cursor: LogCursor) {
         self.put(Some(cursor));
     }

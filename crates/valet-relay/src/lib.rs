@@ -417,7 +417,7 @@ where
         tokio::time::sleep(backoff.next()).await;
     }
     let mut cursor = store.checkpoint(LEASE).await?.unwrap_or(LogCursor::START);
-    confirmed.lead_from(cursor);
+    confirmed.set(cursor);
     let mut follower =
         LogFollower::<_, ReplayEvent>::from_cursor(store, cursor).with_batch(config.batch);
     let mut directory = GrantDirectory::default();
