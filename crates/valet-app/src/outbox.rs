@@ -78,6 +78,7 @@ pub struct RelayStatus {
     confirmed_by_every_ack: AtomicU64,
     republished: AtomicU64,
     step_downs: AtomicU64,
+    rewinds: AtomicU64,
     /// Who holds the lease, as last seen by this process.
     leader: Mutex<Option<String>>,
 }
@@ -111,6 +112,9 @@ pub struct RelaySnapshot {
     /// Times this process gave up leading (it could not publish or renew in time, or
     /// another took the lease).
     pub step_downs: u64,
+    /// Times the stream was found to end before messages JetStream had confirmed, and
+    /// the relay published again from the stream's real end.
+    pub rewinds: u64,
 }
 
 impl RelayStatus {
@@ -127,6 +131,7 @@ impl RelayStatus {
             confirmed_by_every_ack: self.confirmed_by_every_ack.load(Ordering::Relaxed),
             republished: self.republished.load(Ordering::Relaxed),
             step_downs: self.step_downs.load(Ordering::Relaxed),
+            rewinds: self.rewinds.load(Ordering::Relaxed),
         }
     }
 
@@ -147,6 +152,10 @@ impl RelayStatus {
 
     pub fn record_step_down(&self) {
         self.step_downs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_rewind(&self) {
+        self.rewinds.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn set_active(&self, active: bool) {

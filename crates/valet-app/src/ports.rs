@@ -3,6 +3,7 @@
 use std::future::Future;
 
 use tokio::sync::watch;
+use uuid::Uuid;
 use valet_domain::StreamId;
 
 pub use crate::log::{EventMetadata, StreamVersion};
@@ -173,6 +174,28 @@ pub trait EventStore: Send + Sync + 'static {
                 };
                 cursor = last.cursor();
                 count += page.len() as u64;
+            }
+        }
+    }
+
+    /// Where in the log the event `event_id` sits (`None`: no such event). The relay
+    /// asks when the stream does not end where it knew it to end. Here found by reading
+    /// the log; a store with an index on event ids does it for less.
+    fn cursor_of(
+        &self,
+        event_id: Uuid,
+    ) -> impl Future<Output = Result<Option<LogCursor>, StoreError>> + Send {
+        async move {
+            let mut cursor = LogCursor::START;
+            loop {
+                let page = self.read_log(cursor, 1000).await?;
+                let Some(last) = page.last() else {
+                    return Ok(None);
+                };
+                if let Some(found) = page.iter().find(|e| e.event_id == event_id) {
+                    return Ok(Some(found.cursor()));
+                }
+                cursor = last.cursor();
             }
         }
     }

@@ -195,6 +195,11 @@ pub fn render_relay(out: &mut String, s: &RelaySnapshot) {
             "Times this process gave up the relay lease (could not publish or renew in time).",
             s.step_downs,
         ),
+        (
+            "valet_relay_rewinds_total",
+            "Times the stream ended before messages NATS had confirmed and the relay published them again.",
+            s.rewinds,
+        ),
     ];
     for (name, help, value) in counters {
         let _ = write!(
@@ -334,11 +339,13 @@ mod tests {
             confirmed_by_every_ack: 2,
             republished: 1,
             step_downs: 3,
+            rewinds: 5,
         };
         render_relay(&mut text, &snapshot);
         assert!(text.contains("# TYPE valet_relay_backlog gauge\nvalet_relay_backlog 12\n"));
         assert!(text.contains("valet_relay_nats_connected 0\n"));
         assert!(text.contains("valet_relay_step_downs_total 3\n"));
+        assert!(text.contains("valet_relay_rewinds_total 5\n"));
         assert!(text.contains("valet_relay_publish_failures_total 4\n"));
         assert!(text.contains("valet_relay_batches_total{confirmed=\"last_ack\"} 7\n"));
         assert!(text.contains("valet_relay_batches_total{confirmed=\"republished\"} 1\n"));

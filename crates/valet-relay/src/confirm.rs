@@ -15,10 +15,15 @@
 //! whole batch stored in order. Any other answer, and the batch is sent again with an
 //! ack per message. A message refused there (the stream's last message is not its
 //! predecessor: another publisher's message, or a predecessor past the duplicate window)
-//! is sent again naming none, so the relay always makes progress: after the stream's
-//! current last message, which is where a consumer would expect it.
+//! is first checked against the stream's real end: when the stream ends with an event of
+//! the log at or before the batch, JetStream has lost messages it had confirmed (seen
+//! when a NATS node dies under load) and the relay publishes again from the event after
+//! that end ([`Recovery::Rewind`]). Otherwise the message is sent again naming none, so
+//! the relay always makes progress: after the stream's current last message, which is
+//! where a consumer would expect it.
 
 use valet_app::outbox::Confirmation;
+use valet_app::LogCursor;
 
 /// JetStream's answer to one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +69,15 @@ pub(crate) struct Chain {
 }
 
 impl Chain {
+    /// A chain whose stream is known to end with the message `id`, whose acks are not
+    /// trusted yet (the next batch is sent with an ack per message).
+    pub fn ending_at(id: &str) -> Chain {
+        Chain {
+            last: Some(id.to_owned()),
+            trusted: false,
+        }
+    }
+
     /// How to publish the next batch. Until an answer confirms it again, the end of the
     /// stream is not trusted (a publish that fails half-way proves nothing).
     pub fn plan(&mut self) -> Plan {
@@ -120,6 +134,44 @@ impl Chain {
             duplicates,
             resume_at: None,
         }
+    }
+}
+
+/// Where the stream ends, as read after a refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StreamEnd {
+    /// Empty, or ending with a message that is no event of this log.
+    Unknown,
+    /// Ending with the message of the log event `id`, which sits at `cursor`.
+    Event { id: String, cursor: LogCursor },
+}
+
+/// What to do after JetStream refused a message of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Recovery {
+    /// The stream ends before messages it had confirmed, with the event `id`: publish
+    /// again from the event after `cursor`.
+    Rewind { id: String, cursor: LogCursor },
+    /// Send the refused message naming no predecessor, after whatever ends the stream.
+    AfterLast,
+}
+
+/// What to do about a refusal in a batch that ends at `batch_end`, given where the stream
+/// ends. `rewound_to`: where the relay last rewound to; finding the stream ending there
+/// again means rewinding made no progress (JetStream answers the lost messages as
+/// duplicates), so the relay goes on after the stream's end instead of looping.
+pub(crate) fn recovery(
+    end: StreamEnd,
+    batch_end: LogCursor,
+    rewound_to: Option<LogCursor>,
+) -> Recovery {
+    match end {
+        StreamEnd::Event { id, cursor } if cursor <= batch_end && rewound_to != Some(cursor) => {
+            Recovery::Rewind { id, cursor }
+        }
+        // Empty or foreign (another publisher), ahead of this relay (it was deposed), or
+        // a rewind that did not help: never republish the whole log by guesswork.
+        _ => Recovery::AfterLast,
     }
 }
 
@@ -226,6 +278,64 @@ mod tests {
         assert_eq!(chain.expectations(&IDS), vec![None, Some("e1"), Some("e2")]);
         chain.on_every_ack(&IDS, &[Answer::Stored; 3]);
         assert_eq!(chain.plan(), Plan::LastAck);
+    }
+
+    fn at(position: i64) -> LogCursor {
+        LogCursor {
+            xact: position,
+            position,
+        }
+    }
+
+    fn ends_with(position: i64) -> StreamEnd {
+        StreamEnd::Event {
+            id: format!("e{position}"),
+            cursor: at(position),
+        }
+    }
+
+    #[test]
+    fn a_stream_that_lost_confirmed_messages_is_rewound_to_its_end() {
+        // Given a batch up to e9, when the stream is found to end with e4 (JetStream lost
+        // e5.. after confirming them), then the relay publishes again after e4.
+        assert_eq!(
+            recovery(ends_with(4), at(9), None),
+            Recovery::Rewind {
+                id: "e4".into(),
+                cursor: at(4)
+            }
+        );
+        // An end inside the batch is rewound to as well.
+        assert!(matches!(
+            recovery(ends_with(9), at(9), None),
+            Recovery::Rewind { .. }
+        ));
+    }
+
+    #[test]
+    fn an_unknown_foreign_or_later_end_or_a_fruitless_rewind_goes_on_after_the_last_message() {
+        assert_eq!(
+            recovery(StreamEnd::Unknown, at(9), None),
+            Recovery::AfterLast
+        );
+        // Another relay published past this one's batch: it was deposed.
+        assert_eq!(recovery(ends_with(12), at(9), None), Recovery::AfterLast);
+        // The stream still ends where the last rewind went.
+        assert_eq!(
+            recovery(ends_with(4), at(9), Some(at(4))),
+            Recovery::AfterLast
+        );
+        assert!(matches!(
+            recovery(ends_with(4), at(9), Some(at(2))),
+            Recovery::Rewind { .. }
+        ));
+    }
+
+    #[test]
+    fn a_chain_rewound_to_the_streams_end_names_it_and_asks_for_every_ack() {
+        let mut chain = Chain::ending_at("e0");
+        assert_eq!(chain.plan(), Plan::EveryAck);
+        assert_eq!(chain.expectations(&IDS)[0], Some("e0"));
     }
 
     #[test]

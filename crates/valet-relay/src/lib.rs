@@ -34,7 +34,7 @@ use valet_app::{EventStore, LogCursor, LogFollower, ReplayEvent, StoreError};
 use valet_wire::{TokenEvent, MSG_ID_HEADER, STREAM, SUBJECTS};
 
 use checkpoint::Checkpoints;
-use confirm::{Answer, Chain, Plan, Verdict};
+use confirm::{Answer, Chain, Plan, Recovery, StreamEnd, Verdict};
 use progress::Progress;
 use tenure::{Bounds, Decision, StepDown, Tenure};
 
@@ -423,6 +423,7 @@ where
     let mut directory = GrantDirectory::default();
     let mut checkpoints = Checkpoints::new(cursor, Instant::now(), CHECKPOINT_EVERY);
     let mut chain = Chain::default();
+    let mut rewound_to = None;
     loop {
         progress.busy();
         let mut batch = follower.poll().await?;
@@ -439,33 +440,79 @@ where
         let messages = directory.map_batch(store, &batch).await?;
         let last = batch.last().map(ReplayEvent::cursor).unwrap_or(cursor);
         let mut backoff = Backoff::new();
+        // The first message of the batch not known to be stored.
+        let mut from = 0;
+        // A batch refused after its last ack was asked for counts as republished.
+        let mut republished = false;
+        let mut rewind = None;
         loop {
             let mut lost = nats.lost.clone();
             lost.borrow_and_update();
             let published = tokio::select! {
-                published = publish(&nats.client, &js, &messages, &mut chain) => published,
+                published = publish(&nats.client, &js, &messages[from..], &mut chain) => published,
                 // Sent on a lost connection: republish at once (the chain keeps order,
                 // JetStream drops what was stored already).
                 Ok(()) = lost.changed() => Err(RelayError::Nats("the connection was lost".into())),
             };
-            match published {
-                Ok((confirmation, duplicates)) => {
+            let error = match published {
+                Ok(Published::Confirmed(confirmation, duplicates)) => {
                     status.record_published(messages.len() as u64, duplicates, last.position);
                     if let Some(confirmation) = confirmation {
-                        status.record_confirmation(confirmation);
+                        status.record_confirmation(match republished {
+                            true => Confirmation::Republished,
+                            false => confirmation,
+                        });
                     }
                     break;
                 }
-                Err(error) => {
-                    // `nats_connected` follows the connection only: a refusal from
-                    // JetStream (a stream without a leader) is no disconnection.
-                    status.record_failure();
-                    tracing::warn!(%error, pending = messages.len(), "publishing to NATS failed; retrying");
-                    tokio::time::sleep(backoff.next()).await;
+                Ok(Published::Refused(at, plan)) => {
+                    republished |= plan == Plan::LastAck;
+                    let refused = &messages[from + at].event_id;
+                    match stream_end(store, &js).await {
+                        Ok(end) => match confirm::recovery(end, last, rewound_to) {
+                            Recovery::Rewind { id, cursor } => {
+                                tracing::warn!(
+                                    event_id = %refused,
+                                    stream_ends_with = %id,
+                                    "the stream ends before messages NATS confirmed; publishing again from its end"
+                                );
+                                rewind = Some((id, cursor));
+                                break;
+                            }
+                            Recovery::AfterLast => {
+                                // Rare enough to say: the stream does not end where this
+                                // relay knew it to end (a second publisher during a
+                                // takeover, or an outage longer than the duplicate window).
+                                tracing::warn!(
+                                    event_id = %refused,
+                                    "the stream does not end with this event's predecessor; publishing it after the stream's last message"
+                                );
+                                from += at;
+                                continue;
+                            }
+                        },
+                        Err(error) => error,
+                    }
                 }
-            }
+                Err(error) => error,
+            };
+            // `nats_connected` follows the connection only: a refusal from JetStream (a
+            // stream without a leader) is no disconnection.
+            status.record_failure();
+            tracing::warn!(%error, pending = messages.len() - from, "publishing to NATS failed; retrying");
+            tokio::time::sleep(backoff.next()).await;
         }
         progress.idle();
+        if let Some((id, to)) = rewind {
+            status.record_rewind();
+            rewound_to = Some(to);
+            follower =
+                LogFollower::<_, ReplayEvent>::from_cursor(store, to).with_batch(config.batch);
+            chain = Chain::ending_at(&id);
+            cursor = to;
+            confirmed.set(cursor);
+            continue;
+        }
         cursor = last;
         confirmed.set(cursor);
         if batch.len() < config.batch {
@@ -509,18 +556,27 @@ fn answer(
     }
 }
 
-/// Publishes a batch; says how JetStream confirmed it (`None`: nothing to publish) and
-/// how many messages it reported as duplicates (a republish after a crash). Which acks
-/// it asks for, and what their answers prove, is `confirm`'s.
+/// What became of a batch.
+enum Published {
+    /// Stored: how JetStream confirmed it (`None`: nothing to publish) and how many
+    /// messages it reported as duplicates (a republish after a crash).
+    Confirmed(Option<Confirmation>, u64),
+    /// The message at this index was refused: the stream does not end with its
+    /// predecessor. The messages before it are stored. The plan the batch was sent with.
+    Refused(usize, Plan),
+}
+
+/// Publishes a batch. Which acks it asks for, and what their answers prove, is
+/// `confirm`'s.
 async fn publish(
     nats: &async_nats::Client,
     js: &jetstream::Context,
     messages: &[TokenEvent],
     chain: &mut Chain,
-) -> Result<(Option<Confirmation>, u64), RelayError> {
+) -> Result<Published, RelayError> {
     let Some((last, rest)) = messages.split_last() else {
         // A batch of events resource services do not see: nothing to confirm.
-        return Ok((None, 0));
+        return Ok(Published::Confirmed(None, 0));
     };
     let ids: Vec<&str> = messages.iter().map(|m| m.event_id.as_str()).collect();
     let plan = chain.plan();
@@ -548,50 +604,67 @@ async fn publish(
             .ok();
         match chain.on_last_ack(&last.event_id, answer) {
             Verdict::Confirmed => {
-                return Ok((Some(confirm::confirmation(plan, Some(Verdict::Confirmed))), 0))
+                return Ok(Published::Confirmed(
+                    Some(confirm::confirmation(plan, Some(Verdict::Confirmed))),
+                    0,
+                ))
             }
             Verdict::Republish => tracing::debug!(
                 "the last ack does not prove the batch stored in order; republishing it with an ack per message"
             ),
         }
     }
-    let mut duplicates = 0;
-    let mut from = 0;
-    while from < messages.len() {
-        let (batch, batch_ids) = (&messages[from..], &ids[from..]);
-        let after = chain.expectations(batch_ids);
-        let mut pending = Vec::with_capacity(batch.len());
-        for (message, after) in batch.iter().zip(&after) {
-            let (headers, payload) = outgoing(message, *after);
-            let publish = PublishMessage::build().payload(payload).headers(headers);
-            let ack = js
-                .send_publish(message.subject(), publish)
-                .await
-                .map_err(nats_error)?;
-            pending.push(ack);
-        }
-        let mut answers = Vec::with_capacity(pending.len());
-        for ack in pending {
-            answers.push(answer(ack.await)?);
-        }
-        let outcome = chain.on_every_ack(batch_ids, &answers);
-        duplicates += outcome.duplicates;
-        match outcome.resume_at {
-            Some(at) => {
-                // Rare enough to say: the stream does not end where this relay knew it
-                // to end (a second publisher during a takeover, an outage longer than
-                // the duplicate window, or JetStream losing acknowledged messages).
-                tracing::warn!(
-                    event_id = batch_ids[at],
-                    "the stream does not end with this event's predecessor; publishing it after the stream's last message"
-                );
-                from += at;
-            }
-            None => break,
-        }
+    let after = chain.expectations(&ids);
+    let mut pending = Vec::with_capacity(messages.len());
+    for (message, after) in messages.iter().zip(&after) {
+        let (headers, payload) = outgoing(message, *after);
+        let publish = PublishMessage::build().payload(payload).headers(headers);
+        let ack = js
+            .send_publish(message.subject(), publish)
+            .await
+            .map_err(nats_error)?;
+        pending.push(ack);
+    }
+    let mut answers = Vec::with_capacity(pending.len());
+    for ack in pending {
+        answers.push(answer(ack.await)?);
+    }
+    let outcome = chain.on_every_ack(&ids, &answers);
+    if let Some(at) = outcome.resume_at {
+        return Ok(Published::Refused(at, plan));
     }
     let verdict = (plan == Plan::LastAck).then_some(Verdict::Republish);
-    Ok((Some(confirm::confirmation(plan, verdict)), duplicates))
+    Ok(Published::Confirmed(
+        Some(confirm::confirmation(plan, verdict)),
+        outcome.duplicates,
+    ))
+}
+
+/// Where the stream ends: its last message's `Nats-Msg-Id`, looked up in the log.
+async fn stream_end<S: EventStore>(
+    store: &S,
+    js: &jetstream::Context,
+) -> Result<StreamEnd, RelayError> {
+    let mut stream = js.get_stream(STREAM).await.map_err(nats_error)?;
+    let last = stream.info().await.map_err(nats_error)?.state.last_sequence;
+    if last == 0 {
+        return Ok(StreamEnd::Unknown);
+    }
+    let message = stream.get_raw_message(last).await.map_err(nats_error)?;
+    let Some(id) = message
+        .headers
+        .get(MSG_ID_HEADER)
+        .map(|v| v.as_str().to_owned())
+    else {
+        return Ok(StreamEnd::Unknown);
+    };
+    let Ok(event_id) = uuid::Uuid::parse_str(&id) else {
+        return Ok(StreamEnd::Unknown);
+    };
+    Ok(match store.cursor_of(event_id).await? {
+        Some(cursor) => StreamEnd::Event { id, cursor },
+        None => StreamEnd::Unknown,
+    })
 }
 
 /// Exponential backoff from 100 ms to 5 s.

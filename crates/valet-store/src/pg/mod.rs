@@ -283,6 +283,11 @@ impl EventStore for PgEventStore {
         read::count_after(&client, after).await
     }
 
+    async fn cursor_of(&self, event_id: uuid::Uuid) -> Result<Option<LogCursor>, StoreError> {
+        let client = self.inner.pool.get().await.map_err(unavailable)?;
+        read::cursor_of(&client, event_id).await
+    }
+
     fn wakeups(&self) -> watch::Receiver<u64> {
         self.inner.wake.subscribe()
     }

@@ -63,6 +63,25 @@ pub(super) async fn count_after<C: GenericClient + Sync>(
     Ok(row.get::<_, i64>(0).max(0) as u64)
 }
 
+/// Where the event `event_id` sits in the log (the `events_event_id_key` index).
+pub(super) async fn cursor_of<C: GenericClient + Sync>(
+    client: &C,
+    event_id: uuid::Uuid,
+) -> Result<Option<LogCursor>, StoreError> {
+    let statement = client
+        .prepare_cached("SELECT xact, position FROM events WHERE event_id = $1")
+        .await
+        .map_err(db_error)?;
+    let row = client
+        .query_opt(&statement, &[&event_id])
+        .await
+        .map_err(db_error)?;
+    Ok(row.map(|row| LogCursor {
+        xact: row.get(0),
+        position: row.get(1),
+    }))
+}
+
 pub(super) async fn read_stream<C: GenericClient + Sync>(
     client: &C,
     stream: &StreamId,
