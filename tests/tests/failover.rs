@@ -288,11 +288,10 @@ async fn a_standby_relay_takes_over_within_5_s_when_the_leader_dies_pauses_or_lo
     run(Faults::Relay).await;
 }
 
-/// Not run by default: on nats-server 2.9.10 under CPU contention (the whole suite at
-/// once), killing one node of the three has lost messages JetStream had acknowledged
-/// (see the README's NATS cluster notes). Run it with `--run-ignored only`.
+/// On nats-server 2.9.10 under CPU contention, killing one node of the three has lost
+/// messages JetStream had acknowledged (the stream ended before them). The relay finds
+/// such a stream end (a refused message, or its idle check) and publishes again from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "reproduces an open problem: JetStream acknowledged messages lost after one NATS node was killed"]
 async fn a_nats_node_killed_under_load_loses_nothing() {
     run(Faults::RelayAndNatsNodes).await;
 }
@@ -481,12 +480,23 @@ async fn kill_nats_nodes(
         Some(format!("n{node}")),
         "the stream's leadership came back to the node about to be killed"
     );
+    let before = nats[other].stream_leader(STREAM).await;
     let fault = Instant::now();
     nats[node].stop().await;
-    takeovers.push((
-        "the leader's NATS node killed",
-        watch.takeover_after(fault, Duration::from_secs(20)).await,
-    ));
+    let gap = watch.takeover_after(fault, Duration::from_secs(20)).await;
+    if nats[other].stream_leader(STREAM).await == before {
+        takeovers.push(("the leader's NATS node killed", gap));
+    } else {
+        // A busy cluster can lose its stream leader with the node (heartbeats late):
+        // the stream is writable again after JetStream's election, not the relay's.
+        eprintln!(
+            "the stream re-elected its leader with the node killed: grew again after {gap:?}"
+        );
+        assert!(
+            gap <= NATS_ELECTION_BOUND,
+            "the stream grew again only {gap:?} after the node was killed"
+        );
+    }
     let all: Vec<&Replica> = replicas.iter().collect();
     agreed_leader(&all, Duration::from_secs(5)).await;
     until_every_replica_has_nats(replicas, Duration::from_secs(5)).await;

@@ -588,15 +588,63 @@ async fn repeated_nats_crashes_under_load_keep_log_order_and_lose_nothing() {
     db.drop_database().await;
 }
 
+/// Rebuilds the stream behind the relay's back holding only its first `kept` messages,
+/// under their own `Nats-Msg-Id`s: JetStream losing the messages after them.
+async fn keep_only_the_first(nats: &TestNats, kept: usize) {
+    let stored = nats.stream_messages(STREAM).await;
+    assert!(stored.len() > kept);
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let config = js
+        .get_stream(STREAM)
+        .await
+        .expect("stream")
+        .cached_info()
+        .config
+        .clone();
+    js.delete_stream(STREAM).await.expect("delete the stream");
+    js.create_stream(config).await.expect("create it again");
+    for message in &stored[..kept] {
+        js.publish_with_headers(
+            message.subject.clone(),
+            message.headers.clone().expect("headers"),
+            message.payload.clone(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    }
+}
+
+/// Waits until the stream holds the log's token events, each once, in log order.
+async fn until_the_stream_is_the_log(db: &TestDb, nats: &TestNats) {
+    let expected = publishable_event_ids(&db.connect().await).await;
+    let start = std::time::Instant::now();
+    loop {
+        let events: Vec<TokenEvent> = events_in_stream(nats)
+            .await
+            .into_iter()
+            .map(|(event, _)| event)
+            .collect();
+        match stream_matches_log(&events, &expected) {
+            Ok(()) => return,
+            Err(difference) if start.elapsed() > Duration::from_secs(20) => panic!(
+                "the stream is not the log's token events, each once, in log order: {difference}"
+            ),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 /// JetStream can lose messages it has confirmed (seen when a node of a cluster dies
 /// under load: the new stream leader lacks the old one's last writes). Here the loss is
-/// made by hand: the stream is rebuilt holding only its first messages, under their own
-/// `Nats-Msg-Id`s, behind the relay's back. The relay's next message names a predecessor
-/// the stream no longer has; the relay finds where the stream really ends, in the log,
-/// and publishes again from there, so nothing is lost and order holds.
+/// made by hand. With new events to publish, the relay's next message names a
+/// predecessor the stream no longer has and is refused; with none, the idle leader's
+/// check of the stream's end finds it. Either way the relay finds where the stream
+/// really ends, in the log, and publishes again from there: nothing lost, order kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_lost_confirmed_messages_gets_them_again_from_the_log() {
-    const KEPT: usize = 12;
     let db = TestDb::create().await;
     let nats = TestNats::start().await;
     let app = app(&db).await;
@@ -609,51 +657,22 @@ async fn a_stream_that_lost_confirmed_messages_gets_them_again_from_the_log() {
     })
     .await;
 
-    let stored = nats.stream_messages(STREAM).await;
-    assert_eq!(stored.len(), 30);
-    let client = async_nats::connect(nats.url()).await.expect("connect");
-    let js = async_nats::jetstream::new(client);
-    let config = js
-        .get_stream(STREAM)
-        .await
-        .expect("stream")
-        .cached_info()
-        .config
-        .clone();
-    js.delete_stream(STREAM).await.expect("delete the stream");
-    js.create_stream(config).await.expect("create it again");
-    for message in &stored[..KEPT] {
-        js.publish_with_headers(
-            message.subject.clone(),
-            message.headers.clone().expect("headers"),
-            message.payload.clone(),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("stored");
-    }
-
+    // Lost, then new events: the refusal reveals it.
+    keep_only_the_first(&nats, 12).await;
     issue_and_revoke(&app, &svc, 4).await;
-    let expected = publishable_event_ids(&db.connect().await).await;
-    assert_eq!(expected.len(), 36);
-    wait_until("the relay to rewind", Duration::from_secs(20), || {
+    wait_until("a rewind", Duration::from_secs(20), || {
         status.snapshot().rewinds == 1
     })
     .await;
-    let start = std::time::Instant::now();
-    let events = loop {
-        let events = events_in_stream(&nats).await;
-        if events.len() >= expected.len() || start.elapsed() > Duration::from_secs(20) {
-            break events;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let events: Vec<TokenEvent> = events.into_iter().map(|(event, _)| event).collect();
-    if let Err(difference) = stream_matches_log(&events, &expected) {
-        panic!("the stream is not the log's token events, each once, in log order: {difference}");
-    }
-    assert_eq!(status.snapshot().rewinds, 1);
+    until_the_stream_is_the_log(&db, &nats).await;
+
+    // Lost while nothing new comes: the idle check reveals it.
+    keep_only_the_first(&nats, 20).await;
+    wait_until("a second rewind", Duration::from_secs(20), || {
+        status.snapshot().rewinds == 2
+    })
+    .await;
+    until_the_stream_is_the_log(&db, &nats).await;
     relay.abort();
     db.drop_database().await;
 }

@@ -87,6 +87,11 @@ impl Chain {
         }
     }
 
+    /// The last message known to be stored, if any.
+    pub fn last(&self) -> Option<&str> {
+        self.last.as_deref()
+    }
+
     /// The predecessor each message names, for messages sent in this order.
     pub fn expectations<'a>(&'a self, ids: &[&'a str]) -> Vec<Option<&'a str>> {
         std::iter::once(self.last.as_deref())

@@ -53,6 +53,11 @@ const COALESCE_FROM: usize = 8;
 /// (see `checkpoint`).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
+/// While idle, how often the leader checks that the stream still ends with its last
+/// confirmed message (JetStream can lose confirmed messages when a node dies; with no new
+/// event to publish, no refusal would reveal it).
+const VERIFY_IDLE_EVERY: Duration = Duration::from_secs(1);
+
 /// The lease name of the relay.
 pub const LEASE: &str = "nats-relay";
 
@@ -424,7 +429,17 @@ where
     let mut checkpoints = Checkpoints::new(cursor, Instant::now(), CHECKPOINT_EVERY);
     let mut chain = Chain::default();
     let mut rewound_to = None;
+    // Where the stream really ends, when it ends before what JetStream confirmed.
+    let mut rewind: Option<(String, LogCursor)> = None;
     loop {
+        if let Some((id, to)) = rewind.take() {
+            status.record_rewind();
+            rewound_to = Some(to);
+            follower = LogFollower::<_, ReplayEvent>::from_cursor(store, to).with_batch(config.batch);
+            chain = Chain::ending_at(&id);
+            cursor = to;
+            confirmed.set(cursor);
+        }
         progress.busy();
         let mut batch = follower.poll().await?;
         if checkpoints.due(cursor, batch.is_empty(), Instant::now()) {
@@ -432,9 +447,16 @@ where
             checkpoints.saved(cursor, Instant::now());
         }
         if batch.is_empty() {
-            // Waiting for commits is no stall.
+            // Waiting for commits is no stall. `next` starts with a read, so leaving it
+            // for the check loses no commit.
             progress.idle();
-            batch = follower.next().await?;
+            tokio::select! {
+                next = follower.next() => batch = next?,
+                () = tokio::time::sleep(VERIFY_IDLE_EVERY) => {
+                    rewind = lost_tail(store, &js, &chain, cursor, rewound_to).await;
+                    continue;
+                }
+            }
             progress.busy();
         }
         let messages = directory.map_batch(store, &batch).await?;
@@ -444,7 +466,6 @@ where
         let mut from = 0;
         // A batch refused after its last ack was asked for counts as republished.
         let mut republished = false;
-        let mut rewind = None;
         loop {
             let mut lost = nats.lost.clone();
             lost.borrow_and_update();
@@ -503,14 +524,7 @@ where
             tokio::time::sleep(backoff.next()).await;
         }
         progress.idle();
-        if let Some((id, to)) = rewind {
-            status.record_rewind();
-            rewound_to = Some(to);
-            follower =
-                LogFollower::<_, ReplayEvent>::from_cursor(store, to).with_batch(config.batch);
-            chain = Chain::ending_at(&id);
-            cursor = to;
-            confirmed.set(cursor);
+        if rewind.is_some() {
             continue;
         }
         cursor = last;
@@ -638,6 +652,39 @@ async fn publish(
         Some(confirm::confirmation(plan, verdict)),
         outcome.duplicates,
     ))
+}
+
+/// Where to publish again from, when the stream no longer ends with the chain's last
+/// confirmed message but with an earlier event of the log (`confirmed`: the log cursor
+/// the chain's end was confirmed at).
+async fn lost_tail<S: EventStore>(
+    store: &S,
+    js: &jetstream::Context,
+    chain: &Chain,
+    confirmed: LogCursor,
+    rewound_to: Option<LogCursor>,
+) -> Option<(String, LogCursor)> {
+    let expected = chain.last()?;
+    let end = stream_end(store, js)
+        .await
+        .inspect_err(|error| tracing::debug!(%error, "cannot read where the stream ends"))
+        .ok()?;
+    if matches!(&end, StreamEnd::Event { id, .. } if id == expected) {
+        return None;
+    }
+    match confirm::recovery(end, confirmed, rewound_to) {
+        Recovery::Rewind { id, cursor } => {
+            tracing::warn!(
+                confirmed_last = expected,
+                stream_ends_with = %id,
+                "the stream lost messages NATS confirmed; publishing again from its end"
+            );
+            Some((id, cursor))
+        }
+        // Another publisher's message, or one ahead of this relay: the fencing and the
+        // next refusal deal with those.
+        Recovery::AfterLast => None,
+    }
 }
 
 /// Where the stream ends: its last message's `Nats-Msg-Id`, looked up in the log.
