@@ -435,7 +435,8 @@ where
         if let Some((id, to)) = rewind.take() {
             status.record_rewind();
             rewound_to = Some(to);
-            follower = LogFollower::<_, ReplayEvent>::from_cursor(store, to).with_batch(config.batch);
+            follower =
+                LogFollower::<_, ReplayEvent>::from_cursor(store, to).with_batch(config.batch);
             chain = Chain::ending_at(&id);
             cursor = to;
             confirmed.set(cursor);
@@ -489,7 +490,11 @@ where
                 Ok(Published::Refused(at, plan)) => {
                     republished |= plan == Plan::LastAck;
                     let refused = &messages[from + at].event_id;
-                    match stream_end(store, &js).await {
+                    let end = match stream_last_id(&js).await {
+                        Ok(last_id) => stream_end(store, last_id).await,
+                        Err(error) => Err(error),
+                    };
+                    match end {
                         Ok(end) => match confirm::recovery(end, last, rewound_to) {
                             Recovery::Rewind { id, cursor } => {
                                 tracing::warn!(
@@ -665,13 +670,17 @@ async fn lost_tail<S: EventStore>(
     rewound_to: Option<LogCursor>,
 ) -> Option<(String, LogCursor)> {
     let expected = chain.last()?;
-    let end = stream_end(store, js)
+    let last_id = stream_last_id(js)
         .await
         .inspect_err(|error| tracing::debug!(%error, "cannot read where the stream ends"))
         .ok()?;
-    if matches!(&end, StreamEnd::Event { id, .. } if id == expected) {
+    if last_id.as_deref() == Some(expected) {
         return None;
     }
+    let end = stream_end(store, last_id)
+        .await
+        .inspect_err(|error| tracing::debug!(%error, "cannot find the stream's end in the log"))
+        .ok()?;
     match confirm::recovery(end, confirmed, rewound_to) {
         Recovery::Rewind { id, cursor } => {
             tracing::warn!(
@@ -687,22 +696,26 @@ async fn lost_tail<S: EventStore>(
     }
 }
 
-/// Where the stream ends: its last message's `Nats-Msg-Id`, looked up in the log.
-async fn stream_end<S: EventStore>(
-    store: &S,
-    js: &jetstream::Context,
-) -> Result<StreamEnd, RelayError> {
+/// The `Nats-Msg-Id` of the stream's last message (`None`: empty, or a message without).
+async fn stream_last_id(js: &jetstream::Context) -> Result<Option<String>, RelayError> {
     let mut stream = js.get_stream(STREAM).await.map_err(nats_error)?;
     let last = stream.info().await.map_err(nats_error)?.state.last_sequence;
     if last == 0 {
-        return Ok(StreamEnd::Unknown);
+        return Ok(None);
     }
     let message = stream.get_raw_message(last).await.map_err(nats_error)?;
-    let Some(id) = message
+    Ok(message
         .headers
         .get(MSG_ID_HEADER)
-        .map(|v| v.as_str().to_owned())
-    else {
+        .map(|v| v.as_str().to_owned()))
+}
+
+/// Where the stream ends: its last message's `Nats-Msg-Id`, looked up in the log.
+async fn stream_end<S: EventStore>(
+    store: &S,
+    last_id: Option<String>,
+) -> Result<StreamEnd, RelayError> {
+    let Some(id) = last_id else {
         return Ok(StreamEnd::Unknown);
     };
     let Ok(event_id) = uuid::Uuid::parse_str(&id) else {
