@@ -53,9 +53,14 @@ pub fn valet_bin() -> PathBuf {
     bin
 }
 
+/// The key-encryption key of test servers: 32 bytes, hex.
+pub const TEST_KEK: &str = "74657374206b65792d656e6372797074696f6e206b6579206f662076616c6574";
+
 /// Options that must not leak from the developer's environment into a test server.
-const SCRUBBED_ENV: [&str; 7] = [
+const SCRUBBED_ENV: [&str; 9] = [
     "VALET_ISSUER",
+    "VALET_KEY_ENCRYPTION_KEY_FILE",
+    "VALET_KEY_PUBLISH_LEAD",
     "VALET_CODE_TTL",
     "VALET_ACCESS_TOKEN_TTL",
     "VALET_REFRESH_TOKEN_TTL",
@@ -71,7 +76,10 @@ fn valet_command(db_url: &str, env: &[(String, String)]) -> Command {
     }
     cmd.env("VALET_DATABASE_URL", db_url)
         .env("VALET_LISTEN", "127.0.0.1:0")
-        .env("VALET_LOG", "info");
+        .env("VALET_LOG", "info")
+        // Every test server and CLI run shares one key-encryption key (a test may give
+        // another); none writes a KEK file into the developer's home.
+        .env("VALET_KEY_ENCRYPTION_KEY", TEST_KEK);
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -60,6 +60,7 @@ aggregate!(User, user, plain);
 aggregate!(Consent, consent, plain);
 aggregate!(Code, code, rejecting);
 aggregate!(Grant, grant, rejecting);
+aggregate!(SigningKeys, signing_key, plain);
 
 /// A stream replayed into its aggregate's state.
 pub struct Loaded<A: Aggregate> {

@@ -11,6 +11,7 @@ pub mod attempts;
 pub mod clock;
 pub mod entropy;
 pub mod follow;
+pub mod keys;
 pub mod log;
 pub mod memory;
 pub mod oauth;

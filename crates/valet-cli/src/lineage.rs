@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use anyhow::bail;
-use valet_domain::{client, code, consent, grant, user, Event, TokenHash};
+use valet_domain::{client, code, consent, grant, signing_key, user, Event, TokenHash};
 use valet_projector::audit;
 
 use crate::audit::store;
@@ -33,6 +33,28 @@ fn describe(event: &Event) -> String {
             format!("consent given for \"{scope}\"")
         }
         Event::Consent(consent::Event::ConsentRevoked { .. }) => "consent revoked".to_owned(),
+        Event::SigningKey(signing_key::Event::SigningKeyGenerated {
+            key_id, algorithm, ..
+        }) => format!("signing key {key_id} ({algorithm}) generated"),
+        Event::SigningKey(signing_key::Event::SigningKeyPublished {
+            key_id,
+            activates_at,
+            ..
+        }) => format!(
+            "signing key {key_id} published, to sign from {}",
+            timefmt::format_millis(activates_at.as_unix_millis())
+        ),
+        Event::SigningKey(signing_key::Event::SigningKeyActivated { key_id, .. }) => {
+            format!("signing key {key_id} signs")
+        }
+        Event::SigningKey(signing_key::Event::SigningKeyRetired {
+            key_id,
+            published_until,
+            ..
+        }) => format!(
+            "signing key {key_id} retired, published until {}",
+            timefmt::format_millis(published_until.as_unix_millis())
+        ),
         Event::Code(code::Event::CodeIssued {
             code_hash,
             username,

@@ -16,6 +16,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod admin;
 mod audit;
+mod keys;
 mod lineage;
 mod logwriter;
 mod rebuild;
@@ -47,8 +48,51 @@ struct Cli {
         global = true
     )]
     database_url: String,
+    #[command(flatten)]
+    kek: KekArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where the key-encryption key (KEK) that seals private signing keys comes from.
+/// `valet serve` and `valet keys rotate|retire` need the same one.
+#[derive(Args, Debug, Clone)]
+struct KekArgs {
+    /// File holding the KEK (32 bytes, base64 or hex). Created with a new key on first
+    /// use if missing. Default: $XDG_STATE_HOME/valet/key-encryption-key, else
+    /// ~/.local/state/valet/key-encryption-key.
+    #[arg(
+        long,
+        env = "VALET_KEY_ENCRYPTION_KEY_FILE",
+        global = true,
+        value_name = "PATH"
+    )]
+    key_encryption_key_file: Option<std::path::PathBuf>,
+    /// The KEK itself (base64 or hex), instead of a file.
+    #[arg(
+        long = "key-encryption-key",
+        env = "VALET_KEY_ENCRYPTION_KEY",
+        hide_env_values = true,
+        global = true,
+        hide = true
+    )]
+    key_encryption_key: Option<String>,
+    /// Seconds a rotated-in signing key is published (in the JWKS) before it signs:
+    /// at least as long as relying parties cache the JWKS (it says max-age=300).
+    #[arg(long, env = "VALET_KEY_PUBLISH_LEAD", default_value_t = 300, global = true,
+          value_parser = clap::value_parser!(u32).range(0..=2_592_000))]
+    key_publish_lead: u32,
+}
+
+impl KekArgs {
+    /// A retired key stays published for the longest access-token lifetime Valet
+    /// allows, whatever the server's setting: everything it signed has expired by then.
+    fn policy(&self) -> valet_app::keys::KeyPolicy {
+        valet_app::keys::KeyPolicy {
+            publish_lead_seconds: self.key_publish_lead,
+            keep_for_seconds: valet_domain::AccessTokenTtl::MAX_SECONDS,
+        }
+    }
 }
 
 /// The options of `valet serve`.
@@ -118,6 +162,9 @@ enum Command {
     /// Create and disable users (resource owners who log in on the authorization page).
     #[command(subcommand)]
     User(UserCommand),
+    /// List, rotate and retire the keys that sign id_tokens (published at /jwks.json).
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Answer questions from the event log: the timeline, a token's lineage, and who
     /// held which grants at a moment in the past.
     #[command(subcommand)]
@@ -130,6 +177,37 @@ enum Command {
         /// How many events to write.
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Every signing key: its stage (published, active, retired) and dates.
+    List {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish a new key now; it signs once the publication lead has passed
+    /// (--key-publish-lead), and the key it replaces stays published until what it
+    /// signed has expired.
+    Rotate {
+        /// RS256, ES256 or EdDSA.
+        #[arg(long, default_value = "RS256")]
+        algorithm: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop signing with a key now (a compromised key, say). The active key of an
+    /// algorithm can be retired only once a successor is published (`rotate` first),
+    /// which then signs at once.
+    Retire {
+        #[arg(value_name = "KID")]
+        kid: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -305,7 +383,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Serve(args) => serve(&database_url, args).await,
+        Command::Serve(args) => serve(&database_url, &cli.kek, args).await,
+        Command::Keys(command) => {
+            keys::keys(&database_url, &cli.kek, cli.kek.policy(), command).await
+        }
         Command::Client(command) => admin::client(&database_url, command).await,
         Command::User(command) => admin::user(&database_url, command).await,
         Command::Audit(AuditCommand::Log {
@@ -342,7 +423,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(database_url: &str, config: ServeArgs) -> anyhow::Result<()> {
+async fn serve(database_url: &str, kek: &KekArgs, config: ServeArgs) -> anyhow::Result<()> {
     // Refuse bad settings before binding the port.
     let settings = wiring::settings(&config, String::new())?;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -373,6 +454,12 @@ async fn serve(database_url: &str, config: ServeArgs) -> anyhow::Result<()> {
         .shared_secret("session_key", candidate)
         .await
         .context("load the session key")?;
+    let jwks = keys::start_ring(keys::signing_keys(
+        &oauth.store,
+        keys::load_kek(kek)?,
+        kek.policy(),
+    ))
+    .await?;
 
     let relay_status = Arc::new(RelayStatus::default());
     let relay = valet_relay::start(
@@ -402,7 +489,8 @@ async fn serve(database_url: &str, config: ServeArgs) -> anyhow::Result<()> {
             .with_failure_limits(valet_http::FailureLimits::per_minute(
                 config.failed_auth_per_minute,
             ))
-            .with_relay(relay_status),
+            .with_relay(relay_status)
+            .with_jwks(jwks),
     );
     let app = valet_http::router(state);
     tracing::info!(listen = %addr, %issuer, "valet serving");

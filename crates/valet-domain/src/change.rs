@@ -11,7 +11,7 @@ use crate::few::Few;
 use crate::ids::{ClientId, GrantId, StreamId, UserId};
 use crate::log_event::Event;
 use crate::secret::TokenHash;
-use crate::{client, code, consent, grant, user};
+use crate::{client, code, consent, grant, signing_key, user};
 
 /// One change of one event, with the identity of what it changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +37,8 @@ pub enum Change<'e> {
         grant_id: GrantId,
         change: grant::Change<'e>,
     },
+    /// The key ring's events name their key.
+    SigningKey { event: &'e signing_key::Event },
 }
 
 /// The changes `event`, recorded in `stream`, makes, in the order they apply.
@@ -66,6 +68,7 @@ pub fn changes<'e>(stream: &'e StreamId, event: &'e Event) -> Few<Change<'e>> {
             code_hash: *code_hash,
             event,
         }),
+        (StreamId::SigningKeys, Event::SigningKey(event)) => Few::one(Change::SigningKey { event }),
         // An event never lands in another aggregate's stream (decoding goes by the
         // stream's kind, appends check it).
         _ => Few::none(),

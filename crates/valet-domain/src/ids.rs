@@ -162,6 +162,8 @@ pub enum StreamId {
     Code(TokenHash),
     Grant(GrantId),
     Consent(UserId, ClientId),
+    /// The one stream of the signing-key ring.
+    SigningKeys,
 }
 
 impl StreamId {
@@ -188,7 +190,9 @@ impl StreamId {
     /// Accepts exactly the strings `Display` produces (canonical forms only).
     pub fn parse(s: &str) -> Result<Self, IdError> {
         let malformed = IdError::Malformed { what: "stream id" };
-        let stream = if let Some(rest) = s.strip_prefix("client-") {
+        let stream = if s == SIGNING_KEYS {
+            Some(Self::SigningKeys)
+        } else if let Some(rest) = s.strip_prefix("client-") {
             ClientId::parse(rest).map(Self::Client).ok()
         } else if let Some(rest) = s.strip_prefix("user-") {
             canonical_uuid(rest).map(|u| Self::User(UserId::new(u)))
@@ -211,6 +215,8 @@ impl StreamId {
     }
 }
 
+const SIGNING_KEYS: &str = "signing-keys";
+
 /// A UUID in its one canonical spelling, lowercase hyphenated (`Uuid::parse_str` alone
 /// would also take others); checked without allocating, as replays parse a stream id
 /// per event.
@@ -228,6 +234,7 @@ impl fmt::Display for StreamId {
             Self::Code(hash) => write!(f, "code-{hash}"),
             Self::Grant(id) => write!(f, "grant-{id}"),
             Self::Consent(user, client) => write!(f, "consent-{user}-{client}"),
+            Self::SigningKeys => f.write_str(SIGNING_KEYS),
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod pkce;
 pub mod redirect;
 pub mod scope;
 pub mod secret;
+pub mod signing_key;
 pub mod time;
 pub mod user;
 

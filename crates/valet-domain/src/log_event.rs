@@ -4,7 +4,7 @@ use serde_json::Value;
 
 use crate::event::{current_version, DecodeError, DomainEvent};
 use crate::ids::StreamId;
-use crate::{client, code, consent, grant, user};
+use crate::{client, code, consent, grant, signing_key, user};
 
 /// Any event of the log, by aggregate. Which aggregate an event belongs to follows from
 /// its stream's kind (a `grant-` stream holds grant events only), which is how a stored
@@ -16,6 +16,7 @@ pub enum Event {
     Code(code::Event),
     Grant(grant::Event),
     Consent(consent::Event),
+    SigningKey(signing_key::Event),
 }
 
 impl Event {
@@ -26,6 +27,7 @@ impl Event {
             Event::Code(e) => e.event_type(),
             Event::Grant(e) => e.event_type(),
             Event::Consent(e) => e.event_type(),
+            Event::SigningKey(e) => e.event_type(),
         }
     }
 
@@ -41,6 +43,7 @@ impl Event {
             Event::Code(e) => e.payload_json(),
             Event::Grant(e) => e.payload_json(),
             Event::Consent(e) => e.payload_json(),
+            Event::SigningKey(e) => e.payload_json(),
         }
     }
 
@@ -52,6 +55,7 @@ impl Event {
             Event::Code(e) => e.to_payload(),
             Event::Grant(e) => e.to_payload(),
             Event::Consent(e) => e.to_payload(),
+            Event::SigningKey(e) => e.to_payload(),
         }
     }
 
@@ -77,6 +81,9 @@ impl Event {
             StreamId::Code(_) => with::<code::Event>(event_type, schema_version, payload),
             StreamId::Grant(_) => with::<grant::Event>(event_type, schema_version, payload),
             StreamId::Consent(..) => with::<consent::Event>(event_type, schema_version, payload),
+            StreamId::SigningKeys => {
+                with::<signing_key::Event>(event_type, schema_version, payload)
+            }
         }
     }
 
@@ -89,6 +96,7 @@ impl Event {
                 | (Event::Code(_), StreamId::Code(_))
                 | (Event::Grant(_), StreamId::Grant(_))
                 | (Event::Consent(_), StreamId::Consent(..))
+                | (Event::SigningKey(_), StreamId::SigningKeys)
         )
     }
 }
@@ -114,4 +122,11 @@ macro_rules! log_event {
         }
     )+};
 }
-log_event!(Client => client, User => user, Code => code, Grant => grant, Consent => consent);
+log_event!(
+    Client => client,
+    User => user,
+    Code => code,
+    Grant => grant,
+    Consent => consent,
+    SigningKey => signing_key,
+);

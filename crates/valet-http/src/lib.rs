@@ -6,6 +6,7 @@
 
 mod authorize;
 mod client_auth;
+mod discovery;
 mod html;
 mod limits;
 mod observe;
@@ -58,6 +59,8 @@ pub struct AppState<S, R, C> {
     metrics: Arc<Metrics>,
     /// The NATS relay of this process, reported by `/readyz` and `/metrics`.
     relay: Option<Arc<RelayStatus>>,
+    /// The JWK Set, kept current by the key ring's loop.
+    jwks: Option<tokio::sync::watch::Receiver<Arc<valet_app::keys::Jwks>>>,
 }
 
 impl<S, R, C> AppState<S, R, C> {
@@ -75,6 +78,7 @@ impl<S, R, C> AppState<S, R, C> {
             proxies: TrustedProxies::none(),
             metrics: Arc::default(),
             relay: None,
+            jwks: None,
         }
     }
 
@@ -95,6 +99,15 @@ impl<S, R, C> AppState<S, R, C> {
     /// is one of `proxies`.
     pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
         self.proxies = proxies;
+        self
+    }
+
+    /// Serves `jwks` at `/jwks.json`.
+    pub fn with_jwks(
+        mut self,
+        jwks: tokio::sync::watch::Receiver<Arc<valet_app::keys::Jwks>>,
+    ) -> Self {
+        self.jwks = Some(jwks);
         self
     }
 
@@ -136,6 +149,7 @@ where
             "/.well-known/oauth-authorization-server",
             get(server_metadata::<S, R, C>),
         )
+        .route("/jwks.json", get(discovery::jwks::<S, R, C>))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<S, R, C>))
         .route("/metrics", get(metrics_text::<S, R, C>))
@@ -185,6 +199,7 @@ struct ServerMetadata<'a> {
     token_endpoint: String,
     revocation_endpoint: String,
     introspection_endpoint: String,
+    jwks_uri: String,
     response_types_supported: [&'static str; 1],
     grant_types_supported: [&'static str; 3],
     code_challenge_methods_supported: [&'static str; 1],
@@ -209,6 +224,7 @@ where
         token_endpoint: endpoint("/token"),
         revocation_endpoint: endpoint("/revoke"),
         introspection_endpoint: endpoint("/introspect"),
+        jwks_uri: endpoint("/jwks.json"),
         response_types_supported: ["code"],
         grant_types_supported: ["authorization_code", "refresh_token", "client_credentials"],
         code_challenge_methods_supported: ["S256"],

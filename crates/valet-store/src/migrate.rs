@@ -45,6 +45,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "lease_sessions",
         sql: include_str!("../../../migrations/0007_lease_sessions.sql"),
     },
+    Migration {
+        version: 8,
+        name: "signing_key_material",
+        sql: include_str!("../../../migrations/0008_signing_key_material.sql"),
+    },
 ];
 
 /// Serialises concurrent `valet migrate` runs (several replicas starting at once).

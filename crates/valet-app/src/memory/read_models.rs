@@ -86,8 +86,8 @@ impl Tables {
             Change::Client { client_id, event } => self.client(client_id, event),
             Change::User { user_id, event } => self.user(user_id, event),
             Change::Grant { grant_id, change } => self.grant(grant_id, change),
-            // Consents and codes are read from their streams.
-            Change::Consent { .. } | Change::Code { .. } => {}
+            // Consents, codes and the key ring are read from their streams.
+            Change::Consent { .. } | Change::Code { .. } | Change::SigningKey { .. } => {}
         }
     }
 

@@ -15,17 +15,19 @@ use valet_domain::client::{self, ClientKind};
 use valet_domain::code::{self, RedirectUriPresence};
 use valet_domain::event::DecodeError;
 use valet_domain::grant::{self, AccessTokenIssue, GrantOrigin, RefreshTokenIssue, Subject};
+use valet_domain::signing_key::{self, Algorithm, KeyId, PublicJwk};
 use valet_domain::{
     consent, user, ClientId, ClientName, DomainEvent, EventRef, GrantId, GrantType, PkceChallenge,
     RedirectUri, RevocationReason, ScopeSet, StreamId, Timestamp, TokenHash, UserId, Username,
 };
 
-pub const AGGREGATES: [(&str, &[&str]); 5] = [
+pub const AGGREGATES: [(&str, &[&str]); 6] = [
     ("client", client::Event::EVENT_TYPES),
     ("user", user::Event::EVENT_TYPES),
     ("code", code::Event::EVENT_TYPES),
     ("grant", grant::Event::EVENT_TYPES),
     ("consent", consent::Event::EVENT_TYPES),
+    ("signing_key", signing_key::Event::EVENT_TYPES),
 ];
 
 pub fn fixtures_path() -> PathBuf {
@@ -52,6 +54,7 @@ pub fn decode(
         "code" => with::<code::Event>(event_type, version, payload),
         "grant" => with::<grant::Event>(event_type, version, payload),
         "consent" => with::<consent::Event>(event_type, version, payload),
+        "signing_key" => with::<signing_key::Event>(event_type, version, payload),
         other => panic!("unknown aggregate {other:?}"),
     }
 }
@@ -121,6 +124,7 @@ pub fn samples() -> Vec<(&'static str, &'static str, u32, Value)> {
         username: Username::parse("alice").expect("username"),
     };
     let grant_id = GrantId::new(id("01a22085-2561-70be-a7ba-1f236f3021a8"));
+    let key_id = KeyId::new(id("01a22085-4b1e-7c3a-9d2f-0e5a6b7c8d9e"));
     let code_hash = TokenHash::of("valet_ac_q3Xv0c1n9Jp8mRk2Ls7Ty4Wb6Ze5Ha0Ud1Gf3Ni8Oe2");
     let access = |n: u32, scope: &ScopeSet, at_ms: i64| AccessTokenIssue {
         hash: TokenHash::of(&format!("valet_at_fixture-access-{n}")),
@@ -300,6 +304,49 @@ pub fn samples() -> Vec<(&'static str, &'static str, u32, Value)> {
                     event_id: id("01a22085-3a7c-7d10-9e43-77b2c5f0a911"),
                 }),
                 at: at(75_000),
+            },
+        ),
+        sample(
+            "signing_key",
+            signing_key::Event::SigningKeyGenerated {
+                key_id,
+                algorithm: Algorithm::ES256,
+                public: PublicJwk::new(
+                    [
+                        ("kty", "EC"),
+                        ("crv", "P-256"),
+                        ("x", "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU"),
+                        ("y", "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+                )
+                .expect("public jwk"),
+                at: at(4_000_000),
+            },
+        ),
+        sample(
+            "signing_key",
+            signing_key::Event::SigningKeyPublished {
+                key_id,
+                activates_at: at(4_300_000),
+                at: at(4_000_000),
+            },
+        ),
+        sample(
+            "signing_key",
+            signing_key::Event::SigningKeyActivated {
+                key_id,
+                at: at(4_300_000),
+            },
+        ),
+        sample(
+            "signing_key",
+            signing_key::Event::SigningKeyRetired {
+                key_id,
+                published_until: at(8_000_000),
+                at: at(4_400_000),
             },
         ),
     ]

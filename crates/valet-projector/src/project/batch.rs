@@ -183,8 +183,9 @@ impl Batch {
                     client_id,
                     event,
                 } => self.consent(user_id, client_id, event),
-                // Codes have no read model: they are read from their streams.
-                Change::Code { .. } => {}
+                // Codes and the key ring have no read model: they are read from their
+                // streams.
+                Change::Code { .. } | Change::SigningKey { .. } => {}
             }
         }
     }
