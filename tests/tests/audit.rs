@@ -675,7 +675,11 @@ async fn audit_log_filters_and_formats() {
         assert_eq!(entry["type"], ev.event_type.as_str(), "{entry}");
         assert_eq!(entry["event_id"], ev.event_id.as_str(), "{entry}");
         assert_eq!(entry["payload"], ev.payload, "{entry}");
-        assert_eq!(entry["schema_version"], 1, "{entry}");
+        assert_eq!(
+            entry["schema_version"],
+            valet_domain::event::current_version(&ev.event_type),
+            "{entry}"
+        );
         let time = entry["time"].as_str().expect("time");
         assert!(
             time.len() == "2026-01-01T00:00:00.000Z".len() && time.ends_with('Z'),

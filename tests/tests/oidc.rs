@@ -10,7 +10,10 @@ use valet_domain::signing_key::KeyId;
 use valet_resource::valet_wire::{EventType, TokenEvent, STREAM};
 use valet_resource::{Validator, ValidatorConfig};
 use valet_tests::nats::TestNats;
-use valet_tests::server::{run_valet, ClientSpec, TestServer, TEST_KEK};
+use valet_tests::server::{
+    assert_r, run_valet, AuthRequest, Browser, ClientCreds, ClientSpec, FlowEnd, Pkce, TestServer,
+    TestUser, APP_CB, TEST_KEK,
+};
 
 /// The stream's messages once it holds at least `count`.
 async fn until_stream_holds(nats: &TestNats, count: usize) -> Vec<TokenEvent> {
@@ -388,4 +391,506 @@ async fn o03_signing_keys_have_a_lifecycle_in_the_log_and_private_keys_stay_seal
         "{stderr}"
     );
     server.stop().await;
+}
+
+/// A server with an OpenID Connect client (scopes `openid read`) and a user.
+struct Oidc {
+    server: TestServer,
+    client: ClientCreds,
+    rs: ClientCreds,
+    user: TestUser,
+    browser: Browser,
+}
+
+impl Oidc {
+    async fn start(env: &[(&str, &str)]) -> Oidc {
+        let server = TestServer::start_with(env).await;
+        let client = server
+            .create_client(
+                &ClientSpec::confidential("Printshop")
+                    .redirect(APP_CB)
+                    .scopes("openid profile email read"),
+            )
+            .await;
+        let rs = server
+            .create_client(
+                &ClientSpec::confidential("designs")
+                    .grant("client_credentials")
+                    .scopes("introspect"),
+            )
+            .await;
+        let user = server.create_user("alice", "a long passphrase").await;
+        let browser = server.browser();
+        Oidc {
+            server,
+            client,
+            rs,
+            user,
+            browser,
+        }
+    }
+
+    /// The authorization flow for `scope` (PKCE), with extra request parameters; the
+    /// redirect back to the client.
+    async fn authorize(&mut self, scope: &str, extra: &[(&str, &str)]) -> (FlowEnd, Pkce) {
+        let pkce = Pkce::new();
+        let mut req = AuthRequest::new(&self.client.client_id, APP_CB)
+            .pkce(&pkce)
+            .scope(scope);
+        for (k, v) in extra {
+            req = req.set(k, v);
+        }
+        let end = self
+            .server
+            .authorize(&mut self.browser, &self.user, &req)
+            .await;
+        (end, pkce)
+    }
+
+    /// The token response of a fresh grant for `scope`.
+    async fn tokens(&mut self, scope: &str, extra: &[(&str, &str)]) -> Value {
+        let (end, pkce) = self.authorize(scope, extra).await;
+        let resp = self
+            .server
+            .redeem(&self.client, &end.code(), APP_CB, Some(&pkce.verifier))
+            .await;
+        assert_eq!(resp.status, 200, "{}", resp.describe());
+        resp.json()
+    }
+
+    fn issuer(&self) -> String {
+        self.server.base_url().to_owned()
+    }
+}
+
+/// Verifies an id_token as a relying party would: the key named by `kid` from the
+/// JWKS, RS256 pinned, `iss` and `aud` checked; its claims.
+async fn verified_claims(server: &TestServer, id_token: &str, audience: &str) -> Value {
+    let header = jsonwebtoken::decode_header(id_token).expect("a JWS header");
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::RS256);
+    let kid = header.kid.expect("a kid");
+    let keys = jwks(server).await;
+    let key = keys
+        .iter()
+        .find(|k| k["kid"] == kid.as_str())
+        .unwrap_or_else(|| panic!("kid {kid} is not in the JWKS"));
+    let decoding = jsonwebtoken::DecodingKey::from_rsa_components(
+        key["n"].as_str().expect("n"),
+        key["e"].as_str().expect("e"),
+    )
+    .expect("an RSA key");
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_audience(&[audience]);
+    validation.set_issuer(&[server.base_url()]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    jsonwebtoken::decode::<Value>(id_token, &decoding, &validation)
+        .unwrap_or_else(|e| panic!("the id_token does not verify: {e}"))
+        .claims
+}
+
+/// o04: a scope without `openid` is plain OAuth 2.0 (no id_token); with `openid` the
+/// token response carries one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o04_an_id_token_exactly_when_openid_is_in_the_scope() {
+    let mut oidc = Oidc::start(&[]).await;
+    let plain = oidc.tokens("read", &[]).await;
+    assert!(plain.get("id_token").is_none(), "{plain}");
+    assert!(plain["access_token"].as_str().is_some());
+    let openid = oidc.tokens("openid read", &[]).await;
+    let id_token = openid["id_token"].as_str().expect("an id_token");
+    assert_eq!(id_token.split('.').count(), 3, "a compact JWS");
+    let claims = verified_claims(&oidc.server, id_token, &oidc.client.client_id).await;
+    assert_eq!(claims["aud"], oidc.client.client_id.as_str());
+    oidc.server.stop().await;
+}
+
+/// o05: `nonce` is copied into the id_token byte for byte; with no `nonce` sent there is
+/// none in the token; a malformed one is refused with a redirect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o05_the_nonce_is_copied_byte_exact_and_only_when_sent() {
+    let mut oidc = Oidc::start(&[]).await;
+    let nonce = "n-0S6_WzA2Mj ~!*'()%20;:@&=+$,/?#[]\"";
+    let with = oidc.tokens("openid", &[("nonce", nonce)]).await;
+    let claims = verified_claims(
+        &oidc.server,
+        with["id_token"].as_str().expect("id_token"),
+        &oidc.client.client_id,
+    )
+    .await;
+    assert_eq!(claims["nonce"].as_str(), Some(nonce));
+    let without = oidc.tokens("openid", &[]).await;
+    let claims = verified_claims(
+        &oidc.server,
+        without["id_token"].as_str().expect("id_token"),
+        &oidc.client.client_id,
+    )
+    .await;
+    assert!(claims.get("nonce").is_none(), "{claims}");
+    let (end, _) = oidc.authorize("openid", &[("nonce", "tab\there")]).await;
+    assert_r(
+        &end.response,
+        APP_CB,
+        "invalid_request",
+        end.param("state").as_deref(),
+        "a nonce with a tab",
+    );
+    oidc.server.stop().await;
+}
+
+/// o09: every authorization response, success or error, carries `iss` (RFC 9207), and
+/// the metadata says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o09_every_authorization_response_carries_iss() {
+    let mut oidc = Oidc::start(&[]).await;
+    let issuer = oidc.issuer();
+    let (success, _) = oidc.authorize("openid", &[]).await;
+    assert!(success.param("code").is_some());
+    assert_eq!(success.param("iss").as_deref(), Some(issuer.as_str()));
+    // An error the request causes (a scope the client may not have)...
+    let (refused, _) = oidc.authorize("admin", &[]).await;
+    assert_r(
+        &refused.response,
+        APP_CB,
+        "invalid_scope",
+        refused.param("state").as_deref(),
+        "scope",
+    );
+    assert_eq!(refused.param("iss").as_deref(), Some(issuer.as_str()));
+    // ...and one the user causes.
+    let req = AuthRequest::new(&oidc.client.client_id, APP_CB)
+        .pkce(&Pkce::new())
+        .scope("read");
+    let denied = oidc
+        .server
+        .authorize_deciding(&mut oidc.browser, &oidc.user, &req, "deny")
+        .await;
+    assert_eq!(denied.param("error").as_deref(), Some("access_denied"));
+    assert_eq!(denied.param("iss").as_deref(), Some(issuer.as_str()));
+    for document in [
+        "/.well-known/oauth-authorization-server",
+        "/.well-known/openid-configuration",
+    ] {
+        let metadata = oidc.server.get(document).await.json();
+        assert_eq!(
+            metadata["authorization_response_iss_parameter_supported"], true,
+            "{document}"
+        );
+    }
+    oidc.server.stop().await;
+}
+
+/// The id_token's claims (OIDC.md 10, but `sid` and `azp` come with login sessions) and
+/// its signature (OIDC.md 11 for the default RS256), checked as a relying party would:
+/// `iss` exact, `sub` the user's id as introspection names it, `aud` the client,
+/// `exp` after `iat`, `auth_time` the sign-in, a `kid` from the JWKS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_token_names_the_issuer_user_client_and_sign_in_and_verifies_from_the_jwks() {
+    let mut oidc = Oidc::start(&[]).await;
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let tokens = oidc.tokens("openid read", &[]).await;
+    let id_token = tokens["id_token"].as_str().expect("id_token");
+    let claims = verified_claims(&oidc.server, id_token, &oidc.client.client_id).await;
+    assert_eq!(claims["iss"], oidc.issuer().as_str());
+    let introspected = oidc
+        .server
+        .introspection(
+            &oidc.rs,
+            tokens["access_token"].as_str().expect("access_token"),
+        )
+        .await;
+    assert_eq!(
+        claims["sub"], introspected["sub"],
+        "one subject for the user"
+    );
+    let sub = claims["sub"].as_str().expect("sub");
+    assert!(!sub.is_empty() && sub.len() <= 255 && sub.is_ascii());
+    let (iat, exp) = (
+        claims["iat"].as_i64().expect("iat"),
+        claims["exp"].as_i64().expect("exp"),
+    );
+    assert!(exp > iat && iat >= before - 1, "{claims}");
+    let auth_time = claims["auth_time"].as_i64().expect("auth_time");
+    assert!(auth_time <= iat && auth_time >= before - 1, "{claims}");
+    // The same user through a second grant: the same sub, an earlier-or-equal sign-in.
+    let again = oidc.tokens("openid", &[]).await;
+    let claims2 = verified_claims(
+        &oidc.server,
+        again["id_token"].as_str().expect("id_token"),
+        &oidc.client.client_id,
+    )
+    .await;
+    assert_eq!(claims2["sub"], claims["sub"]);
+    assert_eq!(
+        claims2["auth_time"], claims["auth_time"],
+        "the same sign-in session"
+    );
+    oidc.server.stop().await;
+}
+
+/// The discovery document matches the RFC 8414 metadata and advertises only what is
+/// implemented (OIDC.md 1, less `end_session_endpoint`, which comes with logout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openid_configuration_matches_the_rfc8414_metadata() {
+    let server = TestServer::start().await;
+    let oidc = server.get("/.well-known/openid-configuration").await;
+    assert_eq!(oidc.status, 200, "{}", oidc.describe());
+    let oidc = oidc.json();
+    let oauth = server
+        .get("/.well-known/oauth-authorization-server")
+        .await
+        .json();
+    assert_eq!(oidc["issuer"], oauth["issuer"]);
+    assert_eq!(oidc["issuer"].as_str(), Some(server.base_url()));
+    for field in ["authorization_endpoint", "token_endpoint", "jwks_uri"] {
+        assert_eq!(oidc[field], oauth[field], "{field}");
+    }
+    assert_eq!(
+        oidc["response_types_supported"],
+        serde_json::json!(["code"])
+    );
+    assert_eq!(
+        oidc["code_challenge_methods_supported"],
+        serde_json::json!(["S256"])
+    );
+    let has = |field: &str, value: &str| {
+        oidc[field]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|v| v == value))
+    };
+    assert!(has("subject_types_supported", "public"));
+    assert!(has("id_token_signing_alg_values_supported", "RS256"));
+    assert!(!has("id_token_signing_alg_values_supported", "none"));
+    assert!(has("scopes_supported", "openid"));
+    assert!(has("claims_supported", "sub") && has("claims_supported", "nonce"));
+    assert_eq!(
+        oidc["userinfo_endpoint"].as_str(),
+        Some(format!("{}/userinfo", server.base_url()).as_str())
+    );
+    assert!(has("scopes_supported", "profile") && has("scopes_supported", "email"));
+    // Nothing is advertised that is not served.
+    for field in ["end_session_endpoint", "registration_endpoint"] {
+        assert!(
+            oidc.get(field).is_none(),
+            "{field} advertised before it exists"
+        );
+    }
+    server.stop().await;
+}
+
+/// A rotation of the RS256 key: id_tokens signed before it keep verifying from the JWKS,
+/// and new ones carry the new `kid` once it signs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_key_rotation_earlier_id_tokens_verify_and_new_ones_name_the_new_key() {
+    let mut oidc = Oidc::start(&[("VALET_KEY_PUBLISH_LEAD", "2")]).await;
+    let first = oidc.tokens("openid", &[]).await;
+    let first = first["id_token"].as_str().expect("id_token").to_owned();
+    let old_kid = jsonwebtoken::decode_header(&first).expect("header").kid;
+    let out = oidc
+        .server
+        .cli(&["keys", "rotate", "--algorithm", "RS256", "--json"], None)
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rotated: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let new_kid = rotated["kid"].as_str().expect("kid").to_owned();
+    let start = Instant::now();
+    let latest = loop {
+        let tokens = oidc.tokens("openid", &[]).await;
+        let id_token = tokens["id_token"].as_str().expect("id_token").to_owned();
+        let kid = jsonwebtoken::decode_header(&id_token).expect("header").kid;
+        // Until the new key signs, the old one does; never anything else.
+        assert!(
+            kid == old_kid || kid.as_deref() == Some(new_kid.as_str()),
+            "{kid:?}"
+        );
+        if kid.as_deref() == Some(new_kid.as_str()) {
+            break id_token;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the new key never signed"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    verified_claims(&oidc.server, &latest, &oidc.client.client_id).await;
+    verified_claims(&oidc.server, &first, &oidc.client.client_id).await;
+    oidc.server.stop().await;
+}
+
+async fn userinfo_get(server: &TestServer, token: Option<&str>) -> valet_tests::server::Resp {
+    let mut req = server.http().get(server.url("/userinfo"));
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    let started = Instant::now();
+    valet_tests::server::Resp::read(req.send().await.expect("GET /userinfo"), started).await
+}
+
+async fn userinfo_post(server: &TestServer, token: &str) -> valet_tests::server::Resp {
+    let started = Instant::now();
+    let resp = server
+        .http()
+        .post(server.url("/userinfo"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("POST /userinfo");
+    valet_tests::server::Resp::read(resp, started).await
+}
+
+#[track_caller]
+fn assert_invalid_token(resp: &valet_tests::server::Resp, what: &str) {
+    assert_eq!(resp.status, 401, "{what}: {}", resp.describe());
+    let challenge = resp.header("www-authenticate").unwrap_or_default();
+    assert!(
+        challenge.starts_with("Bearer") && challenge.contains("error=\"invalid_token\""),
+        "{what}: {challenge}"
+    );
+}
+
+/// o13: GET and POST /userinfo with a bearer token: `sub` equal to the id_token's, and
+/// only the claims the granted scopes allow; `Cache-Control: no-store`. The profile is
+/// set with the CLI and recorded as an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o13_userinfo_serves_the_claims_the_scopes_allow() {
+    let mut oidc = Oidc::start(&[]).await;
+    let out = oidc
+        .server
+        .cli(
+            &[
+                "user",
+                "update",
+                "alice",
+                "--name",
+                "Alice Liddell",
+                "--email",
+                "alice@example.com",
+                "--email-verified",
+                "true",
+            ],
+            None,
+        )
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(oidc.server.events_of("UserProfileChanged").await.len(), 1);
+
+    let all = oidc.tokens("openid profile email", &[]).await;
+    let claims = verified_claims(
+        &oidc.server,
+        all["id_token"].as_str().expect("id_token"),
+        &oidc.client.client_id,
+    )
+    .await;
+    let token = all["access_token"].as_str().expect("access_token");
+    for resp in [
+        userinfo_get(&oidc.server, Some(token)).await,
+        userinfo_post(&oidc.server, token).await,
+    ] {
+        assert_eq!(resp.status, 200, "{}", resp.describe());
+        assert!(resp.no_store(), "{}", resp.describe());
+        let info = resp.json();
+        assert_eq!(info["sub"], claims["sub"]);
+        assert_eq!(info["name"], "Alice Liddell");
+        assert_eq!(info["preferred_username"], "alice");
+        assert_eq!(info["email"], "alice@example.com");
+        assert_eq!(info["email_verified"], true);
+    }
+
+    let only_openid = oidc.tokens("openid", &[]).await;
+    let info = userinfo_get(&oidc.server, only_openid["access_token"].as_str())
+        .await
+        .json();
+    assert_eq!(
+        info.as_object().map(|o| o.len()),
+        Some(1),
+        "sub only: {info}"
+    );
+    let profile = oidc.tokens("openid profile", &[]).await;
+    let info = userinfo_get(&oidc.server, profile["access_token"].as_str())
+        .await
+        .json();
+    assert_eq!(info["name"], "Alice Liddell");
+    assert!(info.get("email").is_none(), "{info}");
+    let email = oidc.tokens("openid email", &[]).await;
+    let info = userinfo_get(&oidc.server, email["access_token"].as_str())
+        .await
+        .json();
+    assert_eq!(info["email"], "alice@example.com");
+    assert!(info.get("name").is_none(), "{info}");
+    oidc.server.stop().await;
+}
+
+/// o14: no `openid` in the token's scope → 403 insufficient_scope; a missing, invalid,
+/// expired or revoked token → 401 `Bearer error="invalid_token"`; a token in the query
+/// string is not honoured; a disabled user's claims are never served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o14_userinfo_refuses_tokens_without_openid_or_validity() {
+    let mut oidc = Oidc::start(&[("VALET_ACCESS_TOKEN_TTL", "3")]).await;
+    let plain = oidc.tokens("read", &[]).await;
+    let resp = userinfo_get(&oidc.server, plain["access_token"].as_str()).await;
+    assert_eq!(resp.status, 403, "{}", resp.describe());
+    assert!(resp
+        .header("www-authenticate")
+        .is_some_and(|c| c.contains("error=\"insufficient_scope\"")));
+
+    assert_invalid_token(&userinfo_get(&oidc.server, None).await, "no token");
+    assert_invalid_token(
+        &userinfo_get(&oidc.server, Some("valet_at_not-a-token")).await,
+        "an unknown token",
+    );
+    let revoked = oidc.tokens("openid", &[]).await;
+    let revoked = revoked["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned();
+    let resp = oidc
+        .server
+        .revoke(&oidc.client.auth(), &revoked, None)
+        .await;
+    assert_eq!(resp.status, 200);
+    assert_invalid_token(
+        &userinfo_get(&oidc.server, Some(&revoked)).await,
+        "a revoked token",
+    );
+
+    let good = oidc.tokens("openid", &[]).await;
+    let good = good["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned();
+    let in_query = oidc
+        .server
+        .get(&format!("/userinfo?access_token={good}"))
+        .await;
+    assert_invalid_token(&in_query, "a token in the query string");
+    assert_eq!(userinfo_get(&oidc.server, Some(&good)).await.status, 200);
+
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    assert_invalid_token(
+        &userinfo_get(&oidc.server, Some(&good)).await,
+        "an expired token",
+    );
+
+    let fresh = oidc.tokens("openid", &[]).await;
+    let fresh = fresh["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned();
+    assert_eq!(userinfo_get(&oidc.server, Some(&fresh)).await.status, 200);
+    oidc.server.disable_user("alice").await;
+    assert_invalid_token(
+        &userinfo_get(&oidc.server, Some(&fresh)).await,
+        "a disabled user",
+    );
+    oidc.server.stop().await;
 }

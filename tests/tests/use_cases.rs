@@ -63,6 +63,8 @@ async fn a_rejection_records_its_events<S: EventStore>(store: &S) {
         scope: ScopeSet::parse("read").expect("scope"),
         pkce: None,
         grant_id: GrantId::new(Uuid::now_v7()),
+        nonce: None,
+        auth_time: now,
         at: now,
         ttl: CodeTtl::new(60).expect("ttl"),
     };

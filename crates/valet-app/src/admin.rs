@@ -13,6 +13,14 @@ use crate::ports::{EventStore, StoreError};
 use crate::read::{ClientSummary, ReadModels};
 use crate::secrets::{self, SecretKind};
 
+/// A change to a user's profile claims; `None` keeps the current value.
+#[derive(Debug, Clone, Default)]
+pub struct ProfileUpdate {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub email_status: Option<user::EmailStatus>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     /// The input breaks a rule; the message says which, for the operator.
@@ -219,6 +227,62 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         .map_err(failed)?;
         self.reads.set_password(user_id, &hash).await?;
         Ok(user_id)
+    }
+
+    /// Changes a user's profile claims: each field given replaces the current one
+    /// (`None` leaves it as it is); recorded only when something changed.
+    pub async fn update_user_profile(
+        &self,
+        username: &str,
+        update: ProfileUpdate,
+        meta: &RequestMeta,
+    ) -> Result<user::Profile, AdminError> {
+        let not_found = || AdminError::NotFound(format!("user {username}"));
+        let name = Username::parse(username).map_err(|_| not_found())?;
+        let found = self
+            .reads
+            .user_by_name(&name)
+            .await?
+            .ok_or_else(not_found)?;
+        let stream = StreamId::user(&found.user_id);
+        let current = crate::aggregate::load::<agg::User, S>(&self.store, &stream)
+            .await
+            .map_err(failed)?
+            .state
+            .user()
+            .map(|u| u.profile.clone())
+            .ok_or_else(not_found)?;
+        let profile = user::Profile {
+            name: match update.name {
+                Some(name) => Some(
+                    user::PersonName::parse(&name)
+                        .map_err(|e| AdminError::Invalid(format!("--name: {e}")))?,
+                ),
+                None => current.name,
+            },
+            email: match update.email {
+                Some(email) => Some(
+                    user::Email::parse(&email)
+                        .map_err(|e| AdminError::Invalid(format!("--email: {e}")))?,
+                ),
+                None => current.email,
+            },
+            email_status: update.email_status.unwrap_or(current.email_status),
+        };
+        let command = user::Command::SetProfile {
+            profile: profile.clone(),
+            at: self.now(),
+        };
+        execute::<agg::User, S>(
+            &self.store,
+            self.ids(),
+            &stream,
+            command,
+            &meta.metadata(ADMIN.to_owned()),
+        )
+        .await
+        .map_err(failed)?;
+        Ok(profile)
     }
 
     /// Disables the user and revokes every grant made on their behalf.

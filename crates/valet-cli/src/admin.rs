@@ -4,10 +4,22 @@ use std::io::Read;
 
 use anyhow::Context;
 use serde_json::json;
-use valet_app::admin::{ClientType, NewClient};
+use valet_app::admin::{ClientType, NewClient, ProfileUpdate};
 use valet_app::oauth::RequestMeta;
+use valet_domain::user::EmailStatus;
 
-use crate::{wiring, ClientCommand, UserCommand};
+use crate::{wiring, ClientCommand, ProfileArgs, UserCommand};
+
+fn profile_update(args: ProfileArgs) -> ProfileUpdate {
+    ProfileUpdate {
+        name: args.name,
+        email: args.email,
+        email_status: args.email_verified.map(|verified| match verified {
+            true => EmailStatus::Verified,
+            false => EmailStatus::Unverified,
+        }),
+    }
+}
 
 pub async fn client(database_url: &str, command: ClientCommand) -> anyhow::Result<()> {
     let oauth = wiring::oauth(database_url, wiring::admin_settings(), 4).await?;
@@ -102,7 +114,9 @@ pub async fn user(database_url: &str, command: UserCommand) -> anyhow::Result<()
     let oauth = wiring::oauth(database_url, wiring::admin_settings(), 4).await?;
     let meta = RequestMeta::default();
     match command {
-        UserCommand::Create { username, .. } => {
+        UserCommand::Create {
+            username, profile, ..
+        } => {
             let mut password = String::new();
             std::io::stdin()
                 .read_to_string(&mut password)
@@ -115,7 +129,28 @@ pub async fn user(database_url: &str, command: UserCommand) -> anyhow::Result<()
                 .create_user(&username, password, &meta)
                 .await
                 .context("user create")?;
+            if !profile.is_empty() {
+                oauth
+                    .update_user_profile(&username, profile_update(profile), &meta)
+                    .await
+                    .context("user create")?;
+            }
             println!("created user {username} ({user_id})");
+        }
+        UserCommand::Update { username, profile } => {
+            let profile = oauth
+                .update_user_profile(&username, profile_update(profile), &meta)
+                .await
+                .context("user update")?;
+            println!(
+                "user {username}: name {}, email {} ({})",
+                profile.name.as_ref().map_or("-", |n| n.as_str()),
+                profile.email.as_ref().map_or("-", |e| e.as_str()),
+                match profile.email_status {
+                    EmailStatus::Verified => "verified",
+                    EmailStatus::Unverified => "not verified",
+                }
+            );
         }
         UserCommand::Disable { username } => {
             let revoked = oauth

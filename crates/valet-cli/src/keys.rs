@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde_json::json;
 use tokio::sync::watch;
-use valet_app::keys::{Jwks, Kek, KeyPolicy, SigningKeys, ACTOR_OPERATOR};
+use valet_app::keys::{ActiveKeys, Jwks, Kek, KeyPolicy, SigningKeys, ACTOR_OPERATOR};
 use valet_app::SystemClock;
 use valet_domain::signing_key::{Algorithm, Key, KeyId, Stage};
 use valet_store::PgEventStore;
@@ -88,9 +88,16 @@ pub fn signing_keys(store: &PgEventStore, kek: Kek, policy: KeyPolicy) -> PgSign
     SigningKeys::new(store.clone(), store.clone(), SystemClock, kek, policy)
 }
 
+/// What the key ring gives the server: the JWKS to serve and the keys to sign with.
+pub struct Ring {
+    pub jwks: watch::Receiver<Arc<Jwks>>,
+    pub signer: Arc<ActiveKeys>,
+}
+
 /// The server's key ring: checked and bootstrapped at start, then every second keys
-/// whose publication lead has passed are activated and the JWKS refreshed.
-pub async fn start_ring(keys: PgSigningKeys) -> anyhow::Result<watch::Receiver<Arc<Jwks>>> {
+/// whose publication lead has passed are activated, and the JWKS and the signer
+/// refreshed.
+pub async fn start_ring(keys: PgSigningKeys) -> anyhow::Result<Ring> {
     keys.check_kek().await.context(
         "the key-encryption key does not open the signing keys: give this replica the KEK the \
          others use (--key-encryption-key-file or VALET_KEY_ENCRYPTION_KEY)",
@@ -98,12 +105,21 @@ pub async fn start_ring(keys: PgSigningKeys) -> anyhow::Result<watch::Receiver<A
     keys.ensure()
         .await
         .context("create the first signing keys")?;
+    let signer = Arc::new(ActiveKeys::default());
+    signer
+        .refresh(&keys)
+        .await
+        .context("load the active signing keys")?;
     let (tx, rx) = watch::channel(Arc::new(keys.jwks().await.context("read the JWKS")?));
+    let active = signer.clone();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             if let Err(error) = keys.activate_due().await {
                 tracing::warn!(%error, "cannot activate due signing keys; retrying");
+            }
+            if let Err(error) = active.refresh(&keys).await {
+                tracing::warn!(%error, "cannot load the active signing keys; signing with the last ones");
             }
             match keys.jwks().await {
                 Ok(jwks) => {
@@ -120,7 +136,7 @@ pub async fn start_ring(keys: PgSigningKeys) -> anyhow::Result<watch::Receiver<A
             }
         }
     });
-    Ok(rx)
+    Ok(Ring { jwks: rx, signer })
 }
 
 fn row(key: &Key) -> serde_json::Value {

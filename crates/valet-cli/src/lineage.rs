@@ -29,6 +29,7 @@ fn describe(event: &Event) -> String {
             format!("user {username} registered")
         }
         Event::User(user::Event::UserDisabled { .. }) => "user disabled".to_owned(),
+        Event::User(user::Event::UserProfileChanged { .. }) => "user profile changed".to_owned(),
         Event::Consent(consent::Event::ConsentGiven { scope, .. }) => {
             format!("consent given for \"{scope}\"")
         }

@@ -308,6 +308,26 @@ enum ClientCommand {
     },
 }
 
+/// A user's profile claims, served to apps granted `profile` or `email`.
+#[derive(Args, Debug, Clone, Default)]
+struct ProfileArgs {
+    /// The person's name (the `name` claim).
+    #[arg(long)]
+    name: Option<String>,
+    /// Their email address (the `email` claim).
+    #[arg(long)]
+    email: Option<String>,
+    /// Whether you vouch for the email address (`email_verified`): true or false.
+    #[arg(long, value_name = "BOOL")]
+    email_verified: Option<bool>,
+}
+
+impl ProfileArgs {
+    fn is_empty(&self) -> bool {
+        self.name.is_none() && self.email.is_none() && self.email_verified.is_none()
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum UserCommand {
     /// Create a user; the password is read from standard input (one trailing newline is
@@ -318,6 +338,16 @@ enum UserCommand {
         /// Read the password from standard input (the only way: never on the command line).
         #[arg(long = "password-stdin", required = true)]
         password_stdin: bool,
+        #[command(flatten)]
+        profile: ProfileArgs,
+    },
+    /// Change a user's profile claims (what apps see through OpenID Connect); options
+    /// not given keep their value.
+    Update {
+        #[arg(value_name = "USERNAME")]
+        username: String,
+        #[command(flatten)]
+        profile: ProfileArgs,
     },
     /// Disable a user and revoke every grant made on their behalf.
     Disable {
@@ -454,7 +484,7 @@ async fn serve(database_url: &str, kek: &KekArgs, config: ServeArgs) -> anyhow::
         .shared_secret("session_key", candidate)
         .await
         .context("load the session key")?;
-    let jwks = keys::start_ring(keys::signing_keys(
+    let ring = keys::start_ring(keys::signing_keys(
         &oauth.store,
         keys::load_kek(kek)?,
         kek.policy(),
@@ -483,14 +513,14 @@ async fn serve(database_url: &str, kek: &KekArgs, config: ServeArgs) -> anyhow::
 
     let attempts = Arc::new(valet_store::PgAttempts::new(oauth.store.clone()));
     let state = Arc::new(
-        valet_http::AppState::new(oauth, session_key)
+        valet_http::AppState::new(oauth.with_jwt_signer(ring.signer), session_key)
             .with_attempts(attempts)
             .with_trusted_proxies(valet_http::TrustedProxies::new(config.trusted_proxies))
             .with_failure_limits(valet_http::FailureLimits::per_minute(
                 config.failed_auth_per_minute,
             ))
             .with_relay(relay_status)
-            .with_jwks(jwks),
+            .with_jwks(ring.jwks),
     );
     let app = valet_http::router(state);
     tracing::info!(listen = %addr, %issuer, "valet serving");

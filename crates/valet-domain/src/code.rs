@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{domain_event, Rejection};
 use crate::ids::{ClientId, GrantId, UserId, Username};
+use crate::oidc::Nonce;
 use crate::pkce::{PkceChallenge, PkceVerifier};
 use crate::redirect::RedirectUri;
 use crate::scope::ScopeSet;
@@ -34,6 +35,9 @@ pub enum Command {
         pkce: Option<PkceChallenge>,
         /// Pre-assigned so a replay can name the grant to revoke.
         grant_id: GrantId,
+        /// OpenID Connect: the request's nonce, and when the user signed in.
+        nonce: Option<Nonce>,
+        auth_time: Timestamp,
         at: Timestamp,
         ttl: CodeTtl,
     },
@@ -46,6 +50,9 @@ pub enum Command {
     },
 }
 
+// A code stream holds one `CodeIssued` and at most a few small events; boxing the large
+// variant would only add an allocation to every issue and replay.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub enum Event {
@@ -59,6 +66,10 @@ pub enum Event {
         scope: ScopeSet,
         pkce: Option<PkceChallenge>,
         grant_id: GrantId,
+        /// Since schema version 2; `null` in upcast version-1 events.
+        nonce: Option<Nonce>,
+        /// When the user signed in; since schema version 2 (`null` in upcast ones).
+        auth_time: Option<Timestamp>,
         issued_at: Timestamp,
         expires_at: Timestamp,
     },
@@ -119,6 +130,8 @@ pub struct IssuedCode {
     pub scope: ScopeSet,
     pub pkce: Option<PkceChallenge>,
     pub grant_id: GrantId,
+    pub nonce: Option<Nonce>,
+    pub auth_time: Option<Timestamp>,
     pub issued_at: Timestamp,
     pub expires_at: Timestamp,
 }
@@ -169,6 +182,8 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Rejection<Event
             scope,
             pkce,
             grant_id,
+            nonce,
+            auth_time,
             at,
             ttl,
         } => {
@@ -188,6 +203,8 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Rejection<Event
                 scope,
                 pkce,
                 grant_id,
+                nonce,
+                auth_time: Some(auth_time),
                 issued_at: at,
                 expires_at: at.plus_seconds(ttl.seconds()),
             }])
@@ -273,6 +290,8 @@ pub fn evolve(mut state: State, event: &Event) -> State {
             scope,
             pkce,
             grant_id,
+            nonce,
+            auth_time,
             issued_at,
             expires_at,
         } => {
@@ -286,6 +305,8 @@ pub fn evolve(mut state: State, event: &Event) -> State {
                 scope: scope.clone(),
                 pkce: pkce.clone(),
                 grant_id: *grant_id,
+                nonce: nonce.clone(),
+                auth_time: *auth_time,
                 issued_at: *issued_at,
                 expires_at: *expires_at,
             });
@@ -357,6 +378,8 @@ mod tests {
             scope: scopes("read"),
             pkce: pkce.map(|c| PkceChallenge::parse(c).unwrap()),
             grant_id: grant_id(),
+            nonce: Some(Nonce::parse("n-0S6_WzA2Mj").unwrap()),
+            auth_time: at(-5_000),
             at: T0,
             ttl: CodeTtl::new(TTL_SECONDS).unwrap(),
         }
@@ -410,6 +433,10 @@ mod tests {
         };
         assert_eq!(issued_at, T0);
         assert_eq!(expires_at, at(60_000));
+        let state = State::from_events(&[issued()]);
+        let code = state.issued().unwrap();
+        assert_eq!(code.nonce.as_ref().map(Nonce::as_str), Some("n-0S6_WzA2Mj"));
+        assert_eq!(code.auth_time, Some(at(-5_000)));
         given(&[issued()])
             .when(issue_cmd(RedirectUriPresence::Sent, None))
             .then_rejected(Error::AlreadyIssued, &[]);
@@ -442,6 +469,8 @@ mod tests {
                 scope: ScopeSet::default(),
                 pkce,
                 grant_id: grant_id(),
+                nonce: None,
+                auth_time: at,
                 at,
                 ttl,
             })

@@ -107,10 +107,25 @@ pub(crate) struct Upcaster {
 }
 
 /// The event types whose current schema version is above 1. Every other type is at 1.
-const CURRENT_VERSIONS: &[(&str, u32)] = &[];
+const CURRENT_VERSIONS: &[(&str, u32)] = &[("CodeIssued", 2)];
 
 /// Every upcaster ever needed, one per (event type, from version).
-const UPCASTERS: &[Upcaster] = &[];
+const UPCASTERS: &[Upcaster] = &[Upcaster {
+    event_type: "CodeIssued",
+    from: 1,
+    upcast: code_issued_v1_to_v2,
+}];
+
+/// `CodeIssued` v2 (OpenID Connect) adds the request's `nonce` and the sign-in time
+/// `auth_time`; a version-1 code had neither.
+fn code_issued_v1_to_v2(mut payload: Value) -> Result<Value, String> {
+    let fields = payload
+        .as_object_mut()
+        .ok_or_else(|| "the payload is not an object".to_owned())?;
+    fields.insert("nonce".to_owned(), Value::Null);
+    fields.insert("auth_time".to_owned(), Value::Null);
+    Ok(payload)
+}
 
 /// The schema of the log: current versions and the upcasters that reach them.
 #[derive(Debug, Clone, Copy)]
@@ -303,7 +318,7 @@ pub(crate) use domain_event;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{client, code, consent, grant, user};
+    use crate::{client, code, consent, grant, signing_key, user};
     use serde_json::json;
 
     #[test]
@@ -314,13 +329,14 @@ mod tests {
             code::Event::EVENT_TYPES,
             grant::Event::EVENT_TYPES,
             consent::Event::EVENT_TYPES,
+            signing_key::Event::EVENT_TYPES,
         ]
         .concat();
         let mut unique = all.clone();
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), all.len(), "{all:?}");
-        assert_eq!(all.len(), 14);
+        assert_eq!(all.len(), 19);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod few;
 pub mod grant;
 pub mod ids;
 pub mod log_event;
+pub mod oidc;
 pub mod pkce;
 pub mod redirect;
 pub mod scope;

@@ -8,6 +8,95 @@ use crate::event::domain_event;
 use crate::ids::{UserId, Username};
 use crate::time::Timestamp;
 
+/// A person's name as shown to apps (the `name` claim): 1 to 200 characters, no control
+/// characters, surrounding whitespace trimmed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PersonName(String);
+
+/// An email address (the `email` claim): one `@` with text on both sides, no whitespace
+/// or control characters, at most 254 characters (RFC 5321 §4.5.3.1.3). Valet does not
+/// deliver mail; whether an address is verified is the operator's statement.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Email(String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProfileError {
+    #[error("a name is 1 to 200 characters without control characters")]
+    Name,
+    #[error("an email address is local@domain, at most 254 characters, without spaces")]
+    Email,
+}
+
+impl PersonName {
+    pub fn parse(s: &str) -> Result<Self, ProfileError> {
+        let s = s.trim();
+        if s.is_empty() || s.chars().count() > 200 || s.chars().any(char::is_control) {
+            return Err(ProfileError::Name);
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Email {
+    pub fn parse(s: &str) -> Result<Self, ProfileError> {
+        let ok = s.len() <= 254
+            && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+            && s.split_once('@').is_some_and(|(local, domain)| {
+                !local.is_empty() && !domain.is_empty() && !domain.contains('@')
+            });
+        if !ok {
+            return Err(ProfileError::Email);
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+macro_rules! profile_string {
+    ($name:ident) => {
+        impl TryFrom<String> for $name {
+            type Error = ProfileError;
+            fn try_from(s: String) -> Result<Self, ProfileError> {
+                Self::parse(&s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(v: $name) -> Self {
+                v.0
+            }
+        }
+    };
+}
+profile_string!(PersonName);
+profile_string!(Email);
+
+/// Whether the operator vouches for the email address (`email_verified`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmailStatus {
+    #[default]
+    Unverified,
+    Verified,
+}
+
+/// The claims a user's profile gives apps, beyond `sub` and `preferred_username`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Profile {
+    pub name: Option<PersonName>,
+    pub email: Option<Email>,
+    pub email_status: EmailStatus,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Register {
@@ -16,6 +105,11 @@ pub enum Command {
         at: Timestamp,
     },
     Disable {
+        at: Timestamp,
+    },
+    /// Replace the profile; nothing is recorded when it is unchanged.
+    SetProfile {
+        profile: Profile,
         at: Timestamp,
     },
 }
@@ -31,10 +125,15 @@ pub enum Event {
     UserDisabled {
         at: Timestamp,
     },
+    UserProfileChanged {
+        profile: Profile,
+        at: Timestamp,
+    },
 }
 domain_event!(Event {
     UserRegistered,
-    UserDisabled
+    UserDisabled,
+    UserProfileChanged
 });
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +150,7 @@ pub struct User {
     pub username: Username,
     pub registered_at: Timestamp,
     pub disabled_at: Option<Timestamp>,
+    pub profile: Profile,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -93,6 +193,11 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Error> {
             Some(u) if u.disabled_at.is_some() => Ok(vec![]),
             Some(_) => Ok(vec![Event::UserDisabled { at }]),
         },
+        Command::SetProfile { profile, at } => match state.user() {
+            None => Err(Error::NotFound),
+            Some(u) if u.profile == profile => Ok(vec![]),
+            Some(_) => Ok(vec![Event::UserProfileChanged { profile, at }]),
+        },
     }
 }
 
@@ -110,9 +215,14 @@ pub fn evolve(state: State, event: &Event) -> State {
             username: username.clone(),
             registered_at: *at,
             disabled_at: None,
+            profile: Profile::default(),
         })),
         (Some(mut user), Event::UserDisabled { at }) => {
             user.disabled_at.get_or_insert(*at);
+            State(Some(user))
+        }
+        (Some(mut user), Event::UserProfileChanged { profile, .. }) => {
+            user.profile = profile.clone();
             State(Some(user))
         }
         // decide never produces other sequences; replay stays total regardless.
@@ -184,6 +294,52 @@ mod tests {
             .then_nothing();
     }
 
+    fn profile() -> Profile {
+        Profile {
+            name: Some(PersonName::parse("Alice Liddell").unwrap()),
+            email: Some(Email::parse("alice@example.com").unwrap()),
+            email_status: EmailStatus::Verified,
+        }
+    }
+
+    #[test]
+    fn a_profile_change_is_recorded_once_and_replaces_the_profile() {
+        let set = Command::SetProfile {
+            profile: profile(),
+            at: T1,
+        };
+        given(&[]).when(set.clone()).then_error(Error::NotFound);
+        let changed = Event::UserProfileChanged {
+            profile: profile(),
+            at: T1,
+        };
+        given(&[registered()])
+            .when(set.clone())
+            .then_events(std::slice::from_ref(&changed));
+        given(&[registered(), changed.clone()])
+            .when(set)
+            .then_nothing();
+        let state = State::from_events(&[registered(), changed]);
+        assert_eq!(state.user().unwrap().profile, profile());
+    }
+
+    #[test]
+    fn names_and_emails_are_checked() {
+        assert_eq!(PersonName::parse("  Alice  ").unwrap().as_str(), "Alice");
+        assert!(PersonName::parse("").is_err());
+        assert!(PersonName::parse("a\nb").is_err());
+        assert!(Email::parse("alice@example.com").is_ok());
+        for bad in [
+            "alice",
+            "@example.com",
+            "alice@",
+            "a b@example.com",
+            "a@b@c",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn state_queries() {
         assert!(!State::default().is_active());
@@ -199,7 +355,14 @@ mod tests {
     fn events_round_trip_without_secrets() {
         use crate::event::DomainEvent;
         testing::assert_round_trips(
-            &[registered(), Event::UserDisabled { at: T1 }],
+            &[
+                registered(),
+                Event::UserDisabled { at: T1 },
+                Event::UserProfileChanged {
+                    profile: profile(),
+                    at: T1,
+                },
+            ],
             Event::EVENT_TYPES,
         );
         let payload = registered().to_payload();

@@ -17,13 +17,13 @@ use valet_app::oauth::{
 };
 use valet_app::read::ReadModels;
 use valet_app::{Clock, EventStore, Readiness};
-use valet_domain::UserId;
+use valet_domain::Timestamp;
 
 use crate::html::{self, ConsentView, Hidden, LoginNotice, LoginView};
 use crate::limits;
 use crate::observe::RequestContext;
 use crate::params::{append_query, encode_pairs, Params};
-use crate::signing::{self, SESSION_SECONDS};
+use crate::signing::{self, Session, SESSION_SECONDS};
 use crate::{read_form, AppState};
 
 pub const SESSION_COOKIE: &str = "valet_session";
@@ -63,6 +63,7 @@ impl Incoming {
                 state: value("state"),
                 code_challenge: value("code_challenge"),
                 code_challenge_method: value("code_challenge_method"),
+                nonce: value("nonce"),
             },
             repeat,
         }
@@ -79,6 +80,7 @@ fn param_pairs(p: &AuthorizeParams) -> Vec<(&'static str, &str)> {
         ("state", &p.state),
         ("code_challenge", &p.code_challenge),
         ("code_challenge_method", &p.code_challenge_method),
+        ("nonce", &p.nonce),
     ]
     .into_iter()
     .filter_map(|(name, value)| value.as_deref().map(|v| (name, v)))
@@ -118,9 +120,10 @@ fn redirect(answering: Answering, location: &str) -> Response {
     res
 }
 
-/// Sends an error back to the client (RFC 6749 §4.1.2.1).
+/// Sends an error back to the client (RFC 6749 §4.1.2.1), naming the issuer (RFC 9207).
 fn redirect_error(
     answering: Answering,
+    issuer: &str,
     redirect_uri: &str,
     code: ErrorCode,
     description: &str,
@@ -128,6 +131,7 @@ fn redirect_error(
 ) -> Response {
     let mut pairs = vec![("error", code.as_str()), ("error_description", description)];
     pairs.extend(state.map(|s| ("state", s)));
+    pairs.push(("iss", issuer));
     redirect(answering, &append_query(redirect_uri, &pairs))
 }
 
@@ -183,6 +187,7 @@ where
     let repeated = |redirect_uri: &str| {
         redirect_error(
             answering,
+            &app.oauth.settings.issuer,
             redirect_uri,
             ErrorCode::InvalidRequest,
             "a parameter was repeated",
@@ -204,6 +209,7 @@ where
             state,
         }) => Err(redirect_error(
             answering,
+            &app.oauth.settings.issuer,
             &redirect_uri,
             code,
             description,
@@ -257,7 +263,7 @@ impl CookieTransport {
 }
 
 /// The user of a valid session cookie, if any.
-fn session_user<S, R, C: Clock>(app: &AppState<S, R, C>, headers: &HeaderMap) -> Option<UserId> {
+fn session<S, R, C: Clock>(app: &AppState<S, R, C>, headers: &HeaderMap) -> Option<Session> {
     let now = app.oauth.clock.now().as_unix_seconds();
     cookies(headers, SESSION_COOKIE).find_map(|v| app.signer.verify_session(v, now).ok())
 }
@@ -363,6 +369,7 @@ async fn issue_code<S, R, C>(
     app: &AppState<S, R, C>,
     ctx: &RequestContext,
     user: &AuthenticatedUser,
+    session: Session,
     request: &AuthorizationRequest,
     answering: Answering,
 ) -> Response
@@ -373,14 +380,22 @@ where
 {
     let redirect_uri = request.redirect_uri.as_str();
     let state = request.state.as_deref();
-    match app.oauth.approve(user, request, &ctx.meta()).await {
+    let issuer = app.oauth.settings.issuer.as_str();
+    let authenticated_at =
+        Timestamp::from_unix_millis(session.authenticated_at.saturating_mul(1000));
+    match app
+        .oauth
+        .approve(user, request, authenticated_at, &ctx.meta())
+        .await
+    {
         Ok(code) => {
             let mut pairs = vec![("code", code.as_str())];
             pairs.extend(state.map(|s| ("state", s)));
+            pairs.push(("iss", issuer));
             redirect(answering, &append_query(redirect_uri, &pairs))
         }
         Err(OAuthError::Protocol { code, description }) => {
-            redirect_error(answering, redirect_uri, code, description, state)
+            redirect_error(answering, issuer, redirect_uri, code, description, state)
         }
         Err(OAuthError::Unavailable(detail)) => unavailable(&detail),
     }
@@ -408,17 +423,17 @@ where
     };
     let params = &incoming.params;
     let sign_in = || login_form(&app, &headers, &request, params, "", LoginNotice::None);
-    let Some(user_id) = session_user(&app, &headers) else {
+    let Some(session) = session(&app, &headers) else {
         return sign_in();
     };
-    let user = match app.oauth.active_user(user_id).await {
+    let user = match app.oauth.active_user(session.user_id).await {
         Ok(Some(user)) => user,
         // Disabled or deleted since the session began: sign in again.
         Ok(None) => return sign_in(),
         Err(e) => return unavailable(&e),
     };
     match app.oauth.consent_covers(&user, &request).await {
-        Ok(true) => issue_code(&app, &ctx, &user, &request, Answering::Get).await,
+        Ok(true) => issue_code(&app, &ctx, &user, session, &request, Answering::Get).await,
         Ok(false) => consent_form(&app, &headers, &request, params, &user),
         Err(e) => unavailable(&e),
     }
@@ -472,8 +487,10 @@ where
         Ok(user_signed_in) => {
             limits::clear(attempts, &user).await;
             let user = user_signed_in;
-            let expires_at = app.oauth.clock.now().as_unix_seconds() + SESSION_SECONDS;
-            let session = app.signer.session(user.user_id, expires_at);
+            let signed_in_at = app.oauth.clock.now().as_unix_seconds();
+            let session =
+                app.signer
+                    .session(user.user_id, signed_in_at, signed_in_at + SESSION_SECONDS);
             let cookie = format!(
                 "{SESSION_COOKIE}={session}; Max-Age={SESSION_SECONDS}{}",
                 set_cookie_attributes(&app)
@@ -523,7 +540,7 @@ where
     if !csrf_matches(&app, &headers, &form) {
         return forbidden();
     }
-    let Some(user_id) = session_user(&app, &headers) else {
+    let Some(session) = session(&app, &headers) else {
         return forbidden();
     };
     let incoming = Incoming::read(&form);
@@ -538,15 +555,18 @@ where
             return no_redirect("Choose Allow or Deny. Go back to the application and start again.")
         }
     };
-    let user = match app.oauth.active_user(user_id).await {
+    let user = match app.oauth.active_user(session.user_id).await {
         Ok(Some(user)) => user,
         Ok(None) => return forbidden(),
         Err(e) => return unavailable(&e),
     };
     match decision {
-        Decision::Approve => issue_code(&app, &ctx, &user, &request, Answering::Post).await,
+        Decision::Approve => {
+            issue_code(&app, &ctx, &user, session, &request, Answering::Post).await
+        }
         Decision::Deny => redirect_error(
             Answering::Post,
+            &app.oauth.settings.issuer,
             request.redirect_uri.as_str(),
             ErrorCode::AccessDenied,
             "the user denied the request",

@@ -14,6 +14,7 @@ mod params;
 mod proxies;
 mod signing;
 mod token;
+mod userinfo;
 
 use std::sync::Arc;
 
@@ -147,7 +148,17 @@ where
         )
         .route(
             "/.well-known/oauth-authorization-server",
-            get(server_metadata::<S, R, C>),
+            get(discovery::server_metadata::<S, R, C>),
+        )
+        .route(
+            "/.well-known/openid-configuration",
+            get(discovery::openid_configuration::<S, R, C>),
+        )
+        .route(
+            "/userinfo",
+            get(userinfo::userinfo::<S, R, C>)
+                .post(userinfo::userinfo::<S, R, C>)
+                .layer(no_store()),
         )
         .route("/jwks.json", get(discovery::jwks::<S, R, C>))
         .route("/healthz", get(healthz))
@@ -188,55 +199,6 @@ pub(crate) fn read_form(headers: &HeaderMap, body: &[u8]) -> Result<Params, Form
         return Err(FormRejection::Repeated);
     }
     Ok(form)
-}
-
-/// RFC 8414 §2. Only what is implemented is advertised: no implicit or password grant,
-/// S256 only.
-#[derive(Serialize)]
-struct ServerMetadata<'a> {
-    issuer: &'a str,
-    authorization_endpoint: String,
-    token_endpoint: String,
-    revocation_endpoint: String,
-    introspection_endpoint: String,
-    jwks_uri: String,
-    response_types_supported: [&'static str; 1],
-    grant_types_supported: [&'static str; 3],
-    code_challenge_methods_supported: [&'static str; 1],
-    token_endpoint_auth_methods_supported: [&'static str; 3],
-    revocation_endpoint_auth_methods_supported: [&'static str; 2],
-    introspection_endpoint_auth_methods_supported: [&'static str; 2],
-}
-
-async fn server_metadata<S, R, C>(State(app): State<Arc<AppState<S, R, C>>>) -> Response
-where
-    S: EventStore + Readiness,
-    R: ReadModels,
-    C: Clock,
-{
-    let issuer = app.oauth.settings.issuer.as_str();
-    let base = issuer.trim_end_matches('/');
-    let endpoint = |path: &str| format!("{base}{path}");
-    let secret_methods = ["client_secret_basic", "client_secret_post"];
-    Json(ServerMetadata {
-        issuer,
-        authorization_endpoint: endpoint("/authorize"),
-        token_endpoint: endpoint("/token"),
-        revocation_endpoint: endpoint("/revoke"),
-        introspection_endpoint: endpoint("/introspect"),
-        jwks_uri: endpoint("/jwks.json"),
-        response_types_supported: ["code"],
-        grant_types_supported: ["authorization_code", "refresh_token", "client_credentials"],
-        code_challenge_methods_supported: ["S256"],
-        token_endpoint_auth_methods_supported: [
-            "client_secret_basic",
-            "client_secret_post",
-            "none",
-        ],
-        revocation_endpoint_auth_methods_supported: secret_methods,
-        introspection_endpoint_auth_methods_supported: secret_methods,
-    })
-    .into_response()
 }
 
 async fn healthz() -> Response {

@@ -29,6 +29,14 @@ pub enum SessionError {
     Expired,
 }
 
+/// A verified session: who signed in, and when (unix seconds; OpenID Connect's
+/// `auth_time`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    pub user_id: UserId,
+    pub authenticated_at: i64,
+}
+
 /// The HMAC key. Deliberately not `Debug`: it must never reach a log.
 pub struct Signer {
     key: [u8; 32],
@@ -47,9 +55,9 @@ impl Signer {
         mac
     }
 
-    /// `<user uuid>.<expiry unix seconds>.<base64url MAC>`.
-    pub fn session(&self, user: UserId, expires_at: i64) -> String {
-        let payload = format!("{}.{}", user, expires_at);
+    /// `<user uuid>.<sign-in unix seconds>.<expiry unix seconds>.<base64url MAC>`.
+    pub fn session(&self, user: UserId, authenticated_at: i64, expires_at: i64) -> String {
+        let payload = format!("{user}.{authenticated_at}.{expires_at}");
         let tag = self
             .mac(b"valet-session", payload.as_bytes())
             .finalize()
@@ -57,7 +65,7 @@ impl Signer {
         format!("{payload}.{}", URL_SAFE_NO_PAD.encode(tag))
     }
 
-    pub fn verify_session(&self, value: &str, now: i64) -> Result<UserId, SessionError> {
+    pub fn verify_session(&self, value: &str, now: i64) -> Result<Session, SessionError> {
         let (payload, tag) = value.rsplit_once('.').ok_or(SessionError::Malformed)?;
         let tag = URL_SAFE_NO_PAD
             .decode(tag)
@@ -66,13 +74,24 @@ impl Signer {
         self.mac(b"valet-session", payload.as_bytes())
             .verify_slice(&tag)
             .map_err(|_| SessionError::BadSignature)?;
-        let (user, expires_at) = payload.split_once('.').ok_or(SessionError::Malformed)?;
+        let mut parts = payload.split('.');
+        let (Some(user), Some(authenticated_at), Some(expires_at), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(SessionError::Malformed);
+        };
         let user = Uuid::parse_str(user).map_err(|_| SessionError::Malformed)?;
+        let authenticated_at: i64 = authenticated_at
+            .parse()
+            .map_err(|_| SessionError::Malformed)?;
         let expires_at: i64 = expires_at.parse().map_err(|_| SessionError::Malformed)?;
         if now >= expires_at {
             return Err(SessionError::Expired);
         }
-        Ok(UserId::new(user))
+        Ok(Session {
+            user_id: UserId::new(user),
+            authenticated_at,
+        })
     }
 
     /// The hidden-field value that goes with a CSRF cookie. Binding the field to the
@@ -124,8 +143,14 @@ mod tests {
     fn sessions_verify_until_they_expire() {
         let signer = Signer::new([7; 32]);
         let u = user();
-        let value = signer.session(u, NOW + SESSION_SECONDS);
-        assert_eq!(signer.verify_session(&value, NOW), Ok(u));
+        let value = signer.session(u, NOW - 5, NOW + SESSION_SECONDS);
+        assert_eq!(
+            signer.verify_session(&value, NOW),
+            Ok(Session {
+                user_id: u,
+                authenticated_at: NOW - 5
+            })
+        );
         assert_eq!(
             signer.verify_session(&value, NOW + SESSION_SECONDS),
             Err(SessionError::Expired)
@@ -136,8 +161,13 @@ mod tests {
     fn tampered_sessions_are_refused() {
         let signer = Signer::new([7; 32]);
         let u = user();
-        let value = signer.session(u, NOW + 10);
-        // Another user id or a later expiry with the old MAC.
+        let value = signer.session(u, NOW, NOW + 10);
+        // Another user id, a later sign-in or a later expiry with the old MAC.
+        let later = value.replacen(&format!(".{NOW}."), &format!(".{}.", NOW + 5), 1);
+        assert_eq!(
+            signer.verify_session(&later, NOW),
+            Err(SessionError::BadSignature)
+        );
         let (_, rest) = value.split_once('.').unwrap();
         let other_user = format!("{}.{rest}", user());
         assert_eq!(
@@ -181,7 +211,7 @@ mod tests {
     fn a_csrf_mac_is_not_a_session_mac() {
         let signer = Signer::new([3; 32]);
         let u = user();
-        let payload = format!("{u}.{}", NOW + 100);
+        let payload = format!("{u}.{NOW}.{}", NOW + 100);
         let forged = format!("{payload}.{}", signer.csrf_field(&payload));
         assert_eq!(
             signer.verify_session(&forged, NOW),

@@ -231,6 +231,8 @@ struct TokenBody<'a> {
     scope: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     refresh_token: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id_token: Option<&'a str>,
 }
 
 impl<'a> From<&'a TokenResponse> for TokenBody<'a> {
@@ -241,6 +243,7 @@ impl<'a> From<&'a TokenResponse> for TokenBody<'a> {
             expires_in: t.expires_in,
             scope: &t.scope,
             refresh_token: t.refresh_token.as_deref(),
+            id_token: t.id_token.as_deref(),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod material;
 pub mod seal;
+pub mod signer;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::ports::{EventMetadata, EventStore, StoreError};
 
 pub use material::{GenerateError, KeyPairMaterial};
 pub use seal::{Kek, SealError};
+pub use signer::{ActiveKeys, IdTokenClaims, JwtSigner, NoKeys, SignError};
 
 /// Where sealed private keys are kept: never the event log.
 pub trait KeyVault: Send + Sync + 'static {

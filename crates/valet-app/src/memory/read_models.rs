@@ -143,6 +143,7 @@ impl Tables {
                     row.active = false;
                 }
             }
+            user::Event::UserProfileChanged { .. } => {}
         }
     }
 

@@ -3,9 +3,10 @@
 
 use valet_domain::client::{ClientKind, ScopeError};
 use valet_domain::code::{self, RedirectUriPresence};
+use valet_domain::oidc::Nonce;
 use valet_domain::{
     consent, ClientId, GrantId, GrantType, PkceChallenge, PkceMethod, RedirectUri, ScopeSet,
-    StreamId,
+    StreamId, Timestamp,
 };
 
 use super::{AuthenticatedUser, ErrorCode, OAuth, OAuthError, RequestMeta, Unavailable};
@@ -26,6 +27,8 @@ pub struct AuthorizeParams {
     pub state: Option<String>,
     pub code_challenge: Option<String>,
     pub code_challenge_method: Option<String>,
+    /// OpenID Connect: copied into the id_token.
+    pub nonce: Option<String>,
 }
 
 /// Why an authorization request was refused, and where the answer goes.
@@ -55,6 +58,7 @@ pub struct AuthorizationRequest {
     pub scope: ScopeSet,
     pub state: Option<String>,
     pub pkce: Option<PkceChallenge>,
+    pub nonce: Option<Nonce>,
 }
 
 impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
@@ -151,6 +155,12 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
                     })?)
                 }
             };
+        let nonce = params
+            .nonce
+            .as_deref()
+            .map(Nonce::parse)
+            .transpose()
+            .map_err(|_| reject(ErrorCode::InvalidRequest, "malformed nonce"))?;
         if pkce.is_none() && matches!(client.kind, ClientKind::Public) {
             return Err(reject(
                 ErrorCode::InvalidRequest,
@@ -169,6 +179,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             scope,
             state: params.state.clone(),
             pkce,
+            nonce,
         })
     }
 
@@ -184,10 +195,12 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
     }
 
     /// The user approves: remember the consent and issue a single-use code.
+    /// `authenticated_at`: when the user signed in (the id_token's `auth_time`).
     pub async fn approve(
         &self,
         user: &AuthenticatedUser,
         request: &AuthorizationRequest,
+        authenticated_at: Timestamp,
         meta: &RequestMeta,
     ) -> Result<String, OAuthError> {
         let now = self.now();
@@ -213,6 +226,8 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             scope: request.scope.clone(),
             pkce: request.pkce.clone(),
             grant_id: GrantId::new(self.ids.new_id()),
+            nonce: request.nonce.clone(),
+            auth_time: authenticated_at,
             at: now,
             ttl: self.settings.code_ttl,
         };

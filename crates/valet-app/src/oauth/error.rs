@@ -71,6 +71,9 @@ pub enum Unavailable {
     /// A command that must record events recorded none.
     #[error("the command recorded nothing")]
     NothingRecorded,
+    /// An id_token could not be signed (no active key yet).
+    #[error(transparent)]
+    Signing(#[from] crate::keys::SignError),
     /// A blocking task (password hashing) panicked or was cancelled.
     #[error("a blocking task failed: {0}")]
     Blocking(String),

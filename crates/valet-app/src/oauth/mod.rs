@@ -16,6 +16,7 @@ mod login;
 mod refresh;
 mod revocation;
 mod tokens;
+mod userinfo;
 
 #[cfg(test)]
 mod tests;
@@ -26,6 +27,7 @@ use valet_domain::{AccessTokenTtl, ClientId, CodeTtl, RefreshTokenTtl, Timestamp
 
 use crate::clock::Clock;
 use crate::entropy::{Ids, OsRandom, Randomness, UuidV7};
+use crate::keys::{JwtSigner, NoKeys};
 use crate::log::NewEvent;
 use crate::ports::{EventMetadata, EventStore};
 use crate::read::ReadModels;
@@ -36,6 +38,7 @@ pub use client_auth::{AuthenticatedClient, ClientAuth, CLIENT_CACHE_TTL};
 pub use error::{ErrorCode, LoginError, OAuthError, Refusal, Unavailable};
 pub use introspection::Introspection;
 pub use login::AuthenticatedUser;
+pub use userinfo::{UserInfo, UserInfoError};
 
 use client_auth::ClientCache;
 
@@ -74,6 +77,8 @@ pub struct TokenResponse {
     pub expires_in: u32,
     pub refresh_token: Option<String>,
     pub scope: String,
+    /// OpenID Connect: when the grant's scope holds `openid`.
+    pub id_token: Option<String>,
 }
 
 /// The use cases, over an event store, the read models and a clock.
@@ -88,6 +93,8 @@ pub struct OAuth<S, R, C> {
     /// See `login`: the hash checked when a user is unknown.
     dummy_password: OnceLock<String>,
     clients: ClientCache,
+    /// Signs id_tokens with the ring's active keys.
+    signer: Arc<dyn JwtSigner>,
 }
 
 impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
@@ -103,7 +110,14 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             passwords: PasswordHashing::default(),
             dummy_password: OnceLock::new(),
             clients: ClientCache::default(),
+            signer: Arc::new(NoKeys),
         }
+    }
+
+    /// Signs id_tokens with `signer` (without one, a request for `openid` fails).
+    pub fn with_jwt_signer(mut self, signer: Arc<dyn JwtSigner>) -> Self {
+        self.signer = signer;
+        self
     }
 
     pub fn with_ids(mut self, ids: impl Ids) -> Self {

@@ -59,6 +59,7 @@ impl<S, R, C> OAuth<S, R, C> {
             expires_in: self.settings.access_ttl.seconds(),
             refresh_token: refresh,
             scope: scope.to_string(),
+            id_token: None,
         }
     }
 }

@@ -192,6 +192,17 @@ pub fn samples() -> Vec<(&'static str, &'static str, u32, Value)> {
         ),
         sample("user", user::Event::UserDisabled { at: at(800_000) }),
         sample(
+            "user",
+            user::Event::UserProfileChanged {
+                profile: user::Profile {
+                    name: Some(user::PersonName::parse("Alice Liddell").expect("name")),
+                    email: Some(user::Email::parse("alice@example.com").expect("email")),
+                    email_status: user::EmailStatus::Verified,
+                },
+                at: at(20),
+            },
+        ),
+        sample(
             "consent",
             consent::Event::ConsentGiven {
                 scope: read.clone(),
@@ -217,6 +228,8 @@ pub fn samples() -> Vec<(&'static str, &'static str, u32, Value)> {
                         .expect("challenge"),
                 ),
                 grant_id,
+                nonce: Some(valet_domain::oidc::Nonce::parse("n-0S6_WzA2Mj").expect("nonce")),
+                auth_time: Some(at(55_000)),
                 issued_at: at(60_001),
                 expires_at: at(60_001).plus_seconds(60),
             },

@@ -424,6 +424,8 @@ impl Batch {
                 }
                 None => self.old_users_disabled.push((user_id, at.as_unix_millis())),
             },
+            // Profiles have no read model: UserInfo reads the user's stream.
+            user::Event::UserProfileChanged { .. } => {}
         }
     }
 

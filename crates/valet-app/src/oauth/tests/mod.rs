@@ -265,6 +265,7 @@ pub(super) fn authorize_params(client_id: &str, scope: &str) -> AuthorizeParams 
         state: Some("xyz".to_owned()),
         code_challenge: Some(challenge(VERIFIER)),
         code_challenge_method: Some("S256".to_owned()),
+        nonce: None,
     }
 }
 
@@ -282,7 +283,7 @@ pub(super) async fn approved_code(
         .expect("a valid request");
     let code = world
         .valet
-        .approve(user, &request, &caller())
+        .approve(user, &request, Timestamp::from_unix_millis(T0), &caller())
         .await
         .expect("approved");
     world.skip_recorded().await;
