@@ -466,20 +466,41 @@ impl Oidc {
 /// Verifies an id_token as a relying party would: the key named by `kid` from the
 /// JWKS, RS256 pinned, `iss` and `aud` checked; its claims.
 async fn verified_claims(server: &TestServer, id_token: &str, audience: &str) -> Value {
+    verified_claims_with(server, id_token, audience, jsonwebtoken::Algorithm::RS256).await
+}
+
+/// As [`verified_claims`], with the algorithm pinned to `alg`.
+async fn verified_claims_with(
+    server: &TestServer,
+    id_token: &str,
+    audience: &str,
+    alg: jsonwebtoken::Algorithm,
+) -> Value {
     let header = jsonwebtoken::decode_header(id_token).expect("a JWS header");
-    assert_eq!(header.alg, jsonwebtoken::Algorithm::RS256);
+    assert_eq!(header.alg, alg);
     let kid = header.kid.expect("a kid");
     let keys = jwks(server).await;
     let key = keys
         .iter()
         .find(|k| k["kid"] == kid.as_str())
         .unwrap_or_else(|| panic!("kid {kid} is not in the JWKS"));
-    let decoding = jsonwebtoken::DecodingKey::from_rsa_components(
-        key["n"].as_str().expect("n"),
-        key["e"].as_str().expect("e"),
-    )
-    .expect("an RSA key");
-    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    let member = |name: &str| {
+        key[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} in {key}"))
+    };
+    let decoding = match alg {
+        jsonwebtoken::Algorithm::ES256 => {
+            jsonwebtoken::DecodingKey::from_ec_components(member("x"), member("y"))
+        }
+        jsonwebtoken::Algorithm::EdDSA => {
+            jsonwebtoken::DecodingKey::from_ed_components(member("x"))
+        }
+        _ => jsonwebtoken::DecodingKey::from_rsa_components(member("n"), member("e")),
+    }
+    .expect("a key from the JWKS");
+    assert_eq!(key["alg"], format!("{alg:?}"), "the key's own algorithm");
+    let mut validation = jsonwebtoken::Validation::new(alg);
     validation.set_audience(&[audience]);
     validation.set_issuer(&[server.base_url()]);
     validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
@@ -891,6 +912,379 @@ async fn o14_userinfo_refuses_tokens_without_openid_or_validity() {
     assert_invalid_token(
         &userinfo_get(&oidc.server, Some(&fresh)).await,
         "a disabled user",
+    );
+    oidc.server.stop().await;
+}
+
+impl Oidc {
+    /// GET /authorize with this browser (its session, if any) for `scope` and `extra`.
+    async fn get_authorize(
+        &mut self,
+        scope: &str,
+        extra: &[(&str, &str)],
+    ) -> valet_tests::server::Resp {
+        let mut req = AuthRequest::new(&self.client.client_id, APP_CB)
+            .pkce(&Pkce::new())
+            .scope(scope);
+        for (k, v) in extra {
+            req = req.set(k, v);
+        }
+        let url = self.server.url(&req.path());
+        self.browser.get(&url).await
+    }
+
+    async fn id_token_claims(&self, tokens: &Value) -> Value {
+        verified_claims(
+            &self.server,
+            tokens["id_token"].as_str().expect("id_token"),
+            &self.client.client_id,
+        )
+        .await
+    }
+}
+
+fn shows(
+    resp: &valet_tests::server::Resp,
+    pred: impl Fn(&valet_tests::html::Form) -> bool,
+) -> bool {
+    resp.status == 200 && valet_tests::html::find_form(&resp.text(), pred).is_some()
+}
+
+/// o06: `prompt=none` never shows a page (`login_required` without a session,
+/// `consent_required` when consent is needed); `prompt=login` signs in again (a new
+/// `auth_time`); `prompt=consent` asks again though consent was given; `none` with
+/// another value is `invalid_request`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o06_prompt_none_login_and_consent() {
+    let mut oidc = Oidc::start(&[]).await;
+    let none = oidc.get_authorize("openid", &[("prompt", "none")]).await;
+    assert_r(
+        &none,
+        APP_CB,
+        "login_required",
+        FlowEnd::new(none.clone()).param("state").as_deref(),
+        "no session",
+    );
+
+    let first = oidc.tokens("openid", &[]).await;
+    let first_auth_time = oidc.id_token_claims(&first).await["auth_time"].clone();
+    // A session and consent: a code with no page.
+    let silent = oidc.get_authorize("openid", &[("prompt", "none")]).await;
+    assert_eq!(silent.status, 302, "{}", silent.describe());
+    assert!(FlowEnd::new(silent).param("code").is_some());
+    // A session, but consent needed for more scope.
+    let more = oidc
+        .get_authorize("openid read", &[("prompt", "none")])
+        .await;
+    assert_r(
+        &more,
+        APP_CB,
+        "consent_required",
+        FlowEnd::new(more.clone()).param("state").as_deref(),
+        "consent needed",
+    );
+
+    let again = oidc.get_authorize("openid", &[("prompt", "consent")]).await;
+    assert!(
+        shows(&again, valet_tests::html::Form::is_consent),
+        "{}",
+        again.describe()
+    );
+
+    let login = oidc.get_authorize("openid", &[("prompt", "login")]).await;
+    assert!(
+        shows(&login, valet_tests::html::Form::is_login),
+        "{}",
+        login.describe()
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let relogged = oidc.tokens("openid", &[("prompt", "login")]).await;
+    let claims = oidc.id_token_claims(&relogged).await;
+    assert!(
+        claims["auth_time"].as_i64() > first_auth_time.as_i64(),
+        "a new sign-in: {claims} after {first_auth_time}"
+    );
+
+    let mixed = oidc
+        .get_authorize("openid", &[("prompt", "none login")])
+        .await;
+    assert_r(
+        &mixed,
+        APP_CB,
+        "invalid_request",
+        FlowEnd::new(mixed.clone()).param("state").as_deref(),
+        "none with login",
+    );
+    oidc.server.stop().await;
+}
+
+/// o07: a session older than `max_age` signs in again; `auth_time` is in the id_token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o07_max_age_signs_in_again_when_the_session_is_older() {
+    let mut oidc = Oidc::start(&[]).await;
+    let first = oidc.tokens("openid", &[]).await;
+    assert!(oidc.id_token_claims(&first).await["auth_time"].is_i64());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let recent_enough = oidc.get_authorize("openid", &[("max_age", "60")]).await;
+    assert_eq!(recent_enough.status, 302, "{}", recent_enough.describe());
+    assert!(FlowEnd::new(recent_enough).param("code").is_some());
+    let too_old = oidc.get_authorize("openid", &[("max_age", "1")]).await;
+    assert!(
+        shows(&too_old, valet_tests::html::Form::is_login),
+        "{}",
+        too_old.describe()
+    );
+    let tokens = oidc.tokens("openid", &[("max_age", "1")]).await;
+    let claims = oidc.id_token_claims(&tokens).await;
+    let (auth_time, iat) = (claims["auth_time"].as_i64(), claims["iat"].as_i64());
+    assert!(
+        auth_time.is_some()
+            && auth_time <= iat
+            && iat.zip(auth_time).is_some_and(|(i, a)| i - a <= 1),
+        "{claims}"
+    );
+    let bad = oidc.get_authorize("openid", &[("max_age", "soon")]).await;
+    assert_r(
+        &bad,
+        APP_CB,
+        "invalid_request",
+        FlowEnd::new(bad.clone()).param("state").as_deref(),
+        "max_age=soon",
+    );
+    oidc.server.stop().await;
+}
+
+/// o08: a `response_type` other than `code` → unsupported_response_type; `request` and
+/// `request_uri` → request_not_supported / request_uri_not_supported; an unknown
+/// `response_mode` → invalid_request (all redirected, with `state`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o08_unsupported_request_forms_are_refused_by_redirect() {
+    let mut oidc = Oidc::start(&[]).await;
+    for (extra, error) in [
+        (("response_type", "id_token"), "unsupported_response_type"),
+        (
+            ("response_type", "code id_token"),
+            "unsupported_response_type",
+        ),
+        (
+            ("request", "eyJhbGciOiJub25lIn0.e30."),
+            "request_not_supported",
+        ),
+        (
+            ("request_uri", "https://app.example/request.jwt"),
+            "request_uri_not_supported",
+        ),
+        (("response_mode", "fragment"), "invalid_request"),
+        (("response_mode", "form_post"), "invalid_request"),
+    ] {
+        let resp = oidc.get_authorize("openid", &[extra]).await;
+        let state = FlowEnd::new(resp.clone()).param("state");
+        assert!(state.is_some(), "{extra:?}: state echoed");
+        assert_r(
+            &resp,
+            APP_CB,
+            error,
+            state.as_deref(),
+            &format!("{extra:?}"),
+        );
+    }
+    let query = oidc
+        .authorize("openid", &[("response_mode", "query")])
+        .await
+        .0;
+    assert!(
+        query.param("code").is_some(),
+        "response_mode=query is the default"
+    );
+    oidc.server.stop().await;
+}
+
+/// o12: a refresh of a grant with `openid` returns a new id_token with the same `iss`,
+/// `sub`, `aud` and `auth_time`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o12_a_refresh_returns_a_new_id_token_for_the_same_sign_in() {
+    let mut oidc = Oidc::start(&[]).await;
+    let first = oidc.tokens("openid read", &[("nonce", "n1")]).await;
+    let claims = oidc.id_token_claims(&first).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let resp = oidc
+        .server
+        .refresh(
+            &oidc.client,
+            first["refresh_token"].as_str().expect("refresh_token"),
+            None,
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.describe());
+    let refreshed = resp.json();
+    let new_token = refreshed["id_token"].as_str().expect("a new id_token");
+    assert_ne!(Some(new_token), first["id_token"].as_str());
+    let again = oidc.id_token_claims(&refreshed).await;
+    for claim in ["iss", "sub", "aud", "auth_time"] {
+        assert_eq!(again[claim], claims[claim], "{claim}");
+    }
+    assert!(again["iat"].as_i64() > claims["iat"].as_i64());
+    // A grant without openid refreshes without one.
+    let plain = oidc.tokens("read", &[]).await;
+    let resp = oidc
+        .server
+        .refresh(
+            &oidc.client,
+            plain["refresh_token"].as_str().expect("refresh_token"),
+            None,
+        )
+        .await;
+    assert!(resp.json().get("id_token").is_none());
+    oidc.server.stop().await;
+}
+
+/// o11: id_tokens are signed with the client's registered
+/// `id_token_signed_response_alg` (RS256 by default; ES256 and EdDSA on request), the
+/// header's `kid` names a key of the JWKS, `none` is never produced, and the signature
+/// verifies from `jwks_uri` alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o11_id_tokens_are_signed_with_the_clients_algorithm() {
+    let mut oidc = Oidc::start(&[]).await;
+    let rs256 = oidc.tokens("openid", &[]).await;
+    verified_claims(
+        &oidc.server,
+        rs256["id_token"].as_str().expect("id_token"),
+        &oidc.client.client_id,
+    )
+    .await;
+    for (alg, pinned) in [
+        ("ES256", jsonwebtoken::Algorithm::ES256),
+        ("EdDSA", jsonwebtoken::Algorithm::EdDSA),
+    ] {
+        let out = oidc
+            .server
+            .cli(
+                &[
+                    "client",
+                    "create",
+                    "--name",
+                    alg,
+                    "--redirect-uri",
+                    APP_CB,
+                    "--scope",
+                    "openid",
+                    "--id-token-signed-response-alg",
+                    alg,
+                    "--json",
+                ],
+                None,
+            )
+            .await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let created: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        oidc.client = ClientCreds {
+            client_id: created["client_id"].as_str().expect("client_id").to_owned(),
+            client_secret: created["client_secret"].as_str().map(str::to_owned),
+            redirect_uris: vec![APP_CB.to_owned()],
+        };
+        let tokens = oidc.tokens("openid", &[]).await;
+        let id_token = tokens["id_token"].as_str().expect("id_token");
+        let claims =
+            verified_claims_with(&oidc.server, id_token, &oidc.client.client_id, pinned).await;
+        assert_eq!(claims["aud"], oidc.client.client_id.as_str());
+        let header = jsonwebtoken::decode_header(id_token).expect("header");
+        assert_ne!(format!("{:?}", header.alg), "none");
+    }
+    let refused = oidc
+        .server
+        .cli(
+            &[
+                "client",
+                "create",
+                "--name",
+                "none",
+                "--redirect-uri",
+                APP_CB,
+                "--scope",
+                "openid",
+                "--id-token-signed-response-alg",
+                "none",
+            ],
+            None,
+        )
+        .await;
+    assert!(
+        !refused.status.success(),
+        "alg none is refused at registration"
+    );
+    oidc.server.stop().await;
+}
+
+/// o19: id_tokens never appear in the server's log, in NATS messages or in the database
+/// (the whole log and every table), nor do their signatures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o19_id_tokens_stay_out_of_logs_nats_and_the_database() {
+    let nats = TestNats::start().await;
+    let mut oidc = Oidc::start(&[("VALET_NATS_URL", &nats.url()), ("VALET_LOG", "debug")]).await;
+    let first = oidc.tokens("openid profile", &[("nonce", "n-19")]).await;
+    let refreshed = oidc
+        .server
+        .refresh(
+            &oidc.client,
+            first["refresh_token"].as_str().expect("refresh_token"),
+            None,
+        )
+        .await
+        .json();
+    let id_tokens: Vec<String> = [&first, &refreshed]
+        .iter()
+        .map(|t| t["id_token"].as_str().expect("id_token").to_owned())
+        .collect();
+    // Everything the stream holds (issued and refreshed tokens' events).
+    let messages = until_stream_holds(&nats, 2).await;
+    let stream_text: String = messages
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.to_json()).into_owned())
+        .collect();
+    // Every table, as text.
+    let pg = oidc.server.pg().await;
+    let tables: Vec<String> = pg
+        .query(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'",
+            &[],
+        )
+        .await
+        .expect("tables")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut database = String::new();
+    for table in &tables {
+        for row in pg
+            .query(&format!("SELECT t::text FROM \"{table}\" t"), &[])
+            .await
+            .expect("rows")
+        {
+            database.push_str(row.get::<_, &str>(0));
+        }
+    }
+    let log = oidc.server.log();
+    for id_token in &id_tokens {
+        let signature = id_token.rsplit('.').next().expect("a signature");
+        for (place, text) in [
+            ("the server log", &log),
+            ("NATS", &stream_text),
+            ("the database", &database),
+        ] {
+            assert!(!text.contains(id_token.as_str()), "an id_token in {place}");
+            assert!(
+                !text.contains(signature),
+                "an id_token's signature in {place}"
+            );
+        }
+    }
+    assert!(
+        database.contains("n-19"),
+        "the nonce is recorded (it is no secret): the search reached the log"
     );
     oidc.server.stop().await;
 }

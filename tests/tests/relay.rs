@@ -56,6 +56,7 @@ async fn service(app: &App) -> Service {
                 redirect_uris: vec![],
                 grant_types: vec![],
                 scopes: vec!["read".into()],
+                id_token_alg: None,
             },
             &RequestMeta::default(),
         )

@@ -1,6 +1,7 @@
 //! Administration use cases behind `valet client …` and `valet user …`.
 
 use valet_domain::client::{self, ClientKind};
+use valet_domain::signing_key::Algorithm;
 use valet_domain::{
     user, ClientId, ClientName, GrantType, RedirectUri, RevocationReason, ScopeSet, StreamId,
     UserId, Username,
@@ -75,6 +76,8 @@ pub struct NewClient {
     pub redirect_uris: Vec<String>,
     pub grant_types: Vec<String>,
     pub scopes: Vec<String>,
+    /// `RS256` (the default), `ES256` or `EdDSA`.
+    pub id_token_alg: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +114,13 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             ));
         }
         let scopes = ScopeSet::parse(&spec.scopes.join(" ")).map_err(|e| invalid("--scope", &e))?;
+        let id_token_alg = spec
+            .id_token_alg
+            .as_deref()
+            .map(Algorithm::parse)
+            .transpose()
+            .map_err(|e| invalid("--id-token-signed-response-alg", &e))?
+            .unwrap_or(Algorithm::RS256);
         let random = self.randomness();
         let drawn = secrets::client_id(random).map_err(Unavailable::from)?;
         // 32 hex characters always make a valid client id.
@@ -135,6 +145,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             redirect_uris,
             grant_types,
             scopes,
+            id_token_alg,
             at: self.now(),
         };
         execute::<agg::Client, S>(

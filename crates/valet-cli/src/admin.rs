@@ -31,6 +31,7 @@ pub async fn client(database_url: &str, command: ClientCommand) -> anyhow::Resul
             public,
             grant_types,
             scopes,
+            id_token_signed_response_alg,
             json,
         } => {
             let created = oauth
@@ -45,6 +46,7 @@ pub async fn client(database_url: &str, command: ClientCommand) -> anyhow::Resul
                         redirect_uris,
                         grant_types,
                         scopes,
+                        id_token_alg: id_token_signed_response_alg,
                     },
                     &meta,
                 )

@@ -25,6 +25,9 @@ fn describe(event: &Event) -> String {
             ..
         }) => format!("client {client_id} \"{name}\" registered, scopes \"{scopes}\""),
         Event::Client(client::Event::ClientDisabled { .. }) => "client disabled".to_owned(),
+        Event::Client(client::Event::ClientIdTokenAlgorithmSet { algorithm, .. }) => {
+            format!("client id_tokens signed with {algorithm}")
+        }
         Event::User(user::Event::UserRegistered { username, .. }) => {
             format!("user {username} registered")
         }

@@ -291,6 +291,9 @@ enum ClientCommand {
         /// A scope the client may be granted. Repeat for several; at least one.
         #[arg(long = "scope", value_name = "SCOPE")]
         scopes: Vec<String>,
+        /// How the client's id_tokens are signed: RS256 (default), ES256 or EdDSA.
+        #[arg(long, value_name = "ALG")]
+        id_token_signed_response_alg: Option<String>,
         /// Print one JSON object {"client_id": ..., "client_secret": ...}.
         #[arg(long)]
         json: bool,

@@ -76,6 +76,7 @@ pub async fn seed(database_url: &str, target: u64) -> anyhow::Result<()> {
                 redirect_uris: uris,
                 grant_types: vec![],
                 scopes: scopes.clone(),
+                id_token_alg: valet_domain::signing_key::Algorithm::RS256,
                 at: now,
             },
         )?;

@@ -8,6 +8,7 @@ use crate::ids::{ClientId, ClientName};
 use crate::redirect::{LoopbackPortRule, RedirectUri};
 use crate::scope::{Scope, ScopeSet};
 use crate::secret::TokenHash;
+use crate::signing_key::Algorithm;
 use crate::time::Timestamp;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +30,8 @@ pub enum Command {
         /// Empty means "the defaults for this shape of client".
         grant_types: Vec<GrantType>,
         scopes: ScopeSet,
+        /// How its id_tokens are signed (`id_token_signed_response_alg`).
+        id_token_alg: Algorithm,
         at: Timestamp,
     },
     Disable {
@@ -52,10 +55,16 @@ pub enum Event {
     ClientDisabled {
         at: Timestamp,
     },
+    /// The client's id_tokens are signed with `algorithm` (RS256 until this event).
+    ClientIdTokenAlgorithmSet {
+        algorithm: Algorithm,
+        at: Timestamp,
+    },
 }
 domain_event!(Event {
     ClientRegistered,
-    ClientDisabled
+    ClientDisabled,
+    ClientIdTokenAlgorithmSet
 });
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,6 +119,7 @@ pub struct Client {
     pub scopes: ScopeSet,
     pub registered_at: Timestamp,
     pub disabled_at: Option<Timestamp>,
+    pub id_token_alg: Algorithm,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -210,6 +220,7 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Error> {
             redirect_uris,
             grant_types,
             scopes,
+            id_token_alg,
             at,
         } => {
             if state.is_registered() {
@@ -238,7 +249,7 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Error> {
             if public && has(GrantType::ClientCredentials) {
                 return Err(Error::PublicClientCredentials);
             }
-            Ok(vec![Event::ClientRegistered {
+            let mut events = vec![Event::ClientRegistered {
                 client_id,
                 name,
                 kind,
@@ -246,7 +257,16 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Error> {
                 grant_types,
                 scopes,
                 at,
-            }])
+            }];
+            // The default needs no event: logs written before this choice existed read
+            // the same.
+            if id_token_alg != Algorithm::RS256 {
+                events.push(Event::ClientIdTokenAlgorithmSet {
+                    algorithm: id_token_alg,
+                    at,
+                });
+            }
+            Ok(events)
         }
         Command::Disable { at } => match state.client() {
             None => Err(Error::NotFound),
@@ -294,7 +314,12 @@ pub fn evolve(state: State, event: &Event) -> State {
             scopes: scopes.clone(),
             registered_at: *at,
             disabled_at: None,
+            id_token_alg: Algorithm::RS256,
         })),
+        (Some(mut client), Event::ClientIdTokenAlgorithmSet { algorithm, .. }) => {
+            client.id_token_alg = *algorithm;
+            State(Some(client))
+        }
         (Some(mut client), Event::ClientDisabled { at }) => {
             client.disabled_at.get_or_insert(*at);
             State(Some(client))
@@ -351,6 +376,7 @@ mod tests {
             redirect_uris: uris.iter().map(|u| uri(u)).collect(),
             grant_types: grant_types.to_vec(),
             scopes: scopes("read write"),
+            id_token_alg: Algorithm::RS256,
             at: T0,
         }
     }
@@ -491,6 +517,56 @@ mod tests {
     }
 
     #[test]
+    fn an_id_token_algorithm_other_than_rs256_is_recorded_with_the_registration() {
+        let Command::Register {
+            client_id,
+            name,
+            kind,
+            redirect_uris,
+            grant_types,
+            scopes,
+            at,
+            ..
+        } = register(secret(), &["https://app.example/cb"], &[])
+        else {
+            unreachable!()
+        };
+        let events = decide(
+            &State::default(),
+            Command::Register {
+                client_id,
+                name,
+                kind,
+                redirect_uris,
+                grant_types,
+                scopes,
+                id_token_alg: Algorithm::ES256,
+                at,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            events.last(),
+            Some(&Event::ClientIdTokenAlgorithmSet {
+                algorithm: Algorithm::ES256,
+                at: T0
+            })
+        );
+        let state = State::from_events(&events);
+        assert_eq!(state.client().unwrap().id_token_alg, Algorithm::ES256);
+        let default = decide(
+            &State::default(),
+            register(secret(), &["https://app.example/cb"], &[]),
+        )
+        .unwrap();
+        assert_eq!(default.len(), 1, "RS256 needs no event");
+        assert_eq!(
+            State::from_events(&default).client().unwrap().id_token_alg,
+            Algorithm::RS256
+        );
+    }
+
+    #[test]
     fn registration_needs_scopes_and_happens_once() {
         let Command::Register {
             client_id,
@@ -512,6 +588,7 @@ mod tests {
                 redirect_uris,
                 grant_types,
                 scopes: ScopeSet::default(),
+                id_token_alg: Algorithm::RS256,
                 at,
             })
             .then_error(Error::EmptyScope);
@@ -683,6 +760,10 @@ mod tests {
                     &[AuthorizationCode],
                 ),
                 Event::ClientDisabled { at: T1 },
+                Event::ClientIdTokenAlgorithmSet {
+                    algorithm: Algorithm::EdDSA,
+                    at: T1,
+                },
             ],
             Event::EVENT_TYPES,
         );

@@ -42,9 +42,80 @@ impl From<Nonce> for String {
     }
 }
 
+/// The `prompt` of an authentication request (Core §3.1.2.1): which of the sign-in and
+/// consent pages must, or must not, be shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Prompt {
+    /// `none`: show no page; fail with `login_required` / `consent_required` instead.
+    pub none: bool,
+    /// `login`: sign the user in again even with a session.
+    pub login: bool,
+    /// `consent`: ask again even when consent was given.
+    pub consent: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PromptError {
+    #[error("prompt=none cannot be combined with another value")]
+    NoneWithOthers,
+    #[error("unknown prompt value")]
+    Unknown,
+}
+
+impl Prompt {
+    /// Space-separated values; `select_account` is accepted and means nothing here (one
+    /// account per sign-in).
+    pub fn parse(s: &str) -> Result<Self, PromptError> {
+        let mut prompt = Prompt::default();
+        let mut values = 0;
+        for value in s.split(' ').filter(|v| !v.is_empty()) {
+            values += 1;
+            match value {
+                "none" => prompt.none = true,
+                "login" => prompt.login = true,
+                "consent" => prompt.consent = true,
+                "select_account" => {}
+                _ => return Err(PromptError::Unknown),
+            }
+        }
+        if prompt.none && values > 1 {
+            return Err(PromptError::NoneWithOthers);
+        }
+        Ok(prompt)
+    }
+
+    /// The `prompt` parameter to carry on once the user has signed in: without `login`,
+    /// so the fresh sign-in is not asked for again.
+    pub fn after_sign_in(raw: &str) -> Option<String> {
+        let rest: Vec<&str> = raw
+            .split(' ')
+            .filter(|v| !v.is_empty() && *v != "login")
+            .collect();
+        (!rest.is_empty()).then(|| rest.join(" "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prompt_values_parse_and_none_stands_alone() {
+        assert_eq!(Prompt::parse("").unwrap(), Prompt::default());
+        let both = Prompt::parse("login consent").unwrap();
+        assert!(both.login && both.consent && !both.none);
+        assert!(Prompt::parse("none").unwrap().none);
+        assert_eq!(
+            Prompt::parse("none login"),
+            Err(PromptError::NoneWithOthers)
+        );
+        assert_eq!(Prompt::parse("sometimes"), Err(PromptError::Unknown));
+        assert_eq!(
+            Prompt::after_sign_in("login consent").as_deref(),
+            Some("consent")
+        );
+        assert_eq!(Prompt::after_sign_in("login"), None);
+    }
 
     #[test]
     fn a_nonce_is_bounded_visible_ascii_kept_byte_for_byte() {

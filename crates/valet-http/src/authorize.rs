@@ -12,11 +12,12 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use valet_app::attempts::AttemptKey;
 use valet_app::oauth::{
-    AuthenticatedUser, AuthorizationRequest, AuthorizeParams, AuthorizeRejection, ErrorCode,
-    LoginError, OAuthError,
+    AuthenticatedUser, AuthorizationRequest, AuthorizeParams, AuthorizeRejection, ConsentState,
+    ErrorCode, LoginError, OAuthError, Step,
 };
 use valet_app::read::ReadModels;
 use valet_app::{Clock, EventStore, Readiness};
+use valet_domain::oidc::Prompt;
 use valet_domain::Timestamp;
 
 use crate::html::{self, ConsentView, Hidden, LoginNotice, LoginView};
@@ -64,6 +65,11 @@ impl Incoming {
                 code_challenge: value("code_challenge"),
                 code_challenge_method: value("code_challenge_method"),
                 nonce: value("nonce"),
+                prompt: value("prompt"),
+                max_age: value("max_age"),
+                response_mode: value("response_mode"),
+                request: value("request"),
+                request_uri: value("request_uri"),
             },
             repeat,
         }
@@ -81,6 +87,9 @@ fn param_pairs(p: &AuthorizeParams) -> Vec<(&'static str, &str)> {
         ("code_challenge", &p.code_challenge),
         ("code_challenge_method", &p.code_challenge_method),
         ("nonce", &p.nonce),
+        ("prompt", &p.prompt),
+        ("max_age", &p.max_age),
+        ("response_mode", &p.response_mode),
     ]
     .into_iter()
     .filter_map(|(name, value)| value.as_deref().map(|v| (name, v)))
@@ -423,19 +432,46 @@ where
     };
     let params = &incoming.params;
     let sign_in = || login_form(&app, &headers, &request, params, "", LoginNotice::None);
-    let Some(session) = session(&app, &headers) else {
-        return sign_in();
+    let signed_in = match session(&app, &headers) {
+        Some(session) => match app.oauth.active_user(session.user_id).await {
+            Ok(Some(user)) => Some((user, session)),
+            // Disabled or deleted since the session began: as good as no session.
+            Ok(None) => None,
+            Err(e) => return unavailable(&e),
+        },
+        None => None,
     };
-    let user = match app.oauth.active_user(session.user_id).await {
-        Ok(Some(user)) => user,
-        // Disabled or deleted since the session began: sign in again.
-        Ok(None) => return sign_in(),
-        Err(e) => return unavailable(&e),
+    let consent = match &signed_in {
+        Some((user, _)) => match app.oauth.consent_covers(user, &request).await {
+            Ok(true) => ConsentState::Covered,
+            Ok(false) => ConsentState::Needed,
+            Err(e) => return unavailable(&e),
+        },
+        None => ConsentState::Needed,
     };
-    match app.oauth.consent_covers(&user, &request).await {
-        Ok(true) => issue_code(&app, &ctx, &user, session, &request, Answering::Get).await,
-        Ok(false) => consent_form(&app, &headers, &request, params, &user),
-        Err(e) => unavailable(&e),
+    let signed_in_at = signed_in
+        .as_ref()
+        .map(|(_, s)| Timestamp::from_unix_millis(s.authenticated_at.saturating_mul(1000)));
+    let step = request.step(signed_in_at, consent, app.oauth.clock.now());
+    match (step, signed_in) {
+        (Step::Refuse(code), _) => redirect_error(
+            Answering::Get,
+            &app.oauth.settings.issuer,
+            request.redirect_uri.as_str(),
+            code,
+            match code {
+                ErrorCode::LoginRequired => "the user must sign in",
+                _ => "the user must consent",
+            },
+            request.state.as_deref(),
+        ),
+        (Step::IssueCode, Some((user, session))) => {
+            issue_code(&app, &ctx, &user, session, &request, Answering::Get).await
+        }
+        (Step::AskConsent, Some((user, _))) => {
+            consent_form(&app, &headers, &request, params, &user)
+        }
+        (Step::SignIn | Step::IssueCode | Step::AskConsent, _) => sign_in(),
     }
 }
 
@@ -495,7 +531,12 @@ where
                 "{SESSION_COOKIE}={session}; Max-Age={SESSION_SECONDS}{}",
                 set_cookie_attributes(&app)
             );
-            let location = format!("/authorize?{}", encode_pairs(param_pairs(&incoming.params)));
+            // Signed in just now: `prompt=login` and `max_age` are satisfied, and must not
+            // ask again (a second boundary would otherwise make `max_age=0` loop).
+            let mut next = incoming.params.clone();
+            next.prompt = next.prompt.as_deref().and_then(Prompt::after_sign_in);
+            next.max_age = None;
+            let location = format!("/authorize?{}", encode_pairs(param_pairs(&next)));
             let res = redirect(Answering::Post, &location);
             with_cookie(res, HeaderValue::from_str(&cookie).ok())
         }

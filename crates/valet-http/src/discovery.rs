@@ -67,7 +67,7 @@ struct OpenIdConfiguration<'a> {
     userinfo_endpoint: String,
     response_modes_supported: [&'static str; 1],
     subject_types_supported: [&'static str; 1],
-    id_token_signing_alg_values_supported: [&'static str; 1],
+    id_token_signing_alg_values_supported: [&'static str; 3],
     scopes_supported: [&'static str; 3],
     claims_supported: [&'static str; 11],
 }
@@ -90,7 +90,8 @@ pub(crate) async fn openid_configuration<S, R, C>(
         response_modes_supported: ["query"],
         // `sub` is the user's id, the same for every client.
         subject_types_supported: ["public"],
-        id_token_signing_alg_values_supported: ["RS256"],
+        // Per client (`id_token_signed_response_alg`), RS256 by default; never `none`.
+        id_token_signing_alg_values_supported: ["RS256", "ES256", "EdDSA"],
         scopes_supported: ["openid", "profile", "email"],
         claims_supported: [
             "iss",

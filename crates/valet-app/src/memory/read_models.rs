@@ -123,6 +123,7 @@ impl Tables {
                     }
                 }
             }
+            client::Event::ClientIdTokenAlgorithmSet { .. } => {}
         }
     }
 

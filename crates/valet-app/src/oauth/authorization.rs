@@ -3,7 +3,7 @@
 
 use valet_domain::client::{ClientKind, ScopeError};
 use valet_domain::code::{self, RedirectUriPresence};
-use valet_domain::oidc::Nonce;
+use valet_domain::oidc::{Nonce, Prompt};
 use valet_domain::{
     consent, ClientId, GrantId, GrantType, PkceChallenge, PkceMethod, RedirectUri, ScopeSet,
     StreamId, Timestamp,
@@ -29,6 +29,25 @@ pub struct AuthorizeParams {
     pub code_challenge_method: Option<String>,
     /// OpenID Connect: copied into the id_token.
     pub nonce: Option<String>,
+    /// OpenID Connect: which pages must or must not be shown.
+    pub prompt: Option<String>,
+    /// OpenID Connect: the oldest sign-in accepted, in seconds.
+    pub max_age: Option<String>,
+    /// Only `query` (the default for `code`) is supported.
+    pub response_mode: Option<String>,
+    /// Request objects (Core §6) are not supported.
+    pub request: Option<String>,
+    pub request_uri: Option<String>,
+}
+
+/// What the authorization endpoint does next for a validated request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    SignIn,
+    AskConsent,
+    IssueCode,
+    /// Answer the client with this error (`prompt=none` and a page would be needed).
+    Refuse(ErrorCode),
 }
 
 /// Why an authorization request was refused, and where the answer goes.
@@ -59,6 +78,45 @@ pub struct AuthorizationRequest {
     pub state: Option<String>,
     pub pkce: Option<PkceChallenge>,
     pub nonce: Option<Nonce>,
+    pub prompt: Prompt,
+    pub max_age: Option<u32>,
+}
+
+impl AuthorizationRequest {
+    /// The next step for a user signed in at `signed_in_at` (`None`: no session, or a
+    /// disabled user) whose consent covers the request or not, at `now`. `prompt=login`
+    /// and a sign-in older than `max_age` count as no session.
+    pub fn step(
+        &self,
+        signed_in_at: Option<Timestamp>,
+        consent: ConsentState,
+        now: Timestamp,
+    ) -> Step {
+        let fresh = signed_in_at.filter(|at| {
+            !self.prompt.login
+                // In whole seconds, as `auth_time` is.
+                && self.max_age.is_none_or(|max| {
+                    now.as_unix_seconds() - at.as_unix_seconds() <= i64::from(max)
+                })
+        });
+        match (fresh, consent) {
+            (None, _) if self.prompt.none => Step::Refuse(ErrorCode::LoginRequired),
+            (None, _) => Step::SignIn,
+            (Some(_), _) if self.prompt.consent => Step::AskConsent,
+            (Some(_), ConsentState::Covered) => Step::IssueCode,
+            (Some(_), ConsentState::Needed) if self.prompt.none => {
+                Step::Refuse(ErrorCode::ConsentRequired)
+            }
+            (Some(_), ConsentState::Needed) => Step::AskConsent,
+        }
+    }
+}
+
+/// Whether the user's earlier consent covers a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsentState {
+    Covered,
+    Needed,
 }
 
 impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
@@ -108,6 +166,42 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
                 ))
             }
         }
+        if params.request.is_some() {
+            return Err(reject(
+                ErrorCode::RequestNotSupported,
+                "request objects are not supported",
+            ));
+        }
+        if params.request_uri.is_some() {
+            return Err(reject(
+                ErrorCode::RequestUriNotSupported,
+                "request_uri is not supported",
+            ));
+        }
+        if !matches!(params.response_mode.as_deref(), None | Some("query")) {
+            return Err(reject(
+                ErrorCode::InvalidRequest,
+                "only response_mode=query is supported",
+            ));
+        }
+        let prompt = params
+            .prompt
+            .as_deref()
+            .map(Prompt::parse)
+            .transpose()
+            .map_err(|_| {
+                reject(
+                    ErrorCode::InvalidRequest,
+                    "prompt=none stands alone; values: none, login, consent, select_account",
+                )
+            })?
+            .unwrap_or_default();
+        let max_age = params
+            .max_age
+            .as_deref()
+            .map(str::parse::<u32>)
+            .transpose()
+            .map_err(|_| reject(ErrorCode::InvalidRequest, "max_age is a number of seconds"))?;
         if !state.allows_grant(GrantType::AuthorizationCode) {
             return Err(reject(
                 ErrorCode::UnauthorizedClient,
@@ -180,6 +274,8 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             state: params.state.clone(),
             pkce,
             nonce,
+            prompt,
+            max_age,
         })
     }
 
@@ -241,5 +337,78 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             )
             .await?;
         Ok(code.raw)
+    }
+}
+
+#[cfg(test)]
+mod step_tests {
+    use super::*;
+
+    const NOW: Timestamp = Timestamp::from_unix_millis(1_000_000);
+
+    fn request(prompt: &str, max_age: Option<u32>) -> AuthorizationRequest {
+        AuthorizationRequest {
+            client_id: ClientId::parse("app").unwrap(),
+            client_name: "App".into(),
+            redirect_uri: RedirectUri::parse("https://app.example/cb").unwrap(),
+            redirect_uri_in_request: RedirectUriPresence::Sent,
+            scope: ScopeSet::parse("openid").unwrap(),
+            state: None,
+            pkce: None,
+            nonce: None,
+            prompt: Prompt::parse(prompt).unwrap(),
+            max_age,
+        }
+    }
+
+    fn seconds_ago(s: i64) -> Option<Timestamp> {
+        Some(Timestamp::from_unix_millis(NOW.as_unix_millis() - s * 1000))
+    }
+
+    use ConsentState::{Covered, Needed};
+
+    #[test]
+    fn without_prompt_a_session_and_consent_decide() {
+        let r = request("", None);
+        assert_eq!(r.step(None, Covered, NOW), Step::SignIn);
+        assert_eq!(r.step(seconds_ago(5), Needed, NOW), Step::AskConsent);
+        assert_eq!(r.step(seconds_ago(5), Covered, NOW), Step::IssueCode);
+    }
+
+    #[test]
+    fn prompt_none_never_shows_a_page() {
+        let r = request("none", None);
+        assert_eq!(
+            r.step(None, Covered, NOW),
+            Step::Refuse(ErrorCode::LoginRequired)
+        );
+        assert_eq!(
+            r.step(seconds_ago(5), Needed, NOW),
+            Step::Refuse(ErrorCode::ConsentRequired)
+        );
+        assert_eq!(r.step(seconds_ago(5), Covered, NOW), Step::IssueCode);
+    }
+
+    #[test]
+    fn prompt_login_and_consent_ask_again() {
+        assert_eq!(
+            request("login", None).step(seconds_ago(5), Covered, NOW),
+            Step::SignIn
+        );
+        assert_eq!(
+            request("consent", None).step(seconds_ago(5), Covered, NOW),
+            Step::AskConsent
+        );
+    }
+
+    #[test]
+    fn a_sign_in_older_than_max_age_signs_in_again() {
+        let r = request("", Some(60));
+        assert_eq!(r.step(seconds_ago(60), Covered, NOW), Step::IssueCode);
+        assert_eq!(r.step(seconds_ago(61), Covered, NOW), Step::SignIn);
+        assert_eq!(
+            request("none", Some(60)).step(seconds_ago(61), Covered, NOW),
+            Step::Refuse(ErrorCode::LoginRequired)
+        );
     }
 }

@@ -2,13 +2,12 @@
 
 use valet_domain::code;
 use valet_domain::grant::{self, GrantOrigin, Subject};
-use valet_domain::oidc::Nonce;
-use valet_domain::signing_key::Algorithm;
 use valet_domain::{
     EventRef, GrantType, PkceVerifier, Rejection, RevocationReason, StreamId, TokenHash,
 };
 
 use super::client_auth::GuardedWriteError;
+use super::id_token::has_openid;
 use super::tokens::Minted;
 use super::{
     client_actor, AuthenticatedClient, ErrorCode, OAuth, OAuthError, RequestMeta, TokenResponse,
@@ -16,12 +15,8 @@ use super::{
 };
 use crate::aggregate::{self as agg, load, Aggregate, MAX_ATTEMPTS};
 use crate::clock::Clock;
-use crate::keys::IdTokenClaims;
 use crate::ports::{AppendError, EventMetadata, EventStore, ExpectedVersion, StreamWrite};
 use crate::read::ReadModels;
-
-/// The scope that makes an authorization request an OpenID Connect one.
-pub(crate) const OPENID: &str = "openid";
 
 impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
     /// The redemption and the new grant are one atomic append; a second redemption
@@ -71,7 +66,16 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
                 .ok_or_else(OAuthError::invalid_grant)?;
             // Signed before the redemption is recorded: if no key can sign, the code is
             // not spent and the client may try again.
-            let id_token = self.id_token(client, issued, now)?;
+            let id_token = match has_openid(&issued.scope) {
+                true => Some(self.id_token(
+                    client,
+                    issued.user_id,
+                    issued.auth_time,
+                    issued.nonce.as_ref(),
+                    now,
+                )?),
+                false => None,
+            };
             let access = self.access_token(issued.scope.clone(), now)?;
             let refresh = if client.state.allows_grant(GrantType::RefreshToken) {
                 Some(self.refresh_token(now)?)
@@ -121,38 +125,6 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             }
         }
         Err(Unavailable::Contention(MAX_ATTEMPTS).into())
-    }
-
-    /// The id_token of a code whose scope holds `openid` (OpenID Connect Core §3.1.3.3):
-    /// `sub` is the user id, the same for every client. Signed before the grant is
-    /// recorded (see `exchange_code`).
-    fn id_token(
-        &self,
-        client: &AuthenticatedClient,
-        issued: &code::IssuedCode,
-        now: valet_domain::Timestamp,
-    ) -> Result<Option<String>, OAuthError> {
-        if !issued.scope.iter().any(|s| s.as_str() == OPENID) {
-            return Ok(None);
-        }
-        let claims = IdTokenClaims {
-            iss: &self.settings.issuer,
-            sub: issued.user_id.to_string(),
-            aud: client.id().as_str(),
-            exp: now
-                .plus_seconds(self.settings.access_ttl.seconds())
-                .as_unix_seconds(),
-            iat: now.as_unix_seconds(),
-            auth_time: issued.auth_time.map(|t| t.as_unix_seconds()),
-            nonce: issued.nonce.as_ref().map(Nonce::as_str),
-        };
-        let claims = serde_json::to_value(&claims)
-            .map_err(|e| Unavailable::Signing(crate::keys::SignError::Failed(e.to_string())))?;
-        let token = self
-            .signer
-            .sign_json(Algorithm::RS256, &claims)
-            .map_err(Unavailable::Signing)?;
-        Ok(Some(token))
     }
 
     /// Records a replayed code and revokes the grant it produced. Under a burst of

@@ -11,6 +11,7 @@ mod client_auth;
 mod client_credentials;
 mod code_grant;
 mod error;
+mod id_token;
 mod introspection;
 mod login;
 mod refresh;
@@ -33,7 +34,9 @@ use crate::ports::{EventMetadata, EventStore};
 use crate::read::ReadModels;
 use crate::secrets::PasswordHashing;
 
-pub use authorization::{AuthorizationRequest, AuthorizeParams, AuthorizeRejection};
+pub use authorization::{
+    AuthorizationRequest, AuthorizeParams, AuthorizeRejection, ConsentState, Step,
+};
 pub use client_auth::{AuthenticatedClient, ClientAuth, CLIENT_CACHE_TTL};
 pub use error::{ErrorCode, LoginError, OAuthError, Refusal, Unavailable};
 pub use introspection::Introspection;

@@ -4,6 +4,7 @@
 use valet_domain::grant;
 use valet_domain::{GrantType, ScopeSet, StreamId, TokenHash};
 
+use super::id_token::has_openid;
 use super::{
     client_actor, AuthenticatedClient, OAuth, OAuthError, RequestMeta, TokenResponse, Unavailable,
 };
@@ -43,6 +44,12 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             return Err(OAuthError::invalid_grant());
         }
         let now = self.now();
+        // Signed before the rotation is recorded (see `id_token`); a grant without
+        // `openid` costs no extra read.
+        let id_token = match has_openid(&view.scope) {
+            true => self.refreshed_id_token(client, view.grant_id, now).await?,
+            false => None,
+        };
         let access = self.access_token(view.scope.clone(), now)?;
         let refresh = self.refresh_token(now)?;
         let command = grant::Command::Refresh {
@@ -69,7 +76,9 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
                         _ => None,
                     })
                     .ok_or(Unavailable::NothingRecorded)?;
-                Ok(self.token_response(access.raw, Some(refresh.raw), scope))
+                let mut response = self.token_response(access.raw, Some(refresh.raw), scope);
+                response.id_token = id_token;
+                Ok(response)
             }
             Err(ExecuteError::Rejected {
                 error: grant::Error::InvalidScope,

@@ -4,7 +4,7 @@
 use valet_domain::user::EmailStatus;
 use valet_domain::{StreamId, TokenHash};
 
-use super::code_grant::OPENID;
+use super::id_token::OPENID;
 use super::{OAuth, Unavailable};
 use crate::aggregate::{self as agg, load};
 use crate::clock::Clock;

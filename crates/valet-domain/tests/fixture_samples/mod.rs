@@ -183,6 +183,13 @@ pub fn samples() -> Vec<(&'static str, &'static str, u32, Value)> {
         ),
         sample("client", client::Event::ClientDisabled { at: at(900_000) }),
         sample(
+            "client",
+            client::Event::ClientIdTokenAlgorithmSet {
+                algorithm: Algorithm::EdDSA,
+                at: at(5),
+            },
+        ),
+        sample(
             "user",
             user::Event::UserRegistered {
                 user_id: alice.user_id,

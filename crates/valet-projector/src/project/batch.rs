@@ -402,6 +402,8 @@ impl Batch {
                         .push((client_id.to_string(), at.as_unix_millis())),
                 }
             }
+            // Read from the client's stream when a token is issued, not a read model.
+            client::Event::ClientIdTokenAlgorithmSet { .. } => {}
         }
     }
 

@@ -265,7 +265,7 @@ pub(super) fn authorize_params(client_id: &str, scope: &str) -> AuthorizeParams 
         state: Some("xyz".to_owned()),
         code_challenge: Some(challenge(VERIFIER)),
         code_challenge_method: Some("S256".to_owned()),
-        nonce: None,
+        ..AuthorizeParams::default()
     }
 }
 
