@@ -600,12 +600,12 @@ async fn o09_every_authorization_response_carries_iss() {
     oidc.server.stop().await;
 }
 
-/// The id_token's claims (OIDC.md 10, but `sid` and `azp` come with login sessions) and
-/// its signature (OIDC.md 11 for the default RS256), checked as a relying party would:
-/// `iss` exact, `sub` the user's id as introspection names it, `aud` the client,
-/// `exp` after `iat`, `auth_time` the sign-in, a `kid` from the JWKS.
+/// o10: the id_token's claims: `iss` exact, `sub` the user's id (at most 255 ASCII
+/// characters, the same for every client), `aud` the client (one audience, so no `azp`),
+/// `exp` after `iat`, `auth_time` the sign-in, and `sid` the sign-in session (the same
+/// for every grant of one session, another after signing in again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_id_token_names_the_issuer_user_client_and_sign_in_and_verifies_from_the_jwks() {
+async fn o10_an_id_token_names_the_issuer_user_client_sign_in_and_session() {
     let mut oidc = Oidc::start(&[]).await;
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -648,13 +648,43 @@ async fn an_id_token_names_the_issuer_user_client_and_sign_in_and_verifies_from_
         claims2["auth_time"], claims["auth_time"],
         "the same sign-in session"
     );
+    let sid = claims["sid"].as_str().expect("sid");
+    assert!(!sid.is_empty());
+    assert_eq!(claims2["sid"], claims["sid"], "one session, one sid");
+    assert!(claims.get("azp").is_none(), "one audience needs no azp");
+    assert!(claims["aud"].is_string(), "{claims}");
+    // Another client, the same session: the same sub and sid.
+    let other = oidc
+        .server
+        .create_client(
+            &ClientSpec::confidential("Other")
+                .redirect(APP_CB)
+                .scopes("openid"),
+        )
+        .await;
+    let first_client = std::mem::replace(&mut oidc.client, other);
+    let theirs = oidc.tokens("openid", &[]).await;
+    let claims3 = oidc.id_token_claims(&theirs).await;
+    assert_eq!(
+        claims3["sub"], claims["sub"],
+        "sub is the same for every client"
+    );
+    assert_eq!(claims3["sid"], claims["sid"]);
+    assert_ne!(claims3["aud"], claims["aud"]);
+    // Signing in again starts another session.
+    oidc.client = first_client;
+    let again = oidc.tokens("openid", &[("prompt", "login")]).await;
+    let claims4 = oidc.id_token_claims(&again).await;
+    assert_ne!(claims4["sid"], claims["sid"], "a new sign-in, a new sid");
     oidc.server.stop().await;
 }
 
-/// The discovery document matches the RFC 8414 metadata and advertises only what is
-/// implemented (OIDC.md 1, less `end_session_endpoint`, which comes with logout).
+/// o01: the discovery document: `issuer` byte-equal to the configured one and to the
+/// RFC 8414 document's; the authorization, token, userinfo, jwks and end_session
+/// endpoints; `code` only; `public` subjects; RS256 and never `none`; `openid`;
+/// `claims_supported`; S256; `iss` in authorization responses. Nothing unimplemented.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_openid_configuration_matches_the_rfc8414_metadata() {
+async fn o01_the_openid_configuration_matches_the_rfc8414_metadata() {
     let server = TestServer::start().await;
     let oidc = server.get("/.well-known/openid-configuration").await;
     assert_eq!(oidc.status, 200, "{}", oidc.describe());
@@ -691,8 +721,19 @@ async fn the_openid_configuration_matches_the_rfc8414_metadata() {
         Some(format!("{}/userinfo", server.base_url()).as_str())
     );
     assert!(has("scopes_supported", "profile") && has("scopes_supported", "email"));
+    assert_eq!(
+        oidc["end_session_endpoint"].as_str(),
+        Some(format!("{}/logout", server.base_url()).as_str())
+    );
+    assert_eq!(oidc["authorization_response_iss_parameter_supported"], true);
+    // Every advertised endpoint answers (not 404).
+    for field in ["userinfo_endpoint", "end_session_endpoint", "jwks_uri"] {
+        let url = oidc[field].as_str().expect(field);
+        let path = url.strip_prefix(server.base_url()).expect("on this server");
+        assert_ne!(server.get(path).await.status, 404, "{field}");
+    }
     // Nothing is advertised that is not served.
-    for field in ["end_session_endpoint", "registration_endpoint"] {
+    for field in ["registration_endpoint", "check_session_iframe"] {
         assert!(
             oidc.get(field).is_none(),
             "{field} advertised before it exists"
@@ -1285,6 +1326,154 @@ async fn o19_id_tokens_stay_out_of_logs_nats_and_the_database() {
     assert!(
         database.contains("n-19"),
         "the nonce is recorded (it is no secret): the search reached the log"
+    );
+    oidc.server.stop().await;
+}
+
+const SIGNED_OUT: &str = "https://app.example/signed-out";
+
+/// o15: RP-Initiated Logout. The `end_session_endpoint` checks `id_token_hint`
+/// (signature and issuer; an expired one is accepted), sends the user back only to a
+/// `post_logout_redirect_uri` registered for that client, exactly, with `state`; the
+/// session ends, so the next `prompt=none` gets `login_required`. Without a hint the
+/// user confirms first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o15_rp_initiated_logout_ends_the_session() {
+    let mut oidc = Oidc::start(&[("VALET_ACCESS_TOKEN_TTL", "2")]).await;
+    let out = oidc
+        .server
+        .cli(
+            &[
+                "client",
+                "create",
+                "--name",
+                "Logout app",
+                "--redirect-uri",
+                APP_CB,
+                "--scope",
+                "openid",
+                "--post-logout-redirect-uri",
+                SIGNED_OUT,
+                "--json",
+            ],
+            None,
+        )
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    oidc.client = ClientCreds {
+        client_id: created["client_id"].as_str().expect("client_id").to_owned(),
+        client_secret: created["client_secret"].as_str().map(str::to_owned),
+        redirect_uris: vec![APP_CB.to_owned()],
+    };
+    let tokens = oidc.tokens("openid", &[]).await;
+    let hint = tokens["id_token"].as_str().expect("id_token").to_owned();
+    let signed_in = |resp: &valet_tests::server::Resp| {
+        resp.status == 302 && FlowEnd::new(resp.clone()).param("code").is_some()
+    };
+    let logout =
+        |params: &[(&str, &str)]| format!("/logout?{}", valet_tests::server::form_body(params));
+
+    // A hint with a broken signature, or an unregistered return address: nothing happens.
+    let mut tampered = hint.clone();
+    tampered.pop();
+    tampered.push(if hint.ends_with('A') { 'B' } else { 'A' });
+    for (what, url) in [
+        ("a tampered hint", logout(&[("id_token_hint", &tampered)])),
+        (
+            "an unregistered return address",
+            logout(&[
+                ("id_token_hint", &hint),
+                ("post_logout_redirect_uri", "https://app.example/other"),
+            ]),
+        ),
+        (
+            "a return address of another spelling",
+            logout(&[
+                ("id_token_hint", &hint),
+                (
+                    "post_logout_redirect_uri",
+                    "https://app.example/signed-out/",
+                ),
+            ]),
+        ),
+    ] {
+        let resp = oidc.browser.get(&oidc.server.url(&url)).await;
+        assert_eq!(resp.status, 400, "{what}: {}", resp.describe());
+        assert!(resp.location().is_none(), "{what}: no redirect");
+        let still = oidc.get_authorize("openid", &[("prompt", "none")]).await;
+        assert!(
+            signed_in(&still),
+            "{what}: still signed in: {}",
+            still.describe()
+        );
+    }
+
+    // The hint has expired by now (2 s tokens): still accepted.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let url = logout(&[
+        ("id_token_hint", &hint),
+        ("post_logout_redirect_uri", SIGNED_OUT),
+        ("state", "s-1 &x"),
+    ]);
+    let resp = oidc.browser.get(&oidc.server.url(&url)).await;
+    assert!(matches!(resp.status, 302 | 303), "{}", resp.describe());
+    let back = FlowEnd::new(resp);
+    assert!(
+        back.raw_location.starts_with(&format!("{SIGNED_OUT}?")),
+        "{}",
+        back.raw_location
+    );
+    assert_eq!(back.param("state").as_deref(), Some("s-1 &x"));
+    let none = oidc.get_authorize("openid", &[("prompt", "none")]).await;
+    assert_r(
+        &none,
+        APP_CB,
+        "login_required",
+        FlowEnd::new(none.clone()).param("state").as_deref(),
+        "after logout",
+    );
+
+    // Without a hint the user confirms on a page, then is signed out.
+    oidc.tokens("openid", &[]).await;
+    let page = oidc.browser.get(&oidc.server.url("/logout")).await;
+    assert_eq!(page.status, 200, "{}", page.describe());
+    let form = valet_tests::html::find_form(&page.text(), |f| f.action.contains("/logout"))
+        .expect("a sign-out form");
+    let mut fields = form.hidden();
+    fields.push(("decision".to_owned(), "sign_out".to_owned()));
+    let done = oidc
+        .browser
+        .post_form(&oidc.server.url("/logout"), &fields)
+        .await;
+    assert_eq!(done.status, 200, "{}", done.describe());
+    assert!(done.text().contains("signed out"), "{}", done.describe());
+    let none = oidc.get_authorize("openid", &[("prompt", "none")]).await;
+    assert_r(
+        &none,
+        APP_CB,
+        "login_required",
+        FlowEnd::new(none.clone()).param("state").as_deref(),
+        "after confirming",
+    );
+    // A forged confirmation (no CSRF field) signs no one out.
+    oidc.tokens("openid", &[]).await;
+    let forged = oidc
+        .browser
+        .post_form(
+            &oidc.server.url("/logout"),
+            &[("decision".to_owned(), "sign_out".to_owned())],
+        )
+        .await;
+    assert_eq!(forged.status, 200, "the confirmation page again");
+    let still = oidc.get_authorize("openid", &[("prompt", "none")]).await;
+    assert!(
+        signed_in(&still),
+        "a forged confirmation signed the user out"
     );
     oidc.server.stop().await;
 }

@@ -57,6 +57,7 @@ async fn service(app: &App) -> Service {
                 grant_types: vec![],
                 scopes: vec!["read".into()],
                 id_token_alg: None,
+                post_logout_redirect_uris: vec![],
             },
             &RequestMeta::default(),
         )

@@ -65,6 +65,7 @@ async fn a_rejection_records_its_events<S: EventStore>(store: &S) {
         grant_id: GrantId::new(Uuid::now_v7()),
         nonce: None,
         auth_time: now,
+        sid: valet_domain::oidc::SessionId::new(Uuid::now_v7()),
         at: now,
         ttl: CodeTtl::new(60).expect("ttl"),
     };

@@ -78,6 +78,8 @@ pub struct NewClient {
     pub scopes: Vec<String>,
     /// `RS256` (the default), `ES256` or `EdDSA`.
     pub id_token_alg: Option<String>,
+    /// Where RP-Initiated Logout may return the user (same rules as redirect URIs).
+    pub post_logout_redirect_uris: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -121,6 +123,11 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             .transpose()
             .map_err(|e| invalid("--id-token-signed-response-alg", &e))?
             .unwrap_or(Algorithm::RS256);
+        let post_logout_redirect_uris = spec
+            .post_logout_redirect_uris
+            .iter()
+            .map(|u| RedirectUri::parse(u).map_err(|e| invalid("--post-logout-redirect-uri", &e)))
+            .collect::<Result<Vec<_>, _>>()?;
         let random = self.randomness();
         let drawn = secrets::client_id(random).map_err(Unavailable::from)?;
         // 32 hex characters always make a valid client id.
@@ -146,6 +153,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             grant_types,
             scopes,
             id_token_alg,
+            post_logout_redirect_uris,
             at: self.now(),
         };
         execute::<agg::Client, S>(

@@ -32,6 +32,7 @@ pub async fn client(database_url: &str, command: ClientCommand) -> anyhow::Resul
             grant_types,
             scopes,
             id_token_signed_response_alg,
+            post_logout_redirect_uris,
             json,
         } => {
             let created = oauth
@@ -47,6 +48,7 @@ pub async fn client(database_url: &str, command: ClientCommand) -> anyhow::Resul
                         grant_types,
                         scopes,
                         id_token_alg: id_token_signed_response_alg,
+                        post_logout_redirect_uris,
                     },
                     &meta,
                 )

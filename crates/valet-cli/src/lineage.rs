@@ -28,6 +28,9 @@ fn describe(event: &Event) -> String {
         Event::Client(client::Event::ClientIdTokenAlgorithmSet { algorithm, .. }) => {
             format!("client id_tokens signed with {algorithm}")
         }
+        Event::Client(client::Event::ClientPostLogoutRedirectUrisSet { uris, .. }) => {
+            format!("client may be returned to {} after logout", uris.len())
+        }
         Event::User(user::Event::UserRegistered { username, .. }) => {
             format!("user {username} registered")
         }

@@ -294,6 +294,10 @@ enum ClientCommand {
         /// How the client's id_tokens are signed: RS256 (default), ES256 or EdDSA.
         #[arg(long, value_name = "ALG")]
         id_token_signed_response_alg: Option<String>,
+        /// Where RP-Initiated Logout may return the user (https, or http on a loopback
+        /// host; matched exactly). Repeat for several.
+        #[arg(long = "post-logout-redirect-uri", value_name = "URI")]
+        post_logout_redirect_uris: Vec<String>,
         /// Print one JSON object {"client_id": ..., "client_secret": ...}.
         #[arg(long)]
         json: bool,

@@ -77,6 +77,7 @@ pub async fn seed(database_url: &str, target: u64) -> anyhow::Result<()> {
                 grant_types: vec![],
                 scopes: scopes.clone(),
                 id_token_alg: valet_domain::signing_key::Algorithm::RS256,
+                post_logout_redirect_uris: vec![],
                 at: now,
             },
         )?;

@@ -32,6 +32,8 @@ pub enum Command {
         scopes: ScopeSet,
         /// How its id_tokens are signed (`id_token_signed_response_alg`).
         id_token_alg: Algorithm,
+        /// Where RP-Initiated Logout may send the user back to.
+        post_logout_redirect_uris: Vec<RedirectUri>,
         at: Timestamp,
     },
     Disable {
@@ -60,11 +62,17 @@ pub enum Event {
         algorithm: Algorithm,
         at: Timestamp,
     },
+    /// Where RP-Initiated Logout may send the user back to (none until this event).
+    ClientPostLogoutRedirectUrisSet {
+        uris: Vec<RedirectUri>,
+        at: Timestamp,
+    },
 }
 domain_event!(Event {
     ClientRegistered,
     ClientDisabled,
-    ClientIdTokenAlgorithmSet
+    ClientIdTokenAlgorithmSet,
+    ClientPostLogoutRedirectUrisSet
 });
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -120,6 +128,7 @@ pub struct Client {
     pub registered_at: Timestamp,
     pub disabled_at: Option<Timestamp>,
     pub id_token_alg: Algorithm,
+    pub post_logout_redirect_uris: Vec<RedirectUri>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -221,6 +230,7 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Error> {
             grant_types,
             scopes,
             id_token_alg,
+            post_logout_redirect_uris,
             at,
         } => {
             if state.is_registered() {
@@ -263,6 +273,17 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Error> {
             if id_token_alg != Algorithm::RS256 {
                 events.push(Event::ClientIdTokenAlgorithmSet {
                     algorithm: id_token_alg,
+                    at,
+                });
+            }
+            if !post_logout_redirect_uris.is_empty() {
+                for (i, uri) in post_logout_redirect_uris.iter().enumerate() {
+                    if post_logout_redirect_uris[..i].contains(uri) {
+                        return Err(Error::DuplicateRedirectUri(uri.clone()));
+                    }
+                }
+                events.push(Event::ClientPostLogoutRedirectUrisSet {
+                    uris: post_logout_redirect_uris,
                     at,
                 });
             }
@@ -315,9 +336,14 @@ pub fn evolve(state: State, event: &Event) -> State {
             registered_at: *at,
             disabled_at: None,
             id_token_alg: Algorithm::RS256,
+            post_logout_redirect_uris: Vec::new(),
         })),
         (Some(mut client), Event::ClientIdTokenAlgorithmSet { algorithm, .. }) => {
             client.id_token_alg = *algorithm;
+            State(Some(client))
+        }
+        (Some(mut client), Event::ClientPostLogoutRedirectUrisSet { uris, .. }) => {
+            client.post_logout_redirect_uris = uris.clone();
             State(Some(client))
         }
         (Some(mut client), Event::ClientDisabled { at }) => {
@@ -377,6 +403,7 @@ mod tests {
             grant_types: grant_types.to_vec(),
             scopes: scopes("read write"),
             id_token_alg: Algorithm::RS256,
+            post_logout_redirect_uris: vec![],
             at: T0,
         }
     }
@@ -517,7 +544,7 @@ mod tests {
     }
 
     #[test]
-    fn an_id_token_algorithm_other_than_rs256_is_recorded_with_the_registration() {
+    fn an_id_token_algorithm_and_logout_uris_are_recorded_with_the_registration() {
         let Command::Register {
             client_id,
             name,
@@ -541,19 +568,30 @@ mod tests {
                 grant_types,
                 scopes,
                 id_token_alg: Algorithm::ES256,
+                post_logout_redirect_uris: vec![uri("https://app.example/bye")],
                 at,
             },
         )
         .unwrap();
         assert_eq!(
-            events.last(),
-            Some(&Event::ClientIdTokenAlgorithmSet {
-                algorithm: Algorithm::ES256,
-                at: T0
-            })
+            events[1..],
+            [
+                Event::ClientIdTokenAlgorithmSet {
+                    algorithm: Algorithm::ES256,
+                    at: T0
+                },
+                Event::ClientPostLogoutRedirectUrisSet {
+                    uris: vec![uri("https://app.example/bye")],
+                    at: T0
+                }
+            ]
         );
         let state = State::from_events(&events);
         assert_eq!(state.client().unwrap().id_token_alg, Algorithm::ES256);
+        assert_eq!(
+            state.client().unwrap().post_logout_redirect_uris,
+            [uri("https://app.example/bye")]
+        );
         let default = decide(
             &State::default(),
             register(secret(), &["https://app.example/cb"], &[]),
@@ -589,6 +627,7 @@ mod tests {
                 grant_types,
                 scopes: ScopeSet::default(),
                 id_token_alg: Algorithm::RS256,
+                post_logout_redirect_uris: vec![],
                 at,
             })
             .then_error(Error::EmptyScope);
@@ -762,6 +801,10 @@ mod tests {
                 Event::ClientDisabled { at: T1 },
                 Event::ClientIdTokenAlgorithmSet {
                     algorithm: Algorithm::EdDSA,
+                    at: T1,
+                },
+                Event::ClientPostLogoutRedirectUrisSet {
+                    uris: vec![uri("https://app.example/bye")],
                     at: T1,
                 },
             ],

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{domain_event, Rejection};
 use crate::ids::{ClientId, GrantId, UserId, Username};
-use crate::oidc::Nonce;
+use crate::oidc::{Nonce, SessionId};
 use crate::pkce::{PkceChallenge, PkceVerifier};
 use crate::redirect::RedirectUri;
 use crate::scope::ScopeSet;
@@ -35,9 +35,11 @@ pub enum Command {
         pkce: Option<PkceChallenge>,
         /// Pre-assigned so a replay can name the grant to revoke.
         grant_id: GrantId,
-        /// OpenID Connect: the request's nonce, and when the user signed in.
+        /// OpenID Connect: the request's nonce, and when and in which session the user
+        /// signed in.
         nonce: Option<Nonce>,
         auth_time: Timestamp,
+        sid: SessionId,
         at: Timestamp,
         ttl: CodeTtl,
     },
@@ -70,6 +72,8 @@ pub enum Event {
         nonce: Option<Nonce>,
         /// When the user signed in; since schema version 2 (`null` in upcast ones).
         auth_time: Option<Timestamp>,
+        /// The sign-in session; since schema version 3 (`null` in upcast ones).
+        sid: Option<SessionId>,
         issued_at: Timestamp,
         expires_at: Timestamp,
     },
@@ -132,6 +136,7 @@ pub struct IssuedCode {
     pub grant_id: GrantId,
     pub nonce: Option<Nonce>,
     pub auth_time: Option<Timestamp>,
+    pub sid: Option<SessionId>,
     pub issued_at: Timestamp,
     pub expires_at: Timestamp,
 }
@@ -184,6 +189,7 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Rejection<Event
             grant_id,
             nonce,
             auth_time,
+            sid,
             at,
             ttl,
         } => {
@@ -205,6 +211,7 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Rejection<Event
                 grant_id,
                 nonce,
                 auth_time: Some(auth_time),
+                sid: Some(sid),
                 issued_at: at,
                 expires_at: at.plus_seconds(ttl.seconds()),
             }])
@@ -292,6 +299,7 @@ pub fn evolve(mut state: State, event: &Event) -> State {
             grant_id,
             nonce,
             auth_time,
+            sid,
             issued_at,
             expires_at,
         } => {
@@ -307,6 +315,7 @@ pub fn evolve(mut state: State, event: &Event) -> State {
                 grant_id: *grant_id,
                 nonce: nonce.clone(),
                 auth_time: *auth_time,
+                sid: *sid,
                 issued_at: *issued_at,
                 expires_at: *expires_at,
             });
@@ -380,6 +389,7 @@ mod tests {
             grant_id: grant_id(),
             nonce: Some(Nonce::parse("n-0S6_WzA2Mj").unwrap()),
             auth_time: at(-5_000),
+            sid: SessionId::new(Uuid::from_u128(9)),
             at: T0,
             ttl: CodeTtl::new(TTL_SECONDS).unwrap(),
         }
@@ -471,6 +481,7 @@ mod tests {
                 grant_id: grant_id(),
                 nonce: None,
                 auth_time: at,
+                sid: SessionId::new(Uuid::from_u128(9)),
                 at,
                 ttl,
             })

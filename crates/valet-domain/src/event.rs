@@ -107,14 +107,21 @@ pub(crate) struct Upcaster {
 }
 
 /// The event types whose current schema version is above 1. Every other type is at 1.
-const CURRENT_VERSIONS: &[(&str, u32)] = &[("CodeIssued", 2)];
+const CURRENT_VERSIONS: &[(&str, u32)] = &[("CodeIssued", 3)];
 
 /// Every upcaster ever needed, one per (event type, from version).
-const UPCASTERS: &[Upcaster] = &[Upcaster {
-    event_type: "CodeIssued",
-    from: 1,
-    upcast: code_issued_v1_to_v2,
-}];
+const UPCASTERS: &[Upcaster] = &[
+    Upcaster {
+        event_type: "CodeIssued",
+        from: 1,
+        upcast: code_issued_v1_to_v2,
+    },
+    Upcaster {
+        event_type: "CodeIssued",
+        from: 2,
+        upcast: code_issued_v2_to_v3,
+    },
+];
 
 /// `CodeIssued` v2 (OpenID Connect) adds the request's `nonce` and the sign-in time
 /// `auth_time`; a version-1 code had neither.
@@ -124,6 +131,15 @@ fn code_issued_v1_to_v2(mut payload: Value) -> Result<Value, String> {
         .ok_or_else(|| "the payload is not an object".to_owned())?;
     fields.insert("nonce".to_owned(), Value::Null);
     fields.insert("auth_time".to_owned(), Value::Null);
+    Ok(payload)
+}
+
+/// `CodeIssued` v3 adds the sign-in session `sid`; a version-2 code had none.
+fn code_issued_v2_to_v3(mut payload: Value) -> Result<Value, String> {
+    payload
+        .as_object_mut()
+        .ok_or_else(|| "the payload is not an object".to_owned())?
+        .insert("sid".to_owned(), Value::Null);
     Ok(payload)
 }
 
@@ -336,7 +352,7 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), all.len(), "{all:?}");
-        assert_eq!(all.len(), 20);
+        assert_eq!(all.len(), 21);
     }
 
     #[test]

@@ -1,6 +1,29 @@
 //! OpenID Connect values of an authentication request.
 
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A sign-in session (the id_token's `sid`): drawn at sign-in, kept in the session
+/// cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SessionId(Uuid);
+
+impl SessionId {
+    pub const fn new(id: Uuid) -> Self {
+        Self(id)
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Uuid::parse_str(s).ok().map(Self)
+    }
+}
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
 
 /// The `nonce` of an authentication request (OpenID Connect Core §3.1.2.1), copied into
 /// the id_token byte for byte: 1 to 512 visible ASCII characters (the spec sets no

@@ -13,22 +13,22 @@ use axum::response::{IntoResponse, Response};
 use valet_app::attempts::AttemptKey;
 use valet_app::oauth::{
     AuthenticatedUser, AuthorizationRequest, AuthorizeParams, AuthorizeRejection, ConsentState,
-    ErrorCode, LoginError, OAuthError, Step,
+    ErrorCode, LoginError, OAuthError, SignIn, Step,
 };
 use valet_app::read::ReadModels;
 use valet_app::{Clock, EventStore, Readiness};
-use valet_domain::oidc::Prompt;
+use valet_domain::oidc::{Prompt, SessionId};
 use valet_domain::Timestamp;
 
+use crate::cookies::{
+    csrf_cookie, csrf_matches, session, set_cookie_attributes, with_cookie, SESSION_COOKIE,
+};
 use crate::html::{self, ConsentView, Hidden, LoginNotice, LoginView};
 use crate::limits;
 use crate::observe::RequestContext;
 use crate::params::{append_query, encode_pairs, Params};
-use crate::signing::{self, Session, SESSION_SECONDS};
+use crate::signing::{Session, SESSION_SECONDS};
 use crate::{read_form, AppState};
-
-pub const SESSION_COOKIE: &str = "valet_session";
-pub const CSRF_COOKIE: &str = "valet_csrf";
 
 /// Whether a parameter came twice, and whether that leaves the redirect URI trustworthy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,85 +231,6 @@ where
     }
 }
 
-/// The values of every cookie called `name`, across all Cookie headers.
-fn cookies<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(move |pair| {
-            let (n, value) = pair.trim().split_once('=')?;
-            (n == name).then_some(value.trim())
-        })
-}
-
-fn set_cookie_attributes<S, R, C>(app: &AppState<S, R, C>) -> &'static str {
-    match app.cookie_transport {
-        CookieTransport::HttpsOnly => "; Path=/; HttpOnly; SameSite=Lax; Secure",
-        CookieTransport::Any => "; Path=/; HttpOnly; SameSite=Lax",
-    }
-}
-
-/// Whether cookies get the `Secure` attribute (when the issuer is https).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CookieTransport {
-    HttpsOnly,
-    Any,
-}
-
-impl CookieTransport {
-    pub fn for_issuer(issuer: &str) -> Self {
-        if issuer
-            .get(..8)
-            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
-        {
-            CookieTransport::HttpsOnly
-        } else {
-            CookieTransport::Any
-        }
-    }
-}
-
-/// The user of a valid session cookie, if any.
-fn session<S, R, C: Clock>(app: &AppState<S, R, C>, headers: &HeaderMap) -> Option<Session> {
-    let now = app.oauth.clock.now().as_unix_seconds();
-    cookies(headers, SESSION_COOKIE).find_map(|v| app.signer.verify_session(v, now).ok())
-}
-
-fn csrf_matches<S, R, C>(app: &AppState<S, R, C>, headers: &HeaderMap, form: &Params) -> bool {
-    let Some(field) = form.field("csrf_token").value() else {
-        return false;
-    };
-    cookies(headers, CSRF_COOKIE).any(|cookie| app.signer.verify_csrf(cookie, field))
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("cannot create a CSRF cookie: {0}")]
-struct CsrfCookieError(String);
-
-/// The CSRF cookie to use for a page: the browser's own if it has one, else a new one
-/// (with its Set-Cookie header).
-fn csrf_cookie<S, R, C>(
-    app: &AppState<S, R, C>,
-    headers: &HeaderMap,
-) -> Result<(String, Option<HeaderValue>), CsrfCookieError> {
-    if let Some(existing) = cookies(headers, CSRF_COOKIE).find(|v| signing::is_csrf_cookie(v)) {
-        return Ok((existing.to_owned(), None));
-    }
-    let fresh = signing::new_csrf_cookie().map_err(|e| CsrfCookieError(e.to_string()))?;
-    let header = format!("{CSRF_COOKIE}={fresh}{}", set_cookie_attributes(app));
-    let header = HeaderValue::from_str(&header).map_err(|e| CsrfCookieError(e.to_string()))?;
-    Ok((fresh, Some(header)))
-}
-
-fn with_cookie(mut res: Response, cookie: Option<HeaderValue>) -> Response {
-    if let Some(cookie) = cookie {
-        res.headers_mut().append(header::SET_COOKIE, cookie);
-    }
-    res
-}
-
 fn hidden_fields<'a>(csrf: &'a str, params: &'a AuthorizeParams) -> Vec<Hidden<'a>> {
     std::iter::once(("csrf_token", csrf))
         .chain(param_pairs(params))
@@ -390,13 +311,11 @@ where
     let redirect_uri = request.redirect_uri.as_str();
     let state = request.state.as_deref();
     let issuer = app.oauth.settings.issuer.as_str();
-    let authenticated_at =
-        Timestamp::from_unix_millis(session.authenticated_at.saturating_mul(1000));
-    match app
-        .oauth
-        .approve(user, request, authenticated_at, &ctx.meta())
-        .await
-    {
+    let sign_in = SignIn {
+        session: session.session_id,
+        at: Timestamp::from_unix_millis(session.authenticated_at.saturating_mul(1000)),
+    };
+    match app.oauth.approve(user, request, sign_in, &ctx.meta()).await {
         Ok(code) => {
             let mut pairs = vec![("code", code.as_str())];
             pairs.extend(state.map(|s| ("state", s)));
@@ -524,9 +443,15 @@ where
             limits::clear(attempts, &user).await;
             let user = user_signed_in;
             let signed_in_at = app.oauth.clock.now().as_unix_seconds();
-            let session =
-                app.signer
-                    .session(user.user_id, signed_in_at, signed_in_at + SESSION_SECONDS);
+            let session = app.signer.session(
+                &Session {
+                    user_id: user.user_id,
+                    // A fresh id for every sign-in: the id_token's `sid`.
+                    session_id: SessionId::new(uuid::Uuid::new_v4()),
+                    authenticated_at: signed_in_at,
+                },
+                signed_in_at + SESSION_SECONDS,
+            );
             let cookie = format!(
                 "{SESSION_COOKIE}={session}; Max-Age={SESSION_SECONDS}{}",
                 set_cookie_attributes(&app)
@@ -642,34 +567,5 @@ mod tests {
         assert_eq!(back.params.state.as_deref(), Some("&#+% \u{e9}"));
         assert_eq!(back.params.scope.as_deref(), Some("a b"));
         assert_eq!(back.params.client_id.as_deref(), Some("c"));
-    }
-
-    #[test]
-    fn reads_cookies_across_headers() {
-        let mut h = HeaderMap::new();
-        h.append(
-            header::COOKIE,
-            HeaderValue::from_static("a=1; valet_csrf=x"),
-        );
-        h.append(header::COOKIE, HeaderValue::from_static("valet_csrf=y;b=2"));
-        assert_eq!(cookies(&h, CSRF_COOKIE).collect::<Vec<_>>(), ["x", "y"]);
-        assert_eq!(cookies(&h, "b").collect::<Vec<_>>(), ["2"]);
-        assert_eq!(cookies(&h, "c").count(), 0);
-    }
-
-    #[test]
-    fn cookies_are_secure_behind_https() {
-        assert_eq!(
-            CookieTransport::for_issuer("https://id.example"),
-            CookieTransport::HttpsOnly
-        );
-        assert_eq!(
-            CookieTransport::for_issuer("HTTPS://id.example"),
-            CookieTransport::HttpsOnly
-        );
-        assert_eq!(
-            CookieTransport::for_issuer("http://127.0.0.1:8080"),
-            CookieTransport::Any
-        );
     }
 }

@@ -65,6 +65,7 @@ struct OpenIdConfiguration<'a> {
     #[serde(flatten)]
     server: ServerMetadata<'a>,
     userinfo_endpoint: String,
+    end_session_endpoint: String,
     response_modes_supported: [&'static str; 1],
     subject_types_supported: [&'static str; 1],
     id_token_signing_alg_values_supported: [&'static str; 3],
@@ -87,6 +88,7 @@ pub(crate) async fn openid_configuration<S, R, C>(
             "{}/userinfo",
             app.oauth.settings.issuer.trim_end_matches('/')
         ),
+        end_session_endpoint: format!("{}/logout", app.oauth.settings.issuer.trim_end_matches('/')),
         response_modes_supported: ["query"],
         // `sub` is the user's id, the same for every client.
         subject_types_supported: ["public"],

@@ -170,6 +170,26 @@ pub fn consent_page(view: &ConsentView<'_>) -> String {
     layout("Allow access", &body)
 }
 
+/// Asks the user to confirm signing out (a logout request that did not prove it came
+/// from an application).
+pub fn logout_page(hidden: &[Hidden<'_>]) -> String {
+    let mut body = String::from(
+        r#"<h1>Sign out?</h1>
+<p class="lead">An application asked to sign you out of this service.</p>
+<form method="post" action="/logout">
+"#,
+    );
+    push_hidden(&mut body, hidden);
+    body.push_str(
+        r#"<div class="actions">
+<button class="primary" type="submit" name="decision" value="sign_out">Sign out</button>
+</div>
+</form>
+"#,
+    );
+    layout("Sign out", &body)
+}
+
 /// A page that explains and offers nothing to click: used for requests that cannot be
 /// sent back to the client.
 pub fn message_page(title: &str, message: &str) -> String {

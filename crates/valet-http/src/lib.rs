@@ -6,9 +6,11 @@
 
 mod authorize;
 mod client_auth;
+mod cookies;
 mod discovery;
 mod html;
 mod limits;
+mod logout;
 mod observe;
 mod params;
 mod proxies;
@@ -33,7 +35,7 @@ use valet_app::outbox::RelayStatus;
 use valet_app::read::ReadModels;
 use valet_app::{Clock, EventStore, Readiness};
 
-pub use authorize::{CookieTransport, CSRF_COOKIE, SESSION_COOKIE};
+pub use cookies::{CookieTransport, CSRF_COOKIE, SESSION_COOKIE};
 pub use observe::{Metrics, RequestContext, X_REQUEST_ID};
 
 pub use crate::limits::FailureLimits;
@@ -159,6 +161,10 @@ where
             get(userinfo::userinfo::<S, R, C>)
                 .post(userinfo::userinfo::<S, R, C>)
                 .layer(no_store()),
+        )
+        .route(
+            "/logout",
+            get(logout::logout::<S, R, C>).post(logout::logout::<S, R, C>),
         )
         .route("/jwks.json", get(discovery::jwks::<S, R, C>))
         .route("/healthz", get(healthz))

@@ -9,6 +9,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use uuid::Uuid;
 use valet_app::entropy::{random_bytes, OsRandom, RandomnessError};
+use valet_domain::oidc::SessionId;
 use valet_domain::UserId;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -29,11 +30,12 @@ pub enum SessionError {
     Expired,
 }
 
-/// A verified session: who signed in, and when (unix seconds; OpenID Connect's
-/// `auth_time`).
+/// A verified session: who signed in, which sign-in it is (OpenID Connect's `sid`), and
+/// when (unix seconds; `auth_time`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Session {
     pub user_id: UserId,
+    pub session_id: SessionId,
     pub authenticated_at: i64,
 }
 
@@ -55,9 +57,12 @@ impl Signer {
         mac
     }
 
-    /// `<user uuid>.<sign-in unix seconds>.<expiry unix seconds>.<base64url MAC>`.
-    pub fn session(&self, user: UserId, authenticated_at: i64, expires_at: i64) -> String {
-        let payload = format!("{user}.{authenticated_at}.{expires_at}");
+    /// `<user uuid>.<session uuid>.<sign-in unix seconds>.<expiry unix seconds>.<MAC>`.
+    pub fn session(&self, session: &Session, expires_at: i64) -> String {
+        let payload = format!(
+            "{}.{}.{}.{expires_at}",
+            session.user_id, session.session_id, session.authenticated_at
+        );
         let tag = self
             .mac(b"valet-session", payload.as_bytes())
             .finalize()
@@ -75,12 +80,17 @@ impl Signer {
             .verify_slice(&tag)
             .map_err(|_| SessionError::BadSignature)?;
         let mut parts = payload.split('.');
-        let (Some(user), Some(authenticated_at), Some(expires_at), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(user), Some(session_id), Some(authenticated_at), Some(expires_at), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
             return Err(SessionError::Malformed);
         };
         let user = Uuid::parse_str(user).map_err(|_| SessionError::Malformed)?;
+        let session_id = SessionId::parse(session_id).ok_or(SessionError::Malformed)?;
         let authenticated_at: i64 = authenticated_at
             .parse()
             .map_err(|_| SessionError::Malformed)?;
@@ -90,6 +100,7 @@ impl Signer {
         }
         Ok(Session {
             user_id: UserId::new(user),
+            session_id,
             authenticated_at,
         })
     }
@@ -143,14 +154,13 @@ mod tests {
     fn sessions_verify_until_they_expire() {
         let signer = Signer::new([7; 32]);
         let u = user();
-        let value = signer.session(u, NOW - 5, NOW + SESSION_SECONDS);
-        assert_eq!(
-            signer.verify_session(&value, NOW),
-            Ok(Session {
-                user_id: u,
-                authenticated_at: NOW - 5
-            })
-        );
+        let session = Session {
+            user_id: u,
+            session_id: SessionId::new(Uuid::now_v7()),
+            authenticated_at: NOW - 5,
+        };
+        let value = signer.session(&session, NOW + SESSION_SECONDS);
+        assert_eq!(signer.verify_session(&value, NOW), Ok(session));
         assert_eq!(
             signer.verify_session(&value, NOW + SESSION_SECONDS),
             Err(SessionError::Expired)
@@ -161,7 +171,12 @@ mod tests {
     fn tampered_sessions_are_refused() {
         let signer = Signer::new([7; 32]);
         let u = user();
-        let value = signer.session(u, NOW, NOW + 10);
+        let session = Session {
+            user_id: u,
+            session_id: SessionId::new(Uuid::now_v7()),
+            authenticated_at: NOW,
+        };
+        let value = signer.session(&session, NOW + 10);
         // Another user id, a later sign-in or a later expiry with the old MAC.
         let later = value.replacen(&format!(".{NOW}."), &format!(".{}.", NOW + 5), 1);
         assert_eq!(
@@ -211,7 +226,7 @@ mod tests {
     fn a_csrf_mac_is_not_a_session_mac() {
         let signer = Signer::new([3; 32]);
         let u = user();
-        let payload = format!("{u}.{NOW}.{}", NOW + 100);
+        let payload = format!("{u}.{}.{NOW}.{}", Uuid::now_v7(), NOW + 100);
         let forged = format!("{payload}.{}", signer.csrf_field(&payload));
         assert_eq!(
             signer.verify_session(&forged, NOW),

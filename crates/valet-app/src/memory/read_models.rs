@@ -123,7 +123,8 @@ impl Tables {
                     }
                 }
             }
-            client::Event::ClientIdTokenAlgorithmSet { .. } => {}
+            client::Event::ClientIdTokenAlgorithmSet { .. }
+            | client::Event::ClientPostLogoutRedirectUrisSet { .. } => {}
         }
     }
 

@@ -3,7 +3,7 @@
 
 use valet_domain::client::{ClientKind, ScopeError};
 use valet_domain::code::{self, RedirectUriPresence};
-use valet_domain::oidc::{Nonce, Prompt};
+use valet_domain::oidc::{Nonce, Prompt, SessionId};
 use valet_domain::{
     consent, ClientId, GrantId, GrantType, PkceChallenge, PkceMethod, RedirectUri, ScopeSet,
     StreamId, Timestamp,
@@ -38,6 +38,13 @@ pub struct AuthorizeParams {
     /// Request objects (Core §6) are not supported.
     pub request: Option<String>,
     pub request_uri: Option<String>,
+}
+
+/// A sign-in session: which, and when the user signed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignIn {
+    pub session: SessionId,
+    pub at: Timestamp,
 }
 
 /// What the authorization endpoint does next for a validated request.
@@ -290,13 +297,13 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         Ok(loaded.state.covers(&request.scope))
     }
 
-    /// The user approves: remember the consent and issue a single-use code.
-    /// `authenticated_at`: when the user signed in (the id_token's `auth_time`).
+    /// The user approves: remember the consent and issue a single-use code. `sign_in`:
+    /// the session the user signed in with (the id_token's `sid` and `auth_time`).
     pub async fn approve(
         &self,
         user: &AuthenticatedUser,
         request: &AuthorizationRequest,
-        authenticated_at: Timestamp,
+        sign_in: SignIn,
         meta: &RequestMeta,
     ) -> Result<String, OAuthError> {
         let now = self.now();
@@ -323,7 +330,8 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             pkce: request.pkce.clone(),
             grant_id: GrantId::new(self.ids.new_id()),
             nonce: request.nonce.clone(),
-            auth_time: authenticated_at,
+            auth_time: sign_in.at,
+            sid: sign_in.session,
             at: now,
             ttl: self.settings.code_ttl,
         };

@@ -7,7 +7,7 @@ use valet_domain::{
 };
 
 use super::client_auth::GuardedWriteError;
-use super::id_token::has_openid;
+use super::id_token::{has_openid, SignedIn};
 use super::tokens::Minted;
 use super::{
     client_actor, AuthenticatedClient, ErrorCode, OAuth, OAuthError, RequestMeta, TokenResponse,
@@ -70,8 +70,11 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
                 true => Some(self.id_token(
                     client,
                     issued.user_id,
-                    issued.auth_time,
-                    issued.nonce.as_ref(),
+                    SignedIn {
+                        auth_time: issued.auth_time,
+                        sid: issued.sid,
+                        nonce: issued.nonce.as_ref(),
+                    },
                     now,
                 )?),
                 false => None,

@@ -3,7 +3,7 @@
 //! Signed before anything is recorded, so a failure to sign spends no code or token.
 
 use valet_domain::grant::GrantOrigin;
-use valet_domain::oidc::Nonce;
+use valet_domain::oidc::{Nonce, SessionId};
 use valet_domain::signing_key::Algorithm;
 use valet_domain::{ScopeSet, StreamId, Timestamp, UserId};
 
@@ -17,6 +17,14 @@ use crate::read::ReadModels;
 /// The scope that makes an authorization request an OpenID Connect one.
 pub(crate) const OPENID: &str = "openid";
 
+/// What an id_token says of the authentication: when, in which session, and the
+/// request's nonce.
+pub(super) struct SignedIn<'a> {
+    pub auth_time: Option<Timestamp>,
+    pub sid: Option<SessionId>,
+    pub nonce: Option<&'a Nonce>,
+}
+
 pub(crate) fn has_openid(scope: &ScopeSet) -> bool {
     scope.iter().any(|s| s.as_str() == OPENID)
 }
@@ -28,8 +36,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         &self,
         client: &AuthenticatedClient,
         sub: UserId,
-        auth_time: Option<Timestamp>,
-        nonce: Option<&Nonce>,
+        sign_in: SignedIn<'_>,
         now: Timestamp,
     ) -> Result<String, OAuthError> {
         let claims = IdTokenClaims {
@@ -40,8 +47,9 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
                 .plus_seconds(self.settings.access_ttl.seconds())
                 .as_unix_seconds(),
             iat: now.as_unix_seconds(),
-            auth_time: auth_time.map(Timestamp::as_unix_seconds),
-            nonce: nonce.map(Nonce::as_str),
+            auth_time: sign_in.auth_time.map(Timestamp::as_unix_seconds),
+            nonce: sign_in.nonce.map(Nonce::as_str),
+            sid: sign_in.sid.map(|s| s.to_string()),
         };
         let claims = serde_json::to_value(&claims)
             .map_err(|e| Unavailable::Signing(SignError::Failed(e.to_string())))?;
@@ -82,8 +90,13 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         let code = load::<agg::Code, S>(&self.store, &StreamId::code(code_hash))
             .await?
             .state;
-        let auth_time = code.issued().and_then(|c| c.auth_time);
-        self.id_token(client, subject.user_id, auth_time, None, now)
+        let issued = code.issued();
+        let sign_in = SignedIn {
+            auth_time: issued.and_then(|c| c.auth_time),
+            sid: issued.and_then(|c| c.sid),
+            nonce: None,
+        };
+        self.id_token(client, subject.user_id, sign_in, now)
             .map(Some)
     }
 }

@@ -14,6 +14,7 @@ mod error;
 mod id_token;
 mod introspection;
 mod login;
+mod logout;
 mod refresh;
 mod revocation;
 mod tokens;
@@ -35,12 +36,13 @@ use crate::read::ReadModels;
 use crate::secrets::PasswordHashing;
 
 pub use authorization::{
-    AuthorizationRequest, AuthorizeParams, AuthorizeRejection, ConsentState, Step,
+    AuthorizationRequest, AuthorizeParams, AuthorizeRejection, ConsentState, SignIn, Step,
 };
 pub use client_auth::{AuthenticatedClient, ClientAuth, CLIENT_CACHE_TTL};
 pub use error::{ErrorCode, LoginError, OAuthError, Refusal, Unavailable};
 pub use introspection::Introspection;
 pub use login::AuthenticatedUser;
+pub use logout::{HintStatus, LogoutError, LogoutParams, LogoutPlan};
 pub use userinfo::{UserInfo, UserInfoError};
 
 use client_auth::ClientCache;

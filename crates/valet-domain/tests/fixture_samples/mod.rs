@@ -190,6 +190,13 @@ pub fn samples() -> Vec<(&'static str, &'static str, u32, Value)> {
             },
         ),
         sample(
+            "client",
+            client::Event::ClientPostLogoutRedirectUrisSet {
+                uris: vec![RedirectUri::parse("https://app.example/signed-out").expect("uri")],
+                at: at(5),
+            },
+        ),
+        sample(
             "user",
             user::Event::UserRegistered {
                 user_id: alice.user_id,
@@ -237,6 +244,9 @@ pub fn samples() -> Vec<(&'static str, &'static str, u32, Value)> {
                 grant_id,
                 nonce: Some(valet_domain::oidc::Nonce::parse("n-0S6_WzA2Mj").expect("nonce")),
                 auth_time: Some(at(55_000)),
+                sid: Some(valet_domain::oidc::SessionId::new(id(
+                    "01a22085-2aa0-7c11-8d3e-4f5a6b7c8d9e",
+                ))),
                 issued_at: at(60_001),
                 expires_at: at(60_001).plus_seconds(60),
             },

@@ -403,7 +403,8 @@ impl Batch {
                 }
             }
             // Read from the client's stream when a token is issued, not a read model.
-            client::Event::ClientIdTokenAlgorithmSet { .. } => {}
+            client::Event::ClientIdTokenAlgorithmSet { .. }
+            | client::Event::ClientPostLogoutRedirectUrisSet { .. } => {}
         }
     }
 

@@ -19,6 +19,7 @@ fn new_client(name: &str, client_type: ClientType, redirect: bool, scopes: &[&st
         grant_types: vec![],
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         id_token_alg: None,
+        post_logout_redirect_uris: vec![],
     }
 }
 

@@ -132,7 +132,7 @@ async fn approving_records_the_consent_and_a_single_use_code() {
     assert!(!world.valet.consent_covers(&alice, &request).await.unwrap());
     let code = world
         .valet
-        .approve(&alice, &request, Timestamp::from_unix_millis(T0), &caller())
+        .approve(&alice, &request, test_sign_in(), &caller())
         .await
         .unwrap();
     assert!(code.starts_with("valet_ac_"));
@@ -148,7 +148,7 @@ async fn approving_records_the_consent_and_a_single_use_code() {
     // Approving again what is covered records only the new code.
     world
         .valet
-        .approve(&alice, &request, Timestamp::from_unix_millis(T0), &caller())
+        .approve(&alice, &request, test_sign_in(), &caller())
         .await
         .unwrap();
     let again: Vec<&str> = world.recorded().await.into_iter().map(|(_, t)| t).collect();

@@ -255,6 +255,14 @@ pub(super) fn challenge(verifier: &str) -> String {
 
 pub(super) const VERIFIER: &str = "a-verifier-of-at-least-forty-three-characters-long";
 
+/// The sign-in session of the tests' approvals.
+pub(super) fn test_sign_in() -> crate::oauth::SignIn {
+    crate::oauth::SignIn {
+        session: valet_domain::oidc::SessionId::new(Uuid::from_u128(7)),
+        at: Timestamp::from_unix_millis(T0),
+    }
+}
+
 /// An authorization request of `client_id` for `scope`, with PKCE.
 pub(super) fn authorize_params(client_id: &str, scope: &str) -> AuthorizeParams {
     AuthorizeParams {
@@ -283,7 +291,7 @@ pub(super) async fn approved_code(
         .expect("a valid request");
     let code = world
         .valet
-        .approve(user, &request, Timestamp::from_unix_millis(T0), &caller())
+        .approve(user, &request, test_sign_in(), &caller())
         .await
         .expect("approved");
     world.skip_recorded().await;
