@@ -43,17 +43,33 @@ struct Measurement {
     cpu_ms_per_flow: f64,
 }
 
-/// One variant: `concurrency` loops of authorize → token for `duration`.
-async fn measure(
-    server: &TestServer,
-    label: &str,
-    client: &ClientCreds,
-    cookie: &str,
-    scope: &str,
-    expect_id_token: bool,
+/// Whether a variant's token responses carry an id_token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdToken {
+    Expected,
+    Absent,
+}
+
+/// One way of running the flow: a client and the scope it asks for.
+struct Variant {
+    label: String,
+    client: ClientCreds,
+    scope: &'static str,
+    id_token: IdToken,
+}
+
+/// How hard to push.
+#[derive(Debug, Clone, Copy)]
+struct Load {
     duration: Duration,
     concurrency: usize,
-) -> Measurement {
+}
+
+/// One variant: `load.concurrency` loops of authorize → token for `load.duration`.
+async fn measure(server: &TestServer, variant: &Variant, cookie: &str, load: Load) -> Measurement {
+    let (label, client, scope) = (&variant.label, &variant.client, variant.scope);
+    let expect_id_token = variant.id_token == IdToken::Expected;
+    let (duration, concurrency) = (load.duration, load.concurrency);
     let pkce = Pkce::new();
     let authorize = server.url(
         &AuthRequest::new(&client.client_id, APP_CB)
@@ -159,7 +175,7 @@ async fn main() {
     // Plenty of failed-auth headroom and long codes: nothing but the flow is measured.
     let server = TestServer::start_with(&[("VALET_LOG", "warn")]).await;
     let user = server.create_user("alice", "a long passphrase").await;
-    let mut variants: Vec<(String, ClientCreds, &str, bool)> = Vec::new();
+    let mut variants: Vec<Variant> = Vec::new();
     let plain = server
         .create_client(
             &ClientSpec::confidential("plain")
@@ -167,7 +183,12 @@ async fn main() {
                 .scopes("read openid"),
         )
         .await;
-    variants.push(("without openid".into(), plain, "read", false));
+    variants.push(Variant {
+        label: "without openid".into(),
+        client: plain,
+        scope: "read",
+        id_token: IdToken::Absent,
+    });
     for alg in &algs {
         let out = server
             .cli(
@@ -200,19 +221,19 @@ async fn main() {
             client_secret: created["client_secret"].as_str().map(str::to_owned),
             redirect_uris: vec![APP_CB.to_owned()],
         };
-        variants.push((
-            format!("openid, id_token {alg}"),
+        variants.push(Variant {
+            label: format!("openid, id_token {alg}"),
             client,
-            "openid read",
-            true,
-        ));
+            scope: "openid read",
+            id_token: IdToken::Expected,
+        });
     }
     // Sign in once and remember consent for every client (one browser, one session).
     let mut browser = server.browser();
-    for (_, client, scope, _) in &variants {
-        let req = AuthRequest::new(&client.client_id, APP_CB)
+    for variant in &variants {
+        let req = AuthRequest::new(&variant.client.client_id, APP_CB)
             .pkce(&Pkce::new())
-            .scope(scope);
+            .scope(variant.scope);
         server.code(&mut browser, &user, &req).await;
     }
     let cookie = browser.cookie_header().expect("a session cookie");
@@ -222,19 +243,13 @@ async fn main() {
     );
     let mut results: Vec<Vec<Measurement>> = variants.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
-        for (i, (label, client, scope, id_token)) in variants.iter().enumerate() {
+        for (i, variant) in variants.iter().enumerate() {
             tokio::time::sleep(Duration::from_secs(2)).await;
-            let m = measure(
-                &server,
-                label,
-                client,
-                &cookie,
-                scope,
-                *id_token,
+            let load = Load {
                 duration,
                 concurrency,
-            )
-            .await;
+            };
+            let m = measure(&server, variant, &cookie, load).await;
             eprintln!(
                 "round {}: {:<22} {:>7.0} flows/s  p50 {:>6.2} ms  p99 {:>6.2} ms  server CPU {:.3} ms/flow",
                 round + 1,

@@ -742,14 +742,91 @@ async fn o01_the_openid_configuration_matches_the_rfc8414_metadata() {
     server.stop().await;
 }
 
-/// A rotation of the RS256 key: id_tokens signed before it keep verifying from the JWKS,
-/// and new ones carry the new `kid` once it signs.
+/// One code flow with a remembered consent (the session in `cookie`): the id_token, or
+/// what went wrong.
+async fn flow_with_cookie(
+    http: &reqwest::Client,
+    base: &str,
+    client: &ClientCreds,
+    cookie: &str,
+) -> Result<String, String> {
+    let pkce = Pkce::new();
+    let path = AuthRequest::new(&client.client_id, APP_CB)
+        .pkce(&pkce)
+        .scope("openid")
+        .path();
+    let resp = http
+        .get(format!("{base}{path}"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .ok_or_else(|| format!("no redirect: {}", resp.status()))?
+        .to_owned();
+    let code = url::Url::parse(&location)
+        .map_err(|e| e.to_string())?
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .ok_or_else(|| format!("no code in {location}"))?;
+    let resp = http
+        .post(format!("{base}/token"))
+        .basic_auth(&client.client_id, client.client_secret.as_deref())
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", APP_CB),
+            ("code_verifier", pkce.verifier.as_str()),
+        ])
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(|e| e.to_string())?;
+    let body: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    match body["id_token"].as_str() {
+        Some(id_token) if status == 200 => Ok(id_token.to_owned()),
+        _ => Err(format!("{status}: {body}")),
+    }
+}
+
+/// Key rotation under load: while four connections run code flows without pause, the
+/// RS256 key is rotated. No flow fails; id_tokens are signed by the old key, then the
+/// new one, never another; every one of them verifies from the JWKS afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_key_rotation_earlier_id_tokens_verify_and_new_ones_name_the_new_key() {
+async fn under_load_a_key_rotation_fails_no_flow_and_every_id_token_keeps_verifying() {
     let mut oidc = Oidc::start(&[("VALET_KEY_PUBLISH_LEAD", "2")]).await;
     let first = oidc.tokens("openid", &[]).await;
     let first = first["id_token"].as_str().expect("id_token").to_owned();
-    let old_kid = jsonwebtoken::decode_header(&first).expect("header").kid;
+    let old_kid = jsonwebtoken::decode_header(&first)
+        .expect("header")
+        .kid
+        .expect("kid");
+    let cookie = oidc.browser.cookie_header().expect("a session");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, cookie, client) = (stop.clone(), cookie.clone(), oidc.client.clone());
+            let base = oidc.server.base_url().to_owned();
+            tokio::spawn(async move {
+                let http = valet_tests::server::http_client();
+                let mut id_tokens = Vec::new();
+                let mut failures = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match flow_with_cookie(&http, &base, &client, &cookie).await {
+                        Ok(id_token) => id_tokens.push(id_token),
+                        Err(e) => failures.push(e),
+                    }
+                }
+                (id_tokens, failures)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let out = oidc
         .server
         .cli(&["keys", "rotate", "--algorithm", "RS256", "--json"], None)
@@ -761,27 +838,57 @@ async fn after_a_key_rotation_earlier_id_tokens_verify_and_new_ones_name_the_new
     );
     let rotated: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let new_kid = rotated["kid"].as_str().expect("kid").to_owned();
+    // Until the new key has signed for a while.
     let start = Instant::now();
-    let latest = loop {
-        let tokens = oidc.tokens("openid", &[]).await;
-        let id_token = tokens["id_token"].as_str().expect("id_token").to_owned();
-        let kid = jsonwebtoken::decode_header(&id_token).expect("header").kid;
-        // Until the new key signs, the old one does; never anything else.
-        assert!(
-            kid == old_kid || kid.as_deref() == Some(new_kid.as_str()),
-            "{kid:?}"
-        );
-        if kid.as_deref() == Some(new_kid.as_str()) {
-            break id_token;
+    loop {
+        let listed = keys_list(&oidc.server).await;
+        if listed
+            .iter()
+            .any(|k| k["kid"] == new_kid.as_str() && k["stage"] == "active")
+        {
+            break;
         }
         assert!(
             start.elapsed() < Duration::from_secs(15),
             "the new key never signed"
         );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
-    verified_claims(&oidc.server, &latest, &oidc.client.client_id).await;
-    verified_claims(&oidc.server, &first, &oidc.client.client_id).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut id_tokens = vec![first];
+    let mut failures = Vec::new();
+    for task in load {
+        let (tokens, failed) = task.await.expect("a load task");
+        id_tokens.extend(tokens);
+        failures.extend(failed);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} flows failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    let kids: std::collections::BTreeMap<String, usize> =
+        id_tokens.iter().fold(Default::default(), |mut counts, t| {
+            let kid = jsonwebtoken::decode_header(t)
+                .expect("header")
+                .kid
+                .expect("kid");
+            *counts.entry(kid).or_default() += 1;
+            counts
+        });
+    assert_eq!(kids.len(), 2, "the old key, then the new one: {kids:?}");
+    assert!(
+        kids.contains_key(&old_kid) && kids.contains_key(&new_kid),
+        "{kids:?}"
+    );
+    // Every kid was checked above; the signatures of a sample (the first, every 20th,
+    // the last) are checked here.
+    for id_token in id_tokens.iter().step_by(20).chain(id_tokens.last()) {
+        verified_claims(&oidc.server, id_token, &oidc.client.client_id).await;
+    }
+    eprintln!("{} flows during the rotation: {kids:?}", id_tokens.len());
     oidc.server.stop().await;
 }
 
