@@ -42,8 +42,9 @@ test:
 	@for db in $$(psql '$(VALET_TEST_DATABASE_URL)/postgres' -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'valet\_t\_%'"); do \
 	  psql -q '$(VALET_TEST_DATABASE_URL)/postgres' -c "DROP DATABASE IF EXISTS \"$$db\" WITH (FORCE)"; \
 	done
-	@# The black-box tests spawn target/debug/valet.
-	cargo build -p valet-cli
+	@# The black-box tests spawn target/debug/valet, printshop and the designs example.
+	cargo build -p valet-cli -p printshop
+	cargo build -p valet-resource --example designs
 	@if cargo nextest --version >/dev/null 2>&1; then \
 	  echo "cargo nextest run --workspace --no-fail-fast"; \
 	  cargo nextest run --workspace --no-fail-fast; \

@@ -1,0 +1,251 @@
+//! The consumer side of the story, end to end: Printshop (crates/printshop, built on the
+//! `openidconnect` crate) signs Alice in through Valet, shows who she is, lists her
+//! designs from the `designs` resource service with her access token, and signs her out
+//! of Valet as well. Driven over HTTP as a browser would, forms and all.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use valet_tests::html::{find_form, Form};
+use valet_tests::nats::TestNats;
+use valet_tests::server::{target_dir, Browser, FlowEnd, TestServer};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn binary(relative: &str) -> PathBuf {
+    let bin = target_dir().join(relative);
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p printshop && cargo build -p valet-resource --example designs` (make test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Starts `cmd` and waits for the line that says it listens.
+async fn spawn_until(mut cmd: Command, ready: &str) -> Child {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.starts_with(ready) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "{ready:?} never came");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+/// `location` resolved against the URL it came from (the two apps have two origins).
+fn join(base: &str, location: &str) -> String {
+    url::Url::parse(base)
+        .and_then(|b| b.join(location))
+        .expect("a URL")
+        .to_string()
+}
+
+/// Follows redirects from `url` until a page (200) or a redirect back to the app that the
+/// caller handles; signs in and approves when Valet asks.
+async fn walk(browser: &mut Browser, url: String, username: &str, password: &str) -> String {
+    let mut url = url;
+    for _ in 0..12 {
+        let resp = browser.get(&url).await;
+        match resp.status {
+            301..=308 => {
+                url = join(&url, &resp.location().expect("Location"));
+            }
+            200 => {
+                let page = resp.text();
+                let form = find_form(&page, Form::is_login)
+                    .map(|f| (f, vec![("username", username), ("password", password)]))
+                    .or_else(|| {
+                        find_form(&page, Form::is_consent)
+                            .map(|f| (f, vec![("decision", "approve")]))
+                    });
+                let Some((form, extra)) = form else {
+                    return page;
+                };
+                let mut fields = form.hidden();
+                fields.extend(extra.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())));
+                let action = join(&url, &form.action);
+                let r = browser.post_form(&action, &fields).await;
+                assert!(matches!(r.status, 302 | 303), "{}", r.describe());
+                url = join(&action, &r.location().expect("Location"));
+            }
+            _ => panic!("GET {url}: {}", resp.describe()),
+        }
+    }
+    panic!("too many steps from {url}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn printshop_signs_alice_in_through_valet_lists_her_designs_and_signs_her_out() {
+    let nats = TestNats::start().await;
+    let server = TestServer::start_with(&[("VALET_NATS_URL", &nats.url())]).await;
+    let (shop_port, designs_port) = (free_port(), free_port());
+    let shop = format!("http://127.0.0.1:{shop_port}");
+
+    let alice = server.create_user("alice", "a long passphrase").await;
+    let out = server
+        .cli(
+            &[
+                "user",
+                "update",
+                "alice",
+                "--name",
+                "Alice Liddell",
+                "--email",
+                "alice@example.com",
+                "--email-verified",
+                "true",
+            ],
+            None,
+        )
+        .await;
+    assert!(out.status.success());
+    let printshop = json(
+        &server
+            .cli(
+                &[
+                    "client",
+                    "create",
+                    "--name",
+                    "Printshop",
+                    "--redirect-uri",
+                    &format!("{shop}/callback"),
+                    "--post-logout-redirect-uri",
+                    &format!("{shop}/"),
+                    "--scope",
+                    "openid",
+                    "--scope",
+                    "profile",
+                    "--scope",
+                    "email",
+                    "--scope",
+                    "designs:read",
+                    "--json",
+                ],
+                None,
+            )
+            .await,
+    );
+    let designs_client = json(
+        &server
+            .cli(
+                &[
+                    "client",
+                    "create",
+                    "--name",
+                    "designs",
+                    "--scope",
+                    "introspect",
+                    "--json",
+                ],
+                None,
+            )
+            .await,
+    );
+
+    let mut designs = Command::new(binary("debug/examples/designs"));
+    designs
+        .env("VALET_NATS_URL", nats.url())
+        .env("VALET_INTROSPECT_URL", server.url("/introspect"))
+        .env(
+            "DESIGNS_CLIENT_ID",
+            designs_client["client_id"].as_str().expect("id"),
+        )
+        .env(
+            "DESIGNS_CLIENT_SECRET",
+            designs_client["client_secret"].as_str().expect("secret"),
+        )
+        .env("DESIGNS_LISTEN", format!("127.0.0.1:{designs_port}"));
+    let _designs = spawn_until(designs, "designs listening on").await;
+    let mut shop_cmd = Command::new(binary("debug/printshop"));
+    shop_cmd
+        .env("PRINTSHOP_ISSUER", server.base_url())
+        .env(
+            "PRINTSHOP_CLIENT_ID",
+            printshop["client_id"].as_str().expect("id"),
+        )
+        .env(
+            "PRINTSHOP_CLIENT_SECRET",
+            printshop["client_secret"].as_str().expect("secret"),
+        )
+        .env("PRINTSHOP_LISTEN", format!("127.0.0.1:{shop_port}"))
+        .env("DESIGNS_URL", format!("http://127.0.0.1:{designs_port}"));
+    let _shop = spawn_until(shop_cmd, "printshop listening on").await;
+
+    let mut browser = Browser::new(&shop);
+    let home = browser.get(&format!("{shop}/")).await;
+    assert!(
+        home.text().contains("Sign in with Valet"),
+        "{}",
+        home.describe()
+    );
+    let page = walk(
+        &mut browser,
+        format!("{shop}/login"),
+        &alice.username,
+        &alice.password,
+    )
+    .await;
+    assert!(
+        page.contains("Signed in as <strong>Alice Liddell</strong>"),
+        "{page}"
+    );
+    assert!(page.contains("alice@example.com"), "{page}");
+    assert!(
+        page.contains("Articulated dragon"),
+        "the designs service listed her designs: {page}"
+    );
+
+    // Signing out of Printshop signs out of Valet too (RP-Initiated Logout).
+    let page = walk(
+        &mut browser,
+        format!("{shop}/logout"),
+        &alice.username,
+        &alice.password,
+    )
+    .await;
+    assert!(page.contains("Sign in with Valet"), "{page}");
+    let silent = browser
+        .get(&server.url(&format!(
+            "/authorize?response_type=code&client_id={}&redirect_uri={}&scope=openid&prompt=none",
+            printshop["client_id"].as_str().expect("id"),
+            valet_tests::server::form_encode(&format!("{shop}/callback")),
+        )))
+        .await;
+    let end = FlowEnd::new(silent);
+    assert_eq!(
+        end.param("error").as_deref(),
+        Some("login_required"),
+        "{}",
+        end.raw_location
+    );
+    server.stop().await;
+}
