@@ -42,6 +42,8 @@ test:
 	@for db in $$(psql '$(VALET_TEST_DATABASE_URL)/postgres' -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'valet\_t\_%'"); do \
 	  psql -q '$(VALET_TEST_DATABASE_URL)/postgres' -c "DROP DATABASE IF EXISTS \"$$db\" WITH (FORCE)"; \
 	done
+	@# tests/tests/oidc_e2e.rs drives openid-client in chromium.
+	bash scripts/browser-tests.sh
 	@# The black-box tests spawn target/debug/valet, printshop and the designs example.
 	cargo build -p valet-cli -p printshop
 	cargo build -p valet-resource --example designs

@@ -214,3 +214,83 @@ async fn the_openidconnect_crate_signs_in_refreshes_reads_userinfo_and_signs_out
     assert_eq!(end.param("state").as_deref(), Some("bye"));
     server.stop().await;
 }
+
+/// The same life of a sign-in with panva's openid-client (OpenID Certified, npm), the
+/// sign-in and consent pages clicked in Debian's chromium by playwright-core
+/// (tests/js/openid-client-e2e.mjs; `make test` installs what it needs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openid_client_in_chromium_signs_in_refreshes_reads_userinfo_and_signs_out() {
+    let js = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("js");
+    assert!(
+        js.join("node_modules/openid-client").is_dir(),
+        "run `npm ci --prefix tests/js` (make test does)"
+    );
+    let server = TestServer::start().await;
+    // A page that exists, for the browser to land on after the logout.
+    let signed_out = server.url("/healthz");
+    server.create_user("alice", "a long passphrase").await;
+    let out = server
+        .cli(
+            &["user", "update", "alice", "--name", "Alice Liddell"],
+            None,
+        )
+        .await;
+    assert!(out.status.success());
+    let out = server
+        .cli(
+            &[
+                "client",
+                "create",
+                "--name",
+                "JS RP",
+                "--redirect-uri",
+                APP_CB,
+                "--post-logout-redirect-uri",
+                &signed_out,
+                "--scope",
+                "openid",
+                "--scope",
+                "profile",
+                "--json",
+            ],
+            None,
+        )
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let run = tokio::process::Command::new("node")
+        .arg(js.join("openid-client-e2e.mjs"))
+        .current_dir(&js)
+        .env("ISSUER", server.base_url())
+        .env("CLIENT_ID", created["client_id"].as_str().expect("id"))
+        .env(
+            "CLIENT_SECRET",
+            created["client_secret"].as_str().expect("secret"),
+        )
+        .env("REDIRECT_URI", APP_CB)
+        .env("SIGNED_OUT", &signed_out)
+        .env("USERNAME", "alice")
+        .env("PASSWORD", "a long passphrase")
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), run)
+        .await
+        .expect("the script finishes within 2 minutes")
+        .expect("node runs (apt-get install nodejs)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "openid-client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert_eq!(seen["iss"], server.base_url());
+    assert_eq!(seen["name"], "Alice Liddell");
+    assert_eq!(seen["refreshed_sub"], seen["sub"]);
+    assert_eq!(seen["auth_time_kept"], true);
+    assert_eq!(seen["logout_state"], "bye");
+    server.stop().await;
+}
