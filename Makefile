@@ -14,12 +14,13 @@ export VALET_TEST_DATABASE_URL
 
 VALET := target/release/valet
 
-.PHONY: help setup run test lint bench clean
+.PHONY: help setup run demo test lint bench clean
 
 help:
 	@echo "Valet make targets:"
 	@echo "  make run     setup, then serve on http://127.0.0.1:8080 (valet serve)"
 	@echo "  make setup   start/install PostgreSQL and NATS, build target/release/valet, migrate"
+	@echo "  make demo    Valet, the designs service and Printshop to click through (:8080-8082)"
 	@echo "  make test    start services, run the workspace tests (nextest if installed)"
 	@echo "  make lint    cargo fmt --check and clippy -D warnings"
 	@echo "  make bench   start services, run the benchmarks"
@@ -35,6 +36,9 @@ setup:
 
 run: setup
 	VALET_DATABASE_URL='$(VALET_DATABASE_URL)' exec $(VALET) serve
+
+demo:
+	bash scripts/demo.sh
 
 test:
 	bash scripts/services.sh

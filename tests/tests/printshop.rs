@@ -1,7 +1,7 @@
 //! The consumer side of the story, end to end: Printshop (crates/printshop, built on the
 //! `openidconnect` crate) signs Alice in through Valet, shows who she is, lists her
-//! designs from the `designs` resource service with her access token, and signs her out
-//! of Valet as well. Driven over HTTP as a browser would, forms and all.
+//! designs from the `designs` resource service with her access token (refreshing it
+//! when it has expired), and signs her out of Valet as well. Driven over HTTP as a browser would, forms and all.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -106,7 +106,12 @@ async fn walk(browser: &mut Browser, url: String, username: &str, password: &str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn printshop_signs_alice_in_through_valet_lists_her_designs_and_signs_her_out() {
     let nats = TestNats::start().await;
-    let server = TestServer::start_with(&[("VALET_NATS_URL", &nats.url())]).await;
+    // Two-second access tokens: Printshop must refresh to list the designs again.
+    let server = TestServer::start_with(&[
+        ("VALET_NATS_URL", &nats.url()),
+        ("VALET_ACCESS_TOKEN_TTL", "2"),
+    ])
+    .await;
     let (shop_port, designs_port) = (free_port(), free_port());
     let shop = format!("http://127.0.0.1:{shop_port}");
 
@@ -222,6 +227,19 @@ async fn printshop_signs_alice_in_through_valet_lists_her_designs_and_signs_her_
     assert!(
         page.contains("Articulated dragon"),
         "the designs service listed her designs: {page}"
+    );
+
+    // The access token expires; Printshop refreshes it and lists the designs again.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let again = browser.get(&format!("{shop}/")).await.text();
+    assert!(
+        again.contains("Articulated dragon"),
+        "after the access token expired: {again}"
+    );
+    assert_eq!(
+        server.events_of("TokensRefreshed").await.len(),
+        1,
+        "one refresh"
     );
 
     // Signing out of Printshop signs out of Valet too (RP-Initiated Logout).

@@ -34,7 +34,7 @@ use openidconnect::core::{
 use openidconnect::{
     AccessToken, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet,
     EndpointNotSet, EndpointSet, IssuerUrl, Nonce, OAuth2TokenResponse, PkceCodeChallenge,
-    PkceCodeVerifier, RedirectUrl, Scope, TokenResponse,
+    PkceCodeVerifier, RedirectUrl, RefreshToken, Scope, TokenResponse,
 };
 use serde::Deserialize;
 
@@ -70,7 +70,15 @@ struct User {
     name: Option<String>,
     email: Option<String>,
     access_token: AccessToken,
+    refresh_token: Option<RefreshToken>,
     id_token: String,
+}
+
+/// Why the designs could not be listed.
+enum DesignsError {
+    /// The access token was refused (expired or revoked): refresh and try again.
+    TokenRefused,
+    Other(String),
 }
 
 struct App {
@@ -135,20 +143,80 @@ impl App {
     }
 
     /// The user's designs, from the resource service, with their access token.
-    async fn designs(&self, user: &User) -> Result<Vec<Design>, String> {
+    async fn designs(&self, user: &User) -> Result<Vec<Design>, DesignsError> {
         let resp = self
             .http
             .get(format!("{}/designs", self.designs_url))
             .bearer_auth(user.access_token.secret())
             .send()
             .await
-            .map_err(|e| format!("the designs service is unreachable: {e}"))?;
+            .map_err(|e| DesignsError::Other(format!("the designs service is unreachable: {e}")))?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            return Err(DesignsError::TokenRefused);
+        }
         if !resp.status().is_success() {
-            return Err(format!("the designs service answered {}", resp.status()));
+            return Err(DesignsError::Other(format!(
+                "the designs service answered {}",
+                resp.status()
+            )));
         }
         resp.json()
             .await
-            .map_err(|e| format!("the designs service answered nonsense: {e}"))
+            .map_err(|e| DesignsError::Other(format!("the designs service answered nonsense: {e}")))
+    }
+
+    /// New tokens for `user` from their refresh token (rotated by Valet: the new one
+    /// replaces it).
+    async fn refresh(&self, user: &User) -> anyhow::Result<User> {
+        let refresh_token = user.refresh_token.as_ref().context("no refresh token")?;
+        let tokens = self
+            .client
+            .exchange_refresh_token(refresh_token)?
+            .request_async(&self.http)
+            .await
+            .context("refresh")?;
+        Ok(User {
+            access_token: tokens.access_token().clone(),
+            refresh_token: tokens
+                .refresh_token()
+                .cloned()
+                .or_else(|| user.refresh_token.clone()),
+            ..user.clone()
+        })
+    }
+
+    /// The designs, refreshing the tokens once if the access token was refused.
+    async fn designs_refreshing(
+        &self,
+        headers: &HeaderMap,
+        user: User,
+    ) -> Result<Vec<Design>, String> {
+        match self.designs(&user).await {
+            Ok(designs) => Ok(designs),
+            Err(DesignsError::Other(why)) => Err(why),
+            Err(DesignsError::TokenRefused) => {
+                let fresh = self
+                    .refresh(&user)
+                    .await
+                    .map_err(|e| format!("your sign-in has expired ({e}); sign in again"))?;
+                if let Some(id) = session_id(headers) {
+                    if let Some(session) = self
+                        .sessions
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_mut(&id)
+                    {
+                        session.user = Some(fresh.clone());
+                    }
+                }
+                self.designs(&fresh).await.map_err(|e| match e {
+                    DesignsError::TokenRefused => {
+                        "the designs service refused a fresh token".to_owned()
+                    }
+                    DesignsError::Other(why) => why,
+                })
+            }
+        }
     }
 }
 
@@ -156,7 +224,7 @@ async fn home(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let Some(user) = app.user(&headers) else {
         return html(StatusCode::OK, Page::SignedOut);
     };
-    let designs = app.designs(&user).await;
+    let designs = app.designs_refreshing(&headers, user.clone()).await;
     html(
         StatusCode::OK,
         Page::SignedIn {
@@ -295,6 +363,7 @@ async fn sign_in(app: &App, code: String, pending: Pending) -> anyhow::Result<Us
         name: info.name().and_then(|n| n.get(None)).map(|n| n.to_string()),
         email: info.email().map(|e| e.to_string()),
         access_token: tokens.access_token().clone(),
+        refresh_token: tokens.refresh_token().cloned(),
         id_token: id_token.to_string(),
     })
 }
