@@ -190,37 +190,14 @@ async fn main() {
         id_token: IdToken::Absent,
     });
     for alg in &algs {
-        let out = server
-            .cli(
-                &[
-                    "client",
-                    "create",
-                    "--name",
-                    alg,
-                    "--redirect-uri",
-                    APP_CB,
-                    "--scope",
-                    "read",
-                    "--scope",
-                    "openid",
-                    "--id-token-signed-response-alg",
-                    alg,
-                    "--json",
-                ],
-                None,
+        let client = server
+            .create_client(
+                &ClientSpec::confidential(alg)
+                    .redirect(APP_CB)
+                    .scopes("read openid")
+                    .id_token_alg(alg),
             )
             .await;
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let created: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-        let client = ClientCreds {
-            client_id: created["client_id"].as_str().expect("id").to_owned(),
-            client_secret: created["client_secret"].as_str().map(str::to_owned),
-            redirect_uris: vec![APP_CB.to_owned()],
-        };
         variants.push(Variant {
             label: format!("openid, id_token {alg}"),
             client,

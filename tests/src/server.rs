@@ -128,6 +128,8 @@ pub struct ClientSpec {
     pub public: bool,
     pub grant_types: Vec<String>,
     pub scopes: Vec<String>,
+    pub id_token_alg: Option<String>,
+    pub post_logout_redirect_uris: Vec<String>,
 }
 
 impl ClientSpec {
@@ -163,6 +165,17 @@ impl ClientSpec {
         self
     }
 
+    /// `--id-token-signed-response-alg`.
+    pub fn id_token_alg(mut self, alg: &str) -> Self {
+        self.id_token_alg = Some(alg.to_owned());
+        self
+    }
+
+    pub fn post_logout_redirect(mut self, uri: &str) -> Self {
+        self.post_logout_redirect_uris.push(uri.to_owned());
+        self
+    }
+
     pub fn cli_args(&self) -> Vec<String> {
         let mut args = vec![
             "client".to_owned(),
@@ -181,6 +194,12 @@ impl ClientSpec {
         }
         for s in &self.scopes {
             args.extend(["--scope".to_owned(), s.clone()]);
+        }
+        if let Some(alg) = &self.id_token_alg {
+            args.extend(["--id-token-signed-response-alg".to_owned(), alg.clone()]);
+        }
+        for uri in &self.post_logout_redirect_uris {
+            args.extend(["--post-logout-redirect-uri".to_owned(), uri.clone()]);
         }
         args.push("--json".to_owned());
         args

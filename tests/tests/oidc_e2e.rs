@@ -11,7 +11,7 @@ use openidconnect::{
     PkceCodeChallenge, RedirectUrl, Scope, TokenResponse,
 };
 use valet_tests::html::{find_form, Form};
-use valet_tests::server::{Browser, FlowEnd, TestServer, APP_CB};
+use valet_tests::server::{Browser, ClientCreds, ClientSpec, FlowEnd, TestServer, APP_CB};
 
 const SIGNED_OUT: &str = "https://app.example/signed-out";
 
@@ -65,8 +65,12 @@ async fn until_back_at_the_app(browser: &mut Browser, url: String, own: &str) ->
     panic!("too many steps");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_openidconnect_crate_signs_in_refreshes_reads_userinfo_and_signs_out() {
+/// A server with alice ("Alice Liddell") and a relying party of scopes `openid profile`
+/// that may return users to `signed_out` after logout (the URI from the server's own
+/// address).
+async fn with_relying_party(
+    signed_out: impl Fn(&TestServer) -> String,
+) -> (TestServer, ClientCreds, String) {
     let server = TestServer::start().await;
     server.create_user("alice", "a long passphrase").await;
     let out = server
@@ -76,32 +80,21 @@ async fn the_openidconnect_crate_signs_in_refreshes_reads_userinfo_and_signs_out
         )
         .await;
     assert!(out.status.success());
-    let out = server
-        .cli(
-            &[
-                "client",
-                "create",
-                "--name",
-                "RP",
-                "--redirect-uri",
-                APP_CB,
-                "--post-logout-redirect-uri",
-                SIGNED_OUT,
-                "--scope",
-                "openid",
-                "--scope",
-                "profile",
-                "--json",
-            ],
-            None,
+    let signed_out = signed_out(&server);
+    let client = server
+        .create_client(
+            &ClientSpec::confidential("RP")
+                .redirect(APP_CB)
+                .scopes("openid profile")
+                .post_logout_redirect(&signed_out),
         )
         .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let created: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    (server, client, signed_out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openidconnect_crate_signs_in_refreshes_reads_userinfo_and_signs_out() {
+    let (server, rp, _) = with_relying_party(|_| SIGNED_OUT.to_owned()).await;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -114,10 +107,8 @@ async fn the_openidconnect_crate_signs_in_refreshes_reads_userinfo_and_signs_out
         .expect("discovery");
     let client = CoreClient::from_provider_metadata(
         metadata,
-        ClientId::new(created["client_id"].as_str().expect("id").to_owned()),
-        created["client_secret"]
-            .as_str()
-            .map(|s| ClientSecret::new(s.to_owned())),
+        ClientId::new(rp.client_id.clone()),
+        rp.client_secret.clone().map(ClientSecret::new),
     )
     .set_redirect_uri(RedirectUrl::new(APP_CB.to_owned()).expect("redirect"));
 
@@ -225,52 +216,14 @@ async fn openid_client_in_chromium_signs_in_refreshes_reads_userinfo_and_signs_o
         js.join("node_modules/openid-client").is_dir(),
         "run `npm ci --prefix tests/js` (make test does)"
     );
-    let server = TestServer::start().await;
     // A page that exists, for the browser to land on after the logout.
-    let signed_out = server.url("/healthz");
-    server.create_user("alice", "a long passphrase").await;
-    let out = server
-        .cli(
-            &["user", "update", "alice", "--name", "Alice Liddell"],
-            None,
-        )
-        .await;
-    assert!(out.status.success());
-    let out = server
-        .cli(
-            &[
-                "client",
-                "create",
-                "--name",
-                "JS RP",
-                "--redirect-uri",
-                APP_CB,
-                "--post-logout-redirect-uri",
-                &signed_out,
-                "--scope",
-                "openid",
-                "--scope",
-                "profile",
-                "--json",
-            ],
-            None,
-        )
-        .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let created: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let (server, rp, signed_out) = with_relying_party(|server| server.url("/healthz")).await;
     let run = tokio::process::Command::new("node")
         .arg(js.join("openid-client-e2e.mjs"))
         .current_dir(&js)
         .env("ISSUER", server.base_url())
-        .env("CLIENT_ID", created["client_id"].as_str().expect("id"))
-        .env(
-            "CLIENT_SECRET",
-            created["client_secret"].as_str().expect("secret"),
-        )
+        .env("CLIENT_ID", &rp.client_id)
+        .env("CLIENT_SECRET", rp.secret())
         .env("REDIRECT_URI", APP_CB)
         .env("SIGNED_OUT", &signed_out)
         .env("USERNAME", "alice")

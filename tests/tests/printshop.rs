@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use valet_tests::html::{find_form, Form};
 use valet_tests::nats::TestNats;
-use valet_tests::server::{target_dir, Browser, FlowEnd, TestServer};
+use valet_tests::server::{target_dir, Browser, ClientSpec, FlowEnd, TestServer};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -50,15 +50,6 @@ async fn spawn_until(mut cmd: Command, ready: &str) -> Child {
     assert_eq!(found, Ok(true), "{ready:?} never came");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     child
-}
-
-fn json(out: &std::process::Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON")
 }
 
 /// `location` resolved against the URL it came from (the two apps have two origins).
@@ -133,74 +124,31 @@ async fn printshop_signs_alice_in_through_valet_lists_her_designs_and_signs_her_
         )
         .await;
     assert!(out.status.success());
-    let printshop = json(
-        &server
-            .cli(
-                &[
-                    "client",
-                    "create",
-                    "--name",
-                    "Printshop",
-                    "--redirect-uri",
-                    &format!("{shop}/callback"),
-                    "--post-logout-redirect-uri",
-                    &format!("{shop}/"),
-                    "--scope",
-                    "openid",
-                    "--scope",
-                    "profile",
-                    "--scope",
-                    "email",
-                    "--scope",
-                    "designs:read",
-                    "--json",
-                ],
-                None,
-            )
-            .await,
-    );
-    let designs_client = json(
-        &server
-            .cli(
-                &[
-                    "client",
-                    "create",
-                    "--name",
-                    "designs",
-                    "--scope",
-                    "introspect",
-                    "--json",
-                ],
-                None,
-            )
-            .await,
-    );
+    let printshop = server
+        .create_client(
+            &ClientSpec::confidential("Printshop")
+                .redirect(&format!("{shop}/callback"))
+                .post_logout_redirect(&format!("{shop}/"))
+                .scopes("openid profile email designs:read"),
+        )
+        .await;
+    let designs_client = server
+        .create_client(&ClientSpec::confidential("designs").scopes("introspect"))
+        .await;
 
     let mut designs = Command::new(binary("debug/examples/designs"));
     designs
         .env("VALET_NATS_URL", nats.url())
         .env("VALET_INTROSPECT_URL", server.url("/introspect"))
-        .env(
-            "DESIGNS_CLIENT_ID",
-            designs_client["client_id"].as_str().expect("id"),
-        )
-        .env(
-            "DESIGNS_CLIENT_SECRET",
-            designs_client["client_secret"].as_str().expect("secret"),
-        )
+        .env("DESIGNS_CLIENT_ID", &designs_client.client_id)
+        .env("DESIGNS_CLIENT_SECRET", designs_client.secret())
         .env("DESIGNS_LISTEN", format!("127.0.0.1:{designs_port}"));
     let _designs = spawn_until(designs, "designs listening on").await;
     let mut shop_cmd = Command::new(binary("debug/printshop"));
     shop_cmd
         .env("PRINTSHOP_ISSUER", server.base_url())
-        .env(
-            "PRINTSHOP_CLIENT_ID",
-            printshop["client_id"].as_str().expect("id"),
-        )
-        .env(
-            "PRINTSHOP_CLIENT_SECRET",
-            printshop["client_secret"].as_str().expect("secret"),
-        )
+        .env("PRINTSHOP_CLIENT_ID", &printshop.client_id)
+        .env("PRINTSHOP_CLIENT_SECRET", printshop.secret())
         .env("PRINTSHOP_LISTEN", format!("127.0.0.1:{shop_port}"))
         .env("DESIGNS_URL", format!("http://127.0.0.1:{designs_port}"));
     let _shop = spawn_until(shop_cmd, "printshop listening on").await;
@@ -254,7 +202,7 @@ async fn printshop_signs_alice_in_through_valet_lists_her_designs_and_signs_her_
     let silent = browser
         .get(&server.url(&format!(
             "/authorize?response_type=code&client_id={}&redirect_uri={}&scope=openid&prompt=none",
-            printshop["client_id"].as_str().expect("id"),
+            &printshop.client_id,
             valet_tests::server::form_encode(&format!("{shop}/callback")),
         )))
         .await;
