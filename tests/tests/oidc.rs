@@ -1309,6 +1309,76 @@ async fn o11_id_tokens_are_signed_with_the_clients_algorithm() {
     oidc.server.stop().await;
 }
 
+/// o19: id_tokens never appear in the server's log, in NATS messages or in the database
+/// (the whole log and every table), nor do their signatures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o19_id_tokens_stay_out_of_logs_nats_and_the_database() {
+    let nats = TestNats::start().await;
+    let mut oidc = Oidc::start(&[("VALET_NATS_URL", &nats.url()), ("VALET_LOG", "debug")]).await;
+    let first = oidc.tokens("openid profile", &[("nonce", "n-19")]).await;
+    let refreshed = oidc
+        .server
+        .refresh(
+            &oidc.client,
+            first["refresh_token"].as_str().expect("refresh_token"),
+            None,
+        )
+        .await
+        .json();
+    let id_tokens: Vec<String> = [&first, &refreshed]
+        .iter()
+        .map(|t| t["id_token"].as_str().expect("id_token").to_owned())
+        .collect();
+    // Everything the stream holds (issued and refreshed tokens' events).
+    let messages = until_stream_holds(&nats, 2).await;
+    let stream_text: String = messages
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.to_json()).into_owned())
+        .collect();
+    // Every table, as text.
+    let pg = oidc.server.pg().await;
+    let tables: Vec<String> = pg
+        .query(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'",
+            &[],
+        )
+        .await
+        .expect("tables")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut database = String::new();
+    for table in &tables {
+        for row in pg
+            .query(&format!("SELECT t::text FROM \"{table}\" t"), &[])
+            .await
+            .expect("rows")
+        {
+            database.push_str(row.get::<_, &str>(0));
+        }
+    }
+    let log = oidc.server.log();
+    for id_token in &id_tokens {
+        let signature = id_token.rsplit('.').next().expect("a signature");
+        for (place, text) in [
+            ("the server log", &log),
+            ("NATS", &stream_text),
+            ("the database", &database),
+        ] {
+            assert!(!text.contains(id_token.as_str()), "an id_token in {place}");
+            assert!(
+                !text.contains(signature),
+                "an id_token's signature in {place}"
+            );
+        }
+    }
+    assert!(
+        database.contains("n-19"),
+        "the nonce is recorded (it is no secret): the search reached the log"
+    );
+    oidc.server.stop().await;
+}
+
 const SIGNED_OUT: &str = "https://app.example/signed-out";
 
 /// o15: RP-Initiated Logout. The `end_session_endpoint` checks `id_token_hint`
