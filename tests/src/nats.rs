@@ -420,11 +420,14 @@ impl Drop for NatsProxy {
     }
 }
 
-/// The event ids the relay publishes, in log (commit) order.
+/// The event ids the relay publishes (token and signing-key events), in log (commit)
+/// order.
 pub async fn publishable_event_ids(pg: &tokio_postgres::Client) -> Vec<String> {
     pg.query(
-        "SELECT event_id::text FROM events WHERE stream_id LIKE 'grant-%' AND event_type IN \
-         ('GrantIssued', 'TokensRefreshed', 'AccessTokenRevoked', 'GrantRevoked') \
+        "SELECT event_id::text FROM events WHERE (stream_id LIKE 'grant-%' AND event_type IN \
+         ('GrantIssued', 'TokensRefreshed', 'AccessTokenRevoked', 'GrantRevoked')) \
+         OR (stream_id = 'signing-keys' AND event_type IN \
+         ('SigningKeyPublished', 'SigningKeyActivated', 'SigningKeyRetired')) \
          ORDER BY xact, position",
         &[],
     )
@@ -435,10 +438,10 @@ pub async fn publishable_event_ids(pg: &tokio_postgres::Client) -> Vec<String> {
     .collect()
 }
 
-/// Whether the stream holds exactly the log's token events (`log`: their event ids in
-/// commit order), each once, in that order; if not, a short account of how it differs.
-pub fn stream_matches_log(stream: &[valet_wire::TokenEvent], log: &[String]) -> Result<(), String> {
-    let ids: Vec<&str> = stream.iter().map(|e| e.event_id.as_str()).collect();
+/// Whether the stream holds exactly the log's publishable events (`log`: their event ids
+/// in commit order), each once, in that order; if not, a short account of how it differs.
+pub fn stream_matches_log(stream: &[valet_wire::Message], log: &[String]) -> Result<(), String> {
+    let ids: Vec<&str> = stream.iter().map(valet_wire::Message::event_id).collect();
     let log: Vec<&str> = log.iter().map(String::as_str).collect();
     if ids == log {
         return Ok(());
@@ -450,6 +453,7 @@ pub fn stream_matches_log(stream: &[valet_wire::TokenEvent], log: &[String]) -> 
     let mut last_of_grant = std::collections::HashMap::new();
     let backwards = stream
         .iter()
+        .filter_map(valet_wire::Message::token)
         .filter(|e| {
             let previous = last_of_grant.insert(e.grant_id.as_str(), e.position);
             previous.is_some_and(|p| p >= e.position)

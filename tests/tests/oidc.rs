@@ -7,15 +7,15 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use serde_json::Value;
 use valet_domain::signing_key::KeyId;
-use valet_resource::valet_wire::{EventType, TokenEvent, STREAM};
-use valet_resource::{Validator, ValidatorConfig};
+use valet_resource::valet_wire::{EventType, Message, TokenEvent, STREAM};
+use valet_resource::{KeyStage, SigningKey, Validator, ValidatorConfig};
 use valet_tests::nats::TestNats;
 use valet_tests::server::{
     assert_r, run_valet, AuthRequest, Browser, ClientCreds, ClientSpec, FlowEnd, Pkce, TestServer,
     TestUser, APP_CB, TEST_KEK,
 };
 
-/// The stream's messages once it holds at least `count`.
+/// The stream's token events once it holds at least `count`.
 async fn until_stream_holds(nats: &TestNats, count: usize) -> Vec<TokenEvent> {
     let start = Instant::now();
     loop {
@@ -23,7 +23,11 @@ async fn until_stream_holds(nats: &TestNats, count: usize) -> Vec<TokenEvent> {
             .stream_messages(STREAM)
             .await
             .iter()
-            .map(|m| TokenEvent::from_json(&m.payload).expect("a token event"))
+            .filter_map(|m| {
+                Message::from_json(&m.payload)
+                    .expect("a stream message")
+                    .into_token()
+            })
             .collect();
         if events.len() >= count {
             return events;
@@ -507,6 +511,138 @@ async fn verified_claims_with(
     jsonwebtoken::decode::<Value>(id_token, &decoding, &validation)
         .unwrap_or_else(|e| panic!("the id_token does not verify: {e}"))
         .claims
+}
+
+/// Waits until `done` holds for the SDK.
+async fn until(sdk: &Validator, what: &str, done: impl Fn(&Validator) -> bool) {
+    let start = Instant::now();
+    while !done(sdk) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the SDK never saw {what}: {:?}",
+            sdk.signing_keys()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Resource services learn signing keys from the stream, not by polling: each step of a
+/// key's life is a message on `valet.v1.key.<step>` carrying the public JWK exactly as
+/// the JWKS shows it, and the SDK holds every key by `kid`, a new one before it signs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_events_reach_resource_services_over_nats_with_public_keys_only() {
+    let nats = TestNats::start().await;
+    let server = TestServer::start_with(&[
+        ("VALET_NATS_URL", &nats.url()),
+        ("VALET_KEY_PUBLISH_LEAD", "2"),
+    ])
+    .await;
+    let sdk = Validator::connect(ValidatorConfig::new(nats.url()))
+        .await
+        .expect("the SDK starts");
+    // The keys of the first start, as the JWKS shows them.
+    until(&sdk, "the first keys", |sdk| {
+        let keys = sdk.signing_keys();
+        keys.len() == 3 && keys.iter().all(|k| k.stage == KeyStage::Active)
+    })
+    .await;
+    let as_jwks = |keys: &[SigningKey]| -> Vec<Value> {
+        keys.iter()
+            .map(|k| serde_json::to_value(&k.jwk).expect("JSON"))
+            .collect()
+    };
+    let mut published = jwks(&server).await;
+    let mut heard = as_jwks(&sdk.signing_keys());
+    let by_kid = |a: &Value, b: &Value| a["kid"].as_str().cmp(&b["kid"].as_str());
+    published.sort_by(by_kid);
+    heard.sort_by(by_kid);
+    assert_eq!(heard, published);
+    let old = sdk
+        .signing_keys()
+        .into_iter()
+        .find(|k| k.alg == "ES256")
+        .expect("an ES256 key");
+
+    // A new key is heard of while it is only published, then when it signs.
+    let out = server
+        .cli(&["keys", "rotate", "--algorithm", "ES256", "--json"], None)
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rotated: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let new_kid = rotated["kid"].as_str().expect("kid").to_owned();
+    let kid = new_kid.clone();
+    until(&sdk, "the new key published", |sdk| {
+        sdk.signing_key(&kid).is_some()
+    })
+    .await;
+    let new = sdk.signing_key(&new_kid).expect("heard of");
+    assert_eq!(new.stage, KeyStage::Published, "heard of before it signs");
+    assert_eq!(new.alg, "ES256");
+    // The stream can be first: each replica refreshes its JWKS every second.
+    let start = Instant::now();
+    let in_jwks = loop {
+        if let Some(key) = jwks(&server)
+            .await
+            .into_iter()
+            .find(|k| k["kid"] == new_kid.as_str())
+        {
+            break key;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "not in the JWKS");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(serde_json::to_value(&new.jwk).expect("JSON"), in_jwks);
+    let kid = new_kid.clone();
+    let old_kid = old.kid.clone();
+    until(&sdk, "the new key signing and the old one retired", |sdk| {
+        sdk.signing_key(&kid).map(|k| k.stage) == Some(KeyStage::Active)
+            && sdk.signing_key(&old_kid).map(|k| k.stage) == Some(KeyStage::Retired)
+    })
+    .await;
+    let retired = sdk.signing_key(&old.kid).expect("known");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    assert!(
+        retired.published_until.is_some_and(|until| until > now),
+        "what the retired key signed stays verifiable for a while: {retired:?}"
+    );
+
+    // On the wire: one message per step, on its subject, public members only.
+    let mut per_key: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for message in nats.stream_messages(STREAM).await {
+        let Message::Key(key) = Message::from_json(&message.payload).expect("a stream message")
+        else {
+            continue;
+        };
+        assert_eq!(message.subject.as_str(), key.subject());
+        assert_eq!(
+            message.subject.as_str(),
+            format!("valet.v1.{}", key.event_type.as_str())
+        );
+        let members: Vec<&str> = key.jwk.keys().map(String::as_str).collect();
+        assert!(
+            members
+                .iter()
+                .all(|m| ["kty", "crv", "x", "y", "n", "e", "kid", "alg", "use"].contains(m)),
+            "not a public member in {members:?}"
+        );
+        per_key
+            .entry(key.kid.clone())
+            .or_default()
+            .push(key.event_type.as_str().to_owned());
+    }
+    assert_eq!(per_key[&new_kid], ["key.published", "key.activated"]);
+    assert_eq!(
+        per_key[&old.kid],
+        ["key.published", "key.activated", "key.retired"]
+    );
+    assert_eq!(sdk.status().signing_keys, 4);
 }
 
 /// o04: a scope without `openid` is plain OAuth 2.0 (no id_token); with `openid` the

@@ -16,7 +16,7 @@ use valet_relay::RelayConfig;
 use valet_store::{PgEventStore, PgStoreConfig};
 use valet_tests::nats::{publishable_event_ids, stream_matches_log, TestNats};
 use valet_tests::TestDb;
-use valet_wire::{EventType, TokenEvent, STREAM};
+use valet_wire::{EventType, Message, TokenEvent, STREAM};
 
 type App = OAuth<PgEventStore, PgReadModels, SystemClock>;
 
@@ -144,6 +144,7 @@ async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool)
     }
 }
 
+/// The stream's token events (this app has no signing keys), each with its `Nats-Msg-Id`.
 async fn events_in_stream(nats: &TestNats) -> Vec<(TokenEvent, String)> {
     nats.stream_messages(STREAM)
         .await
@@ -577,7 +578,10 @@ async fn repeated_nats_crashes_under_load_keep_log_order_and_lose_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let events: Vec<TokenEvent> = events.into_iter().map(|(event, _)| event).collect();
+    let events: Vec<Message> = events
+        .into_iter()
+        .map(|(event, _)| Message::Token(event))
+        .collect();
     if let Err(difference) = stream_matches_log(&events, &expected) {
         panic!("the stream is not the log's token events, each once, in log order: {difference}");
     }
@@ -624,10 +628,10 @@ async fn until_the_stream_is_the_log(db: &TestDb, nats: &TestNats) {
     let expected = publishable_event_ids(&db.connect().await).await;
     let start = std::time::Instant::now();
     loop {
-        let events: Vec<TokenEvent> = events_in_stream(nats)
+        let events: Vec<Message> = events_in_stream(nats)
             .await
             .into_iter()
-            .map(|(event, _)| event)
+            .map(|(event, _)| Message::Token(event))
             .collect();
         match stream_matches_log(&events, &expected) {
             Ok(()) => return,

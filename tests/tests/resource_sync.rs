@@ -27,7 +27,7 @@ use axum::routing::post;
 use axum::Router;
 use futures_util::{stream, StreamExt};
 use serde_json::Value;
-use valet_resource::valet_wire::{EventType, RevocationReason, TokenEvent, STREAM};
+use valet_resource::valet_wire::{EventType, Message, RevocationReason, TokenEvent, STREAM};
 use valet_resource::{IntrospectionConfig, Rejection, Source, Validator, ValidatorConfig};
 use valet_tests::nats::TestNats;
 use valet_tests::server::{
@@ -190,41 +190,32 @@ async fn until_revoked_locally(validator: &Validator, token: &str) {
     .await
 }
 
-/// Every message of the stream, decoded (asserting each one is a valid token event on
+/// The stream's token events (asserting every message is a valid token or key event on
 /// its subject with `Nats-Msg-Id` = its event id).
 async fn stream_events(nats: &TestNats) -> Vec<TokenEvent> {
     nats.stream_messages(STREAM)
         .await
         .iter()
-        .map(|message| {
-            let event = TokenEvent::from_json(&message.payload).expect("a valid token event");
+        .filter_map(|message| {
+            let event = Message::from_json(&message.payload).expect("a valid stream message");
             assert_eq!(message.subject.as_str(), event.subject());
             let msg_id = message
                 .headers
                 .as_ref()
                 .and_then(|h| h.get("Nats-Msg-Id"))
                 .map(|v| v.as_str().to_owned());
-            assert_eq!(msg_id.as_deref(), Some(event.event_id.as_str()));
-            event
+            assert_eq!(msg_id.as_deref(), Some(event.event_id()));
+            event.into_token()
         })
         .collect()
 }
 
-/// Grant events in the log that the relay turns into messages (RefreshTokenReused is
-/// not published: the GrantRevoked that follows it is).
+/// Events in the log that the relay turns into messages (RefreshTokenReused is not
+/// published: the GrantRevoked that follows it is).
 async fn publishable_events(server: &TestServer) -> u64 {
-    let count: i64 = server
-        .pg()
+    valet_tests::nats::publishable_event_ids(server.pg().await)
         .await
-        .query_one(
-            "SELECT count(*) FROM events WHERE stream_id LIKE 'grant-%' AND event_type IN \
-             ('GrantIssued', 'TokensRefreshed', 'AccessTokenRevoked', 'GrantRevoked')",
-            &[],
-        )
-        .await
-        .expect("count grant events")
-        .get(0);
-    count as u64
+        .len() as u64
 }
 
 async fn stream_len(nats: &TestNats) -> u64 {
@@ -238,17 +229,18 @@ async fn stream_len(nats: &TestNats) -> u64 {
     }
 }
 
-/// Waits until every publishable event of the log is in the stream.
+/// Waits until every publishable event of the log is in the stream; returns how many of
+/// its messages are token events (the others announce the server's signing keys).
 async fn until_stream_has_the_log(server: &TestServer, nats: &TestNats, limit: Duration) -> u64 {
     let start = Instant::now();
     loop {
         let (expected, actual) = (publishable_events(server).await, stream_len(nats).await);
         if expected == actual {
-            return actual;
+            return stream_events(nats).await.len() as u64;
         }
         assert!(
             actual <= expected,
-            "the stream holds more messages ({actual}) than the log has grant events ({expected})"
+            "the stream holds more messages ({actual}) than the log has publishable events ({expected})"
         );
         assert!(
             start.elapsed() < limit,
@@ -572,8 +564,9 @@ async fn canary_no_raw_code_token_or_secret_in_the_stream() {
             needles.insert(random.to_owned());
         }
     }
+    // Every message: the token events and the signing keys' (public JWKs only).
     let messages = nats.stream_messages(STREAM).await;
-    assert_eq!(messages.len() as u64, published);
+    assert_eq!(messages.len() as u64, publishable_events(&fx.server).await);
     let mut kinds = HashSet::new();
     for message in &messages {
         let mut bytes: Vec<u8> = message.subject.as_bytes().to_vec();
@@ -594,7 +587,12 @@ async fn canary_no_raw_code_token_or_secret_in_the_stream() {
                 message.subject
             );
         }
-        let event = TokenEvent::from_json(&message.payload).expect("a token event");
+        let Some(event) = Message::from_json(&message.payload)
+            .expect("a stream message")
+            .into_token()
+        else {
+            continue;
+        };
         if let Some(digest) = &event.token_sha256 {
             assert!(digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()));
         }

@@ -18,6 +18,7 @@
 mod backlog;
 mod checkpoint;
 mod confirm;
+mod key_mapping;
 mod mapping;
 mod progress;
 mod publish;
@@ -488,7 +489,7 @@ where
                 }
                 Ok(Published::Refused(at, plan)) => {
                     republished |= plan == Plan::LastAck;
-                    let refused = &messages[from + at].event_id;
+                    let refused = messages[from + at].event_id();
                     let end = match stream_last_id(&js).await {
                         Ok(last_id) => stream_end(store, last_id).await,
                         Err(error) => Err(error),

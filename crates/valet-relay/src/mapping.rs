@@ -1,18 +1,23 @@
-//! Log events → wire messages: the relay's rendering of the grant fold. Only token
-//! changes concern resource services; a grant's client and user come from its opening,
-//! which the relay remembers (or reloads from the grant's stream after a restart).
+//! Log events → wire messages: the relay's rendering of the grant fold and the key
+//! ring's. Only token and signing-key changes concern resource services; a grant's client
+//! and user come from its opening, which the relay remembers (or reloads from the grant's
+//! stream after a restart).
 
 use std::collections::HashMap;
 
 use valet_app::{EventStore, ReplayEvent, StoreError};
 use valet_domain::grant::{self, Subject};
 use valet_domain::{changes, Change, ClientId, GrantId, RevocationReason, StreamId, Timestamp};
-use valet_wire::{rfc3339_from_unix_millis, EventType, TokenEvent, SCHEMA_VERSION};
+use valet_wire::{rfc3339_from_unix_millis, EventType, Message, TokenEvent, SCHEMA_VERSION};
+
+use crate::key_mapping::{key_message, RingLog};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MappingError {
     #[error("grant {0} has no GrantIssued event")]
     UnknownGrant(GrantId),
+    #[error("signing-key event {0} is not in the key ring's stream")]
+    UnknownKeyEvent(uuid::Uuid),
     /// Includes an event the relay cannot read: it stops rather than skip a revocation.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -64,12 +69,22 @@ impl GrantDirectory {
         &mut self,
         store: &S,
         batch: &[ReplayEvent],
-    ) -> Result<Vec<TokenEvent>, MappingError> {
+    ) -> Result<Vec<Message>, MappingError> {
         let mut out = Vec::new();
+        let mut ring_log = RingLog::default();
         for event in batch {
             for change in changes(&event.stream, &event.event) {
-                let Change::Grant { grant_id, change } = change else {
-                    continue;
+                let (grant_id, change) = match change {
+                    Change::Grant { grant_id, change } => (grant_id, change),
+                    Change::SigningKey { event: key } => {
+                        out.extend(
+                            key_message(store, &mut ring_log, event, key)
+                                .await?
+                                .map(Message::Key),
+                        );
+                        continue;
+                    }
+                    _ => continue,
                 };
                 if let grant::Change::Opened {
                     client_id, subject, ..
@@ -81,7 +96,7 @@ impl GrantDirectory {
                     continue;
                 }
                 let holder = self.holder(store, grant_id).await?;
-                out.extend(to_wire(event, grant_id, &holder, change));
+                out.extend(to_wire(event, grant_id, &holder, change).map(Message::Token));
             }
         }
         Ok(out)
@@ -200,7 +215,9 @@ mod tests {
     use valet_app::memory::MemoryEventStore;
     use valet_app::{EventMetadata, ExpectedVersion, NewEvent};
     use valet_domain::grant::{AccessTokenIssue, GrantOrigin, RefreshTokenIssue};
+    use valet_domain::signing_key::{Algorithm, Event as KeyChange, KeyId, PublicJwk};
     use valet_domain::{Event, ScopeSet, TokenHash, UserId, Username};
+    use valet_wire::{KeyEvent, KeyEventType};
 
     fn t(ms: i64) -> Timestamp {
         Timestamp::from_unix_millis(ms)
@@ -247,6 +264,112 @@ mod tests {
         }
     }
 
+    fn tokens(messages: Vec<Message>) -> Vec<TokenEvent> {
+        messages
+            .into_iter()
+            .filter_map(Message::into_token)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn key_events_become_wire_messages_carrying_the_public_key_as_it_then_stood() {
+        let key_id = KeyId::new(Uuid::from_u128(5));
+        let public = PublicJwk::new(
+            [("kty", "OKP"), ("crv", "Ed25519"), ("x", "AQID")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        )
+        .expect("public");
+        let ring = [
+            KeyChange::SigningKeyGenerated {
+                key_id,
+                algorithm: Algorithm::EdDSA,
+                public,
+                at: t(1000),
+            },
+            KeyChange::SigningKeyPublished {
+                key_id,
+                activates_at: t(301_000),
+                at: t(1000),
+            },
+            KeyChange::SigningKeyActivated {
+                key_id,
+                at: t(301_000),
+            },
+            KeyChange::SigningKeyRetired {
+                key_id,
+                published_until: t(900_000),
+                at: t(500_000),
+            },
+        ];
+        let store = MemoryEventStore::new();
+        let new_events = ring
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                NewEvent::new(
+                    Uuid::from_u128(100 + i as u128),
+                    Event::SigningKey(e.clone()),
+                    EventMetadata::default(),
+                )
+            })
+            .collect();
+        store
+            .append(
+                &StreamId::SigningKeys,
+                ExpectedVersion::NoStream,
+                new_events,
+            )
+            .await
+            .expect("appended");
+        let batch: Vec<ReplayEvent> = ring
+            .iter()
+            .enumerate()
+            .map(|(i, e)| ReplayEvent {
+                position: 100 + i as i64,
+                xact: 100 + i as i64,
+                event_id: Uuid::from_u128(100 + i as u128),
+                stream: StreamId::SigningKeys,
+                event: Event::SigningKey(e.clone()),
+                recorded_at_micros: 0,
+            })
+            .collect();
+        let out = GrantDirectory::default()
+            .map_batch(&store, &batch)
+            .await
+            .expect("mapped");
+        let keys: Vec<KeyEvent> = out
+            .into_iter()
+            .map(|m| match m {
+                Message::Key(key) => key,
+                Message::Token(token) => panic!("a token event from the ring: {token:?}"),
+            })
+            .collect();
+        let types: Vec<KeyEventType> = keys.iter().map(|k| k.event_type).collect();
+        // Generation is not a step resource services see: publication carries the key.
+        assert_eq!(
+            types,
+            [
+                KeyEventType::KeyPublished,
+                KeyEventType::KeyActivated,
+                KeyEventType::KeyRetired
+            ]
+        );
+        let published = &keys[0];
+        assert_eq!(published.kid, key_id.to_string());
+        assert_eq!(published.alg, "EdDSA");
+        assert_eq!(published.activates_at, 301);
+        assert_eq!(published.jwk["kid"], key_id.to_string());
+        assert_eq!(published.jwk["x"], "AQID");
+        assert_eq!(published.jwk["use"], "sig");
+        assert_eq!(published.event_id, Uuid::from_u128(101).to_string());
+        // Each message is the key as it stood then: not yet retired when published.
+        assert_eq!(published.published_until, None);
+        assert_eq!(keys[2].published_until, Some(900));
+        assert_eq!(keys[2].occurred_at, rfc3339_from_unix_millis(500_000));
+    }
+
     #[tokio::test]
     async fn token_changes_become_wire_messages_with_their_holder() {
         let store = MemoryEventStore::new();
@@ -257,10 +380,12 @@ mod tests {
         }
         .into();
         let mut directory = GrantDirectory::default();
-        let out = directory
-            .map_batch(&store, &[replay(1, issued()), replay(2, revoked)])
-            .await
-            .expect("mapped");
+        let out = tokens(
+            directory
+                .map_batch(&store, &[replay(1, issued()), replay(2, revoked)])
+                .await
+                .expect("mapped"),
+        );
         assert_eq!(out.len(), 2, "{out:?}");
         assert_eq!(out[0].event_type, EventType::TokenIssued);
         assert_eq!(out[0].token_sha256, Some(TokenHash::of("at").to_string()));
@@ -292,10 +417,12 @@ mod tests {
             at: t(2000),
         }
         .into();
-        let out = GrantDirectory::default()
-            .map_batch(&store, &[replay(9, revoked.clone())])
-            .await
-            .expect("mapped");
+        let out = tokens(
+            GrantDirectory::default()
+                .map_batch(&store, &[replay(9, revoked.clone())])
+                .await
+                .expect("mapped"),
+        );
         assert_eq!(out[0].event_type, EventType::TokenRevoked);
         assert_eq!(out[0].client_id, "web");
         // A grant with no opening in the log is an error, not a guess.

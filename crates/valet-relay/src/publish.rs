@@ -5,16 +5,16 @@ use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMes
 use async_nats::HeaderMap;
 use valet_app::outbox::Confirmation;
 use valet_app::{EventStore, LogCursor};
-use valet_wire::{TokenEvent, MSG_ID_HEADER, STREAM};
+use valet_wire::{Message, MSG_ID_HEADER, STREAM};
 
 use crate::confirm::{self, Answer, Chain, Plan, Recovery, StreamEnd, Verdict};
 use crate::{nats_error, RelayError};
 
 /// The wire form of one message: its headers (`Nats-Msg-Id`, and the predecessor it
 /// must follow in the stream) and payload.
-pub(crate) fn outgoing(message: &TokenEvent, after: Option<&str>) -> (HeaderMap, bytes::Bytes) {
+pub(crate) fn outgoing(message: &Message, after: Option<&str>) -> (HeaderMap, bytes::Bytes) {
     let mut headers = HeaderMap::new();
-    headers.insert(MSG_ID_HEADER, message.event_id.as_str());
+    headers.insert(MSG_ID_HEADER, message.event_id());
     if let Some(after) = after {
         headers.insert(async_nats::header::NATS_EXPECTED_LAST_MESSAGE_ID, after);
     }
@@ -49,14 +49,14 @@ pub(crate) enum Published {
 pub(crate) async fn publish(
     nats: &async_nats::Client,
     js: &jetstream::Context,
-    messages: &[TokenEvent],
+    messages: &[Message],
     chain: &mut Chain,
 ) -> Result<Published, RelayError> {
     let Some((last, rest)) = messages.split_last() else {
         // A batch of events resource services do not see: nothing to confirm.
         return Ok(Published::Confirmed(None, 0));
     };
-    let ids: Vec<&str> = messages.iter().map(|m| m.event_id.as_str()).collect();
+    let ids: Vec<&str> = messages.iter().map(Message::event_id).collect();
     let plan = chain.plan();
     if plan == Plan::LastAck {
         let after = chain.expectations(&ids);
@@ -80,7 +80,7 @@ pub(crate) async fn publish(
         let answer = answer(ack)
             .inspect_err(|error| tracing::debug!(%error, "the batch's last ack failed"))
             .ok();
-        match chain.on_last_ack(&last.event_id, answer) {
+        match chain.on_last_ack(last.event_id(), answer) {
             Verdict::Confirmed => {
                 return Ok(Published::Confirmed(
                     Some(confirm::confirmation(plan, Some(Verdict::Confirmed))),

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::DeliverPolicy};
 use futures_util::StreamExt;
-use valet_wire::TokenEvent;
+use valet_wire::Message;
 
 use crate::store::Applied;
 use crate::unix_now;
@@ -205,12 +205,22 @@ fn handle(
             "stream messages expired or were deleted before this service read them"
         );
     }
-    let event = TokenEvent::from_json(&message.payload).map_err(|error| {
-        End::Fatal(format!(
-            "stream message {sequence} on {} cannot be read: {error}",
-            message.subject
-        ))
-    })?;
+    let event = match Message::from_json(&message.payload) {
+        Ok(Message::Token(event)) => event,
+        Ok(Message::Key(key)) => {
+            tracing::info!(kid = %key.kid, alg = %key.alg, event = key.event_type.as_str(), "signing key");
+            shared.keys.apply(&key);
+            shared.applied.fetch_add(1, Ordering::Relaxed);
+            advanced(shared, sequence, pending, resume_after, target);
+            return Ok(());
+        }
+        Err(error) => {
+            return Err(End::Fatal(format!(
+                "stream message {sequence} on {} cannot be read: {error}",
+                message.subject
+            )))
+        }
+    };
     match shared.store.apply(&event, sequence, unix_now()) {
         Ok(Applied::Applied) => {
             shared.applied.fetch_add(1, Ordering::Relaxed);
@@ -225,12 +235,18 @@ fn handle(
             )))
         }
     }
+    advanced(shared, sequence, pending, resume_after, target);
+    Ok(())
+}
+
+/// A message applied: the cursor moves past it, and the last one of the replay makes the
+/// validator ready.
+fn advanced(shared: &Shared, sequence: u64, pending: u64, resume_after: &mut u64, target: u64) {
     *resume_after = sequence;
     shared.pending.store(pending, Ordering::Relaxed);
     if pending == 0 || sequence >= target {
         shared.caught_up();
     }
-    Ok(())
 }
 
 /// Exponential backoff from 100 ms to 5 s.

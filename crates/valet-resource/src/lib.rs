@@ -80,6 +80,13 @@
 //! a revocation. The consumer's cursor is the JetStream stream sequence, which is strictly
 //! increasing; the position is reported for information.
 //!
+//! # Signing keys
+//!
+//! The stream also announces Valet's signing keys (`valet.v1.key.published`, `.activated`,
+//! `.retired`), each message carrying the whole public JWK. [`Validator::signing_keys`]
+//! and [`Validator::signing_key`] answer from them: a new key is known before anything
+//! is signed with it. A key announced before the stream's `max_age` is not replayed.
+//!
 //! # Fail closed
 //!
 //! A payload with an unknown `schema_version` (a newer Valet speaking a format this SDK
@@ -106,6 +113,7 @@
 
 mod consumer;
 mod introspect;
+mod keys;
 mod store;
 mod validator;
 
@@ -120,6 +128,7 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 pub use introspect::IntrospectionConfig;
+pub use keys::{KeyStage, SigningKey};
 pub use store::{
     Applied, ApplyError, Cursor, Lookup, MemoryStoreOptions, MemoryTokenStore, StoreStats,
     TokenStore,

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use crate::introspect::{IntrospectionConfig, Introspector};
+use crate::keys::{KeyRing, SigningKey};
 use crate::store::{Cursor, Lookup, MemoryTokenStore, TokenStore};
 use crate::{token_digest, unix_now, Rejection, TokenInfo, Unavailable};
 
@@ -88,6 +89,8 @@ pub struct Status {
     pub duplicates: u64,
     pub introspection_calls: u64,
     pub introspection_negative_hits: u64,
+    /// Valet's signing keys heard of on the stream.
+    pub signing_keys: usize,
     /// Why the validator failed, or what it is waiting for.
     pub detail: Option<String>,
 }
@@ -118,6 +121,8 @@ const FAILED: u8 = 3;
 /// State shared between the validator handles and its background tasks.
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn TokenStore>,
+    /// Valet's public signing keys, from the stream's key events.
+    pub(crate) keys: KeyRing,
     state: AtomicU8,
     state_tx: watch::Sender<State>,
     pub(crate) connected: AtomicBool,
@@ -134,6 +139,7 @@ impl Shared {
     fn new(store: Arc<dyn TokenStore>, state: State) -> Self {
         Shared {
             store,
+            keys: KeyRing::default(),
             state: AtomicU8::new(state as u8),
             state_tx: watch::channel(state).0,
             connected: AtomicBool::new(false),
@@ -339,6 +345,7 @@ impl Validator {
                 .introspector
                 .as_ref()
                 .map_or(0, |i| i.negative_hits()),
+            signing_keys: shared.keys.len(),
             detail: shared
                 .detail
                 .lock()
@@ -371,6 +378,17 @@ impl Validator {
                 .unwrap_or(Err(WaitError::Timeout)),
             None => wait.await,
         }
+    }
+
+    /// Valet's public signing keys announced on the stream (published, active, retired),
+    /// by `kid`. Keys announced before the stream's `max_age` are not in it.
+    pub fn signing_keys(&self) -> Vec<SigningKey> {
+        self.inner.shared.keys.all()
+    }
+
+    /// The signing key named `kid`, if the stream announced it.
+    pub fn signing_key(&self, kid: &str) -> Option<SigningKey> {
+        self.inner.shared.keys.get(kid)
     }
 
     /// The store behind this validator.

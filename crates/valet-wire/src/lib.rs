@@ -1,5 +1,7 @@
 //! The public contract between Valet and resource services: the NATS JetStream stream,
-//! its subjects, and the JSON payload of every token lifecycle message.
+//! its subjects, and the JSON payload of every message: token lifecycle events
+//! ([`TokenEvent`]) and signing-key lifecycle events ([`KeyEvent`]), read together as
+//! [`Message`].
 //!
 //! This crate is the stability boundary. It depends on nothing of Valet, so a resource
 //! service links it without the server. A changed payload shape gets a new
@@ -7,6 +9,12 @@
 //! than skipping what might be a revocation.
 
 use serde::{Deserialize, Serialize};
+
+mod key;
+mod message;
+
+pub use key::{KeyEvent, KeyEventType};
+pub use message::Message;
 
 /// The JetStream stream holding token lifecycle events.
 pub const STREAM: &str = "VALET_TOKENS";
@@ -120,20 +128,16 @@ impl TokenEvent {
         serde_json::to_vec(self).expect("a token event always serialises")
     }
 
-    /// Reads a message payload, refusing unknown schema versions before anything else.
+    /// Reads a token message, refusing unknown schema versions before anything else (a
+    /// consumer of the whole stream reads [`Message`]s: key events share it).
     pub fn from_json(payload: &[u8]) -> Result<Self, DecodeError> {
-        #[derive(Deserialize)]
-        struct Version {
-            schema_version: Option<u32>,
+        match Message::from_json(payload)? {
+            Message::Token(event) => Ok(event),
+            Message::Key(event) => Err(DecodeError::Malformed(format!(
+                "{} is a key event, not a token event",
+                event.event_type.as_str()
+            ))),
         }
-        let version: Version =
-            serde_json::from_slice(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        match version.schema_version {
-            Some(SCHEMA_VERSION) => {}
-            Some(other) => return Err(DecodeError::UnknownSchemaVersion(other)),
-            None => return Err(DecodeError::Malformed("no schema_version".into())),
-        }
-        serde_json::from_slice(payload).map_err(|e| DecodeError::Malformed(e.to_string()))
     }
 
     pub fn subject(&self) -> String {
@@ -238,6 +242,59 @@ mod tests {
         assert_eq!(TokenEvent::from_json(&json).expect("decode"), event);
     }
 
+    fn key_event() -> KeyEvent {
+        KeyEvent {
+            schema_version: SCHEMA_VERSION,
+            event_id: "0192f4d2-0000-7000-8000-000000000003".into(),
+            position: 7,
+            event_type: KeyEventType::KeyPublished,
+            occurred_at: rfc3339_from_unix_millis(0),
+            kid: "k1".into(),
+            alg: "ES256".into(),
+            jwk: [("kty", "EC"), ("crv", "P-256"), ("x", "AQ"), ("y", "Ag")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            activates_at: 300,
+            published_until: None,
+        }
+    }
+
+    #[test]
+    fn key_events_share_the_stream_with_token_events() {
+        assert_eq!(
+            KeyEventType::KeyPublished.subject(),
+            "valet.v1.key.published"
+        );
+        assert_eq!(
+            KeyEventType::KeyActivated.subject(),
+            "valet.v1.key.activated"
+        );
+        assert_eq!(KeyEventType::KeyRetired.subject(), "valet.v1.key.retired");
+        let key = Message::from(key_event());
+        let json = key.to_json();
+        let text = String::from_utf8(json.clone()).expect("utf-8");
+        assert!(text.contains("\"type\":\"key.published\""), "{text}");
+        assert_eq!(Message::from_json(&json).expect("decode"), key);
+        let token = Message::from(sample());
+        assert_eq!(Message::from_json(&token.to_json()).expect("decode"), token);
+        assert_eq!(token.event_id(), sample().event_id);
+        // A reader of token events only is told what it met, not handed a wrong event.
+        let err = TokenEvent::from_json(&json).expect_err("not a token event");
+        assert!(err.to_string().contains("key.published"), "{err}");
+    }
+
+    #[test]
+    fn a_key_event_with_private_key_material_is_refused() {
+        let mut event = key_event();
+        event.jwk.insert("d".into(), "secret".into());
+        let err = Message::from_json(&Message::from(event).to_json()).expect_err("refused");
+        assert!(err.to_string().contains("\"d\""), "{err}");
+        let mut event = key_event();
+        event.jwk.remove("kty");
+        assert!(Message::from_json(&Message::from(event).to_json()).is_err());
+    }
+
     #[test]
     fn unknown_schema_versions_fail_closed() {
         let mut value: serde_json::Value =
@@ -245,6 +302,13 @@ mod tests {
         value["schema_version"] = 2.into();
         let err = TokenEvent::from_json(value.to_string().as_bytes()).expect_err("must refuse");
         assert!(matches!(err, DecodeError::UnknownSchemaVersion(2)));
+        let mut key: serde_json::Value =
+            serde_json::from_slice(&Message::from(key_event()).to_json()).expect("json");
+        key["schema_version"] = 2.into();
+        assert!(matches!(
+            Message::from_json(key.to_string().as_bytes()),
+            Err(DecodeError::UnknownSchemaVersion(2))
+        ));
         value
             .as_object_mut()
             .expect("object")

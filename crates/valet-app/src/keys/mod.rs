@@ -93,6 +93,26 @@ pub struct PublishedKey {
     pub public: std::collections::BTreeMap<String, String>,
 }
 
+impl PublishedKey {
+    pub fn of(key: &Key) -> Self {
+        PublishedKey {
+            kid: key.key_id.to_string(),
+            alg: key.algorithm.as_str(),
+            use_: "sig",
+            public: key.public.members().clone(),
+        }
+    }
+
+    /// Every member, as one JWK object.
+    pub fn into_members(self) -> std::collections::BTreeMap<String, String> {
+        let mut members = self.public;
+        members.insert("kid".to_owned(), self.kid);
+        members.insert("alg".to_owned(), self.alg.to_owned());
+        members.insert("use".to_owned(), self.use_.to_owned());
+        members
+    }
+}
+
 /// The JWK Set document.
 #[derive(Debug, Clone, Serialize)]
 pub struct Jwks {
@@ -316,14 +336,6 @@ pub async fn ring<S: EventStore>(store: &S) -> Result<signing_key::State, KeysEr
 /// The JWKS of `ring` at `now`.
 pub fn jwks_of(ring: &signing_key::State, now: valet_domain::Timestamp) -> Jwks {
     Jwks {
-        keys: ring
-            .published(now)
-            .map(|k| PublishedKey {
-                kid: k.key_id.to_string(),
-                alg: k.algorithm.as_str(),
-                use_: "sig",
-                public: k.public.members().clone(),
-            })
-            .collect(),
+        keys: ring.published(now).map(PublishedKey::of).collect(),
     }
 }
