@@ -130,6 +130,8 @@ pub struct ClientSpec {
     pub scopes: Vec<String>,
     pub id_token_alg: Option<String>,
     pub post_logout_redirect_uris: Vec<String>,
+    /// `--access-token-signed-response-alg` with `--access-token-format jwt`.
+    pub jwt_access_tokens: Option<String>,
 }
 
 impl ClientSpec {
@@ -171,6 +173,12 @@ impl ClientSpec {
         self
     }
 
+    /// JWT access tokens (RFC 9068) signed with `alg`.
+    pub fn jwt_access_tokens(mut self, alg: &str) -> Self {
+        self.jwt_access_tokens = Some(alg.to_owned());
+        self
+    }
+
     pub fn post_logout_redirect(mut self, uri: &str) -> Self {
         self.post_logout_redirect_uris.push(uri.to_owned());
         self
@@ -200,6 +208,17 @@ impl ClientSpec {
         }
         for uri in &self.post_logout_redirect_uris {
             args.extend(["--post-logout-redirect-uri".to_owned(), uri.clone()]);
+        }
+        if let Some(alg) = &self.jwt_access_tokens {
+            args.extend(
+                [
+                    "--access-token-format",
+                    "jwt",
+                    "--access-token-signed-response-alg",
+                ]
+                .map(str::to_owned),
+            );
+            args.push(alg.clone());
         }
         args.push("--json".to_owned());
         args

@@ -1445,12 +1445,148 @@ async fn o11_id_tokens_are_signed_with_the_clients_algorithm() {
     oidc.server.stop().await;
 }
 
-/// o19: id_tokens never appear in the server's log, in NATS messages or in the database
-/// (the whole log and every table), nor do their signatures.
+/// A JWT access token's header and verified claims (`aud` as given), asserting the
+/// header says `at+jwt` and names a key of the JWKS of algorithm `alg`.
+async fn verified_access_token(
+    server: &TestServer,
+    token: &str,
+    audience: &str,
+    alg: jsonwebtoken::Algorithm,
+) -> Value {
+    let header = jsonwebtoken::decode_header(token).expect("a JWS header");
+    assert_eq!(header.typ.as_deref(), Some("at+jwt"), "RFC 9068 §2.1");
+    let claims = verified_claims_with(server, token, audience, alg).await;
+    for claim in [
+        "iss",
+        "exp",
+        "aud",
+        "sub",
+        "client_id",
+        "iat",
+        "jti",
+        "scope",
+    ] {
+        assert!(claims.get(claim).is_some(), "{claim} missing from {claims}");
+    }
+    claims
+}
+
+/// o18: a client registered for JWT access tokens gets RFC 9068 tokens: `typ: at+jwt`;
+/// `iss`, `exp`, `aud` (the configured audience), `sub`, `client_id`, `iat`, `jti`,
+/// `scope`; signed by a key of the JWKS with the client's algorithm. Refresh rotates
+/// them (a new `jti`), and a revoked one answers `active: false` at introspection
+/// although its signature still verifies. (o17's `sub` = client id holds for them too.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn o19_id_tokens_stay_out_of_logs_nats_and_the_database() {
+async fn o18_jwt_access_tokens_follow_rfc_9068_and_a_revoked_one_is_inactive() {
+    const AUDIENCE: &str = "https://designs.example";
+    let mut oidc = Oidc::start(&[("VALET_ACCESS_TOKEN_AUDIENCE", AUDIENCE)]).await;
+    oidc.client = oidc
+        .server
+        .create_client(
+            &ClientSpec::confidential("Printshop JWT")
+                .redirect(APP_CB)
+                .scopes("openid profile read")
+                .jwt_access_tokens("ES256"),
+        )
+        .await;
+    let tokens = oidc.tokens("openid read", &[]).await;
+    let access = tokens["access_token"].as_str().expect("access_token");
+    let es256 = jsonwebtoken::Algorithm::ES256;
+    let claims = verified_access_token(&oidc.server, access, AUDIENCE, es256).await;
+    let id_token = tokens["id_token"].as_str().expect("id_token");
+    let user = verified_claims(&oidc.server, id_token, &oidc.client.client_id).await;
+    assert_eq!(claims["sub"], user["sub"], "the user, as in the id_token");
+    assert_eq!(claims["client_id"], oidc.client.client_id.as_str());
+    assert_eq!(claims["scope"], "openid read");
+    assert_eq!(claims["iss"], oidc.server.base_url());
+    let lifetime = claims["exp"].as_i64().expect("exp") - claims["iat"].as_i64().expect("iat");
+    assert_eq!(lifetime, tokens["expires_in"].as_i64().expect("expires_in"));
+    // The id_token is no access token: its header says so.
+    let header = jsonwebtoken::decode_header(id_token).expect("header");
+    assert_ne!(header.typ.as_deref(), Some("at+jwt"));
+
+    let info = oidc.server.introspection(&oidc.rs, access).await;
+    assert_eq!(info["active"], true, "{info}");
+    assert_eq!(info["sub"], claims["sub"], "{info}");
+
+    // A refresh with a narrower scope: a new JWT with its own jti and that scope.
+    let refreshed = oidc
+        .server
+        .refresh(
+            &oidc.client,
+            tokens["refresh_token"].as_str().expect("refresh_token"),
+            Some("read"),
+        )
+        .await;
+    assert_eq!(refreshed.status, 200, "{}", refreshed.describe());
+    let refreshed = refreshed.json();
+    let second = refreshed["access_token"].as_str().expect("access_token");
+    let second_claims = verified_access_token(&oidc.server, second, AUDIENCE, es256).await;
+    assert_ne!(second_claims["jti"], claims["jti"]);
+    assert_eq!(second_claims["scope"], "read");
+    assert_eq!(refreshed["scope"], "read");
+
+    // Revoked: still a valid signature, but inactive.
+    let resp = oidc.server.revoke(&oidc.client.basic(), second, None).await;
+    assert_eq!(resp.status, 200, "{}", resp.describe());
+    verified_access_token(&oidc.server, second, AUDIENCE, es256).await;
+    let info = oidc.server.introspection(&oidc.rs, second).await;
+    assert_eq!(info, serde_json::json!({ "active": false }));
+
+    // client_credentials: `sub` is the client itself (o17); RS256 by default.
+    let service = oidc
+        .server
+        .create_client(
+            &ClientSpec::confidential("printer")
+                .grant("client_credentials")
+                .scopes("read")
+                .jwt_access_tokens("RS256"),
+        )
+        .await;
+    let resp = oidc.server.client_credentials(&service, None).await;
+    assert_eq!(resp.status, 200, "{}", resp.describe());
+    let body = resp.json();
+    let token = body["access_token"].as_str().expect("access_token");
+    let rs256 = jsonwebtoken::Algorithm::RS256;
+    let claims = verified_access_token(&oidc.server, token, AUDIENCE, rs256).await;
+    assert_eq!(claims["sub"], service.client_id.as_str());
+    assert_eq!(claims["client_id"], service.client_id.as_str());
+    let info = oidc.server.introspection(&oidc.rs, token).await;
+    assert_eq!(info["active"], true, "{info}");
+    assert_eq!(info["sub"], service.client_id.as_str(), "{info}");
+
+    // The log names JWT access tokens by jti (and digest), never in full.
+    let jti = claims["jti"].as_str().expect("jti");
+    let recorded: i64 = oidc
+        .server
+        .pg()
+        .await
+        .query_one(
+            "SELECT count(*) FROM events WHERE payload::text LIKE '%' || $1 || '%'",
+            &[&jti],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(recorded, 1, "the issuance names the token's jti");
+    oidc.server.stop().await;
+}
+
+/// o19: id_tokens and JWT access tokens never appear in the server's log, in NATS
+/// messages or in the database (the whole log and every table), nor do their signatures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o19_id_tokens_and_jwt_access_tokens_stay_out_of_logs_nats_and_the_database() {
     let nats = TestNats::start().await;
     let mut oidc = Oidc::start(&[("VALET_NATS_URL", &nats.url()), ("VALET_LOG", "debug")]).await;
+    oidc.client = oidc
+        .server
+        .create_client(
+            &ClientSpec::confidential("Printshop JWT")
+                .redirect(APP_CB)
+                .scopes("openid profile")
+                .jwt_access_tokens("EdDSA"),
+        )
+        .await;
     let first = oidc.tokens("openid profile", &[("nonce", "n-19")]).await;
     let refreshed = oidc
         .server
@@ -1463,8 +1599,13 @@ async fn o19_id_tokens_stay_out_of_logs_nats_and_the_database() {
         .json();
     let id_tokens: Vec<String> = [&first, &refreshed]
         .iter()
-        .map(|t| t["id_token"].as_str().expect("id_token").to_owned())
+        .flat_map(|t| [&t["id_token"], &t["access_token"]])
+        .map(|t| t.as_str().expect("a JWT").to_owned())
         .collect();
+    assert!(
+        id_tokens.iter().all(|t| t.split('.').count() == 3),
+        "{id_tokens:?}"
+    );
     // Everything the stream holds (issued and refreshed tokens' events).
     let messages = until_stream_holds(&nats, 2).await;
     let stream_text: String = messages
@@ -1501,11 +1642,8 @@ async fn o19_id_tokens_stay_out_of_logs_nats_and_the_database() {
             ("NATS", &stream_text),
             ("the database", &database),
         ] {
-            assert!(!text.contains(id_token.as_str()), "an id_token in {place}");
-            assert!(
-                !text.contains(signature),
-                "an id_token's signature in {place}"
-            );
+            assert!(!text.contains(id_token.as_str()), "a JWT in {place}");
+            assert!(!text.contains(signature), "a JWT's signature in {place}");
         }
     }
     assert!(

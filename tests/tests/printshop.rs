@@ -129,7 +129,8 @@ async fn printshop_signs_alice_in_through_valet_lists_her_designs_and_signs_her_
             &ClientSpec::confidential("Printshop")
                 .redirect(&format!("{shop}/callback"))
                 .post_logout_redirect(&format!("{shop}/"))
-                .scopes("openid profile email designs:read"),
+                .scopes("openid profile email designs:read")
+                .jwt_access_tokens("EdDSA"),
         )
         .await;
     let designs_client = server
@@ -140,6 +141,7 @@ async fn printshop_signs_alice_in_through_valet_lists_her_designs_and_signs_her_
     designs
         .env("VALET_NATS_URL", nats.url())
         .env("VALET_INTROSPECT_URL", server.url("/introspect"))
+        .env("VALET_ISSUER", server.base_url())
         .env("DESIGNS_CLIENT_ID", &designs_client.client_id)
         .env("DESIGNS_CLIENT_SECRET", designs_client.secret())
         .env("DESIGNS_LISTEN", format!("127.0.0.1:{designs_port}"));
@@ -175,6 +177,31 @@ async fn printshop_signs_alice_in_through_valet_lists_her_designs_and_signs_her_
     assert!(
         page.contains("Articulated dragon"),
         "the designs service listed her designs: {page}"
+    );
+
+    // Printshop's access tokens are JWTs; the designs service takes opaque ones too.
+    let robot = server
+        .create_client(
+            &ClientSpec::confidential("robot")
+                .grant("client_credentials")
+                .scopes("designs:read"),
+        )
+        .await;
+    let opaque = server.client_credentials(&robot, None).await.json()["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned();
+    assert!(!opaque.contains('.'), "an opaque token");
+    let listed = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{designs_port}/designs"))
+        .bearer_auth(&opaque)
+        .send()
+        .await
+        .expect("designs answers");
+    assert_eq!(
+        listed.status(),
+        200,
+        "an opaque token at the designs service"
     );
 
     // The access token expires; Printshop refreshes it and lists the designs again.

@@ -58,6 +58,8 @@ async fn service(app: &App) -> Service {
                 scopes: vec!["read".into()],
                 id_token_alg: None,
                 post_logout_redirect_uris: vec![],
+                access_token_format: None,
+                access_token_alg: None,
             },
             &RequestMeta::default(),
         )

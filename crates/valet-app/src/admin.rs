@@ -1,6 +1,6 @@
 //! Administration use cases behind `valet client …` and `valet user …`.
 
-use valet_domain::client::{self, ClientKind};
+use valet_domain::client::{self, AccessTokenFormat, ClientKind};
 use valet_domain::signing_key::Algorithm;
 use valet_domain::{
     user, ClientId, ClientName, GrantType, RedirectUri, RevocationReason, ScopeSet, StreamId,
@@ -80,6 +80,10 @@ pub struct NewClient {
     pub id_token_alg: Option<String>,
     /// Where RP-Initiated Logout may return the user (same rules as redirect URIs).
     pub post_logout_redirect_uris: Vec<String>,
+    /// `opaque` (the default) or `jwt` (RFC 9068).
+    pub access_token_format: Option<String>,
+    /// How JWT access tokens are signed: `RS256` (the default), `ES256` or `EdDSA`.
+    pub access_token_alg: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +94,29 @@ pub struct CreatedClient {
 }
 
 const ADMIN: &str = "admin:cli";
+
+/// `--access-token-format` and `--access-token-signed-response-alg` as one choice.
+fn access_token_format(
+    format: Option<&str>,
+    alg: Option<&str>,
+) -> Result<AccessTokenFormat, AdminError> {
+    let alg = alg
+        .map(Algorithm::parse)
+        .transpose()
+        .map_err(|e| AdminError::Invalid(format!("--access-token-signed-response-alg: {e}")))?;
+    match (format.unwrap_or("opaque"), alg) {
+        ("opaque", None) => Ok(AccessTokenFormat::Opaque),
+        ("opaque", Some(_)) => Err(AdminError::Invalid(
+            "--access-token-signed-response-alg needs --access-token-format jwt".into(),
+        )),
+        ("jwt", alg) => Ok(AccessTokenFormat::Jwt {
+            alg: alg.unwrap_or(Algorithm::RS256),
+        }),
+        (other, _) => Err(AdminError::Invalid(format!(
+            "--access-token-format: {other:?} is neither opaque nor jwt"
+        ))),
+    }
+}
 
 impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
     pub async fn create_client(
@@ -128,6 +155,10 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             .iter()
             .map(|u| RedirectUri::parse(u).map_err(|e| invalid("--post-logout-redirect-uri", &e)))
             .collect::<Result<Vec<_>, _>>()?;
+        let access_token_format = access_token_format(
+            spec.access_token_format.as_deref(),
+            spec.access_token_alg.as_deref(),
+        )?;
         let random = self.randomness();
         let drawn = secrets::client_id(random).map_err(Unavailable::from)?;
         // 32 hex characters always make a valid client id.
@@ -154,6 +185,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             scopes,
             id_token_alg,
             post_logout_redirect_uris,
+            access_token_format,
             at: self.now(),
         };
         execute::<agg::Client, S>(

@@ -33,6 +33,8 @@ pub async fn client(database_url: &str, command: ClientCommand) -> anyhow::Resul
             scopes,
             id_token_signed_response_alg,
             post_logout_redirect_uris,
+            access_token_format,
+            access_token_signed_response_alg,
             json,
         } => {
             let created = oauth
@@ -49,6 +51,8 @@ pub async fn client(database_url: &str, command: ClientCommand) -> anyhow::Resul
                         scopes,
                         id_token_alg: id_token_signed_response_alg,
                         post_logout_redirect_uris,
+                        access_token_format,
+                        access_token_alg: access_token_signed_response_alg,
                     },
                     &meta,
                 )

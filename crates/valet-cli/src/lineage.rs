@@ -31,6 +31,12 @@ fn describe(event: &Event) -> String {
         Event::Client(client::Event::ClientPostLogoutRedirectUrisSet { uris, .. }) => {
             format!("client may be returned to {} after logout", uris.len())
         }
+        Event::Client(client::Event::ClientAccessTokenFormatSet { format, .. }) => match format {
+            client::AccessTokenFormat::Opaque => "client access tokens opaque".to_owned(),
+            client::AccessTokenFormat::Jwt { alg } => {
+                format!("client access tokens are JWTs signed with {alg}")
+            }
+        },
         Event::User(user::Event::UserRegistered { username, .. }) => {
             format!("user {username} registered")
         }

@@ -119,6 +119,10 @@ struct ServeArgs {
     /// Issuer identifier (RFC 8414); defaults to http://<listen address>.
     #[arg(long, env = "VALET_ISSUER")]
     issuer: Option<String>,
+    /// The `aud` of JWT access tokens (clients registered with `--access-token-format
+    /// jwt`): the identifier resource services check. Defaults to the issuer.
+    #[arg(long, env = "VALET_ACCESS_TOKEN_AUDIENCE")]
+    access_token_audience: Option<String>,
     /// Access-token lifetime in seconds.
     #[arg(long, env = "VALET_ACCESS_TOKEN_TTL", default_value_t = 3600)]
     access_token_ttl: u32,
@@ -298,6 +302,13 @@ enum ClientCommand {
         /// host; matched exactly). Repeat for several.
         #[arg(long = "post-logout-redirect-uri", value_name = "URI")]
         post_logout_redirect_uris: Vec<String>,
+        /// What its access tokens are: opaque (default; resource services validate them
+        /// from the NATS stream or /introspect) or jwt (RFC 9068, verifiable with the JWKS).
+        #[arg(long, value_name = "FORMAT")]
+        access_token_format: Option<String>,
+        /// How its JWT access tokens are signed: RS256 (default), ES256 or EdDSA.
+        #[arg(long, value_name = "ALG")]
+        access_token_signed_response_alg: Option<String>,
         /// Print one JSON object {"client_id": ..., "client_secret": ...}.
         #[arg(long)]
         json: bool,
@@ -483,7 +494,10 @@ async fn serve(database_url: &str, kek: &KekArgs, config: ServeArgs) -> anyhow::
         issuer: issuer.clone(),
         ..settings
     };
-    let oauth = wiring::oauth(database_url, settings, config.db_pool_size).await?;
+    let mut oauth = wiring::oauth(database_url, settings, config.db_pool_size).await?;
+    if let Some(audience) = &config.access_token_audience {
+        oauth = oauth.with_access_token_audience(audience.clone());
+    }
     let candidate = valet_app::entropy::random_bytes::<32>(&valet_app::OsRandom)
         .context("draw a session key")?;
     let session_key = oauth

@@ -78,6 +78,7 @@ pub async fn seed(database_url: &str, target: u64) -> anyhow::Result<()> {
                 scopes: scopes.clone(),
                 id_token_alg: valet_domain::signing_key::Algorithm::RS256,
                 post_logout_redirect_uris: vec![],
+                access_token_format: client::AccessTokenFormat::Opaque,
                 at: now,
             },
         )?;
@@ -121,6 +122,7 @@ pub async fn seed(database_url: &str, target: u64) -> anyhow::Result<()> {
             n += 1;
             let grant_id = GrantId::new(Uuid::now_v7());
             let access = AccessTokenIssue {
+                jti: None,
                 hash: hash(n, "at"),
                 scope: scopes.clone(),
                 issued_at: now,
@@ -173,6 +175,7 @@ pub async fn seed(database_url: &str, target: u64) -> anyhow::Result<()> {
                         presented: current,
                         requested_scope: None,
                         access: AccessTokenIssue {
+                            jti: None,
                             hash: hash(n * 10 + round, "at"),
                             scope: scopes.clone(),
                             issued_at: now,

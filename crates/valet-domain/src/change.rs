@@ -94,6 +94,7 @@ mod tests {
         let grant_id = GrantId::new(Uuid::from_u128(1));
         let client_id = ClientId::parse("web").unwrap();
         let access = AccessTokenIssue {
+            jti: None,
             hash: TokenHash::of("at"),
             scope: scopes("read"),
             issued_at: t(1),

@@ -20,6 +20,17 @@ pub enum ClientKind {
     Public,
 }
 
+/// What a client's access tokens are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "format", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AccessTokenFormat {
+    /// A random string: only Valet and the services on the stream can tell what it is.
+    Opaque,
+    /// An RFC 9068 JWT signed with the active key of `alg`, verifiable by anyone holding
+    /// the JWKS.
+    Jwt { alg: Algorithm },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Register {
@@ -34,6 +45,7 @@ pub enum Command {
         id_token_alg: Algorithm,
         /// Where RP-Initiated Logout may send the user back to.
         post_logout_redirect_uris: Vec<RedirectUri>,
+        access_token_format: AccessTokenFormat,
         at: Timestamp,
     },
     Disable {
@@ -67,12 +79,18 @@ pub enum Event {
         uris: Vec<RedirectUri>,
         at: Timestamp,
     },
+    /// The client's access tokens are `format` (opaque until this event).
+    ClientAccessTokenFormatSet {
+        format: AccessTokenFormat,
+        at: Timestamp,
+    },
 }
 domain_event!(Event {
     ClientRegistered,
     ClientDisabled,
     ClientIdTokenAlgorithmSet,
-    ClientPostLogoutRedirectUrisSet
+    ClientPostLogoutRedirectUrisSet,
+    ClientAccessTokenFormatSet
 });
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -129,6 +147,7 @@ pub struct Client {
     pub disabled_at: Option<Timestamp>,
     pub id_token_alg: Algorithm,
     pub post_logout_redirect_uris: Vec<RedirectUri>,
+    pub access_token_format: AccessTokenFormat,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -231,6 +250,7 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Error> {
             scopes,
             id_token_alg,
             post_logout_redirect_uris,
+            access_token_format,
             at,
         } => {
             if state.is_registered() {
@@ -287,6 +307,12 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Error> {
                     at,
                 });
             }
+            if access_token_format != AccessTokenFormat::Opaque {
+                events.push(Event::ClientAccessTokenFormatSet {
+                    format: access_token_format,
+                    at,
+                });
+            }
             Ok(events)
         }
         Command::Disable { at } => match state.client() {
@@ -337,6 +363,7 @@ pub fn evolve(state: State, event: &Event) -> State {
             disabled_at: None,
             id_token_alg: Algorithm::RS256,
             post_logout_redirect_uris: Vec::new(),
+            access_token_format: AccessTokenFormat::Opaque,
         })),
         (Some(mut client), Event::ClientIdTokenAlgorithmSet { algorithm, .. }) => {
             client.id_token_alg = *algorithm;
@@ -344,6 +371,10 @@ pub fn evolve(state: State, event: &Event) -> State {
         }
         (Some(mut client), Event::ClientPostLogoutRedirectUrisSet { uris, .. }) => {
             client.post_logout_redirect_uris = uris.clone();
+            State(Some(client))
+        }
+        (Some(mut client), Event::ClientAccessTokenFormatSet { format, .. }) => {
+            client.access_token_format = *format;
             State(Some(client))
         }
         (Some(mut client), Event::ClientDisabled { at }) => {
@@ -394,6 +425,13 @@ mod tests {
         }
     }
 
+    fn state_of(events: &[Event]) -> Client {
+        State::from_events(events)
+            .client()
+            .cloned()
+            .expect("registered")
+    }
+
     fn register(kind: ClientKind, uris: &[&str], grant_types: &[GrantType]) -> Command {
         Command::Register {
             client_id: id(),
@@ -404,6 +442,7 @@ mod tests {
             scopes: scopes("read write"),
             id_token_alg: Algorithm::RS256,
             post_logout_redirect_uris: vec![],
+            access_token_format: AccessTokenFormat::Opaque,
             at: T0,
         }
     }
@@ -544,7 +583,7 @@ mod tests {
     }
 
     #[test]
-    fn an_id_token_algorithm_and_logout_uris_are_recorded_with_the_registration() {
+    fn an_id_token_algorithm_logout_uris_and_a_token_format_are_recorded_with_the_registration() {
         let Command::Register {
             client_id,
             name,
@@ -569,6 +608,9 @@ mod tests {
                 scopes,
                 id_token_alg: Algorithm::ES256,
                 post_logout_redirect_uris: vec![uri("https://app.example/bye")],
+                access_token_format: AccessTokenFormat::Jwt {
+                    alg: Algorithm::EdDSA,
+                },
                 at,
             },
         )
@@ -583,8 +625,20 @@ mod tests {
                 Event::ClientPostLogoutRedirectUrisSet {
                     uris: vec![uri("https://app.example/bye")],
                     at: T0
+                },
+                Event::ClientAccessTokenFormatSet {
+                    format: AccessTokenFormat::Jwt {
+                        alg: Algorithm::EdDSA
+                    },
+                    at: T0
                 }
             ]
+        );
+        assert_eq!(
+            state_of(&events).access_token_format,
+            AccessTokenFormat::Jwt {
+                alg: Algorithm::EdDSA
+            }
         );
         let state = State::from_events(&events);
         assert_eq!(state.client().unwrap().id_token_alg, Algorithm::ES256);
@@ -597,7 +651,11 @@ mod tests {
             register(secret(), &["https://app.example/cb"], &[]),
         )
         .unwrap();
-        assert_eq!(default.len(), 1, "RS256 needs no event");
+        assert_eq!(default.len(), 1, "RS256 and opaque tokens need no event");
+        assert_eq!(
+            state_of(&default).access_token_format,
+            AccessTokenFormat::Opaque
+        );
         assert_eq!(
             State::from_events(&default).client().unwrap().id_token_alg,
             Algorithm::RS256
@@ -628,6 +686,7 @@ mod tests {
                 scopes: ScopeSet::default(),
                 id_token_alg: Algorithm::RS256,
                 post_logout_redirect_uris: vec![],
+                access_token_format: AccessTokenFormat::Opaque,
                 at,
             })
             .then_error(Error::EmptyScope);
@@ -805,6 +864,12 @@ mod tests {
                 },
                 Event::ClientPostLogoutRedirectUrisSet {
                     uris: vec![uri("https://app.example/bye")],
+                    at: T1,
+                },
+                Event::ClientAccessTokenFormatSet {
+                    format: AccessTokenFormat::Jwt {
+                        alg: Algorithm::ES256,
+                    },
                     at: T1,
                 },
             ],

@@ -13,10 +13,30 @@ use crate::scope::ScopeSet;
 use crate::secret::TokenHash;
 use crate::time::Timestamp;
 
+/// The `jti` of a JWT access token: how the log names it besides its SHA-256.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JwtId(uuid::Uuid);
+
+impl JwtId {
+    pub const fn new(id: uuid::Uuid) -> Self {
+        Self(id)
+    }
+}
+
+impl std::fmt::Display for JwtId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessTokenIssue {
     pub hash: TokenHash,
+    /// A JWT access token's `jti` (opaque tokens have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<JwtId>,
     pub scope: ScopeSet,
     pub issued_at: Timestamp,
     pub expires_at: Timestamp,
@@ -572,6 +592,7 @@ mod tests {
 
     fn access(name: &str, scope: &str, issued: u32) -> AccessTokenIssue {
         AccessTokenIssue {
+            jti: None,
             hash: h(name),
             scope: scopes(scope),
             issued_at: t(issued),

@@ -62,6 +62,7 @@ pub(crate) async fn key_message<S: EventStore>(
         alg: key.algorithm.as_str().to_owned(),
         jwk: PublishedKey::of(key).into_members(),
         activates_at: key.activates_at.as_unix_seconds(),
+        retired_at: key.retired_at.map(Timestamp::as_unix_seconds),
         published_until: key.published_until.map(Timestamp::as_unix_seconds),
     }))
 }

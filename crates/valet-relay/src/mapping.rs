@@ -238,6 +238,7 @@ mod tests {
             scope: ScopeSet::parse("read").unwrap(),
             origin: GrantOrigin::ClientCredentials,
             access: AccessTokenIssue {
+                jti: None,
                 hash: TokenHash::of("at"),
                 scope: ScopeSet::parse("read").unwrap(),
                 issued_at: t(1000),
@@ -367,6 +368,7 @@ mod tests {
         // Each message is the key as it stood then: not yet retired when published.
         assert_eq!(published.published_until, None);
         assert_eq!(keys[2].published_until, Some(900));
+        assert_eq!(keys[2].retired_at, Some(500));
         assert_eq!(keys[2].occurred_at, rfc3339_from_unix_millis(500_000));
     }
 

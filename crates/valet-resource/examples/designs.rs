@@ -11,6 +11,9 @@
 //! - `DESIGNS_CLIENT_ID` / `DESIGNS_CLIENT_SECRET`: a confidential client of Valet for the
 //!   introspection fallback (without them the fallback is off)
 //! - `DESIGNS_LISTEN` (default `127.0.0.1:8081`)
+//! - `VALET_ISSUER` (default `http://127.0.0.1:8080`) and `DESIGNS_AUDIENCE` (default: the
+//!   issuer, as Valet's `--access-token-audience`): JWT access tokens are verified
+//!   offline against them; opaque tokens and JWTs are both accepted.
 //!
 //! `GET /designs` (scope `designs:read`), `GET /healthz`, `GET /readyz`. Prints
 //! `designs listening on http://ADDR` once the token store has caught up.
@@ -23,7 +26,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
-use valet_resource::{Bearer, BearerRejection, IntrospectionConfig, Validator, ValidatorConfig};
+use valet_resource::{
+    Bearer, BearerRejection, IntrospectionConfig, JwtConfig, Validator, ValidatorConfig,
+};
 
 #[derive(Serialize)]
 struct Design {
@@ -89,7 +94,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_writer(std::io::stderr)
         .init();
 
-    let mut config = ValidatorConfig::new(env("VALET_NATS_URL", "nats://127.0.0.1:4222"));
+    let issuer = env("VALET_ISSUER", "http://127.0.0.1:8080");
+    let audience = env("DESIGNS_AUDIENCE", &issuer);
+    let jwt = JwtConfig::new(&issuer, audience).with_jwks_uri(format!("{issuer}/jwks.json"));
+    let mut config =
+        ValidatorConfig::new(env("VALET_NATS_URL", "nats://127.0.0.1:4222")).with_jwt(jwt);
     match (
         std::env::var("DESIGNS_CLIENT_ID")
             .ok()

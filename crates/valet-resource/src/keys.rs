@@ -3,8 +3,9 @@
 //! key's stage only moves forward, so a late duplicate never brings back an older one.
 
 use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
+use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Serialize;
 use valet_wire::{KeyEvent, KeyEventType};
 
@@ -41,7 +42,9 @@ pub struct SigningKey {
     pub stage: KeyStage,
     /// Unix seconds.
     pub activates_at: i64,
-    /// Unix seconds, for a retired key.
+    /// Unix seconds, for a retired key: when it stopped signing.
+    pub retired_at: Option<i64>,
+    /// Unix seconds, for a retired key: nothing it signed is valid after this.
     pub published_until: Option<i64>,
 }
 
@@ -53,25 +56,89 @@ impl From<&KeyEvent> for SigningKey {
             jwk: event.jwk.clone(),
             stage: event.event_type.into(),
             activates_at: event.activates_at,
+            retired_at: event.retired_at,
             published_until: event.published_until,
         }
     }
 }
 
+/// What verifying a signature under one key needs: the key, its algorithm (the only one
+/// a token may name) and when it stopped signing.
+#[derive(Clone)]
+pub(crate) struct Verifier {
+    pub(crate) key: Arc<DecodingKey>,
+    pub(crate) algorithm: Algorithm,
+    pub(crate) retired_at: Option<i64>,
+    pub(crate) published_until: Option<i64>,
+}
+
+struct Known {
+    key: SigningKey,
+    /// `None`: a key of an algorithm or shape this SDK cannot verify with.
+    verifier: Option<Verifier>,
+}
+
+impl Known {
+    fn new(key: SigningKey) -> Self {
+        let verifier = verifier_of(&key);
+        Known { key, verifier }
+    }
+}
+
+/// The decoding key of a public JWK, for the algorithms Valet signs with.
+fn verifier_of(key: &SigningKey) -> Option<Verifier> {
+    let member = |name: &str| key.jwk.get(name).map(String::as_str);
+    let (algorithm, decoding) = match (key.alg.as_str(), member("kty")) {
+        ("RS256", Some("RSA")) => (
+            Algorithm::RS256,
+            DecodingKey::from_rsa_components(member("n")?, member("e")?).ok()?,
+        ),
+        ("ES256", Some("EC")) if member("crv") == Some("P-256") => (
+            Algorithm::ES256,
+            DecodingKey::from_ec_components(member("x")?, member("y")?).ok()?,
+        ),
+        ("EdDSA", Some("OKP")) if member("crv") == Some("Ed25519") => (
+            Algorithm::EdDSA,
+            DecodingKey::from_ed_components(member("x")?).ok()?,
+        ),
+        _ => return None,
+    };
+    Some(Verifier {
+        key: Arc::new(decoding),
+        algorithm,
+        retired_at: key.retired_at,
+        published_until: key.published_until,
+    })
+}
+
 /// The keys heard of, by `kid`.
-#[derive(Debug, Default)]
-pub(crate) struct KeyRing(RwLock<BTreeMap<String, SigningKey>>);
+#[derive(Default)]
+pub(crate) struct KeyRing(RwLock<BTreeMap<String, Known>>);
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.all()).finish()
+    }
+}
 
 impl KeyRing {
     pub(crate) fn apply(&self, event: &KeyEvent) {
         let key = SigningKey::from(event);
         let mut keys = self.0.write().unwrap_or_else(|e| e.into_inner());
         match keys.get(&key.kid) {
-            Some(known) if known.stage > key.stage => {}
+            Some(known) if known.key.stage > key.stage => {}
             _ => {
-                keys.insert(key.kid.clone(), key);
+                keys.insert(key.kid.clone(), Known::new(key));
             }
         }
+    }
+
+    /// A key from a JWKS document: taken only if the stream has not announced it (the
+    /// stream says more, e.g. that a key is retired).
+    pub(crate) fn learn(&self, key: SigningKey) {
+        let mut keys = self.0.write().unwrap_or_else(|e| e.into_inner());
+        keys.entry(key.kid.clone())
+            .or_insert_with(|| Known::new(key));
     }
 
     pub(crate) fn get(&self, kid: &str) -> Option<SigningKey> {
@@ -79,7 +146,15 @@ impl KeyRing {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(kid)
-            .cloned()
+            .map(|known| known.key.clone())
+    }
+
+    pub(crate) fn verifier(&self, kid: &str) -> Option<Verifier> {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(kid)
+            .and_then(|known| known.verifier.clone())
     }
 
     pub(crate) fn all(&self) -> Vec<SigningKey> {
@@ -87,7 +162,7 @@ impl KeyRing {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .cloned()
+            .map(|known| known.key.clone())
             .collect()
     }
 
@@ -115,6 +190,7 @@ mod tests {
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
             activates_at: 10,
+            retired_at: (event_type == KeyEventType::KeyRetired).then_some(50),
             published_until: (event_type == KeyEventType::KeyRetired).then_some(99),
         }
     }

@@ -87,6 +87,18 @@
 //! and [`Validator::signing_key`] answer from them: a new key is known before anything
 //! is signed with it. A key announced before the stream's `max_age` is not replayed.
 //!
+//! # JWT access tokens
+//!
+//! With [`ValidatorConfig::with_jwt`], a JWT access token (RFC 9068) the store has not
+//! heard of is verified offline: the key its `kid` names (from the stream's key events,
+//! or `jwks_uri` read once at start), the algorithm pinned to the key's, `typ: at+jwt`,
+//! `iss`, `aud`, `exp`, `nbf` (with [`JwtConfig::leeway`]), and no signature by a key
+//! after its retirement. The store is asked first on every check, so a revocation pushed
+//! over the stream refuses a JWT whose signature is still valid; a verified token is
+//! answered from a cache keyed by its digest until it expires. While catching up, an
+//! unknown JWT is `Unavailable` like any unknown token (a revocation may be further down
+//! the stream).
+//!
 //! # Fail closed
 //!
 //! A payload with an unknown `schema_version` (a newer Valet speaking a format this SDK
@@ -113,6 +125,8 @@
 
 mod consumer;
 mod introspect;
+mod jwks;
+mod jwt;
 mod keys;
 mod store;
 mod validator;
@@ -128,6 +142,7 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 pub use introspect::IntrospectionConfig;
+pub use jwt::{JwtConfig, JwtRejection};
 pub use keys::{KeyStage, SigningKey};
 pub use store::{
     Applied, ApplyError, Cursor, Lookup, MemoryStoreOptions, MemoryTokenStore, StoreStats,
@@ -169,6 +184,8 @@ pub enum Source {
     Local,
     /// The introspection fallback.
     Introspection,
+    /// A JWT access token verified offline (its `token.issued` not received yet).
+    Jwt,
 }
 
 /// What a valid token grants. Read it through [`TokenInfo`] (which derefs to this).
@@ -268,6 +285,9 @@ pub enum Rejection {
     /// No trustworthy answer right now: fail closed (HTTP 503).
     #[error("token validation unavailable: {0}")]
     Unavailable(Unavailable),
+    /// A JWT access token that does not verify.
+    #[error("invalid JWT access token: {0}")]
+    InvalidJwt(JwtRejection),
 }
 
 impl Rejection {

@@ -119,7 +119,7 @@ const SHARDS: usize = 64;
 /// bytes are the hash (no hashing work on the hot path, and digests cannot be chosen by
 /// an attacker).
 #[derive(Clone, Copy, PartialEq, Eq)]
-struct Key(TokenDigest);
+pub(crate) struct Key(pub(crate) TokenDigest);
 
 impl Hash for Key {
     fn hash<H: Hasher>(&self, state: &mut H) {
@@ -130,7 +130,7 @@ impl Hash for Key {
 }
 
 #[derive(Default)]
-struct KeyHasher(u64);
+pub(crate) struct KeyHasher(u64);
 
 impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {
@@ -311,6 +311,12 @@ impl TokenStore for MemoryTokenStore {
                     writer.grants.get(&event.grant_id),
                     Some(GrantEntry::Revoked { .. })
                 );
+                // A token of a revoked grant (a late duplicate of its issuance) is kept
+                // as revoked: a JWT access token must not look unknown, or its
+                // signature alone would let it in.
+                if grant_revoked && expires_at > now {
+                    write(self.shard(&key)).insert(key, Entry::Revoked { until: expires_at });
+                }
                 // An old issuance (replay) of an expired token is not worth keeping.
                 if !grant_revoked && expires_at > now {
                     let mut shard = write(self.shard(&key));
@@ -557,13 +563,14 @@ mod tests {
         // Late copies of both issuances (relay republish after the duplicate window).
         store.apply(&first, 5, NOW).unwrap();
         store.apply(&second, 6, NOW).unwrap();
-        // A never-seen issuance of the revoked grant cannot resurrect it either.
+        // A never-seen issuance of the revoked grant cannot resurrect it either: it is
+        // known as revoked (a JWT must not pass as merely unknown).
         store
             .apply(&issued("e7", 7, "tok-c", "g2", NOW + 60), 7, NOW)
             .unwrap();
         assert_eq!(look(&store, "tok-a", NOW), Lookup::Revoked);
         assert_eq!(look(&store, "tok-b", NOW), Lookup::Revoked);
-        assert_eq!(look(&store, "tok-c", NOW), Lookup::Unknown);
+        assert_eq!(look(&store, "tok-c", NOW), Lookup::Revoked);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use crate::introspect::{IntrospectionConfig, Introspector};
+use crate::jwt::{looks_like_jwt, JwtConfig, JwtVerifier};
 use crate::keys::{KeyRing, SigningKey};
 use crate::store::{Cursor, Lookup, MemoryTokenStore, TokenStore};
 use crate::{token_digest, unix_now, Rejection, TokenInfo, Unavailable};
@@ -25,6 +26,8 @@ pub struct ValidatorConfig {
     pub introspection: Option<IntrospectionConfig>,
     /// How often expired tokens and tombstones are evicted. Default: 30 s.
     pub eviction_interval: Duration,
+    /// Verify JWT access tokens offline; `None` treats them as opaque tokens.
+    pub jwt: Option<JwtConfig>,
 }
 
 impl Default for ValidatorConfig {
@@ -40,11 +43,19 @@ impl ValidatorConfig {
             stream: valet_wire::STREAM.to_owned(),
             introspection: None,
             eviction_interval: Duration::from_secs(30),
+            jwt: None,
         }
     }
 
     pub fn with_introspection(mut self, introspection: IntrospectionConfig) -> Self {
         self.introspection = Some(introspection);
+        self
+    }
+
+    /// Accept JWT access tokens (RFC 9068) the store has not heard of yet, verified
+    /// offline against Valet's keys.
+    pub fn with_jwt(mut self, jwt: JwtConfig) -> Self {
+        self.jwt = Some(jwt);
         self
     }
 }
@@ -102,6 +113,8 @@ pub enum ConnectError {
     Nats(String),
     #[error("cannot create the introspection client: {0}")]
     Introspection(String),
+    #[error("cannot create the JWKS client: {0}")]
+    Jwks(String),
 }
 
 /// [`Validator::wait_ready`] gave up.
@@ -196,6 +209,7 @@ impl Shared {
 struct Inner {
     shared: Arc<Shared>,
     introspector: Option<Introspector>,
+    jwt: Option<JwtVerifier>,
     tasks: Vec<AbortHandle>,
 }
 
@@ -247,11 +261,22 @@ impl Validator {
             config.stream.clone(),
         ));
         let evictor = tokio::spawn(evict_periodically(shared.clone(), config.eviction_interval));
+        let mut tasks = vec![consumer.abort_handle(), evictor.abort_handle()];
+        if let Some(uri) = config.jwt.as_ref().and_then(|j| j.jwks_uri.clone()) {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .map_err(|e| ConnectError::Jwks(e.to_string()))?;
+            tasks.push(
+                tokio::spawn(crate::jwks::fetch_once(shared.clone(), http, uri)).abort_handle(),
+            );
+        }
         Ok(Validator {
             inner: Arc::new(Inner {
                 shared,
                 introspector,
-                tasks: vec![consumer.abort_handle(), evictor.abort_handle()],
+                jwt: config.jwt.map(JwtVerifier::new),
+                tasks,
             }),
         })
     }
@@ -262,21 +287,60 @@ impl Validator {
         store: Arc<dyn TokenStore>,
         introspection: Option<IntrospectionConfig>,
     ) -> Result<Validator, ConnectError> {
+        Self::detached_with_jwt(store, introspection, None)
+    }
+
+    /// [`Validator::detached`] that also verifies JWT access tokens; announce keys with
+    /// [`Validator::apply_key_event`].
+    pub fn detached_with_jwt(
+        store: Arc<dyn TokenStore>,
+        introspection: Option<IntrospectionConfig>,
+        jwt: Option<JwtConfig>,
+    ) -> Result<Validator, ConnectError> {
         let introspector = build_introspector(introspection)?;
         Ok(Validator {
             inner: Arc::new(Inner {
                 shared: Arc::new(Shared::new(store, State::Ready)),
                 introspector,
+                jwt: jwt.map(JwtVerifier::new),
                 tasks: Vec::new(),
             }),
         })
     }
 
+    /// Applies a signing-key event (done by the consumer for a connected validator).
+    pub fn apply_key_event(&self, event: &valet_wire::KeyEvent) {
+        self.inner.shared.keys.apply(event);
+    }
+
     /// Checks a token against the local store only (no IO). Before the store has caught
     /// up, anything not definitely revoked or expired is `Unavailable`; a failed
-    /// validator refuses everything.
+    /// validator refuses everything. With [`ValidatorConfig::with_jwt`], a JWT access
+    /// token the store has not heard of is verified offline (once; then answered from a
+    /// cache until it expires).
     pub fn check(&self, token: &str) -> Result<TokenInfo, Rejection> {
-        self.check_digest(&token_digest(token))
+        self.check_token(token, &token_digest(token))
+    }
+
+    fn check_token(
+        &self,
+        token: &str,
+        digest: &crate::TokenDigest,
+    ) -> Result<TokenInfo, Rejection> {
+        let local = self.check_digest(digest);
+        let Some(jwt) = self.inner.jwt.as_ref().filter(|_| looks_like_jwt(token)) else {
+            return local;
+        };
+        let verify = || {
+            jwt.verify(token, digest, &self.inner.shared.keys, unix_now())
+                .map_err(Rejection::InvalidJwt)
+        };
+        match local {
+            // Known from the stream, and still meant for this service (`aud`, `iss`).
+            Ok(info) => verify().map(|_| info),
+            Err(Rejection::Unknown) => verify(),
+            refused => refused,
+        }
     }
 
     /// [`Validator::check`] for a token already hashed with [`crate::token_digest`].
@@ -302,7 +366,7 @@ impl Validator {
     /// outright while catching up) the introspection fallback, if configured.
     pub async fn authenticate(&self, token: &str) -> Result<TokenInfo, Rejection> {
         let digest = token_digest(token);
-        let local = self.check_digest(&digest);
+        let local = self.check_token(token, &digest);
         match local {
             Err(Rejection::Unknown) | Err(Rejection::Unavailable(Unavailable::CatchingUp)) => {}
             _ => return local,
@@ -398,7 +462,13 @@ impl Validator {
 
     /// Evicts expired tokens and tombstones now (also done every `eviction_interval`).
     pub fn evict_expired(&self) -> usize {
-        self.inner.shared.store.evict_expired(unix_now())
+        let now = unix_now();
+        let verified = self
+            .inner
+            .jwt
+            .as_ref()
+            .map_or(0, |jwt| jwt.evict_expired(now));
+        self.inner.shared.store.evict_expired(now) + verified
     }
 }
 

@@ -119,7 +119,8 @@ async fn revocations_apply_without_introspection() {
         .await
     );
     assert_eq!(validator.check("g2-a"), Err(Rejection::Revoked));
-    assert_eq!(validator.check("g1-c"), Err(Rejection::Unknown));
+    // Known as revoked, not merely unknown (a JWT's signature alone must not let it in).
+    assert_eq!(validator.check("g1-c"), Err(Rejection::Revoked));
     assert_eq!(
         stub.calls(),
         0,

@@ -43,6 +43,7 @@ fn sample_event() -> Event {
         scope: scope.clone(),
         origin: GrantOrigin::ClientCredentials,
         access: AccessTokenIssue {
+            jti: None,
             hash: TokenHash::of("bench-token"),
             scope,
             issued_at: at,

@@ -61,6 +61,10 @@ pub struct KeyEvent {
     pub jwk: BTreeMap<String, String>,
     /// Unix seconds: when it started (or starts) signing.
     pub activates_at: i64,
+    /// Unix seconds (key.retired): when it stopped signing. A token it signed later is
+    /// forged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<i64>,
     /// Unix seconds (key.retired): after this nothing it signed is still valid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published_until: Option<i64>,

@@ -256,6 +256,7 @@ mod tests {
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
             activates_at: 300,
+            retired_at: None,
             published_until: None,
         }
     }

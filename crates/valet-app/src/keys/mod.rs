@@ -19,7 +19,9 @@ use crate::ports::{EventMetadata, EventStore, StoreError};
 
 pub use material::{GenerateError, KeyPairMaterial};
 pub use seal::{Kek, SealError};
-pub use signer::{ActiveKeys, IdTokenClaims, JwtSigner, NoKeys, SignError};
+pub use signer::{
+    AccessTokenClaims, ActiveKeys, IdTokenClaims, JwtSigner, JwtType, NoKeys, SignError,
+};
 
 /// Where sealed private keys are kept: never the event log.
 pub trait KeyVault: Send + Sync + 'static {

@@ -20,11 +20,31 @@ pub enum SignError {
     Failed(String),
 }
 
+/// What a JWT is, as its header's `typ` says: verifiers tell an access token from an
+/// id_token by it (RFC 9068 §2.1), so one cannot be passed off as the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtType {
+    /// `JWT`.
+    IdToken,
+    /// `at+jwt` (RFC 9068).
+    AccessToken,
+}
+
+impl JwtType {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            JwtType::IdToken => "JWT",
+            JwtType::AccessToken => "at+jwt",
+        }
+    }
+}
+
 /// Signs a JWT's claims with the active key of an algorithm; the header names the key.
 pub trait JwtSigner: Send + Sync + 'static {
     fn sign_json(
         &self,
         algorithm: Algorithm,
+        typ: JwtType,
         claims: &serde_json::Value,
     ) -> Result<String, SignError>;
 }
@@ -34,7 +54,12 @@ pub trait JwtSigner: Send + Sync + 'static {
 pub struct NoKeys;
 
 impl JwtSigner for NoKeys {
-    fn sign_json(&self, algorithm: Algorithm, _: &serde_json::Value) -> Result<String, SignError> {
+    fn sign_json(
+        &self,
+        algorithm: Algorithm,
+        _: JwtType,
+        _: &serde_json::Value,
+    ) -> Result<String, SignError> {
         Err(SignError::NoKey(algorithm))
     }
 }
@@ -113,15 +138,32 @@ impl JwtSigner for ActiveKeys {
     fn sign_json(
         &self,
         algorithm: Algorithm,
+        typ: JwtType,
         claims: &serde_json::Value,
     ) -> Result<String, SignError> {
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
         let active = keys.get(&algorithm).ok_or(SignError::NoKey(algorithm))?;
         let mut header = Header::new(jose(algorithm));
+        header.typ = Some(typ.as_str().to_owned());
         header.kid = Some(active.key_id.to_string());
         jsonwebtoken::encode(&header, claims, &active.key)
             .map_err(|e| SignError::Failed(e.to_string()))
     }
+}
+
+/// The claims of a JWT access token (RFC 9068 §2.2).
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessTokenClaims<'a> {
+    pub iss: &'a str,
+    pub exp: i64,
+    pub aud: &'a str,
+    /// The user's id, or the client's own id for a client acting for itself.
+    pub sub: &'a str,
+    pub client_id: &'a str,
+    pub iat: i64,
+    pub jti: String,
+    /// Space-separated, as in OAuth.
+    pub scope: String,
 }
 
 /// The claims of an id_token (OpenID Connect Core §2).

@@ -124,7 +124,8 @@ impl Tables {
                 }
             }
             client::Event::ClientIdTokenAlgorithmSet { .. }
-            | client::Event::ClientPostLogoutRedirectUrisSet { .. } => {}
+            | client::Event::ClientPostLogoutRedirectUrisSet { .. }
+            | client::Event::ClientAccessTokenFormatSet { .. } => {}
         }
     }
 

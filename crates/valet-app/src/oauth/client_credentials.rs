@@ -28,7 +28,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             .grantable_scope(requested.as_ref())
             .map_err(|_| OAuthError::invalid_scope())?;
         let now = self.now();
-        let Minted { raw, issue } = self.access_token(scope.clone(), now)?;
+        let Minted { raw, issue } = self.access_token(client, None, scope.clone(), now)?;
         let grant_id = GrantId::new(self.ids.new_id());
         let command = grant::Command::Issue {
             grant_id,

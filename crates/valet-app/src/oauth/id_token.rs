@@ -10,7 +10,7 @@ use valet_domain::{ScopeSet, StreamId, Timestamp, UserId};
 use super::{AuthenticatedClient, OAuth, OAuthError, Unavailable};
 use crate::aggregate::{self as agg, load};
 use crate::clock::Clock;
-use crate::keys::{IdTokenClaims, SignError};
+use crate::keys::{IdTokenClaims, JwtType, SignError};
 use crate::ports::EventStore;
 use crate::read::ReadModels;
 
@@ -60,7 +60,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             .map_or(Algorithm::RS256, |c| c.id_token_alg);
         Ok(self
             .signer
-            .sign_json(algorithm, &claims)
+            .sign_json(algorithm, JwtType::IdToken, &claims)
             .map_err(Unavailable::Signing)?)
     }
 

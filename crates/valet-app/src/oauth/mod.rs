@@ -98,8 +98,10 @@ pub struct OAuth<S, R, C> {
     /// See `login`: the hash checked when a user is unknown.
     dummy_password: OnceLock<String>,
     clients: ClientCache,
-    /// Signs id_tokens with the ring's active keys.
+    /// Signs id_tokens and JWT access tokens with the ring's active keys.
     signer: Arc<dyn JwtSigner>,
+    /// The `aud` of JWT access tokens; the issuer when unset.
+    audience: Option<String>,
 }
 
 impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
@@ -116,10 +118,18 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             dummy_password: OnceLock::new(),
             clients: ClientCache::default(),
             signer: Arc::new(NoKeys),
+            audience: None,
         }
     }
 
-    /// Signs id_tokens with `signer` (without one, a request for `openid` fails).
+    /// The `aud` of JWT access tokens (RFC 9068 §3: the default resource indicator).
+    pub fn with_access_token_audience(mut self, audience: String) -> Self {
+        self.audience = Some(audience);
+        self
+    }
+
+    /// Signs id_tokens and JWT access tokens with `signer` (without one, a request for
+    /// `openid` or by a client registered for JWT access tokens fails).
     pub fn with_jwt_signer(mut self, signer: Arc<dyn JwtSigner>) -> Self {
         self.signer = signer;
         self

@@ -127,6 +127,7 @@ pub fn samples() -> Vec<(&'static str, &'static str, u32, Value)> {
     let key_id = KeyId::new(id("01a22085-4b1e-7c3a-9d2f-0e5a6b7c8d9e"));
     let code_hash = TokenHash::of("valet_ac_q3Xv0c1n9Jp8mRk2Ls7Ty4Wb6Ze5Ha0Ud1Gf3Ni8Oe2");
     let access = |n: u32, scope: &ScopeSet, at_ms: i64| AccessTokenIssue {
+        jti: None,
         hash: TokenHash::of(&format!("valet_at_fixture-access-{n}")),
         scope: scope.clone(),
         issued_at: at(at_ms),
@@ -193,6 +194,15 @@ pub fn samples() -> Vec<(&'static str, &'static str, u32, Value)> {
             "client",
             client::Event::ClientPostLogoutRedirectUrisSet {
                 uris: vec![RedirectUri::parse("https://app.example/signed-out").expect("uri")],
+                at: at(5),
+            },
+        ),
+        sample(
+            "client",
+            client::Event::ClientAccessTokenFormatSet {
+                format: client::AccessTokenFormat::Jwt {
+                    alg: Algorithm::ES256,
+                },
                 at: at(5),
             },
         ),

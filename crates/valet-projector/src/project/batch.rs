@@ -404,7 +404,8 @@ impl Batch {
             }
             // Read from the client's stream when a token is issued, not a read model.
             client::Event::ClientIdTokenAlgorithmSet { .. }
-            | client::Event::ClientPostLogoutRedirectUrisSet { .. } => {}
+            | client::Event::ClientPostLogoutRedirectUrisSet { .. }
+            | client::Event::ClientAccessTokenFormatSet { .. } => {}
         }
     }
 
@@ -462,6 +463,7 @@ mod tests {
 
     fn access(name: &str) -> AccessTokenIssue {
         AccessTokenIssue {
+            jti: None,
             hash: TokenHash::of(name),
             scope: ScopeSet::parse("read").unwrap(),
             issued_at: t(1),

@@ -20,6 +20,8 @@ fn new_client(name: &str, client_type: ClientType, redirect: bool, scopes: &[&st
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         id_token_alg: None,
         post_logout_redirect_uris: vec![],
+        access_token_format: None,
+        access_token_alg: None,
     }
 }
 
@@ -89,6 +91,34 @@ async fn invalid_registrations_are_refused_with_a_reason() {
         NewClient {
             grant_types: vec!["password".into()],
             ..new_client("Password grant", ClientType::Confidential, true, &["read"])
+        },
+        NewClient {
+            access_token_format: Some("paseto".into()),
+            ..new_client(
+                "Unknown token format",
+                ClientType::Confidential,
+                false,
+                &["read"],
+            )
+        },
+        NewClient {
+            access_token_alg: Some("ES256".into()),
+            ..new_client(
+                "Opaque tokens, signed",
+                ClientType::Confidential,
+                false,
+                &["read"],
+            )
+        },
+        NewClient {
+            access_token_format: Some("jwt".into()),
+            access_token_alg: Some("HS256".into()),
+            ..new_client(
+                "Shared-secret JWTs",
+                ClientType::Confidential,
+                false,
+                &["read"],
+            )
         },
     ];
     for spec in cases {
