@@ -71,6 +71,8 @@ bench:
 	bash scripts/bench-replay.sh
 	cargo build --release -p valet-cli && cargo bench -p valet-resource --bench propagation
 	VALET_BIN=$(CURDIR)/target/release/valet cargo bench -p valet-tests --bench code_flow
+	VALET_BIN=$(CURDIR)/target/release/valet bash scripts/bench-jwt.sh
+	cargo bench -p valet-tests --bench jwt_verify
 
 # A nats-server started by scripts/services.sh keeps its JetStream store in
 # .build/nats: stop it (and only it, by its pid file) before removing .build.

@@ -88,6 +88,9 @@ DOT_SETUP_LOG="$OUT_DIR/dot-setup.log"
 OIDCP_SETUP_LOG="$OUT_DIR/oidcp-setup.log"
 
 log() { printf '[bench-oauth] %s\n' "$*" >&2; }
+# stop_valet, admin_sql, checkpoint
+# shellcheck source=scripts/bench-lib.sh
+source "$ROOT/scripts/bench-lib.sh"
 
 [[ "$CONCURRENCY" =~ ^[1-9][0-9]*$ ]] || { log "error: CONCURRENCY must be a positive integer"; exit 1; }
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { log "error: ROUNDS must be a positive integer"; exit 1; }
@@ -115,21 +118,6 @@ VALET_FAIL=""
 PGBENCH_FAIL=""
 DOT_FAIL=""
 OIDCP_FAIL=""
-
-stop_valet() {
-    [[ -n "$VALET_PID" ]] || return 0
-    if kill -0 "$VALET_PID" 2>/dev/null; then
-        log "stopping valet serve (PID $VALET_PID)"
-        kill -TERM "$VALET_PID" 2>/dev/null || true
-        for _ in $(seq 1 50); do
-            kill -0 "$VALET_PID" 2>/dev/null || break
-            sleep 0.2
-        done
-        kill -KILL "$VALET_PID" 2>/dev/null || true
-    fi
-    wait "$VALET_PID" 2>/dev/null || true
-    VALET_PID=""
-}
 
 stop_dot() {
     ((DOT_STARTED)) || return 0
@@ -169,11 +157,6 @@ as_root() {
     fi
 }
 
-admin_sql() { PGOPTIONS='-c client_min_messages=warning' psql -X -q -v ON_ERROR_STOP=1 "$PG_ADMIN_URL" -c "$1" >&2; }
-
-checkpoint() {
-    psql -X -q -v ON_ERROR_STOP=1 "$PG_ADMIN_URL" -c CHECKPOINT >&2 || log "warning: CHECKPOINT failed"
-}
 
 # ------------------------------------------------------------------ services, load tool
 log "services (PostgreSQL, NATS): scripts/services.sh"

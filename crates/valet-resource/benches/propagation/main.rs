@@ -31,6 +31,10 @@
 //!    (a current-thread runtime), one request in flight (round-trip latency) and 16 in
 //!    flight (throughput from one core).
 //!
+//! 1b. The same for JWT access tokens (a client with `--access-token-format jwt`, ES256;
+//!    the SDK verifies them offline and must still refuse them once revoked):
+//!    `LAG_BENCH_JWT_SAMPLES` revocations (default 500).
+//!
 //! 4. Revocation propagation while the relay leader is killed: two more `valet serve`
 //!    replicas join the first; for `LAG_BENCH_FAILOVER_SECS` (30) a token is revoked
 //!    every 20 ms through any live replica while, once a second, the replica whose relay
@@ -63,7 +67,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::process::Command;
-use valet_resource::{Validator, ValidatorConfig};
+use valet_resource::{JwtConfig, Validator, ValidatorConfig};
 
 use crate::http::{http, issue};
 use crate::lag::{measure_lag, wait_valid, Lag};
@@ -165,8 +169,21 @@ async fn bench() -> Result<(), Error> {
     let mut migrate = valet(&bin, &db_url, &nats_url);
     migrate.arg("migrate");
     run(migrate, "valet migrate").await?;
-    let issuer = create_client(&bin, &db_url, &nats_url, "lag-bench-issuer").await?;
-    let rs = create_client(&bin, &db_url, &nats_url, "lag-bench-resource-server").await?;
+    let issuer = create_client(&bin, &db_url, &nats_url, "lag-bench-issuer", &[]).await?;
+    let rs = create_client(&bin, &db_url, &nats_url, "lag-bench-resource-server", &[]).await?;
+    let jwt_issuer = create_client(
+        &bin,
+        &db_url,
+        &nats_url,
+        "lag-bench-jwt-issuer",
+        &[
+            "--access-token-format",
+            "jwt",
+            "--access-token-signed-response-alg",
+            "ES256",
+        ],
+    )
+    .await?;
     let log_path = out_dir.join("propagation-valet.log");
     // Dropping a server kills it (`kill_on_drop`), on errors too.
     let (server, base) = serve(&bin, &db_url, &nats_url, &log_path, "127.0.0.1:0").await?;
@@ -176,7 +193,10 @@ async fn bench() -> Result<(), Error> {
         bin.starts_with(root.join("target/release"))
     ));
 
-    let validator = Validator::connect(ValidatorConfig::new(&nats_url)).await?;
+    // JWTs for the server's default audience (its issuer) are verified too.
+    let validator =
+        Validator::connect(ValidatorConfig::new(&nats_url).with_jwt(JwtConfig::new(&base, &base)))
+            .await?;
     // The stream appears once the relay leads; the SDK retries until then.
     validator
         .wait_ready(Some(Duration::from_secs(60)))
@@ -185,6 +205,20 @@ async fn bench() -> Result<(), Error> {
     log("SDK ready");
     let (lag, local, remote) = measure(
         &validator, &base, &nats_url, &issuer, &rs, samples, background, secs,
+    )
+    .await?;
+    let jwt_samples = env_num("LAG_BENCH_JWT_SAMPLES", 500).max(1);
+    log(format!(
+        "revocation propagation of {jwt_samples} JWT access tokens (ES256)"
+    ));
+    let jwt_lag = measure_lag(
+        &validator,
+        &nats_url,
+        &base,
+        &jwt_issuer,
+        jwt_samples,
+        background,
+        Arc::new(Mutex::new(Vec::new())),
     )
     .await?;
     let fleet = failover::Fleet {
@@ -203,7 +237,7 @@ async fn bench() -> Result<(), Error> {
     )
     .await?;
     report(
-        &out_dir, &issuer.id, samples, background, &lag, &local, &remote, &failover,
+        &out_dir, &issuer.id, samples, background, &lag, &jwt_lag, &local, &remote, &failover,
     )
 }
 

@@ -119,6 +119,7 @@ pub(crate) async fn create_client(
     db_url: &str,
     nats: &str,
     name: &str,
+    extra: &[&str],
 ) -> Result<Client, Error> {
     let mut cmd = valet(bin, db_url, nats);
     cmd.args([
@@ -131,7 +132,8 @@ pub(crate) async fn create_client(
         "--scope",
         "read",
         "--json",
-    ]);
+    ])
+    .args(extra);
     let out = run(cmd, "valet client create").await?;
     let json: serde_json::Value = serde_json::from_str(out.trim())?;
     let id = json["client_id"].as_str().ok_or("no client_id")?.to_owned();
