@@ -295,3 +295,62 @@ async fn sdk_with(nats: &TestNats, jwt: JwtConfig) -> Validator {
         .expect("ready");
     sdk
 }
+
+/// Keys announced longer ago than the stream keeps messages are not in it: an SDK given
+/// `jwks_uri` reads them there at start; one without cannot verify the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_gone_from_the_stream_are_read_from_jwks_uri_at_start() {
+    let nats = TestNats::start().await;
+    let server = TestServer::start_with(&[
+        ("VALET_NATS_URL", &nats.url()),
+        ("VALET_ACCESS_TOKEN_AUDIENCE", AUDIENCE),
+    ])
+    .await;
+    let printer = server
+        .create_client(
+            &ClientSpec::confidential("printer")
+                .grant("client_credentials")
+                .scopes("designs:read")
+                .jwt_access_tokens("EdDSA"),
+        )
+        .await;
+    let start = Instant::now();
+    while nats.stream_messages(valet_wire::STREAM).await.len() < 6 {
+        assert!(start.elapsed() < Duration::from_secs(10), "no key events");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The key messages expire from the stream (purged here).
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("connect"));
+    js.get_stream(valet_wire::STREAM)
+        .await
+        .expect("the stream")
+        .purge()
+        .filter("valet.v1.key.>")
+        .await
+        .expect("purged");
+    let jwt = Tokens::from_resp(&server.client_credentials(&printer, None).await).access_token;
+
+    let without = sdk_with(&nats, jwt_config(&server)).await;
+    until("the token.issued reaches the SDK", || {
+        without.check(&jwt) != Err(Rejection::Unknown)
+    })
+    .await;
+    assert!(without.signing_keys().is_empty(), "no key on the stream");
+    assert!(
+        matches!(
+            without.check(&jwt),
+            Err(Rejection::InvalidJwt(JwtRejection::UnknownKey(_)))
+        ),
+        "{:?}",
+        without.check(&jwt)
+    );
+
+    let with = sdk_with(
+        &nats,
+        jwt_config(&server).with_jwks_uri(server.url("/jwks.json")),
+    )
+    .await;
+    until("the JWKS read", || with.check(&jwt).is_ok()).await;
+    assert_eq!(with.signing_keys().len(), 3, "{:?}", with.signing_keys());
+    server.stop().await;
+}

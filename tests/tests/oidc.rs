@@ -1569,6 +1569,18 @@ async fn o18_jwt_access_tokens_follow_rfc_9068_and_a_revoked_one_is_inactive() {
         .expect("count")
         .get(0);
     assert_eq!(recorded, 1, "the issuance names the token's jti");
+    // The audit trail finds a JWT like any token, and names it by its jti.
+    let out = oidc.server.cli(&["audit", "token", second], None).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lineage = String::from_utf8_lossy(&out.stdout);
+    let second_jti = second_claims["jti"].as_str().expect("jti");
+    assert!(lineage.contains(&format!("jti {second_jti}")), "{lineage}");
+    assert!(lineage.contains("revoked"), "{lineage}");
+    assert!(!lineage.contains(second), "never the JWT itself: {lineage}");
     oidc.server.stop().await;
 }
 

@@ -11,6 +11,14 @@ use crate::audit::store;
 use crate::timefmt;
 
 /// `sha256:<first 12 hex>…`: enough to tell tokens apart on a screen.
+/// An access token as the lineage names it: its digest, and a JWT's `jti`.
+fn access_token(access: &grant::AccessTokenIssue) -> String {
+    match access.jti {
+        Some(jti) => format!("{} (JWT jti {jti})", short(&access.hash)),
+        None => short(&access.hash),
+    }
+}
+
 fn short(hash: &TokenHash) -> String {
     format!("sha256:{}…", &hash.to_string()[..12])
 }
@@ -88,7 +96,7 @@ fn describe(event: &Event) -> String {
             ..
         }) => format!(
             "grant issued, scope \"{scope}\"; access {}{}",
-            short(&access.hash),
+            access_token(access),
             refresh
                 .as_ref()
                 .map(|r| format!(", refresh {}", short(&r.hash)))
@@ -102,7 +110,7 @@ fn describe(event: &Event) -> String {
         }) => format!(
             "refresh {} rotated → access {}, refresh {}",
             short(previous_refresh),
-            short(&access.hash),
+            access_token(access),
             short(&refresh.hash)
         ),
         Event::Grant(grant::Event::RefreshTokenReused { presented, .. }) => format!(
