@@ -433,6 +433,92 @@ async fn code_replay_and_refresh_reuse_reach_the_sdk_as_grant_revocations() {
     fx.stop().await;
 }
 
+/// `valet user revoke-grants NAME --client ID` cuts one app off from a user, and without
+/// `--client` every app: resource services hear `grant.revoked` (reason `admin`) and
+/// refuse the tokens without introspection; the user stays enabled and may sign in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_users_grants_reaches_the_sdk_per_app_or_for_all() {
+    let nats = TestNats::start().await;
+    let mut fx = fixture(&nats).await;
+    let proxy = CountingProxy::start(&fx.server).await;
+    let validator = ready_validator(&nats, &proxy, &fx.rs).await;
+    let other = fx
+        .server
+        .create_client(
+            &ClientSpec::confidential("Other app")
+                .redirect(APP_CB)
+                .scopes("read"),
+        )
+        .await;
+    let first = fx.tokens(Some("read")).await;
+    let second = fx
+        .server
+        .user_tokens(&mut fx.browser, &fx.user, &other, Some("read"))
+        .await;
+    until_valid_locally(&validator, &first.access_token).await;
+    until_valid_locally(&validator, &second.access_token).await;
+
+    let revoke = |args: &[&str]| {
+        let mut all = vec!["user", "revoke-grants", fx.user.username.as_str()];
+        all.extend_from_slice(args);
+        all.into_iter().map(str::to_owned).collect::<Vec<String>>()
+    };
+    let run = |args: Vec<String>| {
+        let server = &fx.server;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            server.cli(&args, None).await
+        }
+    };
+    let out = run(revoke(&["--client", &other.client_id])).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("revoked 1 grant(s) of user {}", fx.user.username)
+    );
+    until_revoked_locally(&validator, &second.access_token).await;
+    assert!(
+        validator.check(&first.access_token).is_ok(),
+        "the other app keeps its grant"
+    );
+
+    let out = run(revoke(&[])).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    until_revoked_locally(&validator, &first.access_token).await;
+    assert_eq!(proxy.calls(), 0, "every answer was local");
+    let events = stream_events(&nats).await;
+    for token in [&first.access_token, &second.access_token] {
+        assert_grant_revoked(&events, &grant_of(&events, token), RevocationReason::Admin);
+    }
+
+    // Unknown users and clients are errors; the user may sign in again.
+    for args in [
+        vec!["user", "revoke-grants", "nobody"],
+        revoke(&["--client", "0123456789abcdef0123456789abcdef"])
+            .iter()
+            .map(String::as_str)
+            .collect(),
+    ] {
+        let out = fx.server.cli(&args, None).await;
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("not found"),
+            "{args:?}"
+        );
+    }
+    let again = fx.tokens(Some("read")).await;
+    until_valid_locally(&validator, &again.access_token).await;
+    fx.stop().await;
+}
+
 /// SECURITY.md 33 over NATS: after flows that hand out codes, access and refresh tokens
 /// and client secrets (and revoke some of them every way there is), no message of the
 /// stream carries any of them, in its payload, headers or subject.

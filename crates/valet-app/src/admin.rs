@@ -3,11 +3,11 @@
 use valet_domain::client::{self, AccessTokenFormat, ClientKind};
 use valet_domain::signing_key::Algorithm;
 use valet_domain::{
-    user, ClientId, ClientName, GrantType, RedirectUri, RevocationReason, ScopeSet, StreamId,
-    UserId, Username,
+    user, ClientId, ClientName, GrantId, GrantType, RedirectUri, RevocationReason, ScopeSet,
+    StreamId, UserId, Username,
 };
 
-use crate::aggregate::{self as agg, execute, ExecuteError};
+use crate::aggregate::{self as agg, execute, load, ExecuteError};
 use crate::clock::Clock;
 use crate::oauth::{OAuth, OAuthError, RequestMeta, Unavailable};
 use crate::ports::{EventStore, StoreError};
@@ -227,16 +227,12 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             } => AdminError::NotFound(format!("client {id}")),
             other => failed(other),
         })?;
-        let mut revoked = 0;
-        for grant in self.reads.active_grants_of_client(&client_id).await? {
-            if self
-                .revoke_grant(grant, RevocationReason::ClientDisabled, None, meta, ADMIN)
-                .await?
-            {
-                revoked += 1;
-            }
-        }
-        Ok(revoked)
+        self.revoke_all(
+            self.reads.active_grants_of_client(&client_id).await?,
+            RevocationReason::ClientDisabled,
+            meta,
+        )
+        .await
     }
 
     /// Registers a user; the password is hashed with argon2id off the async executor and
@@ -359,12 +355,55 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         )
         .await
         .map_err(failed)?;
+        self.revoke_all(
+            self.reads.active_grants_of_user(user.user_id).await?,
+            RevocationReason::UserDisabled,
+            meta,
+        )
+        .await
+    }
+
+    /// Revokes every grant made on behalf of a user (those of one client only, with
+    /// `client`), as an administrator: resource services hear `grant.revoked` with
+    /// reason `admin`. The user stays enabled and may sign in and consent again.
+    pub async fn revoke_user_grants(
+        &self,
+        username: &str,
+        client: Option<&str>,
+        meta: &RequestMeta,
+    ) -> Result<usize, AdminError> {
+        let not_found = || AdminError::NotFound(format!("user {username}"));
+        let name = Username::parse(username).map_err(|_| not_found())?;
+        let user = self
+            .reads
+            .user_by_name(&name)
+            .await?
+            .ok_or_else(not_found)?;
+        let mut grants = self.reads.active_grants_of_user(user.user_id).await?;
+        if let Some(client) = client {
+            let unknown = || AdminError::NotFound(format!("client {client}"));
+            let client_id = ClientId::parse(client).map_err(|_| unknown())?;
+            let known = load::<agg::Client, S>(&self.store, &StreamId::client(&client_id))
+                .await
+                .map_err(failed)?;
+            if known.state.client().is_none() {
+                return Err(unknown());
+            }
+            let of_client = self.reads.active_grants_of_client(&client_id).await?;
+            grants.retain(|grant| of_client.contains(grant));
+        }
+        self.revoke_all(grants, RevocationReason::Admin, meta).await
+    }
+
+    async fn revoke_all(
+        &self,
+        grants: Vec<GrantId>,
+        reason: RevocationReason,
+        meta: &RequestMeta,
+    ) -> Result<usize, AdminError> {
         let mut revoked = 0;
-        for grant in self.reads.active_grants_of_user(user.user_id).await? {
-            if self
-                .revoke_grant(grant, RevocationReason::UserDisabled, None, meta, ADMIN)
-                .await?
-            {
+        for grant in grants {
+            if self.revoke_grant(grant, reason, None, meta, ADMIN).await? {
                 revoked += 1;
             }
         }

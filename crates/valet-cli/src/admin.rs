@@ -167,6 +167,13 @@ pub async fn user(database_url: &str, command: UserCommand) -> anyhow::Result<()
                 .context("user disable")?;
             println!("disabled user {username}; revoked {revoked} grant(s)");
         }
+        UserCommand::RevokeGrants { username, client } => {
+            let revoked = oauth
+                .revoke_user_grants(&username, client.as_deref(), &meta)
+                .await
+                .context("user revoke-grants")?;
+            println!("revoked {revoked} grant(s) of user {username}");
+        }
     }
     Ok(())
 }

@@ -372,6 +372,15 @@ enum UserCommand {
         #[arg(value_name = "USERNAME")]
         username: String,
     },
+    /// Revoke every grant made on behalf of a user (or only those of one client), without
+    /// disabling the user: the apps' tokens stop working at once, everywhere.
+    RevokeGrants {
+        #[arg(value_name = "USERNAME")]
+        username: String,
+        /// Only the grants of this client.
+        #[arg(long = "client", value_name = "CLIENT_ID")]
+        client: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
