@@ -251,14 +251,20 @@ impl Watch {
             .any(|(_, leader)| leader.is_none() || *leader != known)
     }
 
-    /// The stream's leaders as seen since `from` (offsets from it), for a failure message.
-    fn leaders_since(&self, from: Instant) -> Vec<(Duration, Option<String>)> {
+    /// The stream's leader at `from`, and each change after it (offsets from `from`).
+    fn leaders_since(&self, from: Instant) -> (Option<String>, Vec<(Duration, Option<String>)>) {
         let leaders = self.leaders.lock().expect("leaders");
-        leaders
+        let at = leaders
             .iter()
-            .filter(|(t, _)| *t + Duration::from_secs(1) >= from)
-            .map(|(t, l)| (t.saturating_duration_since(from), l.clone()))
-            .collect()
+            .rev()
+            .find(|(t, _)| *t <= from)
+            .and_then(|(_, l)| l.clone());
+        let after = leaders
+            .iter()
+            .filter(|(t, _)| *t > from)
+            .map(|(t, l)| (t.duration_since(from), l.clone()))
+            .collect();
+        (at, after)
     }
 
     /// The takeover after `fault`: the longest pause in the stream's growth from its last
@@ -537,7 +543,7 @@ async fn kill_nats_nodes(
     nats[node].stop().await;
     let gap = watch.takeover_after(fault, Duration::from_secs(20)).await;
     eprintln!(
-        "the leader's NATS node killed: stream leaders since (offset, leader): {:?}",
+        "the leader's NATS node killed: the stream's leader then, and its changes (offset, leader): {:?}",
         watch.leaders_since(fault)
     );
     // Settled after the gap: an election that ends it has been seen by then.
