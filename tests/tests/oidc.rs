@@ -1214,6 +1214,95 @@ fn shows(
     resp.status == 200 && valet_tests::html::find_form(&resp.text(), pred).is_some()
 }
 
+/// `prompt=none` for `openid` as `client`.
+async fn silent_as(oidc: &mut Oidc, client: &ClientCreds) -> valet_tests::server::Resp {
+    oidc.client = client.clone();
+    oidc.get_authorize("openid", &[("prompt", "none")]).await
+}
+
+/// Signing a user out everywhere (`valet user logout NAME`) ends every sign-in session
+/// begun until then: the next `prompt=none` from any client gets `login_required`. Grants
+/// stay (refresh still works); signing in again starts a session that stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_a_user_out_everywhere_ends_every_session() {
+    let mut oidc = Oidc::start(&[]).await;
+    let first = oidc.tokens("openid", &[]).await;
+    let other = oidc
+        .server
+        .create_client(
+            &ClientSpec::confidential("Other app")
+                .redirect(APP_CB)
+                .scopes("openid"),
+        )
+        .await;
+    let primary = std::mem::replace(&mut oidc.client, other);
+    oidc.tokens("openid", &[]).await;
+    let other = std::mem::replace(&mut oidc.client, primary);
+    let mut clients = [oidc.client.clone(), other];
+    for client in &clients {
+        let resp = silent_as(&mut oidc, client).await;
+        assert!(
+            FlowEnd::new(resp.clone()).param("code").is_some(),
+            "{}",
+            resp.describe()
+        );
+    }
+
+    let out = oidc.server.cli(&["user", "logout", "alice"], None).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "signed user alice out everywhere"
+    );
+    for client in &clients {
+        let resp = silent_as(&mut oidc, client).await;
+        assert_r(
+            &resp,
+            APP_CB,
+            "login_required",
+            FlowEnd::new(resp.clone()).param("state").as_deref(),
+            "signed out everywhere",
+        );
+    }
+    oidc.client = clients[0].clone();
+    let refreshed = oidc
+        .server
+        .refresh(
+            &oidc.client,
+            first["refresh_token"].as_str().expect("refresh_token"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        refreshed.status,
+        200,
+        "grants stay: {}",
+        refreshed.describe()
+    );
+
+    // Sessions are dated to the second: sign in again in the next one.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    oidc.tokens("openid", &[]).await;
+    clients.reverse();
+    let resp = silent_as(&mut oidc, &clients[1]).await;
+    assert!(
+        FlowEnd::new(resp.clone()).param("code").is_some(),
+        "{}",
+        resp.describe()
+    );
+    assert_eq!(
+        oidc.server.events_of("UserSignedOutEverywhere").await.len(),
+        1
+    );
+    let out = oidc.server.cli(&["user", "logout", "nobody"], None).await;
+    assert!(!out.status.success());
+    oidc.server.stop().await;
+}
+
 /// o06: `prompt=none` never shows a page (`login_required` without a session,
 /// `consent_required` when consent is needed); `prompt=login` signs in again (a new
 /// `auth_time`); `prompt=consent` asks again though consent was given; `none` with

@@ -338,13 +338,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         username: &str,
         meta: &RequestMeta,
     ) -> Result<usize, AdminError> {
-        let not_found = || AdminError::NotFound(format!("user {username}"));
-        let name = Username::parse(username).map_err(|_| not_found())?;
-        let user = self
-            .reads
-            .user_by_name(&name)
-            .await?
-            .ok_or_else(not_found)?;
+        let user = self.user_named(username).await?;
         let command = user::Command::Disable { at: self.now() };
         execute::<agg::User, S>(
             &self.store,
@@ -363,6 +357,33 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         .await
     }
 
+    /// The user called `username` (not found: an error naming them).
+    async fn user_named(&self, username: &str) -> Result<crate::read::UserCredentials, AdminError> {
+        let not_found = || AdminError::NotFound(format!("user {username}"));
+        let name = Username::parse(username).map_err(|_| not_found())?;
+        self.reads.user_by_name(&name).await?.ok_or_else(not_found)
+    }
+
+    /// Ends every sign-in session of a user begun until now: the next authorization
+    /// request asks them to sign in (`prompt=none` gets `login_required`). Grants stay.
+    pub async fn sign_out_everywhere(
+        &self,
+        username: &str,
+        meta: &RequestMeta,
+    ) -> Result<(), AdminError> {
+        let user = self.user_named(username).await?;
+        execute::<agg::User, S>(
+            &self.store,
+            self.ids(),
+            &StreamId::user(&user.user_id),
+            user::Command::SignOutEverywhere { at: self.now() },
+            &meta.metadata(ADMIN.to_owned()),
+        )
+        .await
+        .map_err(failed)?;
+        Ok(())
+    }
+
     /// Revokes every grant made on behalf of a user (those of one client only, with
     /// `client`), as an administrator: resource services hear `grant.revoked` with
     /// reason `admin`. The user stays enabled and may sign in and consent again.
@@ -372,13 +393,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         client: Option<&str>,
         meta: &RequestMeta,
     ) -> Result<usize, AdminError> {
-        let not_found = || AdminError::NotFound(format!("user {username}"));
-        let name = Username::parse(username).map_err(|_| not_found())?;
-        let user = self
-            .reads
-            .user_by_name(&name)
-            .await?
-            .ok_or_else(not_found)?;
+        let user = self.user_named(username).await?;
         let mut grants = self.reads.active_grants_of_user(user.user_id).await?;
         if let Some(client) = client {
             let unknown = || AdminError::NotFound(format!("client {client}"));

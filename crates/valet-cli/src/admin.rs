@@ -167,6 +167,13 @@ pub async fn user(database_url: &str, command: UserCommand) -> anyhow::Result<()
                 .context("user disable")?;
             println!("disabled user {username}; revoked {revoked} grant(s)");
         }
+        UserCommand::Logout { username } => {
+            oauth
+                .sign_out_everywhere(&username, &meta)
+                .await
+                .context("user logout")?;
+            println!("signed user {username} out everywhere");
+        }
         UserCommand::RevokeGrants { username, client } => {
             let revoked = oauth
                 .revoke_user_grants(&username, client.as_deref(), &meta)

@@ -50,6 +50,9 @@ fn describe(event: &Event) -> String {
         }
         Event::User(user::Event::UserDisabled { .. }) => "user disabled".to_owned(),
         Event::User(user::Event::UserProfileChanged { .. }) => "user profile changed".to_owned(),
+        Event::User(user::Event::UserSignedOutEverywhere { .. }) => {
+            "user signed out everywhere".to_owned()
+        }
         Event::Consent(consent::Event::ConsentGiven { scope, .. }) => {
             format!("consent given for \"{scope}\"")
         }

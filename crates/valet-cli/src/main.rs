@@ -372,6 +372,12 @@ enum UserCommand {
         #[arg(value_name = "USERNAME")]
         username: String,
     },
+    /// Sign a user out everywhere: every sign-in session begun until now ends (their
+    /// apps' grants stay; see revoke-grants).
+    Logout {
+        #[arg(value_name = "USERNAME")]
+        username: String,
+    },
     /// Revoke every grant made on behalf of a user (or only those of one client), without
     /// disabling the user: the apps' tokens stop working at once, everywhere.
     RevokeGrants {

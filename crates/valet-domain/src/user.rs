@@ -112,6 +112,10 @@ pub enum Command {
         profile: Profile,
         at: Timestamp,
     },
+    /// End every sign-in session begun until now (sign out everywhere).
+    SignOutEverywhere {
+        at: Timestamp,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,11 +133,16 @@ pub enum Event {
         profile: Profile,
         at: Timestamp,
     },
+    /// Every sign-in session begun at or before `at` is over.
+    UserSignedOutEverywhere {
+        at: Timestamp,
+    },
 }
 domain_event!(Event {
     UserRegistered,
     UserDisabled,
-    UserProfileChanged
+    UserProfileChanged,
+    UserSignedOutEverywhere
 });
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -151,6 +160,15 @@ pub struct User {
     pub registered_at: Timestamp,
     pub disabled_at: Option<Timestamp>,
     pub profile: Profile,
+    /// Sessions begun at or before this are over (the last sign-out everywhere).
+    pub signed_out_at: Option<Timestamp>,
+}
+
+impl User {
+    /// Whether a sign-in session begun at `signed_in_at` may still act for the user.
+    pub fn session_stands(&self, signed_in_at: Timestamp) -> bool {
+        self.disabled_at.is_none() && self.signed_out_at.is_none_or(|out| signed_in_at > out)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -198,6 +216,10 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Error> {
             Some(u) if u.profile == profile => Ok(vec![]),
             Some(_) => Ok(vec![Event::UserProfileChanged { profile, at }]),
         },
+        Command::SignOutEverywhere { at } => match state.user() {
+            None => Err(Error::NotFound),
+            Some(_) => Ok(vec![Event::UserSignedOutEverywhere { at }]),
+        },
     }
 }
 
@@ -216,6 +238,7 @@ pub fn evolve(state: State, event: &Event) -> State {
             registered_at: *at,
             disabled_at: None,
             profile: Profile::default(),
+            signed_out_at: None,
         })),
         (Some(mut user), Event::UserDisabled { at }) => {
             user.disabled_at.get_or_insert(*at);
@@ -223,6 +246,10 @@ pub fn evolve(state: State, event: &Event) -> State {
         }
         (Some(mut user), Event::UserProfileChanged { profile, .. }) => {
             user.profile = profile.clone();
+            State(Some(user))
+        }
+        (Some(mut user), Event::UserSignedOutEverywhere { at }) => {
+            user.signed_out_at = Some(user.signed_out_at.map_or(*at, |out| out.max(*at)));
             State(Some(user))
         }
         // decide never produces other sequences; replay stays total regardless.
@@ -352,6 +379,28 @@ mod tests {
     }
 
     #[test]
+    fn signing_out_everywhere_ends_the_sessions_begun_until_then() {
+        given(&[])
+            .when(Command::SignOutEverywhere { at: T1 })
+            .then_error(Error::NotFound);
+        given(&[registered()])
+            .when(Command::SignOutEverywhere { at: T1 })
+            .then_events(&[Event::UserSignedOutEverywhere { at: T1 }]);
+        let state = State::from_events(&[registered(), Event::UserSignedOutEverywhere { at: T1 }]);
+        let user = state.user().expect("registered");
+        assert!(!user.session_stands(T0), "begun before");
+        assert!(!user.session_stands(T1), "begun at the same moment");
+        assert!(
+            user.session_stands(Timestamp::from_unix_millis(21)),
+            "begun after"
+        );
+        let fresh = State::from_events(&[registered()]);
+        assert!(fresh.user().expect("registered").session_stands(T0));
+        let disabled = State::from_events(&[registered(), Event::UserDisabled { at: T1 }]);
+        assert!(!disabled.user().expect("registered").session_stands(T1));
+    }
+
+    #[test]
     fn events_round_trip_without_secrets() {
         use crate::event::DomainEvent;
         testing::assert_round_trips(
@@ -362,6 +411,7 @@ mod tests {
                     profile: profile(),
                     at: T1,
                 },
+                Event::UserSignedOutEverywhere { at: T1 },
             ],
             Event::EVENT_TYPES,
         );

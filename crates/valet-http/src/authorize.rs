@@ -352,9 +352,14 @@ where
     let params = &incoming.params;
     let sign_in = || login_form(&app, &headers, &request, params, "", LoginNotice::None);
     let signed_in = match session(&app, &headers) {
-        Some(session) => match app.oauth.active_user(session.user_id).await {
+        Some(session) => match app
+            .oauth
+            .session_user(session.user_id, session.signed_in_at())
+            .await
+        {
             Ok(Some(user)) => Some((user, session)),
-            // Disabled or deleted since the session began: as good as no session.
+            // Disabled, or signed out everywhere, since the session began: as good as no
+            // session.
             Ok(None) => None,
             Err(e) => return unavailable(&e),
         },
@@ -368,9 +373,7 @@ where
         },
         None => ConsentState::Needed,
     };
-    let signed_in_at = signed_in
-        .as_ref()
-        .map(|(_, s)| Timestamp::from_unix_millis(s.authenticated_at.saturating_mul(1000)));
+    let signed_in_at = signed_in.as_ref().map(|(_, s)| s.signed_in_at());
     let step = request.step(signed_in_at, consent, app.oauth.clock.now());
     match (step, signed_in) {
         (Step::Refuse(code), _) => redirect_error(
@@ -521,7 +524,11 @@ where
             return no_redirect("Choose Allow or Deny. Go back to the application and start again.")
         }
     };
-    let user = match app.oauth.active_user(session.user_id).await {
+    let user = match app
+        .oauth
+        .session_user(session.user_id, session.signed_in_at())
+        .await
+    {
         Ok(Some(user)) => user,
         Ok(None) => return forbidden(),
         Err(e) => return unavailable(&e),

@@ -39,6 +39,13 @@ pub struct Session {
     pub authenticated_at: i64,
 }
 
+impl Session {
+    /// When the user signed in (`authenticated_at` is in whole seconds).
+    pub fn signed_in_at(&self) -> valet_domain::Timestamp {
+        valet_domain::Timestamp::from_unix_millis(self.authenticated_at.saturating_mul(1000))
+    }
+}
+
 /// The HMAC key. Deliberately not `Debug`: it must never reach a log.
 pub struct Signer {
     key: [u8; 32],

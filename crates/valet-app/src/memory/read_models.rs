@@ -146,7 +146,8 @@ impl Tables {
                     row.active = false;
                 }
             }
-            user::Event::UserProfileChanged { .. } => {}
+            user::Event::UserProfileChanged { .. }
+            | user::Event::UserSignedOutEverywhere { .. } => {}
         }
     }
 

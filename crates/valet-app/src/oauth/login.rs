@@ -1,6 +1,6 @@
 //! Signing a user in on the authorization pages.
 
-use valet_domain::{StreamId, UserId, Username};
+use valet_domain::{user, StreamId, Timestamp, UserId, Username};
 
 use super::{LoginError, OAuth, OAuthError, Unavailable};
 use crate::aggregate::{self as agg, load};
@@ -63,16 +63,36 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         Ok(self.dummy_password.get_or_init(|| hash))
     }
 
-    /// The user behind a session, if still registered and active.
+    /// The user, if still registered and active.
     pub async fn active_user(
         &self,
         user_id: UserId,
+    ) -> Result<Option<AuthenticatedUser>, OAuthError> {
+        self.user_if(user_id, |_| true).await
+    }
+
+    /// The user a sign-in session begun at `signed_in_at` acts for, while the session
+    /// stands: the user is active and has not been signed out everywhere since.
+    pub async fn session_user(
+        &self,
+        user_id: UserId,
+        signed_in_at: Timestamp,
+    ) -> Result<Option<AuthenticatedUser>, OAuthError> {
+        self.user_if(user_id, |u| u.session_stands(signed_in_at))
+            .await
+    }
+
+    async fn user_if(
+        &self,
+        user_id: UserId,
+        stands: impl FnOnce(&user::User) -> bool,
     ) -> Result<Option<AuthenticatedUser>, OAuthError> {
         let loaded = load::<agg::User, S>(&self.store, &StreamId::user(&user_id)).await?;
         Ok(loaded
             .state
             .user()
             .filter(|_| loaded.state.is_active())
+            .filter(|u| stands(u))
             .map(|u| AuthenticatedUser {
                 user_id: u.user_id,
                 username: u.username.clone(),

@@ -217,6 +217,10 @@ pub fn samples() -> Vec<(&'static str, &'static str, u32, Value)> {
         sample("user", user::Event::UserDisabled { at: at(800_000) }),
         sample(
             "user",
+            user::Event::UserSignedOutEverywhere { at: at(700_000) },
+        ),
+        sample(
+            "user",
             user::Event::UserProfileChanged {
                 profile: user::Profile {
                     name: Some(user::PersonName::parse("Alice Liddell").expect("name")),

@@ -429,7 +429,9 @@ impl Batch {
                 None => self.old_users_disabled.push((user_id, at.as_unix_millis())),
             },
             // Profiles have no read model: UserInfo reads the user's stream.
-            user::Event::UserProfileChanged { .. } => {}
+            // Read from the user's stream when a session is used, not a read model.
+            user::Event::UserProfileChanged { .. }
+            | user::Event::UserSignedOutEverywhere { .. } => {}
         }
     }
 
