@@ -1303,6 +1303,96 @@ async fn signing_a_user_out_everywhere_ends_every_session() {
     oidc.server.stop().await;
 }
 
+/// `valet user password NAME --password-stdin`: the new password works and the old one
+/// no longer does, every session ends, and the user's grants are revoked (kept with
+/// `--keep-grants`). The log records the change, never the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_ends_the_sessions_and_revokes_the_grants() {
+    let mut oidc = Oidc::start(&[]).await;
+    let first = oidc.tokens("openid", &[]).await;
+    let access = first["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned();
+    let client = oidc.client.clone();
+    let change = |keep: bool| {
+        let mut args = vec!["user", "password", "alice", "--password-stdin"];
+        if keep {
+            args.push("--keep-grants");
+        }
+        args
+    };
+    let out = oidc
+        .server
+        .cli(&change(true), Some("an even longer passphrase\n"))
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let resp = silent_as(&mut oidc, &client).await;
+    assert_r(
+        &resp,
+        APP_CB,
+        "login_required",
+        FlowEnd::new(resp.clone()).param("state").as_deref(),
+        "the session ended with the password change",
+    );
+    let info = oidc.server.introspection(&oidc.rs, &access).await;
+    assert_eq!(info["active"], true, "--keep-grants: {info}");
+
+    let out = oidc
+        .server
+        .cli(&change(false), Some("the newest passphrase of all\n"))
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("revoked 1 grant(s)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let info = oidc.server.introspection(&oidc.rs, &access).await;
+    assert_eq!(info["active"], false, "{info}");
+
+    // The old password is refused at the sign-in page; the new one signs in.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let request = AuthRequest::new(&client.client_id, APP_CB)
+        .pkce(&Pkce::new())
+        .scope("openid");
+    let old = TestUser {
+        username: "alice".into(),
+        password: "a long passphrase".into(),
+    };
+    let refused = oidc
+        .browser
+        .login(&oidc.server.url(&request.path()), &old)
+        .await;
+    assert!(
+        !matches!(refused.status, 302 | 303),
+        "the old password signed in: {}",
+        refused.describe()
+    );
+    oidc.user.password = "the newest passphrase of all".into();
+    oidc.tokens("openid", &[]).await;
+    let resp = silent_as(&mut oidc, &client).await;
+    assert!(
+        FlowEnd::new(resp.clone()).param("code").is_some(),
+        "{}",
+        resp.describe()
+    );
+
+    let changes = oidc.server.events_of("UserPasswordChanged").await;
+    assert_eq!(changes.len(), 2);
+    let log: String = changes.iter().map(|e| e.payload.to_string()).collect();
+    assert!(!log.contains("passphrase"), "{log}");
+    oidc.server.stop().await;
+}
+
 /// o06: `prompt=none` never shows a page (`login_required` without a session,
 /// `consent_required` when consent is needed); `prompt=login` signs in again (a new
 /// `auth_time`); `prompt=consent` asks again though consent was given; `none` with

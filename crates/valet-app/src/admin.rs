@@ -62,6 +62,14 @@ fn failed<E: std::fmt::Display>(e: ExecuteError<E>) -> AdminError {
     }
 }
 
+/// What a password change does to the user's grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantsOnPasswordChange {
+    /// Revoke them all (the default: a changed password often means a stolen one).
+    Revoke,
+    Keep,
+}
+
 /// Whether a new client can keep a secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientType {
@@ -245,18 +253,10 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
     ) -> Result<UserId, AdminError> {
         let username = Username::parse(username)
             .map_err(|e| AdminError::Invalid(format!("--username: {e}")))?;
-        if password.is_empty() {
-            return Err(AdminError::Invalid("the password is empty".into()));
-        }
         if self.reads.user_by_name(&username).await?.is_some() {
             return Err(AdminError::AlreadyExists(format!("user {username}")));
         }
-        let password = password.to_owned();
-        let (passwords, random) = (self.password_hashing().clone(), self.shared_randomness());
-        let hash = tokio::task::spawn_blocking(move || passwords.hash(&password, random.as_ref()))
-            .await
-            .map_err(|e| Unavailable::Blocking(e.to_string()))?
-            .map_err(Unavailable::from)?;
+        let hash = self.hash_password(password).await?;
         let user_id = UserId::new(self.ids().new_id());
         let command = user::Command::Register {
             user_id,
@@ -355,6 +355,54 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             meta,
         )
         .await
+    }
+
+    /// argon2id off the async executor; an empty password is refused.
+    async fn hash_password(&self, password: &str) -> Result<String, AdminError> {
+        if password.is_empty() {
+            return Err(AdminError::Invalid("the password is empty".into()));
+        }
+        let password = password.to_owned();
+        let (passwords, random) = (self.password_hashing().clone(), self.shared_randomness());
+        Ok(
+            tokio::task::spawn_blocking(move || passwords.hash(&password, random.as_ref()))
+                .await
+                .map_err(|e| Unavailable::Blocking(e.to_string()))?
+                .map_err(Unavailable::from)?,
+        )
+    }
+
+    /// Gives a user a new password. Every sign-in session begun until now ends (the
+    /// change is recorded, never the password); with [`GrantsOnPasswordChange::Revoke`]
+    /// every grant made on their behalf is revoked too (reason `admin`). Returns how many.
+    pub async fn change_password(
+        &self,
+        username: &str,
+        password: &str,
+        grants: GrantsOnPasswordChange,
+        meta: &RequestMeta,
+    ) -> Result<usize, AdminError> {
+        let user = self.user_named(username).await?;
+        let hash = self.hash_password(password).await?;
+        // Sessions end before the new password works: a failure in between leaves the
+        // old password and no session, never a session that outlives the change.
+        execute::<agg::User, S>(
+            &self.store,
+            self.ids(),
+            &StreamId::user(&user.user_id),
+            user::Command::ChangePassword { at: self.now() },
+            &meta.metadata(ADMIN.to_owned()),
+        )
+        .await
+        .map_err(failed)?;
+        self.reads.set_password(user.user_id, &hash).await?;
+        match grants {
+            GrantsOnPasswordChange::Revoke => {
+                let active = self.reads.active_grants_of_user(user.user_id).await?;
+                self.revoke_all(active, RevocationReason::Admin, meta).await
+            }
+            GrantsOnPasswordChange::Keep => Ok(0),
+        }
     }
 
     /// The user called `username` (not found: an error naming them).

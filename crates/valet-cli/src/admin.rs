@@ -4,7 +4,7 @@ use std::io::Read;
 
 use anyhow::Context;
 use serde_json::json;
-use valet_app::admin::{ClientType, NewClient, ProfileUpdate};
+use valet_app::admin::{ClientType, GrantsOnPasswordChange, NewClient, ProfileUpdate};
 use valet_app::oauth::RequestMeta;
 use valet_domain::user::EmailStatus;
 
@@ -125,16 +125,9 @@ pub async fn user(database_url: &str, command: UserCommand) -> anyhow::Result<()
         UserCommand::Create {
             username, profile, ..
         } => {
-            let mut password = String::new();
-            std::io::stdin()
-                .read_to_string(&mut password)
-                .context("read the password from standard input")?;
-            let password = password
-                .strip_suffix('\n')
-                .map(|p| p.strip_suffix('\r').unwrap_or(p))
-                .unwrap_or(&password);
+            let password = password_from_stdin()?;
             let user_id = oauth
-                .create_user(&username, password, &meta)
+                .create_user(&username, &password, &meta)
                 .await
                 .context("user create")?;
             if !profile.is_empty() {
@@ -167,6 +160,24 @@ pub async fn user(database_url: &str, command: UserCommand) -> anyhow::Result<()
                 .context("user disable")?;
             println!("disabled user {username}; revoked {revoked} grant(s)");
         }
+        UserCommand::Password {
+            username,
+            keep_grants,
+            ..
+        } => {
+            let password = password_from_stdin()?;
+            let grants = match keep_grants {
+                true => GrantsOnPasswordChange::Keep,
+                false => GrantsOnPasswordChange::Revoke,
+            };
+            let revoked = oauth
+                .change_password(&username, &password, grants, &meta)
+                .await
+                .context("user password")?;
+            println!(
+                "changed the password of user {username}; ended their sessions; revoked {revoked} grant(s)"
+            );
+        }
         UserCommand::Logout { username } => {
             oauth
                 .sign_out_everywhere(&username, &meta)
@@ -183,4 +194,17 @@ pub async fn user(database_url: &str, command: UserCommand) -> anyhow::Result<()
         }
     }
     Ok(())
+}
+
+/// The password on standard input, one trailing newline (or CRLF) stripped.
+fn password_from_stdin() -> anyhow::Result<String> {
+    let mut password = String::new();
+    std::io::stdin()
+        .read_to_string(&mut password)
+        .context("read the password from standard input")?;
+    let trimmed = password
+        .strip_suffix('\n')
+        .map(|p| p.strip_suffix('\r').unwrap_or(p))
+        .unwrap_or(&password);
+    Ok(trimmed.to_owned())
 }

@@ -53,6 +53,9 @@ fn describe(event: &Event) -> String {
         Event::User(user::Event::UserSignedOutEverywhere { .. }) => {
             "user signed out everywhere".to_owned()
         }
+        Event::User(user::Event::UserPasswordChanged { .. }) => {
+            "user password changed (sessions ended)".to_owned()
+        }
         Event::Consent(consent::Event::ConsentGiven { scope, .. }) => {
             format!("consent given for \"{scope}\"")
         }

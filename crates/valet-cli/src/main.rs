@@ -372,6 +372,19 @@ enum UserCommand {
         #[arg(value_name = "USERNAME")]
         username: String,
     },
+    /// Give a user a new password, read from standard input (one trailing newline is
+    /// stripped): every sign-in session ends and, unless --keep-grants, every grant made
+    /// on their behalf is revoked.
+    Password {
+        #[arg(value_name = "USERNAME")]
+        username: String,
+        /// Read the password from standard input (the only way: never on the command line).
+        #[arg(long = "password-stdin", required = true)]
+        password_stdin: bool,
+        /// Leave the apps' grants in place (only the sessions end).
+        #[arg(long)]
+        keep_grants: bool,
+    },
     /// Sign a user out everywhere: every sign-in session begun until now ends (their
     /// apps' grants stay; see revoke-grants).
     Logout {

@@ -352,7 +352,7 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), all.len(), "{all:?}");
-        assert_eq!(all.len(), 23);
+        assert_eq!(all.len(), 24);
     }
 
     #[test]

@@ -116,6 +116,11 @@ pub enum Command {
     SignOutEverywhere {
         at: Timestamp,
     },
+    /// Record a new password (its hash is kept outside the log): every sign-in session
+    /// begun until now ends.
+    ChangePassword {
+        at: Timestamp,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,12 +142,18 @@ pub enum Event {
     UserSignedOutEverywhere {
         at: Timestamp,
     },
+    /// The password changed (never the password or its hash); sessions begun at or
+    /// before `at` are over.
+    UserPasswordChanged {
+        at: Timestamp,
+    },
 }
 domain_event!(Event {
     UserRegistered,
     UserDisabled,
     UserProfileChanged,
-    UserSignedOutEverywhere
+    UserSignedOutEverywhere,
+    UserPasswordChanged
 });
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -220,6 +231,10 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Error> {
             None => Err(Error::NotFound),
             Some(_) => Ok(vec![Event::UserSignedOutEverywhere { at }]),
         },
+        Command::ChangePassword { at } => match state.user() {
+            None => Err(Error::NotFound),
+            Some(_) => Ok(vec![Event::UserPasswordChanged { at }]),
+        },
     }
 }
 
@@ -248,7 +263,10 @@ pub fn evolve(state: State, event: &Event) -> State {
             user.profile = profile.clone();
             State(Some(user))
         }
-        (Some(mut user), Event::UserSignedOutEverywhere { at }) => {
+        (
+            Some(mut user),
+            Event::UserSignedOutEverywhere { at } | Event::UserPasswordChanged { at },
+        ) => {
             user.signed_out_at = Some(user.signed_out_at.map_or(*at, |out| out.max(*at)));
             State(Some(user))
         }
@@ -398,6 +416,12 @@ mod tests {
         assert!(fresh.user().expect("registered").session_stands(T0));
         let disabled = State::from_events(&[registered(), Event::UserDisabled { at: T1 }]);
         assert!(!disabled.user().expect("registered").session_stands(T1));
+        // A new password ends them too.
+        given(&[registered()])
+            .when(Command::ChangePassword { at: T1 })
+            .then_events(&[Event::UserPasswordChanged { at: T1 }]);
+        let changed = State::from_events(&[registered(), Event::UserPasswordChanged { at: T1 }]);
+        assert!(!changed.user().expect("registered").session_stands(T0));
     }
 
     #[test]
@@ -412,6 +436,7 @@ mod tests {
                     at: T1,
                 },
                 Event::UserSignedOutEverywhere { at: T1 },
+                Event::UserPasswordChanged { at: T1 },
             ],
             Event::EVENT_TYPES,
         );

@@ -147,7 +147,8 @@ impl Tables {
                 }
             }
             user::Event::UserProfileChanged { .. }
-            | user::Event::UserSignedOutEverywhere { .. } => {}
+            | user::Event::UserSignedOutEverywhere { .. }
+            | user::Event::UserPasswordChanged { .. } => {}
         }
     }
 

@@ -219,6 +219,7 @@ pub fn samples() -> Vec<(&'static str, &'static str, u32, Value)> {
             "user",
             user::Event::UserSignedOutEverywhere { at: at(700_000) },
         ),
+        sample("user", user::Event::UserPasswordChanged { at: at(600_000) }),
         sample(
             "user",
             user::Event::UserProfileChanged {

@@ -431,7 +431,8 @@ impl Batch {
             // Profiles have no read model: UserInfo reads the user's stream.
             // Read from the user's stream when a session is used, not a read model.
             user::Event::UserProfileChanged { .. }
-            | user::Event::UserSignedOutEverywhere { .. } => {}
+            | user::Event::UserSignedOutEverywhere { .. }
+            | user::Event::UserPasswordChanged { .. } => {}
         }
     }
 
