@@ -1393,6 +1393,31 @@ async fn a_password_change_ends_the_sessions_and_revokes_the_grants() {
     oidc.server.stop().await;
 }
 
+/// `--session-lifetime` bounds a sign-in: within it `prompt=none` gets a code, after it
+/// `login_required`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_lasts_the_configured_session_lifetime() {
+    let mut oidc = Oidc::start(&[("VALET_SESSION_LIFETIME", "2")]).await;
+    oidc.tokens("openid", &[]).await;
+    let client = oidc.client.clone();
+    let resp = silent_as(&mut oidc, &client).await;
+    assert!(
+        FlowEnd::new(resp.clone()).param("code").is_some(),
+        "{}",
+        resp.describe()
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let resp = silent_as(&mut oidc, &client).await;
+    assert_r(
+        &resp,
+        APP_CB,
+        "login_required",
+        FlowEnd::new(resp.clone()).param("state").as_deref(),
+        "the session expired",
+    );
+    oidc.server.stop().await;
+}
+
 /// o06: `prompt=none` never shows a page (`login_required` without a session,
 /// `consent_required` when consent is needed); `prompt=login` signs in again (a new
 /// `auth_time`); `prompt=consent` asks again though consent was given; `none` with

@@ -151,6 +151,10 @@ struct ServeArgs {
     #[arg(long, env = "VALET_FAILED_AUTH_PER_MINUTE", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     failed_auth_per_minute: u32,
+    /// How long a sign-in lasts, in seconds: after it the user signs in again.
+    #[arg(long, env = "VALET_SESSION_LIFETIME", default_value_t = 28_800,
+          value_parser = clap::value_parser!(u32).range(1..=2_592_000))]
+    session_lifetime: u32,
 }
 
 #[derive(Subcommand, Debug)]
@@ -569,7 +573,10 @@ async fn serve(database_url: &str, kek: &KekArgs, config: ServeArgs) -> anyhow::
                 config.failed_auth_per_minute,
             ))
             .with_relay(relay_status)
-            .with_jwks(ring.jwks),
+            .with_jwks(ring.jwks)
+            .with_session_lifetime(std::time::Duration::from_secs(u64::from(
+                config.session_lifetime,
+            ))),
     );
     let app = valet_http::router(state);
     tracing::info!(listen = %addr, %issuer, "valet serving");

@@ -27,7 +27,7 @@ use crate::html::{self, ConsentView, Hidden, LoginNotice, LoginView};
 use crate::limits;
 use crate::observe::RequestContext;
 use crate::params::{append_query, encode_pairs, Params};
-use crate::signing::{Session, SESSION_SECONDS};
+use crate::signing::Session;
 use crate::{read_form, AppState};
 
 /// Whether a parameter came twice, and whether that leaves the redirect URI trustworthy.
@@ -453,10 +453,11 @@ where
                     session_id: SessionId::new(uuid::Uuid::new_v4()),
                     authenticated_at: signed_in_at,
                 },
-                signed_in_at + SESSION_SECONDS,
+                signed_in_at + app.session_seconds,
             );
             let cookie = format!(
-                "{SESSION_COOKIE}={session}; Max-Age={SESSION_SECONDS}{}",
+                "{SESSION_COOKIE}={session}; Max-Age={}{}",
+                app.session_seconds,
                 set_cookie_attributes(&app)
             );
             // Signed in just now: `prompt=login` and `max_age` are satisfied, and must not

@@ -64,6 +64,8 @@ pub struct AppState<S, R, C> {
     relay: Option<Arc<RelayStatus>>,
     /// The JWK Set, kept current by the key ring's loop.
     jwks: Option<tokio::sync::watch::Receiver<Arc<valet_app::keys::Jwks>>>,
+    /// How long a sign-in lasts, in whole seconds.
+    session_seconds: i64,
 }
 
 impl<S, R, C> AppState<S, R, C> {
@@ -82,7 +84,14 @@ impl<S, R, C> AppState<S, R, C> {
             metrics: Arc::default(),
             relay: None,
             jwks: None,
+            session_seconds: signing::SESSION_SECONDS,
         }
+    }
+
+    /// How long a sign-in lasts (default 8 hours; at least a second).
+    pub fn with_session_lifetime(mut self, lifetime: std::time::Duration) -> Self {
+        self.session_seconds = i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX).max(1);
+        self
     }
 
     /// Counts failed authentications in `attempts` (shared by every replica) instead of

@@ -14,7 +14,7 @@ use valet_domain::UserId;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// How long a login lasts.
+/// How long a login lasts unless configured (`AppState::with_session_lifetime`).
 pub const SESSION_SECONDS: i64 = 8 * 60 * 60;
 
 /// A CSRF cookie is 32 random bytes, base64url: 43 characters.
