@@ -83,7 +83,12 @@ async fn a_jwt_issued_while_the_sdk_was_offline_is_accepted_at_once_and_refused_
         .await;
     // The first start's keys are on the stream.
     let start = Instant::now();
-    while nats.stream_messages(valet_wire::STREAM).await.len() < 6 {
+    // The stream appears once the relay leads.
+    while nats
+        .stream_state(valet_wire::STREAM)
+        .await
+        .is_none_or(|(messages, _)| messages < 6)
+    {
         assert!(start.elapsed() < Duration::from_secs(10), "no key events");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -258,6 +263,7 @@ async fn forged_foreign_and_expired_jwts_are_refused() {
     // Services configured for another audience, or another issuer.
     let mut other_audience = strict.clone();
     other_audience.audience = "https://billing.example".into();
+    other_audience.jwks_uri = None;
     let billing = sdk_with(&nats, other_audience).await;
     assert_eq!(
         billing.check(&jwt),
@@ -265,6 +271,7 @@ async fn forged_foreign_and_expired_jwts_are_refused() {
     );
     let mut other_issuer = strict;
     other_issuer.issuer = "https://valet.other.example".into();
+    other_issuer.jwks_uri = None;
     let foreign = sdk_with(&nats, other_issuer).await;
     assert_eq!(
         foreign.check(&jwt),
@@ -315,7 +322,12 @@ async fn keys_gone_from_the_stream_are_read_from_jwks_uri_at_start() {
         )
         .await;
     let start = Instant::now();
-    while nats.stream_messages(valet_wire::STREAM).await.len() < 6 {
+    // The stream appears once the relay leads.
+    while nats
+        .stream_state(valet_wire::STREAM)
+        .await
+        .is_none_or(|(messages, _)| messages < 6)
+    {
         assert!(start.elapsed() < Duration::from_secs(10), "no key events");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -330,7 +342,9 @@ async fn keys_gone_from_the_stream_are_read_from_jwks_uri_at_start() {
         .expect("purged");
     let jwt = Tokens::from_resp(&server.client_credentials(&printer, None).await).access_token;
 
-    let without = sdk_with(&nats, jwt_config(&server)).await;
+    let mut stream_only = jwt_config(&server);
+    stream_only.jwks_uri = None;
+    let without = sdk_with(&nats, stream_only).await;
     until("the token.issued reaches the SDK", || {
         without.check(&jwt) != Err(Rejection::Unknown)
     })
@@ -345,11 +359,8 @@ async fn keys_gone_from_the_stream_are_read_from_jwks_uri_at_start() {
         without.check(&jwt)
     );
 
-    let with = sdk_with(
-        &nats,
-        jwt_config(&server).with_jwks_uri(server.url("/jwks.json")),
-    )
-    .await;
+    // The default: the issuer's /jwks.json.
+    let with = sdk_with(&nats, jwt_config(&server)).await;
     until("the JWKS read", || with.check(&jwt).is_ok()).await;
     assert_eq!(with.signing_keys().len(), 3, "{:?}", with.signing_keys());
     server.stop().await;

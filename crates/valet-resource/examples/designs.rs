@@ -96,7 +96,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let issuer = env("VALET_ISSUER", "http://127.0.0.1:8080");
     let audience = env("DESIGNS_AUDIENCE", &issuer);
-    let jwt = JwtConfig::new(&issuer, audience).with_jwks_uri(format!("{issuer}/jwks.json"));
+    // Keys from the stream, and from the issuer's /jwks.json at start.
+    let jwt = JwtConfig::new(&issuer, audience);
     let mut config =
         ValidatorConfig::new(env("VALET_NATS_URL", "nats://127.0.0.1:4222")).with_jwt(jwt);
     match (

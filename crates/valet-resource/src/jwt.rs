@@ -26,7 +26,9 @@ pub struct JwtConfig {
     /// the issuer).
     pub audience: String,
     /// Valet's `jwks_uri`, read once at start for keys announced longer ago than the
-    /// stream keeps messages. `None`: keys come from the stream only.
+    /// stream keeps messages (a key usually outlives the stream's `max_age`). Default:
+    /// `<issuer>/jwks.json`, where Valet serves it. `None`: keys come from the stream
+    /// only, and a JWT under an older key is refused.
     pub jwks_uri: Option<String>,
     /// Clock difference allowed for `exp`, `nbf` and `iat`. Default: 30 s.
     pub leeway: Duration,
@@ -36,10 +38,11 @@ pub struct JwtConfig {
 
 impl JwtConfig {
     pub fn new(issuer: impl Into<String>, audience: impl Into<String>) -> Self {
+        let issuer = issuer.into();
         JwtConfig {
-            issuer: issuer.into(),
+            jwks_uri: Some(format!("{}/jwks.json", issuer.trim_end_matches('/'))),
+            issuer,
             audience: audience.into(),
-            jwks_uri: None,
             leeway: Duration::from_secs(30),
             cache_capacity: 100_000,
         }
