@@ -239,15 +239,10 @@ impl Watch {
     /// Whether the stream's leader was missing, or another than before `from`, at any
     /// answer between `from` and `to`.
     fn election_between(&self, from: Instant, to: Instant) -> bool {
-        let leaders = self.leaders.lock().expect("leaders");
-        let known = leaders
+        let (known, after) = self.leaders_since(from);
+        after
             .iter()
-            .rev()
-            .find(|(t, _)| *t <= from)
-            .and_then(|(_, leader)| leader.clone());
-        leaders
-            .iter()
-            .filter(|(t, _)| *t > from && *t <= to)
+            .filter(|(offset, _)| from + *offset <= to)
             .any(|(_, leader)| leader.is_none() || *leader != known)
     }
 

@@ -37,6 +37,42 @@ async fn sdk(server: &TestServer, nats: &TestNats, rs: &ClientCreds, jwt: JwtCon
     sdk
 }
 
+/// `valet serve` on `nats_url`, JWT access tokens for [`AUDIENCE`].
+async fn jwt_server(nats_url: &str, extra: &[(&str, &str)]) -> TestServer {
+    let mut env = vec![
+        ("VALET_NATS_URL", nats_url),
+        ("VALET_ACCESS_TOKEN_AUDIENCE", AUDIENCE),
+    ];
+    env.extend_from_slice(extra);
+    TestServer::start_with(&env).await
+}
+
+/// A client_credentials client (scope `designs:read`) with JWT access tokens signed `alg`.
+async fn printer(server: &TestServer, alg: &str) -> ClientCreds {
+    server
+        .create_client(
+            &ClientSpec::confidential("printer")
+                .grant("client_credentials")
+                .scopes("designs:read")
+                .jwt_access_tokens(alg),
+        )
+        .await
+}
+
+/// Waits until the first start's six key messages are on the stream (which appears once
+/// the relay leads).
+async fn until_keys_on_stream(nats: &TestNats) {
+    let start = Instant::now();
+    while nats
+        .stream_state(valet_wire::STREAM)
+        .await
+        .is_none_or(|(messages, _)| messages < 6)
+    {
+        assert!(start.elapsed() < Duration::from_secs(10), "no key events");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn jwt_config(server: &TestServer) -> JwtConfig {
     JwtConfig::new(server.base_url(), AUDIENCE)
 }
@@ -67,31 +103,10 @@ async fn rs_client(server: &TestServer) -> ClientCreds {
 async fn a_jwt_issued_while_the_sdk_was_offline_is_accepted_at_once_and_refused_once_revoked() {
     let nats = TestNats::start().await;
     let proxy = NatsProxy::start(&nats).await;
-    let server = TestServer::start_with(&[
-        ("VALET_NATS_URL", &proxy.url()),
-        ("VALET_ACCESS_TOKEN_AUDIENCE", AUDIENCE),
-    ])
-    .await;
+    let server = jwt_server(&proxy.url(), &[]).await;
     let rs = rs_client(&server).await;
-    let printer = server
-        .create_client(
-            &ClientSpec::confidential("printer")
-                .grant("client_credentials")
-                .scopes("designs:read")
-                .jwt_access_tokens("ES256"),
-        )
-        .await;
-    // The first start's keys are on the stream.
-    let start = Instant::now();
-    // The stream appears once the relay leads.
-    while nats
-        .stream_state(valet_wire::STREAM)
-        .await
-        .is_none_or(|(messages, _)| messages < 6)
-    {
-        assert!(start.elapsed() < Duration::from_secs(10), "no key events");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let printer = printer(&server, "ES256").await;
+    until_keys_on_stream(&nats).await;
     proxy.cut();
     let jwt = Tokens::from_resp(&server.client_credentials(&printer, None).await).access_token;
 
@@ -126,11 +141,7 @@ async fn a_jwt_issued_while_the_sdk_was_offline_is_accepted_at_once_and_refused_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_token_reuse_on_a_jwt_grant_revokes_every_jwt_of_the_grant_at_the_sdk() {
     let nats = TestNats::start().await;
-    let server = TestServer::start_with(&[
-        ("VALET_NATS_URL", &nats.url()),
-        ("VALET_ACCESS_TOKEN_AUDIENCE", AUDIENCE),
-    ])
-    .await;
+    let server = jwt_server(&nats.url(), &[]).await;
     let rs = rs_client(&server).await;
     let app = server
         .create_client(
@@ -182,21 +193,9 @@ fn header_of(token: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_foreign_and_expired_jwts_are_refused() {
     let nats = TestNats::start().await;
-    let server = TestServer::start_with(&[
-        ("VALET_NATS_URL", &nats.url()),
-        ("VALET_ACCESS_TOKEN_AUDIENCE", AUDIENCE),
-        ("VALET_ACCESS_TOKEN_TTL", "2"),
-    ])
-    .await;
+    let server = jwt_server(&nats.url(), &[("VALET_ACCESS_TOKEN_TTL", "2")]).await;
     let rs = rs_client(&server).await;
-    let printer = server
-        .create_client(
-            &ClientSpec::confidential("printer")
-                .grant("client_credentials")
-                .scopes("designs:read")
-                .jwt_access_tokens("RS256"),
-        )
-        .await;
+    let printer = printer(&server, "RS256").await;
     let mut strict = jwt_config(&server);
     strict.leeway = Duration::ZERO;
     let sdk = sdk(&server, &nats, &rs, strict.clone()).await;
@@ -308,29 +307,9 @@ async fn sdk_with(nats: &TestNats, jwt: JwtConfig) -> Validator {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_gone_from_the_stream_are_read_from_jwks_uri_at_start() {
     let nats = TestNats::start().await;
-    let server = TestServer::start_with(&[
-        ("VALET_NATS_URL", &nats.url()),
-        ("VALET_ACCESS_TOKEN_AUDIENCE", AUDIENCE),
-    ])
-    .await;
-    let printer = server
-        .create_client(
-            &ClientSpec::confidential("printer")
-                .grant("client_credentials")
-                .scopes("designs:read")
-                .jwt_access_tokens("EdDSA"),
-        )
-        .await;
-    let start = Instant::now();
-    // The stream appears once the relay leads.
-    while nats
-        .stream_state(valet_wire::STREAM)
-        .await
-        .is_none_or(|(messages, _)| messages < 6)
-    {
-        assert!(start.elapsed() < Duration::from_secs(10), "no key events");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let server = jwt_server(&nats.url(), &[]).await;
+    let printer = printer(&server, "EdDSA").await;
+    until_keys_on_stream(&nats).await;
     // The key messages expire from the stream (purged here).
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("connect"));
     js.get_stream(valet_wire::STREAM)

@@ -1214,6 +1214,23 @@ fn shows(
     resp.status == 200 && valet_tests::html::find_form(&resp.text(), pred).is_some()
 }
 
+/// An authorization answered by redirect with `login_required` (and `state`).
+#[track_caller]
+fn assert_login_required(resp: &valet_tests::server::Resp, what: &str) {
+    let state = FlowEnd::new(resp.clone()).param("state");
+    assert_r(resp, APP_CB, "login_required", state.as_deref(), what);
+}
+
+/// An authorization answered by redirect with a code.
+#[track_caller]
+fn assert_code(resp: &valet_tests::server::Resp) {
+    assert!(
+        FlowEnd::new(resp.clone()).param("code").is_some(),
+        "{}",
+        resp.describe()
+    );
+}
+
 /// `prompt=none` for `openid` as `client`.
 async fn silent_as(oidc: &mut Oidc, client: &ClientCreds) -> valet_tests::server::Resp {
     oidc.client = client.clone();
@@ -1241,11 +1258,7 @@ async fn signing_a_user_out_everywhere_ends_every_session() {
     let mut clients = [oidc.client.clone(), other];
     for client in &clients {
         let resp = silent_as(&mut oidc, client).await;
-        assert!(
-            FlowEnd::new(resp.clone()).param("code").is_some(),
-            "{}",
-            resp.describe()
-        );
+        assert_code(&resp);
     }
 
     let out = oidc.server.cli(&["user", "logout", "alice"], None).await;
@@ -1260,13 +1273,7 @@ async fn signing_a_user_out_everywhere_ends_every_session() {
     );
     for client in &clients {
         let resp = silent_as(&mut oidc, client).await;
-        assert_r(
-            &resp,
-            APP_CB,
-            "login_required",
-            FlowEnd::new(resp.clone()).param("state").as_deref(),
-            "signed out everywhere",
-        );
+        assert_login_required(&resp, "signed out everywhere");
     }
     oidc.client = clients[0].clone();
     let refreshed = oidc
@@ -1289,11 +1296,7 @@ async fn signing_a_user_out_everywhere_ends_every_session() {
     oidc.tokens("openid", &[]).await;
     clients.reverse();
     let resp = silent_as(&mut oidc, &clients[1]).await;
-    assert!(
-        FlowEnd::new(resp.clone()).param("code").is_some(),
-        "{}",
-        resp.describe()
-    );
+    assert_code(&resp);
     assert_eq!(
         oidc.server.events_of("UserSignedOutEverywhere").await.len(),
         1
@@ -1332,13 +1335,7 @@ async fn a_password_change_ends_the_sessions_and_revokes_the_grants() {
         String::from_utf8_lossy(&out.stderr)
     );
     let resp = silent_as(&mut oidc, &client).await;
-    assert_r(
-        &resp,
-        APP_CB,
-        "login_required",
-        FlowEnd::new(resp.clone()).param("state").as_deref(),
-        "the session ended with the password change",
-    );
+    assert_login_required(&resp, "the session ended with the password change");
     let info = oidc.server.introspection(&oidc.rs, &access).await;
     assert_eq!(info["active"], true, "--keep-grants: {info}");
 
@@ -1380,11 +1377,7 @@ async fn a_password_change_ends_the_sessions_and_revokes_the_grants() {
     oidc.user.password = "the newest passphrase of all".into();
     oidc.tokens("openid", &[]).await;
     let resp = silent_as(&mut oidc, &client).await;
-    assert!(
-        FlowEnd::new(resp.clone()).param("code").is_some(),
-        "{}",
-        resp.describe()
-    );
+    assert_code(&resp);
 
     let changes = oidc.server.events_of("UserPasswordChanged").await;
     assert_eq!(changes.len(), 2);
@@ -1401,20 +1394,10 @@ async fn a_sign_in_lasts_the_configured_session_lifetime() {
     oidc.tokens("openid", &[]).await;
     let client = oidc.client.clone();
     let resp = silent_as(&mut oidc, &client).await;
-    assert!(
-        FlowEnd::new(resp.clone()).param("code").is_some(),
-        "{}",
-        resp.describe()
-    );
+    assert_code(&resp);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let resp = silent_as(&mut oidc, &client).await;
-    assert_r(
-        &resp,
-        APP_CB,
-        "login_required",
-        FlowEnd::new(resp.clone()).param("state").as_deref(),
-        "the session expired",
-    );
+    assert_login_required(&resp, "the session expired");
     oidc.server.stop().await;
 }
 
@@ -1426,13 +1409,7 @@ async fn a_sign_in_lasts_the_configured_session_lifetime() {
 async fn o06_prompt_none_login_and_consent() {
     let mut oidc = Oidc::start(&[]).await;
     let none = oidc.get_authorize("openid", &[("prompt", "none")]).await;
-    assert_r(
-        &none,
-        APP_CB,
-        "login_required",
-        FlowEnd::new(none.clone()).param("state").as_deref(),
-        "no session",
-    );
+    assert_login_required(&none, "no session");
 
     let first = oidc.tokens("openid", &[]).await;
     let first_auth_time = oidc.id_token_claims(&first).await["auth_time"].clone();
@@ -1948,13 +1925,7 @@ async fn o15_rp_initiated_logout_ends_the_session() {
     );
     assert_eq!(back.param("state").as_deref(), Some("s-1 &x"));
     let none = oidc.get_authorize("openid", &[("prompt", "none")]).await;
-    assert_r(
-        &none,
-        APP_CB,
-        "login_required",
-        FlowEnd::new(none.clone()).param("state").as_deref(),
-        "after logout",
-    );
+    assert_login_required(&none, "after logout");
 
     // Without a hint the user confirms on a page, then is signed out.
     oidc.tokens("openid", &[]).await;
@@ -1971,13 +1942,7 @@ async fn o15_rp_initiated_logout_ends_the_session() {
     assert_eq!(done.status, 200, "{}", done.describe());
     assert!(done.text().contains("signed out"), "{}", done.describe());
     let none = oidc.get_authorize("openid", &[("prompt", "none")]).await;
-    assert_r(
-        &none,
-        APP_CB,
-        "login_required",
-        FlowEnd::new(none.clone()).param("state").as_deref(),
-        "after confirming",
-    );
+    assert_login_required(&none, "after confirming");
     // A forged confirmation (no CSRF field) signs no one out.
     oidc.tokens("openid", &[]).await;
     let forged = oidc

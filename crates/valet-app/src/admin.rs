@@ -263,15 +263,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             username: username.clone(),
             at: self.now(),
         };
-        execute::<agg::User, S>(
-            &self.store,
-            self.ids(),
-            &StreamId::user(&user_id),
-            command,
-            &meta.metadata(ADMIN.to_owned()),
-        )
-        .await
-        .map_err(failed)?;
+        self.execute_on_user(user_id, command, meta).await?;
         self.reads.set_password(user_id, &hash).await?;
         Ok(user_id)
     }
@@ -285,12 +277,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         meta: &RequestMeta,
     ) -> Result<user::Profile, AdminError> {
         let not_found = || AdminError::NotFound(format!("user {username}"));
-        let name = Username::parse(username).map_err(|_| not_found())?;
-        let found = self
-            .reads
-            .user_by_name(&name)
-            .await?
-            .ok_or_else(not_found)?;
+        let found = self.user_named(username).await?;
         let stream = StreamId::user(&found.user_id);
         let current = crate::aggregate::load::<agg::User, S>(&self.store, &stream)
             .await
@@ -320,15 +307,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             profile: profile.clone(),
             at: self.now(),
         };
-        execute::<agg::User, S>(
-            &self.store,
-            self.ids(),
-            &stream,
-            command,
-            &meta.metadata(ADMIN.to_owned()),
-        )
-        .await
-        .map_err(failed)?;
+        self.execute_on_user(found.user_id, command, meta).await?;
         Ok(profile)
     }
 
@@ -339,16 +318,12 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         meta: &RequestMeta,
     ) -> Result<usize, AdminError> {
         let user = self.user_named(username).await?;
-        let command = user::Command::Disable { at: self.now() };
-        execute::<agg::User, S>(
-            &self.store,
-            self.ids(),
-            &StreamId::user(&user.user_id),
-            command,
-            &meta.metadata(ADMIN.to_owned()),
+        self.execute_on_user(
+            user.user_id,
+            user::Command::Disable { at: self.now() },
+            meta,
         )
-        .await
-        .map_err(failed)?;
+        .await?;
         self.revoke_all(
             self.reads.active_grants_of_user(user.user_id).await?,
             RevocationReason::UserDisabled,
@@ -386,15 +361,8 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         let hash = self.hash_password(password).await?;
         // Sessions end before the new password works: a failure in between leaves the
         // old password and no session, never a session that outlives the change.
-        execute::<agg::User, S>(
-            &self.store,
-            self.ids(),
-            &StreamId::user(&user.user_id),
-            user::Command::ChangePassword { at: self.now() },
-            &meta.metadata(ADMIN.to_owned()),
-        )
-        .await
-        .map_err(failed)?;
+        let change = user::Command::ChangePassword { at: self.now() };
+        self.execute_on_user(user.user_id, change, meta).await?;
         self.reads.set_password(user.user_id, &hash).await?;
         match grants {
             GrantsOnPasswordChange::Revoke => {
@@ -403,6 +371,25 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             }
             GrantsOnPasswordChange::Keep => Ok(0),
         }
+    }
+
+    /// An administrator's command on a user's stream.
+    async fn execute_on_user(
+        &self,
+        user_id: UserId,
+        command: user::Command,
+        meta: &RequestMeta,
+    ) -> Result<(), AdminError> {
+        execute::<agg::User, S>(
+            &self.store,
+            self.ids(),
+            &StreamId::user(&user_id),
+            command,
+            &meta.metadata(ADMIN.to_owned()),
+        )
+        .await
+        .map_err(failed)?;
+        Ok(())
     }
 
     /// The user called `username` (not found: an error naming them).
@@ -420,15 +407,8 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         meta: &RequestMeta,
     ) -> Result<(), AdminError> {
         let user = self.user_named(username).await?;
-        execute::<agg::User, S>(
-            &self.store,
-            self.ids(),
-            &StreamId::user(&user.user_id),
-            user::Command::SignOutEverywhere { at: self.now() },
-            &meta.metadata(ADMIN.to_owned()),
-        )
-        .await
-        .map_err(failed)?;
+        let sign_out = user::Command::SignOutEverywhere { at: self.now() };
+        self.execute_on_user(user.user_id, sign_out, meta).await?;
         Ok(())
     }
 
