@@ -139,13 +139,14 @@ async fn user_id_of(pg: &tokio_postgres::Client, username: &str) -> String {
 }
 
 /// Every projected table and its primary key.
-const TABLES: [(&str, &str); 6] = [
+const TABLES: [(&str, &str); 7] = [
     ("clients", "client_id"),
     ("users", "user_id"),
     ("grants", "grant_id"),
     ("access_tokens", "token_sha256"),
     ("refresh_tokens", "token_sha256"),
     ("consents", "user_id, client_id"),
+    ("sessions", "session_id"),
 ];
 
 /// Damages one live read-model row (the first access token).
@@ -738,6 +739,7 @@ async fn audit_log_filters_and_formats() {
             "CodeIssued",
             "CodeRedeemed",
             "GrantIssued",
+            "SessionUsed",
             "TokensRefreshed"
         ]),
         "--client of the app that alice used"
@@ -745,9 +747,15 @@ async fn audit_log_filters_and_formats() {
     let a2_grant = grant_of(pg, &a2.access_token).await;
     assert_eq!(a2_grant, grant_a);
 
-    // --user: the user's registration, consents, codes (issued and redeemed) and grants.
+    // --user: the user's registration, consents, codes (issued and redeemed), grants
+    // and sessions.
     for name in ["alice", "bob", "carol"] {
         let uid = user_id_of(pg, name).await;
+        let sessions: Vec<String> = log
+            .iter()
+            .filter(|e| e.event_type == "SessionStarted" && e.payload["user_id"] == uid.as_str())
+            .map(|e| e.stream.clone())
+            .collect();
         let expected = about(
             &log,
             |e| {
@@ -755,7 +763,9 @@ async fn audit_log_filters_and_formats() {
                     || e.payload["subject"]["user_id"] == uid.as_str()
             },
             |stream| {
-                stream == format!("user-{uid}") || stream.starts_with(&format!("consent-{uid}-"))
+                stream == format!("user-{uid}")
+                    || stream.starts_with(&format!("consent-{uid}-"))
+                    || sessions.iter().any(|s| s == stream)
             },
         );
         let got = log_positions(s, &["--user", name]).await;

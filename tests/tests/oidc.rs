@@ -1231,6 +1231,20 @@ fn assert_code(resp: &valet_tests::server::Resp) {
     );
 }
 
+/// `valet user sessions alice --json [extra]`.
+async fn user_sessions(oidc: &Oidc, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["user", "sessions", "alice", "--json"];
+    args.extend_from_slice(extra);
+    let out = oidc.server.cli(&args, None).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Value = serde_json::from_slice(&out.stdout).expect("sessions as JSON");
+    list.as_array().expect("an array").clone()
+}
+
 /// `prompt=none` for `openid` as `client`.
 async fn silent_as(oidc: &mut Oidc, client: &ClientCreds) -> valet_tests::server::Resp {
     oidc.client = client.clone();
@@ -1260,6 +1274,20 @@ async fn signing_a_user_out_everywhere_ends_every_session() {
         let resp = silent_as(&mut oidc, client).await;
         assert_code(&resp);
     }
+    // One browser, one session: both apps signed in through it.
+    let sessions = user_sessions(&oidc, &[]).await;
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0]["status"], "active");
+    let joined: Vec<&str> = sessions[0]["clients"]
+        .as_array()
+        .expect("clients")
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    assert_eq!(
+        joined,
+        [clients[0].client_id.as_str(), clients[1].client_id.as_str()]
+    );
 
     let out = oidc.server.cli(&["user", "logout", "alice"], None).await;
     assert!(
@@ -1269,8 +1297,12 @@ async fn signing_a_user_out_everywhere_ends_every_session() {
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "signed user alice out everywhere"
+        "signed user alice out everywhere; ended 1 session(s)"
     );
+    let sessions = user_sessions(&oidc, &[]).await;
+    assert_eq!(sessions[0]["status"], "ended (admin)");
+    assert_eq!(sessions[0]["end_reason"], "admin");
+    assert!(user_sessions(&oidc, &["--active"]).await.is_empty());
     for client in &clients {
         let resp = silent_as(&mut oidc, client).await;
         assert_login_required(&resp, "signed out everywhere");
@@ -1398,6 +1430,68 @@ async fn a_sign_in_lasts_the_configured_session_lifetime() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let resp = silent_as(&mut oidc, &client).await;
     assert_login_required(&resp, "the session expired");
+    oidc.server.stop().await;
+}
+
+/// A session ends in the log, not only in the browser: its cookie, kept from before a
+/// logout and sent again, signs no one in. Sessions are recorded as started, used by each
+/// client and ended with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_cookie_kept_after_logout_no_longer_signs_in() {
+    let mut oidc = Oidc::start(&[]).await;
+    let tokens = oidc.tokens("openid", &[]).await;
+    let kept = oidc.browser.cookies.clone();
+    let sid = oidc.id_token_claims(&tokens).await["sid"]
+        .as_str()
+        .expect("sid")
+        .to_owned();
+    let hint = tokens["id_token"].as_str().expect("id_token");
+    let url = format!(
+        "/logout?{}",
+        valet_tests::server::form_body(&[("id_token_hint", hint)])
+    );
+    let resp = oidc.browser.get(&oidc.server.url(&url)).await;
+    assert_eq!(resp.status, 200, "{}", resp.describe());
+    oidc.browser.cookies = kept;
+    let replayed = oidc.get_authorize("openid", &[("prompt", "none")]).await;
+    assert_login_required(&replayed, "the cookie of a session that ended");
+
+    let stream = format!("session-{sid}");
+    let types: Vec<(String, Value)> = oidc
+        .server
+        .pg()
+        .await
+        .query(
+            "SELECT event_type, payload FROM events WHERE stream_id = $1 ORDER BY position",
+            &[&stream],
+        )
+        .await
+        .expect("session events")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let names: Vec<&str> = types.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(names, ["SessionStarted", "SessionUsed", "SessionEnded"]);
+    assert_eq!(types[1].1["client_id"], oidc.client.client_id.as_str());
+    assert_eq!(types[2].1["reason"], "logout");
+    oidc.server.stop().await;
+}
+
+/// `--session-idle-timeout`: a session unused for longer ends (recorded as `expired`);
+/// one used in time lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unused_session_ends_after_the_idle_timeout() {
+    let mut oidc = Oidc::start(&[("VALET_SESSION_IDLE_TIMEOUT", "2")]).await;
+    oidc.tokens("openid", &[]).await;
+    let client = oidc.client.clone();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_code(&silent_as(&mut oidc, &client).await);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let resp = silent_as(&mut oidc, &client).await;
+    assert_login_required(&resp, "the session idled out");
+    let ended = oidc.server.events_of("SessionEnded").await;
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].payload["reason"], "expired");
     oidc.server.stop().await;
 }
 

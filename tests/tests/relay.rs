@@ -60,6 +60,8 @@ async fn service(app: &App) -> Service {
                 post_logout_redirect_uris: vec![],
                 access_token_format: None,
                 access_token_alg: None,
+                backchannel_logout_uri: None,
+                backchannel_logout_sid: valet_domain::client::LogoutSid::Optional,
             },
             &RequestMeta::default(),
         )

@@ -1,6 +1,7 @@
 //! Administration use cases behind `valet client …` and `valet user …`.
 
 use valet_domain::client::{self, AccessTokenFormat, ClientKind};
+use valet_domain::session::EndReason;
 use valet_domain::signing_key::Algorithm;
 use valet_domain::{
     user, ClientId, ClientName, GrantId, GrantType, RedirectUri, RevocationReason, ScopeSet,
@@ -11,7 +12,7 @@ use crate::aggregate::{self as agg, execute, load, ExecuteError};
 use crate::clock::Clock;
 use crate::oauth::{OAuth, OAuthError, RequestMeta, Unavailable};
 use crate::ports::{EventStore, StoreError};
-use crate::read::{ClientSummary, ReadModels};
+use crate::read::{ClientSummary, ReadModels, SessionView};
 use crate::secrets::{self, SecretKind};
 
 /// A change to a user's profile claims; `None` keeps the current value.
@@ -92,6 +93,10 @@ pub struct NewClient {
     pub access_token_format: Option<String>,
     /// How JWT access tokens are signed: `RS256` (the default), `ES256` or `EdDSA`.
     pub access_token_alg: Option<String>,
+    /// Where logout tokens are POSTed (same rules as redirect URIs).
+    pub backchannel_logout_uri: Option<String>,
+    /// Whether those tokens must carry `sid` (`backchannel_logout_session_required`).
+    pub backchannel_logout_sid: client::LogoutSid,
 }
 
 #[derive(Debug, Clone)]
@@ -167,6 +172,18 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             spec.access_token_format.as_deref(),
             spec.access_token_alg.as_deref(),
         )?;
+        let backchannel_logout = spec
+            .backchannel_logout_uri
+            .as_deref()
+            .map(|u| {
+                RedirectUri::parse(u)
+                    .map(|uri| client::BackchannelLogout {
+                        uri,
+                        sid: spec.backchannel_logout_sid,
+                    })
+                    .map_err(|e| invalid("--backchannel-logout-uri", &e))
+            })
+            .transpose()?;
         let random = self.randomness();
         let drawn = secrets::client_id(random).map_err(Unavailable::from)?;
         // 32 hex characters always make a valid client id.
@@ -194,6 +211,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             id_token_alg,
             post_logout_redirect_uris,
             access_token_format,
+            backchannel_logout,
             at: self.now(),
         };
         execute::<agg::Client, S>(
@@ -324,6 +342,8 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             meta,
         )
         .await?;
+        self.end_sessions_of_user(user.user_id, EndReason::UserDisabled, meta, ADMIN)
+            .await?;
         self.revoke_all(
             self.reads.active_grants_of_user(user.user_id).await?,
             RevocationReason::UserDisabled,
@@ -363,6 +383,8 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         // old password and no session, never a session that outlives the change.
         let change = user::Command::ChangePassword { at: self.now() };
         self.execute_on_user(user.user_id, change, meta).await?;
+        self.end_sessions_of_user(user.user_id, EndReason::PasswordChanged, meta, ADMIN)
+            .await?;
         self.reads.set_password(user.user_id, &hash).await?;
         match grants {
             GrantsOnPasswordChange::Revoke => {
@@ -400,16 +422,28 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
     }
 
     /// Ends every sign-in session of a user begun until now: the next authorization
-    /// request asks them to sign in (`prompt=none` gets `login_required`). Grants stay.
+    /// request asks them to sign in (`prompt=none` gets `login_required`), and each
+    /// session's clients hear of it (back-channel logout). Grants stay. Returns how many
+    /// sessions ended.
     pub async fn sign_out_everywhere(
         &self,
         username: &str,
         meta: &RequestMeta,
-    ) -> Result<(), AdminError> {
+    ) -> Result<usize, AdminError> {
         let user = self.user_named(username).await?;
-        let sign_out = user::Command::SignOutEverywhere { at: self.now() };
-        self.execute_on_user(user.user_id, sign_out, meta).await?;
-        Ok(())
+        Ok(self
+            .sign_out_everywhere_as(user.user_id, EndReason::Admin, meta, ADMIN)
+            .await?)
+    }
+
+    /// A user's sessions, newest first (at most `limit`), ended ones too.
+    pub async fn user_sessions(
+        &self,
+        username: &str,
+        limit: usize,
+    ) -> Result<Vec<SessionView>, AdminError> {
+        let user = self.user_named(username).await?;
+        Ok(self.reads.sessions_of_user(user.user_id, limit).await?)
     }
 
     /// Revokes every grant made on behalf of a user (those of one client only, with
@@ -422,19 +456,22 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         meta: &RequestMeta,
     ) -> Result<usize, AdminError> {
         let user = self.user_named(username).await?;
-        let mut grants = self.reads.active_grants_of_user(user.user_id).await?;
-        if let Some(client) = client {
-            let unknown = || AdminError::NotFound(format!("client {client}"));
-            let client_id = ClientId::parse(client).map_err(|_| unknown())?;
-            let known = load::<agg::Client, S>(&self.store, &StreamId::client(&client_id))
-                .await
-                .map_err(failed)?;
-            if known.state.client().is_none() {
-                return Err(unknown());
+        let grants = match client {
+            None => self.reads.active_grants_of_user(user.user_id).await?,
+            Some(client) => {
+                let unknown = || AdminError::NotFound(format!("client {client}"));
+                let client_id = ClientId::parse(client).map_err(|_| unknown())?;
+                let known = load::<agg::Client, S>(&self.store, &StreamId::client(&client_id))
+                    .await
+                    .map_err(failed)?;
+                if known.state.client().is_none() {
+                    return Err(unknown());
+                }
+                self.reads
+                    .active_grants_of_user_for_client(user.user_id, &client_id)
+                    .await?
             }
-            let of_client = self.reads.active_grants_of_client(&client_id).await?;
-            grants.retain(|grant| of_client.contains(grant));
-        }
+        };
         self.revoke_all(grants, RevocationReason::Admin, meta).await
     }
 

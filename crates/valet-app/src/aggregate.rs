@@ -61,6 +61,8 @@ aggregate!(Consent, consent, plain);
 aggregate!(Code, code, rejecting);
 aggregate!(Grant, grant, rejecting);
 aggregate!(SigningKeys, signing_key, plain);
+aggregate!(Session, session, plain);
+aggregate!(Delivery, backchannel, plain);
 
 /// A stream replayed into its aggregate's state.
 pub struct Loaded<A: Aggregate> {

@@ -19,6 +19,7 @@ pub mod outbox;
 pub mod ports;
 pub mod read;
 pub mod secrets;
+pub mod sessions;
 
 pub use aggregate::{execute, load, Aggregate, ExecuteError, Executed, Loaded};
 pub use clock::{Clock, SystemClock};

@@ -3,6 +3,8 @@
 
 use std::future::Future;
 
+use valet_domain::oidc::SessionId;
+use valet_domain::session::EndReason;
 use valet_domain::{ClientId, GrantId, ScopeSet, Timestamp, TokenHash, UserId, Username};
 
 use crate::ports::StoreError;
@@ -58,6 +60,32 @@ pub struct ClientSummary {
     pub active: bool,
 }
 
+/// A login session as the `sessions` read model keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionView {
+    pub session_id: SessionId,
+    pub user_id: UserId,
+    pub started_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub last_used_at: Timestamp,
+    /// The clients it signed in to, in order.
+    pub clients: Vec<ClientId>,
+    pub ended: Option<(EndReason, Timestamp)>,
+}
+
+/// An app holding grants made by a user: what the account page lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectedApp {
+    pub client_id: ClientId,
+    pub name: String,
+    /// The union of the scopes of its grants that are not revoked.
+    pub scope: ScopeSet,
+    /// When the oldest of those grants was made.
+    pub since: Timestamp,
+    /// When it last got an access token.
+    pub last_used: Timestamp,
+}
+
 pub trait ReadModels: Send + Sync + 'static {
     fn access_token(
         &self,
@@ -86,6 +114,13 @@ pub trait ReadModels: Send + Sync + 'static {
         client_id: &ClientId,
     ) -> impl Future<Output = Result<Vec<GrantId>, StoreError>> + Send;
 
+    /// Grants the user made to the client that are not revoked.
+    fn active_grants_of_user_for_client(
+        &self,
+        user_id: UserId,
+        client_id: &ClientId,
+    ) -> impl Future<Output = Result<Vec<GrantId>, StoreError>> + Send;
+
     /// Grants of the user that are not revoked.
     fn active_grants_of_user(
         &self,
@@ -93,4 +128,17 @@ pub trait ReadModels: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<GrantId>, StoreError>> + Send;
 
     fn clients(&self) -> impl Future<Output = Result<Vec<ClientSummary>, StoreError>> + Send;
+
+    /// The user's sessions, newest first (at most `limit`); ended ones too.
+    fn sessions_of_user(
+        &self,
+        user_id: UserId,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<SessionView>, StoreError>> + Send;
+
+    /// The apps holding grants of the user that are not revoked, by name.
+    fn connected_apps(
+        &self,
+        user_id: UserId,
+    ) -> impl Future<Output = Result<Vec<ConnectedApp>, StoreError>> + Send;
 }

@@ -6,9 +6,12 @@ use anyhow::Context;
 use serde_json::json;
 use valet_app::admin::{ClientType, GrantsOnPasswordChange, NewClient, ProfileUpdate};
 use valet_app::oauth::RequestMeta;
+use valet_domain::client::LogoutSid;
 use valet_domain::user::EmailStatus;
 
-use crate::{wiring, ClientCommand, ProfileArgs, UserCommand};
+use valet_app::read::SessionView;
+
+use crate::{timefmt, wiring, ClientCommand, ProfileArgs, UserCommand};
 
 fn profile_update(args: ProfileArgs) -> ProfileUpdate {
     ProfileUpdate {
@@ -35,6 +38,8 @@ pub async fn client(database_url: &str, command: ClientCommand) -> anyhow::Resul
             post_logout_redirect_uris,
             access_token_format,
             access_token_signed_response_alg,
+            backchannel_logout_uri,
+            backchannel_logout_session_required,
             json,
         } => {
             let created = oauth
@@ -53,6 +58,11 @@ pub async fn client(database_url: &str, command: ClientCommand) -> anyhow::Resul
                         post_logout_redirect_uris,
                         access_token_format,
                         access_token_alg: access_token_signed_response_alg,
+                        backchannel_logout_uri,
+                        backchannel_logout_sid: match backchannel_logout_session_required {
+                            true => LogoutSid::Required,
+                            false => LogoutSid::Optional,
+                        },
                     },
                     &meta,
                 )
@@ -179,11 +189,68 @@ pub async fn user(database_url: &str, command: UserCommand) -> anyhow::Result<()
             );
         }
         UserCommand::Logout { username } => {
-            oauth
+            let ended = oauth
                 .sign_out_everywhere(&username, &meta)
                 .await
                 .context("user logout")?;
-            println!("signed user {username} out everywhere");
+            println!("signed user {username} out everywhere; ended {ended} session(s)");
+        }
+        UserCommand::Sessions {
+            username,
+            active,
+            json,
+        } => {
+            let mut sessions = oauth
+                .user_sessions(&username, 1000)
+                .await
+                .context("user sessions")?;
+            let now = oauth.now();
+            // The CLI does not know the server's idle timeout: "active" means not ended
+            // and within its lifetime; the last use says how idle it is.
+            let status = |s: &SessionView| match s.ended {
+                Some((reason, _)) => format!("ended ({})", reason.as_str()),
+                None if now >= s.expires_at => "expired".to_owned(),
+                None => "active".to_owned(),
+            };
+            if active {
+                sessions.retain(|s| status(s) == "active");
+            }
+            if json {
+                let list: Vec<_> = sessions
+                    .iter()
+                    .map(|s| {
+                        json!({
+                            "session_id": s.session_id.to_string(),
+                            "started_at": timefmt::format_millis(s.started_at.as_unix_millis()),
+                            "last_used_at": timefmt::format_millis(s.last_used_at.as_unix_millis()),
+                            "expires_at": timefmt::format_millis(s.expires_at.as_unix_millis()),
+                            "clients": s.clients.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+                            "ended_at": s.ended.map(|(_, at)| timefmt::format_millis(at.as_unix_millis())),
+                            "end_reason": s.ended.map(|(reason, _)| reason.as_str()),
+                            "status": status(s),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else if sessions.is_empty() {
+                println!("user {username} has no sessions");
+            } else {
+                for s in &sessions {
+                    let clients: Vec<&str> = s.clients.iter().map(|c| c.as_str()).collect();
+                    println!(
+                        "{}  started {}  last used {}  {}  clients: {}",
+                        s.session_id,
+                        timefmt::format_millis(s.started_at.as_unix_millis()),
+                        timefmt::format_millis(s.last_used_at.as_unix_millis()),
+                        status(s),
+                        if clients.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            clients.join(",")
+                        }
+                    );
+                }
+            }
         }
         UserCommand::RevokeGrants { username, client } => {
             let revoked = oauth

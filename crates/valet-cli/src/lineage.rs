@@ -4,7 +4,10 @@
 use std::io::Write;
 
 use anyhow::bail;
-use valet_domain::{client, code, consent, grant, signing_key, user, Event, TokenHash};
+use valet_domain::backchannel::Outcome;
+use valet_domain::{
+    backchannel, client, code, consent, grant, session, signing_key, user, Event, TokenHash,
+};
 use valet_projector::audit;
 
 use crate::audit::store;
@@ -45,6 +48,38 @@ fn describe(event: &Event) -> String {
                 format!("client access tokens are JWTs signed with {alg}")
             }
         },
+        Event::Client(client::Event::ClientBackchannelLogoutSet { logout, .. }) => {
+            format!("client receives logout tokens at {}", logout.uri.as_str())
+        }
+        Event::Session(session::Event::SessionStarted { session_id, .. }) => {
+            format!("session {session_id} started (signed in)")
+        }
+        Event::Session(session::Event::SessionUsed { client_id, .. }) => match client_id {
+            Some(client) => format!("session signed in to client {client}"),
+            None => "session used".to_owned(),
+        },
+        Event::Session(session::Event::SessionEnded { reason, .. }) => {
+            format!("session ended ({})", reason.as_str())
+        }
+        Event::Backchannel(backchannel::Event::BackchannelLogoutAttempted {
+            delivery,
+            attempt,
+            outcome,
+            ..
+        }) => {
+            let result = match outcome {
+                Outcome::Delivered { status } => format!("delivered (HTTP {status})"),
+                Outcome::Refused { status } => format!("refused (HTTP {status})"),
+                Outcome::Unreachable { error } => format!("unreachable ({error})"),
+            };
+            format!(
+                "logout token to client {} attempt {attempt}: {result}",
+                delivery.client_id
+            )
+        }
+        Event::Backchannel(backchannel::Event::BackchannelLogoutAbandoned { attempts, .. }) => {
+            format!("logout token abandoned after {attempts} attempt(s)")
+        }
         Event::User(user::Event::UserRegistered { username, .. }) => {
             format!("user {username} registered")
         }

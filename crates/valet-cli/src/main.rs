@@ -155,6 +155,11 @@ struct ServeArgs {
     #[arg(long, env = "VALET_SESSION_LIFETIME", default_value_t = 28_800,
           value_parser = clap::value_parser!(u32).range(1..=2_592_000))]
     session_lifetime: u32,
+    /// How long a sign-in lasts without use, in seconds (signing in to an app or opening
+    /// the account page uses it); 0: no idle timeout.
+    #[arg(long, env = "VALET_SESSION_IDLE_TIMEOUT", default_value_t = 1_800,
+          value_parser = clap::value_parser!(u32).range(0..=2_592_000))]
+    session_idle_timeout: u32,
 }
 
 #[derive(Subcommand, Debug)]
@@ -313,6 +318,14 @@ enum ClientCommand {
         /// How its JWT access tokens are signed: RS256 (default), ES256 or EdDSA.
         #[arg(long, value_name = "ALG")]
         access_token_signed_response_alg: Option<String>,
+        /// Where Valet POSTs a logout token when a session the client took part in ends,
+        /// the user is disabled or removes the app (OpenID Connect Back-Channel Logout;
+        /// https, or http on a loopback host).
+        #[arg(long, value_name = "URI")]
+        backchannel_logout_uri: Option<String>,
+        /// The client needs `sid` in its logout tokens (backchannel_logout_session_required).
+        #[arg(long, requires = "backchannel_logout_uri")]
+        backchannel_logout_session_required: bool,
         /// Print one JSON object {"client_id": ..., "client_secret": ...}.
         #[arg(long)]
         json: bool,
@@ -394,6 +407,18 @@ enum UserCommand {
     Logout {
         #[arg(value_name = "USERNAME")]
         username: String,
+    },
+    /// List a user's sign-in sessions, newest first: when each began, was last used and
+    /// ends, the apps it signed in to, and how it ended.
+    Sessions {
+        #[arg(value_name = "USERNAME")]
+        username: String,
+        /// Only sessions that still stand.
+        #[arg(long)]
+        active: bool,
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
     },
     /// Revoke every grant made on behalf of a user (or only those of one client), without
     /// disabling the user: the apps' tokens stop working at once, everywhere.
@@ -565,19 +590,23 @@ async fn serve(database_url: &str, kek: &KekArgs, config: ServeArgs) -> anyhow::
     .context("start the relay")?;
 
     let attempts = Arc::new(valet_store::PgAttempts::new(oauth.store.clone()));
-    let state = Arc::new(
-        valet_http::AppState::new(oauth.with_jwt_signer(ring.signer), session_key)
-            .with_attempts(attempts)
-            .with_trusted_proxies(valet_http::TrustedProxies::new(config.trusted_proxies))
-            .with_failure_limits(valet_http::FailureLimits::per_minute(
-                config.failed_auth_per_minute,
-            ))
-            .with_relay(relay_status)
-            .with_jwks(ring.jwks)
-            .with_session_lifetime(std::time::Duration::from_secs(u64::from(
-                config.session_lifetime,
-            ))),
-    );
+    let state =
+        Arc::new(
+            valet_http::AppState::new(oauth.with_jwt_signer(ring.signer), session_key)
+                .with_attempts(attempts)
+                .with_trusted_proxies(valet_http::TrustedProxies::new(config.trusted_proxies))
+                .with_failure_limits(valet_http::FailureLimits::per_minute(
+                    config.failed_auth_per_minute,
+                ))
+                .with_relay(relay_status)
+                .with_jwks(ring.jwks)
+                .with_session_lifetime(std::time::Duration::from_secs(u64::from(
+                    config.session_lifetime,
+                )))
+                .with_session_idle_timeout((config.session_idle_timeout > 0).then(|| {
+                    std::time::Duration::from_secs(u64::from(config.session_idle_timeout))
+                })),
+        );
     let app = valet_http::router(state);
     tracing::info!(listen = %addr, %issuer, "valet serving");
     // Scripts and tests wait for this line: the socket is bound and accepting.

@@ -79,6 +79,7 @@ pub async fn seed(database_url: &str, target: u64) -> anyhow::Result<()> {
                 id_token_alg: valet_domain::signing_key::Algorithm::RS256,
                 post_logout_redirect_uris: vec![],
                 access_token_format: client::AccessTokenFormat::Opaque,
+                backchannel_logout: None,
                 at: now,
             },
         )?;

@@ -7,11 +7,13 @@
 //! stream id (a `UserDisabled` does not repeat its user, a `ConsentGiven` neither its
 //! user nor its client).
 
+use crate::backchannel::DeliveryId;
 use crate::few::Few;
 use crate::ids::{ClientId, GrantId, StreamId, UserId};
 use crate::log_event::Event;
+use crate::oidc::SessionId;
 use crate::secret::TokenHash;
-use crate::{client, code, consent, grant, signing_key, user};
+use crate::{backchannel, client, code, consent, grant, session, signing_key, user};
 
 /// One change of one event, with the identity of what it changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +41,14 @@ pub enum Change<'e> {
     },
     /// The key ring's events name their key.
     SigningKey { event: &'e signing_key::Event },
+    Session {
+        session_id: SessionId,
+        event: &'e session::Event,
+    },
+    Logout {
+        delivery_id: DeliveryId,
+        event: &'e backchannel::Event,
+    },
 }
 
 /// The changes `event`, recorded in `stream`, makes, in the order they apply.
@@ -69,6 +79,14 @@ pub fn changes<'e>(stream: &'e StreamId, event: &'e Event) -> Few<Change<'e>> {
             event,
         }),
         (StreamId::SigningKeys, Event::SigningKey(event)) => Few::one(Change::SigningKey { event }),
+        (StreamId::Session(session_id), Event::Session(event)) => Few::one(Change::Session {
+            session_id: *session_id,
+            event,
+        }),
+        (StreamId::Logout(delivery_id), Event::Backchannel(event)) => Few::one(Change::Logout {
+            delivery_id: *delivery_id,
+            event,
+        }),
         // An event never lands in another aggregate's stream (decoding goes by the
         // stream's kind, appends check it).
         _ => Few::none(),

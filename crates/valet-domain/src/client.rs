@@ -31,6 +31,26 @@ pub enum AccessTokenFormat {
     Jwt { alg: Algorithm },
 }
 
+/// Whether a client's logout tokens must name the session (`sid`) that ended
+/// (`backchannel_logout_session_required`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogoutSid {
+    Required,
+    Optional,
+}
+
+/// Where a client hears that a user's session with it ended (OpenID Connect Back-Channel
+/// Logout 1.0).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackchannelLogout {
+    pub uri: RedirectUri,
+    pub sid: LogoutSid,
+}
+
+// A command lives for one decision: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Register {
@@ -46,6 +66,7 @@ pub enum Command {
         /// Where RP-Initiated Logout may send the user back to.
         post_logout_redirect_uris: Vec<RedirectUri>,
         access_token_format: AccessTokenFormat,
+        backchannel_logout: Option<BackchannelLogout>,
         at: Timestamp,
     },
     Disable {
@@ -84,13 +105,19 @@ pub enum Event {
         format: AccessTokenFormat,
         at: Timestamp,
     },
+    /// Where the client receives logout tokens (nowhere until this event).
+    ClientBackchannelLogoutSet {
+        logout: BackchannelLogout,
+        at: Timestamp,
+    },
 }
 domain_event!(Event {
     ClientRegistered,
     ClientDisabled,
     ClientIdTokenAlgorithmSet,
     ClientPostLogoutRedirectUrisSet,
-    ClientAccessTokenFormatSet
+    ClientAccessTokenFormatSet,
+    ClientBackchannelLogoutSet
 });
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -148,6 +175,7 @@ pub struct Client {
     pub id_token_alg: Algorithm,
     pub post_logout_redirect_uris: Vec<RedirectUri>,
     pub access_token_format: AccessTokenFormat,
+    pub backchannel_logout: Option<BackchannelLogout>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -251,6 +279,7 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Error> {
             id_token_alg,
             post_logout_redirect_uris,
             access_token_format,
+            backchannel_logout,
             at,
         } => {
             if state.is_registered() {
@@ -313,6 +342,9 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Error> {
                     at,
                 });
             }
+            if let Some(logout) = backchannel_logout {
+                events.push(Event::ClientBackchannelLogoutSet { logout, at });
+            }
             Ok(events)
         }
         Command::Disable { at } => match state.client() {
@@ -364,6 +396,7 @@ pub fn evolve(state: State, event: &Event) -> State {
             id_token_alg: Algorithm::RS256,
             post_logout_redirect_uris: Vec::new(),
             access_token_format: AccessTokenFormat::Opaque,
+            backchannel_logout: None,
         })),
         (Some(mut client), Event::ClientIdTokenAlgorithmSet { algorithm, .. }) => {
             client.id_token_alg = *algorithm;
@@ -375,6 +408,10 @@ pub fn evolve(state: State, event: &Event) -> State {
         }
         (Some(mut client), Event::ClientAccessTokenFormatSet { format, .. }) => {
             client.access_token_format = *format;
+            State(Some(client))
+        }
+        (Some(mut client), Event::ClientBackchannelLogoutSet { logout, .. }) => {
+            client.backchannel_logout = Some(logout.clone());
             State(Some(client))
         }
         (Some(mut client), Event::ClientDisabled { at }) => {
@@ -443,6 +480,7 @@ mod tests {
             id_token_alg: Algorithm::RS256,
             post_logout_redirect_uris: vec![],
             access_token_format: AccessTokenFormat::Opaque,
+            backchannel_logout: None,
             at: T0,
         }
     }
@@ -611,6 +649,10 @@ mod tests {
                 access_token_format: AccessTokenFormat::Jwt {
                     alg: Algorithm::EdDSA,
                 },
+                backchannel_logout: Some(BackchannelLogout {
+                    uri: uri("https://app.example/logout"),
+                    sid: LogoutSid::Required,
+                }),
                 at,
             },
         )
@@ -631,8 +673,19 @@ mod tests {
                         alg: Algorithm::EdDSA
                     },
                     at: T0
+                },
+                Event::ClientBackchannelLogoutSet {
+                    logout: BackchannelLogout {
+                        uri: uri("https://app.example/logout"),
+                        sid: LogoutSid::Required,
+                    },
+                    at: T0
                 }
             ]
+        );
+        assert_eq!(
+            state_of(&events).backchannel_logout.map(|l| l.sid),
+            Some(LogoutSid::Required)
         );
         assert_eq!(
             state_of(&events).access_token_format,
@@ -687,6 +740,7 @@ mod tests {
                 id_token_alg: Algorithm::RS256,
                 post_logout_redirect_uris: vec![],
                 access_token_format: AccessTokenFormat::Opaque,
+                backchannel_logout: None,
                 at,
             })
             .then_error(Error::EmptyScope);
@@ -869,6 +923,13 @@ mod tests {
                 Event::ClientAccessTokenFormatSet {
                     format: AccessTokenFormat::Jwt {
                         alg: Algorithm::ES256,
+                    },
+                    at: T1,
+                },
+                Event::ClientBackchannelLogoutSet {
+                    logout: BackchannelLogout {
+                        uri: uri("http://127.0.0.1:9/logout"),
+                        sid: LogoutSid::Optional,
                     },
                     at: T1,
                 },

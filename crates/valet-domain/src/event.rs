@@ -334,7 +334,7 @@ pub(crate) use domain_event;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{client, code, consent, grant, signing_key, user};
+    use crate::{backchannel, client, code, consent, grant, session, signing_key, user};
     use serde_json::json;
 
     #[test]
@@ -346,13 +346,15 @@ mod tests {
             grant::Event::EVENT_TYPES,
             consent::Event::EVENT_TYPES,
             signing_key::Event::EVENT_TYPES,
+            session::Event::EVENT_TYPES,
+            backchannel::Event::EVENT_TYPES,
         ]
         .concat();
         let mut unique = all.clone();
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), all.len(), "{all:?}");
-        assert_eq!(all.len(), 24);
+        assert_eq!(all.len(), 30);
     }
 
     #[test]

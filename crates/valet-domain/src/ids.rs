@@ -5,6 +5,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::backchannel::DeliveryId;
+use crate::oidc::SessionId;
 use crate::secret::TokenHash;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -164,6 +166,10 @@ pub enum StreamId {
     Consent(UserId, ClientId),
     /// The one stream of the signing-key ring.
     SigningKeys,
+    /// A login session, by its `sid`.
+    Session(SessionId),
+    /// A back-channel logout delivery.
+    Logout(DeliveryId),
 }
 
 impl StreamId {
@@ -187,6 +193,14 @@ impl StreamId {
         Self::Consent(*user, client.clone())
     }
 
+    pub fn session(id: &SessionId) -> Self {
+        Self::Session(*id)
+    }
+
+    pub fn logout(id: &DeliveryId) -> Self {
+        Self::Logout(*id)
+    }
+
     /// Accepts exactly the strings `Display` produces (canonical forms only).
     pub fn parse(s: &str) -> Result<Self, IdError> {
         let malformed = IdError::Malformed { what: "stream id" };
@@ -200,6 +214,10 @@ impl StreamId {
             TokenHash::from_hex(rest).map(Self::Code).ok()
         } else if let Some(rest) = s.strip_prefix("grant-") {
             canonical_uuid(rest).map(|u| Self::Grant(GrantId::new(u)))
+        } else if let Some(rest) = s.strip_prefix("session-") {
+            canonical_uuid(rest).map(|u| Self::Session(SessionId::new(u)))
+        } else if let Some(rest) = s.strip_prefix("logout-") {
+            canonical_uuid(rest).map(|u| Self::Logout(DeliveryId::new(u)))
         } else if let Some(rest) = s.strip_prefix("consent-") {
             match (rest.get(..36).and_then(canonical_uuid), rest.get(36..)) {
                 (Some(user), Some(tail)) => tail
@@ -235,6 +253,8 @@ impl fmt::Display for StreamId {
             Self::Grant(id) => write!(f, "grant-{id}"),
             Self::Consent(user, client) => write!(f, "consent-{user}-{client}"),
             Self::SigningKeys => f.write_str(SIGNING_KEYS),
+            Self::Session(id) => write!(f, "session-{id}"),
+            Self::Logout(id) => write!(f, "logout-{id}"),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! rule is deterministic and testable in microseconds.
 #![forbid(unsafe_code)]
 
+pub mod backchannel;
 pub mod change;
 pub mod client;
 pub mod code;
@@ -21,6 +22,7 @@ pub mod pkce;
 pub mod redirect;
 pub mod scope;
 pub mod secret;
+pub mod session;
 pub mod signing_key;
 pub mod time;
 pub mod user;

@@ -4,7 +4,7 @@ use serde_json::Value;
 
 use crate::event::{current_version, DecodeError, DomainEvent};
 use crate::ids::StreamId;
-use crate::{client, code, consent, grant, signing_key, user};
+use crate::{backchannel, client, code, consent, grant, session, signing_key, user};
 
 /// Any event of the log, by aggregate. Which aggregate an event belongs to follows from
 /// its stream's kind (a `grant-` stream holds grant events only), which is how a stored
@@ -17,6 +17,8 @@ pub enum Event {
     Grant(grant::Event),
     Consent(consent::Event),
     SigningKey(signing_key::Event),
+    Session(session::Event),
+    Backchannel(backchannel::Event),
 }
 
 impl Event {
@@ -28,6 +30,8 @@ impl Event {
             Event::Grant(e) => e.event_type(),
             Event::Consent(e) => e.event_type(),
             Event::SigningKey(e) => e.event_type(),
+            Event::Session(e) => e.event_type(),
+            Event::Backchannel(e) => e.event_type(),
         }
     }
 
@@ -44,6 +48,8 @@ impl Event {
             Event::Grant(e) => e.payload_json(),
             Event::Consent(e) => e.payload_json(),
             Event::SigningKey(e) => e.payload_json(),
+            Event::Session(e) => e.payload_json(),
+            Event::Backchannel(e) => e.payload_json(),
         }
     }
 
@@ -56,6 +62,8 @@ impl Event {
             Event::Grant(e) => e.to_payload(),
             Event::Consent(e) => e.to_payload(),
             Event::SigningKey(e) => e.to_payload(),
+            Event::Session(e) => e.to_payload(),
+            Event::Backchannel(e) => e.to_payload(),
         }
     }
 
@@ -84,6 +92,8 @@ impl Event {
             StreamId::SigningKeys => {
                 with::<signing_key::Event>(event_type, schema_version, payload)
             }
+            StreamId::Session(_) => with::<session::Event>(event_type, schema_version, payload),
+            StreamId::Logout(_) => with::<backchannel::Event>(event_type, schema_version, payload),
         }
     }
 
@@ -97,6 +107,8 @@ impl Event {
                 | (Event::Grant(_), StreamId::Grant(_))
                 | (Event::Consent(_), StreamId::Consent(..))
                 | (Event::SigningKey(_), StreamId::SigningKeys)
+                | (Event::Session(_), StreamId::Session(_))
+                | (Event::Backchannel(_), StreamId::Logout(_))
         )
     }
 }
@@ -129,4 +141,6 @@ log_event!(
     Grant => grant,
     Consent => consent,
     SigningKey => signing_key,
+    Session => session,
+    Backchannel => backchannel,
 );

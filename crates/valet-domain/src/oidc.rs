@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 /// A sign-in session (the id_token's `sid`): drawn at sign-in, kept in the session
 /// cookie.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct SessionId(Uuid);
 
@@ -16,6 +16,10 @@ impl SessionId {
 
     pub fn parse(s: &str) -> Option<Self> {
         Uuid::parse_str(s).ok().map(Self)
+    }
+
+    pub const fn as_uuid(&self) -> Uuid {
+        self.0
     }
 }
 

@@ -10,23 +10,21 @@ use axum::body::Bytes;
 use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use valet_app::attempts::AttemptKey;
 use valet_app::oauth::{
     AuthenticatedUser, AuthorizationRequest, AuthorizeParams, AuthorizeRejection, ConsentState,
-    ErrorCode, LoginError, OAuthError, SignIn, Step,
+    ErrorCode, OAuthError, SignIn, Step,
 };
 use valet_app::read::ReadModels;
+use valet_app::sessions::SessionUse;
 use valet_app::{Clock, EventStore, Readiness};
-use valet_domain::oidc::{Prompt, SessionId};
+use valet_domain::oidc::Prompt;
 use valet_domain::Timestamp;
 
-use crate::cookies::{
-    csrf_cookie, csrf_matches, session, set_cookie_attributes, with_cookie, SESSION_COOKIE,
-};
+use crate::cookies::{csrf_cookie, csrf_matches, with_cookie};
 use crate::html::{self, ConsentView, Hidden, LoginNotice, LoginView};
-use crate::limits;
 use crate::observe::RequestContext;
 use crate::params::{append_query, encode_pairs, Params};
+use crate::signin::{sign_in, signed_in_user, SignInResult};
 use crate::signing::Session;
 use crate::{read_form, AppState};
 
@@ -252,6 +250,7 @@ fn login_form<S, R, C>(
     };
     let field = app.signer.csrf_field(&csrf);
     let body = html::login_page(&LoginView {
+        action: "/authorize/login",
         client_name: &request.client_name,
         hidden: &hidden_fields(&field, params),
         username,
@@ -315,6 +314,24 @@ where
         session: session.session_id,
         at: Timestamp::from_unix_millis(session.authenticated_at.saturating_mul(1000)),
     };
+    // The client joins the session (it will hear of its end); a session that ended a
+    // moment ago issues nothing.
+    let client = Some(&request.client_id);
+    match app
+        .oauth
+        .use_session(session.session_id, client, user, &ctx.meta())
+        .await
+    {
+        Ok(SessionUse::Recorded) => {}
+        Ok(SessionUse::Ended) => {
+            return page(
+                StatusCode::FORBIDDEN,
+                "You were signed out",
+                "Your sign-in ended. Go back to the application and start again.",
+            )
+        }
+        Err(e) => return unavailable(&e),
+    }
     match app.oauth.approve(user, request, sign_in, &ctx.meta()).await {
         Ok(code) => {
             let mut pairs = vec![("code", code.as_str())];
@@ -351,19 +368,10 @@ where
     };
     let params = &incoming.params;
     let sign_in = || login_form(&app, &headers, &request, params, "", LoginNotice::None);
-    let signed_in = match session(&app, &headers) {
-        Some(session) => match app
-            .oauth
-            .session_user(session.user_id, session.signed_in_at())
-            .await
-        {
-            Ok(Some(user)) => Some((user, session)),
-            // Disabled, or signed out everywhere, since the session began: as good as no
-            // session.
-            Ok(None) => None,
-            Err(e) => return unavailable(&e),
-        },
-        None => None,
+    // A session that ended, lapsed or whose user was disabled is as good as none.
+    let signed_in = match signed_in_user(&app, &headers).await {
+        Ok(signed_in) => signed_in,
+        Err(e) => return unavailable(&e),
     };
     let consent = match &signed_in {
         Some((user, _)) => match app.oauth.consent_covers(user, &request).await {
@@ -422,66 +430,20 @@ where
     };
     let username = form.field("username").value().unwrap_or_default();
     let password = form.field("password").value().unwrap_or_default();
-    // Failed sign-ins slow down the address they come from and the guessing of this
-    // user's password (backoff, not a lockout), across replicas, before any password is
-    // hashed.
-    let (source, user) = (
-        AttemptKey::Source(ctx.ip()),
-        AttemptKey::User(username.to_owned()),
-    );
-    let now = app.oauth.clock.now();
-    let attempts = app.attempts.as_ref();
-    let verdict = limits::verdict(attempts, &source, app.limits.source, now)
-        .await
-        .and(limits::verdict(attempts, &user, app.limits.user, now).await);
-    if let Some(retry_after) = limits::retry_after(verdict) {
-        app.metrics.record_rate_limited();
-        let notice = LoginNotice::TooManyAttempts {
-            retry_after_secs: retry_after.as_secs(),
-        };
-        return login_form(&app, &headers, &request, &incoming.params, username, notice);
-    }
-    match app.oauth.login(username, password).await {
-        Ok(user_signed_in) => {
-            limits::clear(attempts, &user).await;
-            let user = user_signed_in;
-            let signed_in_at = app.oauth.clock.now().as_unix_seconds();
-            let session = app.signer.session(
-                &Session {
-                    user_id: user.user_id,
-                    // A fresh id for every sign-in: the id_token's `sid`.
-                    session_id: SessionId::new(uuid::Uuid::new_v4()),
-                    authenticated_at: signed_in_at,
-                },
-                signed_in_at + app.session_seconds,
-            );
-            let cookie = format!(
-                "{SESSION_COOKIE}={session}; Max-Age={}{}",
-                app.session_seconds,
-                set_cookie_attributes(&app)
-            );
+    match sign_in(&app, &ctx, username, password).await {
+        SignInResult::SignedIn { cookie, .. } => {
             // Signed in just now: `prompt=login` and `max_age` are satisfied, and must not
             // ask again (a second boundary would otherwise make `max_age=0` loop).
             let mut next = incoming.params.clone();
             next.prompt = next.prompt.as_deref().and_then(Prompt::after_sign_in);
             next.max_age = None;
             let location = format!("/authorize?{}", encode_pairs(param_pairs(&next)));
-            let res = redirect(Answering::Post, &location);
-            with_cookie(res, HeaderValue::from_str(&cookie).ok())
+            with_cookie(redirect(Answering::Post, &location), cookie)
         }
-        Err(LoginError::InvalidCredentials) => {
-            limits::record_failure(attempts, &source, app.limits.source, now).await;
-            limits::record_failure(attempts, &user, app.limits.user, now).await;
-            login_form(
-                &app,
-                &headers,
-                &request,
-                &incoming.params,
-                username,
-                LoginNotice::WrongCredentials,
-            )
+        SignInResult::Refused(notice) => {
+            login_form(&app, &headers, &request, &incoming.params, username, notice)
         }
-        Err(LoginError::Unavailable(detail)) => unavailable(&detail),
+        SignInResult::Unavailable(detail) => unavailable(&detail),
     }
 }
 
@@ -510,9 +472,6 @@ where
     if !csrf_matches(&app, &headers, &form) {
         return forbidden();
     }
-    let Some(session) = session(&app, &headers) else {
-        return forbidden();
-    };
     let incoming = Incoming::read(&form);
     let request = match validate(&app, &incoming, Answering::Post).await {
         Ok(request) => request,
@@ -525,12 +484,8 @@ where
             return no_redirect("Choose Allow or Deny. Go back to the application and start again.")
         }
     };
-    let user = match app
-        .oauth
-        .session_user(session.user_id, session.signed_in_at())
-        .await
-    {
-        Ok(Some(user)) => user,
+    let (user, session) = match signed_in_user(&app, &headers).await {
+        Ok(Some(signed_in)) => signed_in,
         Ok(None) => return forbidden(),
         Err(e) => return unavailable(&e),
     };

@@ -66,6 +66,8 @@ pub struct Hidden<'a> {
 }
 
 pub struct LoginView<'a> {
+    /// Where the form posts (`/authorize/login`, `/account/login`).
+    pub action: &'a str,
     pub client_name: &'a str,
     pub hidden: &'a [Hidden<'a>],
     /// Shown again after a failed attempt, so only the password has to be retyped.
@@ -119,8 +121,11 @@ pub fn login_page(view: &LoginView<'_>) -> String {
             );
         }
     }
-    body.push_str(r#"<form method="post" action="/authorize/login">"#);
-    body.push('\n');
+    let _ = writeln!(
+        body,
+        r#"<form method="post" action="{}">"#,
+        escape(view.action)
+    );
     push_hidden(&mut body, view.hidden);
     let _ = write!(
         body,
@@ -201,7 +206,7 @@ pub fn message_page(title: &str, message: &str) -> String {
     layout(title, &body)
 }
 
-fn push_hidden(out: &mut String, fields: &[Hidden<'_>]) {
+pub(crate) fn push_hidden(out: &mut String, fields: &[Hidden<'_>]) {
     for f in fields {
         let _ = writeln!(
             out,
@@ -212,7 +217,7 @@ fn push_hidden(out: &mut String, fields: &[Hidden<'_>]) {
     }
 }
 
-fn layout(title: &str, body: &str) -> String {
+pub(crate) fn layout(title: &str, body: &str) -> String {
     format!(
         r#"<!doctype html>
 <html lang="en">
@@ -260,6 +265,14 @@ button:focus-visible{outline:2px solid var(--accent);outline-offset:2px}\
 font-size:14px;overflow-wrap:anywhere}\
 .scopes li:first-child{border-top:0}\
 .actions{display:flex;gap:12px}.actions button{flex:1}\
+h2{margin:28px 0 10px;font-size:16px}\
+.rows{list-style:none;margin:0;padding:0;border:1px solid var(--line);border-radius:10px}\
+.rows li{padding:12px 14px;border-top:1px solid var(--line)}.rows li:first-child{border-top:0}\
+.row-title{margin:0;font-weight:600;overflow-wrap:anywhere}\
+.row-detail{margin:2px 0 0;font-size:13px;color:var(--muted);overflow-wrap:anywhere}\
+button.small{width:auto;margin-top:8px;padding:6px 12px;font-size:14px}\
+.tag{margin-left:6px;padding:1px 8px;border-radius:999px;background:#eef2ff;color:var(--accent);font-size:12px;font-weight:600}\
+.notice{margin:0 0 16px;padding:10px 12px;border-radius:8px;background:#f0fdf4;border:1px solid #bbf7d0;color:#166534;font-size:14px}\
 ";
 
 #[cfg(test)]
@@ -284,6 +297,7 @@ mod tests {
             value: evil,
         }];
         let login = login_page(&LoginView {
+            action: "/authorize/login",
             client_name: evil,
             hidden: &hidden,
             username: evil,
@@ -326,6 +340,7 @@ mod tests {
         assert!(consent.contains(r#"name="decision" value="deny""#));
         assert!(consent.contains(r#"<input type="hidden" name="csrf_token" value="t">"#));
         let login = login_page(&LoginView {
+            action: "/authorize/login",
             client_name: "App",
             hidden: &hidden,
             username: "",
@@ -340,6 +355,7 @@ mod tests {
     fn the_sign_in_form_says_how_long_to_wait_when_limited() {
         let view = |retry_after_secs| {
             login_page(&LoginView {
+                action: "/authorize/login",
                 client_name: "App",
                 hidden: &[],
                 username: "alice",

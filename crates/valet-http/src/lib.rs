@@ -4,6 +4,8 @@
 //! Nothing here logs a token, code, secret, password, query string or body: the request
 //! log names the matched route only.
 
+mod account;
+mod account_page;
 mod authorize;
 mod client_auth;
 mod cookies;
@@ -14,6 +16,7 @@ mod logout;
 mod observe;
 mod params;
 mod proxies;
+mod signin;
 mod signing;
 mod token;
 mod userinfo;
@@ -64,8 +67,6 @@ pub struct AppState<S, R, C> {
     relay: Option<Arc<RelayStatus>>,
     /// The JWK Set, kept current by the key ring's loop.
     jwks: Option<tokio::sync::watch::Receiver<Arc<valet_app::keys::Jwks>>>,
-    /// How long a sign-in lasts, in whole seconds.
-    session_seconds: i64,
 }
 
 impl<S, R, C> AppState<S, R, C> {
@@ -84,13 +85,24 @@ impl<S, R, C> AppState<S, R, C> {
             metrics: Arc::default(),
             relay: None,
             jwks: None,
-            session_seconds: signing::SESSION_SECONDS,
         }
     }
 
     /// How long a sign-in lasts (default 8 hours; at least a second).
     pub fn with_session_lifetime(mut self, lifetime: std::time::Duration) -> Self {
-        self.session_seconds = i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX).max(1);
+        let mut policy = self.oauth.session_policy();
+        policy.lifetime_seconds = u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX).max(1);
+        self.oauth.set_session_policy(policy);
+        self
+    }
+
+    /// How long a sign-in lasts without use (default 30 minutes; `None`: no limit).
+    pub fn with_session_idle_timeout(mut self, idle: Option<std::time::Duration>) -> Self {
+        let mut policy = self.oauth.session_policy();
+        policy.idle = valet_domain::session::IdleTimeout(
+            idle.map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX).max(1)),
+        );
+        self.oauth.set_session_policy(policy);
         self
     }
 
@@ -151,6 +163,14 @@ where
         .route("/authorize", get(authorize::show::<S, R, C>))
         .route("/authorize/login", post(authorize::login::<S, R, C>))
         .route("/authorize/consent", post(authorize::consent::<S, R, C>))
+        .route("/account", get(account::show::<S, R, C>))
+        .route("/account/login", post(account::login::<S, R, C>))
+        .route("/account/apps/remove", post(account::remove_app::<S, R, C>))
+        .route("/account/sessions/end", post(account::end_one::<S, R, C>))
+        .route(
+            "/account/sessions/end-all",
+            post(account::end_all::<S, R, C>),
+        )
         .route("/token", post(token::token::<S, R, C>).layer(no_store()))
         .route("/revoke", post(token::revoke::<S, R, C>).layer(no_store()))
         .route(

@@ -7,15 +7,18 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use valet_app::oauth::{HintStatus, LogoutError, LogoutParams};
 use valet_app::read::ReadModels;
 use valet_app::{Clock, EventStore, Readiness};
 
-use crate::cookies::{csrf_cookie, csrf_matches, end_session, with_cookie};
+use valet_domain::session::EndReason;
+
+use crate::cookies::{csrf_cookie, csrf_matches, end_session, session, with_cookie};
 use crate::html::{self, Hidden};
+use crate::observe::RequestContext;
 use crate::params::{append_query, Params};
 use crate::{read_form, AppState};
 
@@ -60,6 +63,7 @@ fn signed_out<S, R, C>(
 
 pub(crate) async fn logout<S, R, C>(
     State(app): State<Arc<AppState<S, R, C>>>,
+    Extension(ctx): Extension<RequestContext>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -130,6 +134,23 @@ where
         && form.field("decision").value() == Some("sign_out")
         && csrf_matches(&app, &headers, &form);
     if plan.hint == HintStatus::Verified || confirmed {
+        // The session ends in the log (on every replica, and its clients hear of it),
+        // not only in this browser.
+        if let Some(cookie) = session(&app, &headers) {
+            let actor = format!("user:{}", cookie.user_id);
+            if let Err(detail) = app
+                .oauth
+                .end_session(cookie.session_id, EndReason::Logout, &ctx.meta(), &actor)
+                .await
+            {
+                tracing::warn!(%detail, "logout failed: service unavailable");
+                return page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Try again later",
+                    "The service is unavailable. You are still signed in; please try again in a moment.",
+                );
+            }
+        }
         return signed_out(&app, plan.redirect.as_deref(), params.state.as_deref());
     }
     // No proof the application asked: the user confirms.

@@ -14,9 +14,6 @@ use valet_domain::UserId;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// How long a login lasts unless configured (`AppState::with_session_lifetime`).
-pub const SESSION_SECONDS: i64 = 8 * 60 * 60;
-
 /// A CSRF cookie is 32 random bytes, base64url: 43 characters.
 const CSRF_COOKIE_LEN: usize = 43;
 
@@ -166,10 +163,10 @@ mod tests {
             session_id: SessionId::new(Uuid::now_v7()),
             authenticated_at: NOW - 5,
         };
-        let value = signer.session(&session, NOW + SESSION_SECONDS);
+        let value = signer.session(&session, NOW + 3600);
         assert_eq!(signer.verify_session(&value, NOW), Ok(session));
         assert_eq!(
-            signer.verify_session(&value, NOW + SESSION_SECONDS),
+            signer.verify_session(&value, NOW + 3600),
             Err(SessionError::Expired)
         );
     }

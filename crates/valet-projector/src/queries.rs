@@ -8,9 +8,12 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::Row;
 use uuid::Uuid;
 use valet_app::read::{
-    AccessTokenView, ClientSummary, ReadModels, RefreshStatus, RefreshTokenView, UserCredentials,
+    AccessTokenView, ClientSummary, ConnectedApp, ReadModels, RefreshStatus, RefreshTokenView,
+    SessionView, UserCredentials,
 };
 use valet_app::StoreError;
+use valet_domain::oidc::SessionId;
+use valet_domain::session::EndReason;
 use valet_domain::{ClientId, GrantId, ScopeSet, Timestamp, TokenHash, UserId, Username};
 
 use crate::db_error;
@@ -264,6 +267,109 @@ impl ReadModels for PgReadModels {
             )
             .await?;
         Ok(rows.iter().map(|r| GrantId::new(r.get(0))).collect())
+    }
+
+    async fn active_grants_of_user_for_client(
+        &self,
+        user: UserId,
+        client: &ClientId,
+    ) -> Result<Vec<GrantId>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT grant_id FROM grants
+                 WHERE user_id = $1 AND client_id = $2 AND revoked_at IS NULL ORDER BY grant_id",
+                &[&user.as_uuid(), &client.as_str()],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| GrantId::new(r.get(0))).collect())
+    }
+
+    async fn sessions_of_user(
+        &self,
+        user: UserId,
+        limit: usize,
+    ) -> Result<Vec<SessionView>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .query(
+                "SELECT session_id, started_at, expires_at, last_used_at, clients, ended_at, end_reason
+                 FROM sessions WHERE user_id = $1
+                 ORDER BY started_at DESC, session_id DESC LIMIT $2",
+                &[&user.as_uuid(), &limit],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let clients: Vec<String> = r.get(4);
+                let clients = clients
+                    .iter()
+                    .map(|c| ClientId::parse(c).map_err(|_| malformed("sessions.clients")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let ended = match (r.get::<_, Option<i64>>(5), r.get::<_, Option<&str>>(6)) {
+                    (Some(at), Some(reason)) => Some((
+                        EndReason::parse(reason).ok_or_else(|| malformed("sessions.end_reason"))?,
+                        Timestamp::from_unix_millis(at),
+                    )),
+                    _ => None,
+                };
+                Ok(SessionView {
+                    session_id: SessionId::new(r.get(0)),
+                    user_id: user,
+                    started_at: Timestamp::from_unix_millis(r.get(1)),
+                    expires_at: Timestamp::from_unix_millis(r.get(2)),
+                    last_used_at: Timestamp::from_unix_millis(r.get(3)),
+                    clients,
+                    ended,
+                })
+            })
+            .collect()
+    }
+
+    async fn connected_apps(&self, user: UserId) -> Result<Vec<ConnectedApp>, StoreError> {
+        // One row per grant; the last use is its newest access token (indexed by grant).
+        let rows = self
+            .query(
+                "SELECT g.client_id, coalesce(c.name, g.client_id), g.scope, g.created_at,
+                        coalesce((SELECT max(a.issued_at) FROM access_tokens a
+                                  WHERE a.grant_id = g.grant_id), g.created_at)
+                 FROM grants g LEFT JOIN clients c ON c.client_id = g.client_id
+                 WHERE g.user_id = $1 AND g.revoked_at IS NULL",
+                &[&user.as_uuid()],
+            )
+            .await?;
+        let mut apps: HashMap<String, ConnectedApp> = HashMap::new();
+        for r in &rows {
+            let client: String = r.get(0);
+            let scope = ScopeSet::parse(r.get(2)).map_err(|_| malformed("grants.scope"))?;
+            let (since, last) = (
+                Timestamp::from_unix_millis(r.get(3)),
+                Timestamp::from_unix_millis(r.get(4)),
+            );
+            match apps.get_mut(&client) {
+                Some(app) => {
+                    app.scope = app.scope.union(&scope);
+                    app.since = app.since.min(since);
+                    app.last_used = app.last_used.max(last);
+                }
+                None => {
+                    let client_id =
+                        ClientId::parse(&client).map_err(|_| malformed("grants.client_id"))?;
+                    apps.insert(
+                        client,
+                        ConnectedApp {
+                            client_id,
+                            name: r.get(1),
+                            scope,
+                            since,
+                            last_used: last,
+                        },
+                    );
+                }
+            }
+        }
+        let mut apps: Vec<ConnectedApp> = apps.into_values().collect();
+        apps.sort_by(|a, b| (&a.name, &a.client_id).cmp(&(&b.name, &b.client_id)));
+        Ok(apps)
     }
 
     async fn active_grants_of_user(&self, user: UserId) -> Result<Vec<GrantId>, StoreError> {

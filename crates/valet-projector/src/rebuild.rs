@@ -20,13 +20,14 @@ pub const SCRATCH_SCHEMA: &str = "valet_rebuild";
 
 /// The projected tables, parents before children. (`user_credentials` and
 /// `server_secrets` are not projections: they are not in the log.)
-pub const READ_MODEL_TABLES: [&str; 6] = [
+pub const READ_MODEL_TABLES: [&str; 7] = [
     "clients",
     "users",
     "grants",
     "access_tokens",
     "refresh_tokens",
     "consents",
+    "sessions",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -50,6 +50,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "signing_key_material",
         sql: include_str!("../../../migrations/0008_signing_key_material.sql"),
     },
+    Migration {
+        version: 9,
+        name: "sessions",
+        sql: include_str!("../../../migrations/0009_sessions.sql"),
+    },
 ];
 
 /// Serialises concurrent `valet migrate` runs (several replicas starting at once).

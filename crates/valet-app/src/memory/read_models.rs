@@ -6,14 +6,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use valet_domain::client::{self, ClientKind};
 use valet_domain::grant::{self, Subject};
+use valet_domain::oidc::SessionId;
 use valet_domain::{
-    changes, user, Change, ClientId, Event, GrantId, ScopeSet, StreamId, Timestamp, TokenHash,
-    UserId, Username,
+    changes, session, user, Change, ClientId, Event, GrantId, ScopeSet, StreamId, Timestamp,
+    TokenHash, UserId, Username,
 };
 
 use crate::ports::StoreError;
 use crate::read::{
-    AccessTokenView, ClientSummary, ReadModels, RefreshStatus, RefreshTokenView, UserCredentials,
+    AccessTokenView, ClientSummary, ConnectedApp, ReadModels, RefreshStatus, RefreshTokenView,
+    SessionView, UserCredentials,
 };
 
 /// Cheap to clone: clones share the tables.
@@ -32,6 +34,7 @@ struct Tables {
     grants: BTreeMap<GrantId, GrantRow>,
     access: HashMap<TokenHash, AccessRow>,
     refresh: HashMap<TokenHash, RefreshRow>,
+    sessions: HashMap<SessionId, SessionView>,
 }
 
 struct UserRow {
@@ -43,6 +46,7 @@ struct GrantRow {
     client_id: ClientId,
     subject: Option<Subject>,
     scope: ScopeSet,
+    created_at: Timestamp,
     revoked: bool,
 }
 
@@ -86,8 +90,51 @@ impl Tables {
             Change::Client { client_id, event } => self.client(client_id, event),
             Change::User { user_id, event } => self.user(user_id, event),
             Change::Grant { grant_id, change } => self.grant(grant_id, change),
-            // Consents, codes and the key ring are read from their streams.
-            Change::Consent { .. } | Change::Code { .. } | Change::SigningKey { .. } => {}
+            Change::Session { session_id, event } => self.session(session_id, event),
+            // Consents, codes, the key ring and deliveries are read from their streams.
+            Change::Consent { .. }
+            | Change::Code { .. }
+            | Change::SigningKey { .. }
+            | Change::Logout { .. } => {}
+        }
+    }
+
+    fn session(&mut self, session_id: SessionId, event: &session::Event) {
+        match event {
+            session::Event::SessionStarted {
+                user_id,
+                expires_at,
+                at,
+                ..
+            } => {
+                self.sessions.insert(
+                    session_id,
+                    SessionView {
+                        session_id,
+                        user_id: *user_id,
+                        started_at: *at,
+                        expires_at: *expires_at,
+                        last_used_at: *at,
+                        clients: Vec::new(),
+                        ended: None,
+                    },
+                );
+            }
+            session::Event::SessionUsed { client_id, at } => {
+                if let Some(row) = self.sessions.get_mut(&session_id) {
+                    row.last_used_at = row.last_used_at.max(*at);
+                    if let Some(client) = client_id {
+                        if !row.clients.contains(client) {
+                            row.clients.push(client.clone());
+                        }
+                    }
+                }
+            }
+            session::Event::SessionEnded { reason, at } => {
+                if let Some(row) = self.sessions.get_mut(&session_id) {
+                    row.ended = row.ended.or(Some((*reason, *at)));
+                }
+            }
         }
     }
 
@@ -125,7 +172,8 @@ impl Tables {
             }
             client::Event::ClientIdTokenAlgorithmSet { .. }
             | client::Event::ClientPostLogoutRedirectUrisSet { .. }
-            | client::Event::ClientAccessTokenFormatSet { .. } => {}
+            | client::Event::ClientAccessTokenFormatSet { .. }
+            | client::Event::ClientBackchannelLogoutSet { .. } => {}
         }
     }
 
@@ -158,6 +206,7 @@ impl Tables {
                 client_id,
                 subject,
                 scope,
+                at,
                 ..
             } => {
                 self.grants.insert(
@@ -166,6 +215,7 @@ impl Tables {
                         client_id: client_id.clone(),
                         subject: subject.cloned(),
                         scope: scope.clone(),
+                        created_at: at,
                         revoked: false,
                     },
                 );
@@ -292,6 +342,24 @@ impl ReadModels for MemoryReadModels {
             .collect())
     }
 
+    async fn active_grants_of_user_for_client(
+        &self,
+        user: UserId,
+        client: &ClientId,
+    ) -> Result<Vec<GrantId>, StoreError> {
+        Ok(self
+            .tables()
+            .grants
+            .iter()
+            .filter(|(_, g)| {
+                !g.revoked
+                    && &g.client_id == client
+                    && g.subject.as_ref().is_some_and(|s| s.user_id == user)
+            })
+            .map(|(id, _)| *id)
+            .collect())
+    }
+
     async fn active_grants_of_user(&self, user: UserId) -> Result<Vec<GrantId>, StoreError> {
         Ok(self
             .tables()
@@ -304,5 +372,59 @@ impl ReadModels for MemoryReadModels {
 
     async fn clients(&self) -> Result<Vec<ClientSummary>, StoreError> {
         Ok(self.tables().clients.clone())
+    }
+
+    async fn sessions_of_user(
+        &self,
+        user_id: UserId,
+        limit: usize,
+    ) -> Result<Vec<SessionView>, StoreError> {
+        let tables = self.tables();
+        let mut sessions: Vec<SessionView> = tables
+            .sessions
+            .values()
+            .filter(|s| s.user_id == user_id)
+            .cloned()
+            .collect();
+        sessions.sort_by_key(|s| std::cmp::Reverse((s.started_at, s.session_id)));
+        sessions.truncate(limit);
+        Ok(sessions)
+    }
+
+    async fn connected_apps(&self, user_id: UserId) -> Result<Vec<ConnectedApp>, StoreError> {
+        let tables = self.tables();
+        let mut apps: BTreeMap<ClientId, ConnectedApp> = BTreeMap::new();
+        for (grant_id, grant) in &tables.grants {
+            if grant.revoked || grant.subject.as_ref().is_none_or(|s| s.user_id != user_id) {
+                continue;
+            }
+            let last_token = tables
+                .access
+                .values()
+                .filter(|a| a.grant_id == *grant_id)
+                .map(|a| a.issued_at)
+                .max()
+                .unwrap_or(grant.created_at);
+            let name = tables
+                .clients
+                .iter()
+                .find(|c| c.client_id == grant.client_id.as_str())
+                .map_or_else(|| grant.client_id.to_string(), |c| c.name.clone());
+            let app = apps
+                .entry(grant.client_id.clone())
+                .or_insert_with(|| ConnectedApp {
+                    client_id: grant.client_id.clone(),
+                    name,
+                    scope: ScopeSet::default(),
+                    since: grant.created_at,
+                    last_used: last_token,
+                });
+            app.scope = app.scope.union(&grant.scope);
+            app.since = app.since.min(grant.created_at);
+            app.last_used = app.last_used.max(last_token);
+        }
+        let mut apps: Vec<ConnectedApp> = apps.into_values().collect();
+        apps.sort_by(|a, b| (&a.name, &a.client_id).cmp(&(&b.name, &b.client_id)));
+        Ok(apps)
     }
 }

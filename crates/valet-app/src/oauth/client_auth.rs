@@ -120,7 +120,7 @@ impl From<OAuthError> for GuardedWriteError {
 }
 
 impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
-    pub(super) async fn client_state(&self, client_id: &str) -> Result<State, Unavailable> {
+    pub(crate) async fn client_state(&self, client_id: &str) -> Result<State, Unavailable> {
         Ok(self.cached_client(client_id).await?.state)
     }
 

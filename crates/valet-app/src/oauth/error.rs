@@ -101,6 +101,10 @@ pub enum Refusal {
     User(#[from] valet_domain::user::Error),
     #[error("client: {0}")]
     Client(#[from] valet_domain::client::Error),
+    #[error("session: {0}")]
+    Session(#[from] valet_domain::session::Error),
+    #[error("logout delivery: {0}")]
+    Delivery(#[from] valet_domain::backchannel::Error),
 }
 
 impl OAuthError {

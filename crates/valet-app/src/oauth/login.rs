@@ -1,6 +1,6 @@
 //! Signing a user in on the authorization pages.
 
-use valet_domain::{user, StreamId, Timestamp, UserId, Username};
+use valet_domain::{user, StreamId, UserId, Username};
 
 use super::{LoginError, OAuth, OAuthError, Unavailable};
 use crate::aggregate::{self as agg, load};
@@ -71,18 +71,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         self.user_if(user_id, |_| true).await
     }
 
-    /// The user a sign-in session begun at `signed_in_at` acts for, while the session
-    /// stands: the user is active and has not been signed out everywhere since.
-    pub async fn session_user(
-        &self,
-        user_id: UserId,
-        signed_in_at: Timestamp,
-    ) -> Result<Option<AuthenticatedUser>, OAuthError> {
-        self.user_if(user_id, |u| u.session_stands(signed_in_at))
-            .await
-    }
-
-    async fn user_if(
+    pub(crate) async fn user_if(
         &self,
         user_id: UserId,
         stands: impl FnOnce(&user::User) -> bool,

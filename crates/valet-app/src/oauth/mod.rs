@@ -102,6 +102,7 @@ pub struct OAuth<S, R, C> {
     signer: Arc<dyn JwtSigner>,
     /// The `aud` of JWT access tokens; the issuer when unset.
     audience: Option<String>,
+    sessions: crate::sessions::SessionPolicy,
 }
 
 impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
@@ -119,6 +120,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             clients: ClientCache::default(),
             signer: Arc::new(NoKeys),
             audience: None,
+            sessions: crate::sessions::SessionPolicy::default(),
         }
     }
 
@@ -180,6 +182,22 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             .iter()
             .map(|e| NewEvent::new(self.ids.new_id(), e.clone(), metadata.clone()))
             .collect()
+    }
+}
+
+impl<S, R, C> OAuth<S, R, C> {
+    /// How long login sessions last.
+    pub fn with_session_policy(mut self, policy: crate::sessions::SessionPolicy) -> Self {
+        self.sessions = policy;
+        self
+    }
+
+    pub fn set_session_policy(&mut self, policy: crate::sessions::SessionPolicy) {
+        self.sessions = policy;
+    }
+
+    pub fn session_policy(&self) -> crate::sessions::SessionPolicy {
+        self.sessions
     }
 }
 

@@ -11,23 +11,28 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use uuid::Uuid;
+use valet_domain::backchannel::{self, Delivery, Outcome};
 use valet_domain::client::{self, ClientKind};
 use valet_domain::code::{self, RedirectUriPresence};
 use valet_domain::event::DecodeError;
 use valet_domain::grant::{self, AccessTokenIssue, GrantOrigin, RefreshTokenIssue, Subject};
+use valet_domain::oidc::SessionId;
+use valet_domain::session::{self, EndReason};
 use valet_domain::signing_key::{self, Algorithm, KeyId, PublicJwk};
 use valet_domain::{
     consent, user, ClientId, ClientName, DomainEvent, EventRef, GrantId, GrantType, PkceChallenge,
     RedirectUri, RevocationReason, ScopeSet, StreamId, Timestamp, TokenHash, UserId, Username,
 };
 
-pub const AGGREGATES: [(&str, &[&str]); 6] = [
+pub const AGGREGATES: [(&str, &[&str]); 8] = [
     ("client", client::Event::EVENT_TYPES),
     ("user", user::Event::EVENT_TYPES),
     ("code", code::Event::EVENT_TYPES),
     ("grant", grant::Event::EVENT_TYPES),
     ("consent", consent::Event::EVENT_TYPES),
     ("signing_key", signing_key::Event::EVENT_TYPES),
+    ("session", session::Event::EVENT_TYPES),
+    ("backchannel", backchannel::Event::EVENT_TYPES),
 ];
 
 pub fn fixtures_path() -> PathBuf {
@@ -55,6 +60,8 @@ pub fn decode(
         "grant" => with::<grant::Event>(event_type, version, payload),
         "consent" => with::<consent::Event>(event_type, version, payload),
         "signing_key" => with::<signing_key::Event>(event_type, version, payload),
+        "session" => with::<session::Event>(event_type, version, payload),
+        "backchannel" => with::<backchannel::Event>(event_type, version, payload),
         other => panic!("unknown aggregate {other:?}"),
     }
 }
@@ -125,6 +132,7 @@ pub fn samples() -> Vec<(&'static str, &'static str, u32, Value)> {
     };
     let grant_id = GrantId::new(id("01a22085-2561-70be-a7ba-1f236f3021a8"));
     let key_id = KeyId::new(id("01a22085-4b1e-7c3a-9d2f-0e5a6b7c8d9e"));
+    let sid = SessionId::new(id("01a22085-6c2d-7e4f-8a1b-2c3d4e5f6a7b"));
     let code_hash = TokenHash::of("valet_ac_q3Xv0c1n9Jp8mRk2Ls7Ty4Wb6Ze5Ha0Ud1Gf3Ni8Oe2");
     let access = |n: u32, scope: &ScopeSet, at_ms: i64| AccessTokenIssue {
         jti: None,
@@ -392,6 +400,62 @@ pub fn samples() -> Vec<(&'static str, &'static str, u32, Value)> {
                 key_id,
                 published_until: at(8_000_000),
                 at: at(4_400_000),
+            },
+        ),
+        sample(
+            "client",
+            client::Event::ClientBackchannelLogoutSet {
+                logout: client::BackchannelLogout {
+                    uri: RedirectUri::parse("https://app.example/backchannel-logout").expect("uri"),
+                    sid: client::LogoutSid::Required,
+                },
+                at: at(5),
+            },
+        ),
+        sample(
+            "session",
+            session::Event::SessionStarted {
+                session_id: sid,
+                user_id: alice.user_id,
+                expires_at: at(28_800_000),
+                at: at(10),
+            },
+        ),
+        sample(
+            "session",
+            session::Event::SessionUsed {
+                client_id: Some(app.clone()),
+                at: at(20),
+            },
+        ),
+        sample(
+            "session",
+            session::Event::SessionEnded {
+                reason: EndReason::Logout,
+                at: at(30),
+            },
+        ),
+        sample(
+            "backchannel",
+            backchannel::Event::BackchannelLogoutAttempted {
+                delivery: Delivery {
+                    client_id: app.clone(),
+                    user_id: alice.user_id,
+                    session_id: Some(sid),
+                    cause: Uuid::from_u128(0x5e55),
+                },
+                attempt: 1,
+                outcome: Outcome::Unreachable {
+                    error: "connection refused".into(),
+                },
+                at: at(31),
+            },
+        ),
+        sample(
+            "backchannel",
+            backchannel::Event::BackchannelLogoutAbandoned {
+                attempts: 1,
+                at: at(90_000_000),
             },
         ),
     ]

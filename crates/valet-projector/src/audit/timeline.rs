@@ -44,7 +44,8 @@ pub async fn log(
         None => None,
     };
     // A client's or user's events live in their own stream, in their grants' streams,
-    // in codes issued to them and in consent streams (whose ids embed both). The
+    // in codes issued to them and in consent streams (whose ids embed both); a user's
+    // also in their sessions' streams, and both in logout deliveries. The
     // filters read the stored payloads: this is the store's edge, where events are JSON.
     let sql = format!(
         "SELECT {EVENT_COLUMNS}
@@ -56,6 +57,7 @@ pub async fn log(
            AND ($6::text IS NULL
                 OR e.stream_id = 'client-' || $6
                 OR e.payload->>'client_id' = $6
+                OR e.payload->'delivery'->>'client_id' = $6
                 OR e.stream_id LIKE 'consent-%-' || $6
                 OR e.stream_id IN (SELECT 'grant-' || grant_id FROM grants WHERE client_id = $6))
            AND ($7::uuid IS NULL
@@ -63,7 +65,9 @@ pub async fn log(
                 OR e.stream_id LIKE 'consent-' || $7::text || '-%'
                 OR e.stream_id IN (SELECT c.stream_id FROM events c
                                    WHERE c.stream_id LIKE 'code-%' AND c.payload->>'user_id' = $7::text)
-                OR e.stream_id IN (SELECT 'grant-' || grant_id FROM grants WHERE user_id = $7))
+                OR e.stream_id IN (SELECT 'grant-' || grant_id FROM grants WHERE user_id = $7)
+                OR e.stream_id IN (SELECT 'session-' || session_id FROM sessions WHERE user_id = $7)
+                OR e.payload->'delivery'->>'user_id' = $7::text)
          ORDER BY e.xact, e.position
          LIMIT $8"
     );

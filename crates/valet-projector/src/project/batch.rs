@@ -11,7 +11,10 @@ use std::collections::HashMap;
 use uuid::Uuid;
 use valet_domain::client::{self, ClientKind};
 use valet_domain::grant::{self, GrantOrigin};
-use valet_domain::{changes, consent, user, Change, ClientId, Event, GrantId, StreamId, UserId};
+use valet_domain::oidc::SessionId;
+use valet_domain::{
+    changes, consent, session, user, Change, ClientId, Event, GrantId, StreamId, UserId,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct GrantRow {
@@ -94,6 +97,27 @@ pub(super) enum ConsentChange {
     },
 }
 
+/// A session change, applied in order at flush time (sessions are rare next to tokens).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum SessionChange {
+    Started {
+        session_id: Uuid,
+        user_id: Uuid,
+        started_at: i64,
+        expires_at: i64,
+    },
+    Used {
+        session_id: Uuid,
+        client_id: Option<String>,
+        at: i64,
+    },
+    Ended {
+        session_id: Uuid,
+        reason: &'static str,
+        at: i64,
+    },
+}
+
 /// The batch's indexes are keyed by SHA-256 digests and random UUIDs from the log:
 /// uniform already, and not chosen by a caller, so a multiply-rotate hash (FxHash's)
 /// serves, at a fraction of SipHash's cost.
@@ -147,6 +171,7 @@ pub(super) struct Batch {
     /// The token rows of this batch per grant (a grant revocation touches only those).
     tokens_of_grant: Index<Uuid, (Vec<usize>, Vec<usize>)>,
     pub consents: Vec<ConsentChange>,
+    pub sessions: Vec<SessionChange>,
     // Changes to rows from earlier batches, in log order.
     pub old_rotations: Vec<Vec<u8>>,
     pub old_access_revocations: Vec<Dated<Vec<u8>>>,
@@ -183,9 +208,10 @@ impl Batch {
                     client_id,
                     event,
                 } => self.consent(user_id, client_id, event),
-                // Codes and the key ring have no read model: they are read from their
-                // streams.
-                Change::Code { .. } | Change::SigningKey { .. } => {}
+                Change::Session { session_id, event } => self.session(session_id, event),
+                // Codes, the key ring and deliveries have no read model: they are read
+                // from their streams.
+                Change::Code { .. } | Change::SigningKey { .. } | Change::Logout { .. } => {}
             }
         }
     }
@@ -405,7 +431,8 @@ impl Batch {
             // Read from the client's stream when a token is issued, not a read model.
             client::Event::ClientIdTokenAlgorithmSet { .. }
             | client::Event::ClientPostLogoutRedirectUrisSet { .. }
-            | client::Event::ClientAccessTokenFormatSet { .. } => {}
+            | client::Event::ClientAccessTokenFormatSet { .. }
+            | client::Event::ClientBackchannelLogoutSet { .. } => {}
         }
     }
 
@@ -434,6 +461,33 @@ impl Batch {
             | user::Event::UserSignedOutEverywhere { .. }
             | user::Event::UserPasswordChanged { .. } => {}
         }
+    }
+
+    fn session(&mut self, session_id: SessionId, event: &session::Event) {
+        let session_id = session_id.as_uuid();
+        self.sessions.push(match event {
+            session::Event::SessionStarted {
+                user_id,
+                expires_at,
+                at,
+                ..
+            } => SessionChange::Started {
+                session_id,
+                user_id: user_id.as_uuid(),
+                started_at: at.as_unix_millis(),
+                expires_at: expires_at.as_unix_millis(),
+            },
+            session::Event::SessionUsed { client_id, at } => SessionChange::Used {
+                session_id,
+                client_id: client_id.as_ref().map(ClientId::to_string),
+                at: at.as_unix_millis(),
+            },
+            session::Event::SessionEnded { reason, at } => SessionChange::Ended {
+                session_id,
+                reason: reason.as_str(),
+                at: at.as_unix_millis(),
+            },
+        });
     }
 
     fn consent(&mut self, user_id: UserId, client_id: &ClientId, event: &consent::Event) {

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use valet_app::StoreError;
 use valet_store::{Params, RowWrite, WriteSql};
 
-use super::batch::{AccessRow, Batch, ConsentChange, Dated};
+use super::batch::{AccessRow, Batch, ConsentChange, Dated, SessionChange};
 
 const ROTATE_REFRESH: WriteSql = WriteSql::new(
     "UPDATE refresh_tokens SET status = 'rotated'
@@ -87,6 +87,21 @@ const UPSERT_CONSENT: WriteSql = WriteSql::new(
 );
 const DELETE_CONSENT: WriteSql =
     WriteSql::new("DELETE FROM consents WHERE user_id = $1 AND client_id = $2");
+
+const INSERT_SESSION: WriteSql = WriteSql::new(
+    "INSERT INTO sessions (session_id, user_id, started_at, expires_at, last_used_at)
+     VALUES ($1, $2, $3, $4, $3) ON CONFLICT (session_id) DO NOTHING",
+);
+const USE_SESSION: WriteSql = WriteSql::new(
+    "UPDATE sessions SET last_used_at = greatest(last_used_at, $3),
+        clients = CASE WHEN $2::text IS NULL OR $2::text = ANY(clients) THEN clients
+                       ELSE array_append(clients, $2::text) END
+     WHERE session_id = $1",
+);
+const END_SESSION: WriteSql = WriteSql::new(
+    "UPDATE sessions SET ended_at = $2, end_reason = $3
+     WHERE session_id = $1 AND ended_at IS NULL",
+);
 
 /// Collects writes, each checked against its SQL's parameters.
 #[derive(Default)]
@@ -269,6 +284,40 @@ pub(super) fn inserts(batch: &Batch, out: &mut Writes) -> Result<(), StoreError>
             ConsentChange::Revoked { user_id, client_id } => {
                 out.push(DELETE_CONSENT, vec![Box::new(user_id), Box::new(client_id)])?
             }
+        }
+    }
+    for change in &batch.sessions {
+        match change.clone() {
+            SessionChange::Started {
+                session_id,
+                user_id,
+                started_at,
+                expires_at,
+            } => out.push(
+                INSERT_SESSION,
+                vec![
+                    Box::new(session_id),
+                    Box::new(user_id),
+                    Box::new(started_at),
+                    Box::new(expires_at),
+                ],
+            )?,
+            SessionChange::Used {
+                session_id,
+                client_id,
+                at,
+            } => out.push(
+                USE_SESSION,
+                vec![Box::new(session_id), Box::new(client_id), Box::new(at)],
+            )?,
+            SessionChange::Ended {
+                session_id,
+                reason,
+                at,
+            } => out.push(
+                END_SESSION,
+                vec![Box::new(session_id), Box::new(at), Box::new(reason)],
+            )?,
         }
     }
     Ok(())

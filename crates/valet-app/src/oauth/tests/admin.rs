@@ -22,6 +22,8 @@ fn new_client(name: &str, client_type: ClientType, redirect: bool, scopes: &[&st
         post_logout_redirect_uris: vec![],
         access_token_format: None,
         access_token_alg: None,
+        backchannel_logout_uri: None,
+        backchannel_logout_sid: valet_domain::client::LogoutSid::Optional,
     }
 }
 
