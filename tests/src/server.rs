@@ -132,6 +132,15 @@ pub struct ClientSpec {
     pub post_logout_redirect_uris: Vec<String>,
     /// `--access-token-signed-response-alg` with `--access-token-format jwt`.
     pub jwt_access_tokens: Option<String>,
+    /// `--backchannel-logout-uri` (and `--backchannel-logout-session-required`).
+    pub backchannel_logout: Option<(String, SidInLogoutTokens)>,
+}
+
+/// Whether a client registers `--backchannel-logout-session-required`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SidInLogoutTokens {
+    Required,
+    Optional,
 }
 
 impl ClientSpec {
@@ -170,6 +179,12 @@ impl ClientSpec {
     /// `--id-token-signed-response-alg`.
     pub fn id_token_alg(mut self, alg: &str) -> Self {
         self.id_token_alg = Some(alg.to_owned());
+        self
+    }
+
+    /// Logout tokens POSTed to `uri` (OpenID Connect Back-Channel Logout).
+    pub fn backchannel_logout(mut self, uri: &str, sid: SidInLogoutTokens) -> Self {
+        self.backchannel_logout = Some((uri.to_owned(), sid));
         self
     }
 
@@ -219,6 +234,12 @@ impl ClientSpec {
                 .map(str::to_owned),
             );
             args.push(alg.clone());
+        }
+        if let Some((uri, sid)) = &self.backchannel_logout {
+            args.extend(["--backchannel-logout-uri".to_owned(), uri.clone()]);
+            if *sid == SidInLogoutTokens::Required {
+                args.push("--backchannel-logout-session-required".to_owned());
+            }
         }
         args.push("--json".to_owned());
         args

@@ -9,11 +9,13 @@
 //!
 //! Environment: `PRINTSHOP_ISSUER` (default `http://127.0.0.1:8080`),
 //! `PRINTSHOP_CLIENT_ID`, `PRINTSHOP_CLIENT_SECRET` (a confidential client of Valet with
-//! redirect URI `<base>/callback`, post-logout redirect URI `<base>/` and scopes `openid
-//! profile email designs:read`), `PRINTSHOP_LISTEN` (default `127.0.0.1:8082`; the base
+//! redirect URI `<base>/callback`, post-logout redirect URI `<base>/`, back-channel
+//! logout URI `<base>/backchannel-logout` and scopes `openid profile email
+//! designs:read`), `PRINTSHOP_LISTEN` (default `127.0.0.1:8082`; the base
 //! URL is `http://` + it), `DESIGNS_URL` (default `http://127.0.0.1:8081`). Prints
 //! `printshop listening on http://ADDR` once it serves.
 
+mod backchannel;
 mod pages;
 
 use std::collections::HashMap;
@@ -21,10 +23,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use axum::extract::{Query, State};
+use axum::extract::{Form, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -67,6 +69,8 @@ struct Pending {
 #[derive(Clone)]
 struct User {
     sub: String,
+    /// The Valet session she signed in with (the id_token's `sid`).
+    sid: Option<String>,
     name: Option<String>,
     email: Option<String>,
     access_token: AccessToken,
@@ -89,6 +93,7 @@ struct App {
     base: String,
     designs_url: String,
     sessions: Mutex<HashMap<String, Session>>,
+    logout_tokens: backchannel::LogoutTokens,
 }
 
 fn env(name: &str, default: &str) -> String {
@@ -360,6 +365,7 @@ async fn sign_in(app: &App, code: String, pending: Pending) -> anyhow::Result<Us
     );
     Ok(User {
         sub,
+        sid: sid_of(&id_token.to_string()),
         name: info.name().and_then(|n| n.get(None)).map(|n| n.to_string()),
         email: info.email().map(|e| e.to_string()),
         access_token: tokens.access_token().clone(),
@@ -390,6 +396,54 @@ async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
             see_other(url.as_str())
         }
         _ => see_other("/"),
+    }
+}
+
+/// The `sid` claim of an id_token the library has verified already.
+fn sid_of(id_token: &str) -> Option<String> {
+    let payload = id_token.split('.').nth(1)?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+    claims["sid"].as_str().map(str::to_owned)
+}
+
+#[derive(Deserialize)]
+struct LogoutTokenForm {
+    logout_token: String,
+}
+
+/// `POST /backchannel-logout`: Valet says a session ended. A valid token signs out the
+/// sessions here that came from it (by `sid`, or every one of `sub`'s).
+async fn backchannel_logout(
+    State(app): State<Arc<App>>,
+    Form(form): Form<LogoutTokenForm>,
+) -> Response {
+    let answer = |status: StatusCode, body: &'static str| {
+        let mut res = (status, body).into_response();
+        res.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        res
+    };
+    match app.logout_tokens.verify(&form.logout_token).await {
+        Ok(logout) => {
+            let mut sessions = app.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            let before = sessions.len();
+            sessions.retain(|_, s| {
+                !s.user
+                    .as_ref()
+                    .is_some_and(|u| match (&logout.sid, &logout.sub) {
+                        (Some(sid), _) => u.sid.as_ref() == Some(sid),
+                        (None, Some(sub)) => &u.sub == sub,
+                        (None, None) => false,
+                    })
+            });
+            tracing::info!(signed_out = before - sessions.len(), "back-channel logout");
+            answer(StatusCode::OK, "")
+        }
+        Err(why) => {
+            tracing::warn!(%why, "refused a logout token");
+            answer(StatusCode::BAD_REQUEST, "{\"error\":\"invalid_request\"}")
+        }
     }
 }
 
@@ -429,6 +483,12 @@ async fn main() -> anyhow::Result<()> {
     let end_session = discovery["end_session_endpoint"]
         .as_str()
         .map(str::to_owned);
+    let jwks_uri = discovery["jwks_uri"]
+        .as_str()
+        .context("the provider names no jwks_uri")?
+        .to_owned();
+    let logout_tokens =
+        backchannel::LogoutTokens::new(issuer.clone(), client_id.clone(), jwks_uri, http.clone());
     let client = CoreClient::from_provider_metadata(
         metadata,
         ClientId::new(client_id),
@@ -443,12 +503,14 @@ async fn main() -> anyhow::Result<()> {
         base,
         designs_url: env("DESIGNS_URL", "http://127.0.0.1:8081"),
         sessions: Mutex::default(),
+        logout_tokens,
     });
     let router = Router::new()
         .route("/", get(home))
         .route("/login", get(login))
         .route("/callback", get(callback))
         .route("/logout", get(logout))
+        .route("/backchannel-logout", post(backchannel_logout))
         .route("/healthz", get(healthz))
         .with_state(app);
     let listener = tokio::net::TcpListener::bind(listen)

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod aggregate;
 pub mod attempts;
+pub mod backchannel;
 pub mod clock;
 pub mod entropy;
 pub mod follow;

@@ -107,25 +107,24 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         Ok(started)
     }
 
-    /// The user a session acts for, while it stands: the user is active and has not
-    /// been signed out everywhere since `signed_in_at`, and the session's stream says
-    /// it has not ended, expired or idled out. A session found past its time is
-    /// recorded as ended (`expired`).
+    /// The user a session acts for, while it stands: the session's stream says it has
+    /// not ended, expired or idled out, and the user is active and has not been signed
+    /// out everywhere since it started. A session found past its time is recorded as
+    /// ended (`expired`).
     pub async fn session_user(
         &self,
         user_id: UserId,
         session_id: SessionId,
-        signed_in_at: Timestamp,
     ) -> Result<Option<AuthenticatedUser>, OAuthError> {
-        let Some(user) = self
-            .user_if(user_id, |u| u.session_stands(signed_in_at))
-            .await?
-        else {
-            return Ok(None);
-        };
         let stream = StreamId::session(&session_id);
         let loaded = load::<agg::Session, S>(&self.store, &stream).await?;
         let Some(found) = loaded.state.session().filter(|s| s.user_id == user_id) else {
+            return Ok(None);
+        };
+        let Some(user) = self
+            .user_if(user_id, |u| u.session_stands(found.started_at))
+            .await?
+        else {
             return Ok(None);
         };
         match found.standing(self.now(), self.session_policy().idle) {

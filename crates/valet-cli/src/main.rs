@@ -551,7 +551,7 @@ async fn serve(database_url: &str, kek: &KekArgs, config: ServeArgs) -> anyhow::
         issuer: issuer.clone(),
         ..settings
     };
-    let mut oauth = wiring::oauth(database_url, settings, config.db_pool_size).await?;
+    let mut oauth = wiring::oauth(database_url, settings.clone(), config.db_pool_size).await?;
     if let Some(audience) = &config.access_token_audience {
         oauth = oauth.with_access_token_audience(audience.clone());
     }
@@ -589,6 +589,37 @@ async fn serve(database_url: &str, kek: &KekArgs, config: ServeArgs) -> anyhow::
     )
     .context("start the relay")?;
 
+    // Back-channel logout: its own pool and thread, the same signing keys and session
+    // policy as the HTTP side (it reads which sessions still stand).
+    let session_policy = valet_app::sessions::SessionPolicy {
+        lifetime_seconds: config.session_lifetime,
+        idle: valet_domain::session::IdleTimeout(
+            (config.session_idle_timeout > 0).then_some(config.session_idle_timeout),
+        ),
+    };
+    let dispatcher_store = oauth
+        .store
+        .with_own_pool(2)
+        .context("create the back-channel logout dispatcher's pool")?;
+    let dispatcher_reads = valet_projector::PgReadModels::new(dispatcher_store.pool().clone());
+    let dispatcher = valet_relay::start_dispatcher(
+        valet_app::oauth::OAuth::new(
+            dispatcher_store,
+            dispatcher_reads,
+            valet_app::SystemClock,
+            settings,
+        )
+        .with_jwt_signer(ring.signer.clone())
+        .with_session_policy(session_policy),
+        valet_relay::DispatcherConfig {
+            holder: valet_relay::this_process(),
+            retry: valet_relay::DEFAULT_RETRY,
+            timeout: Duration::from_secs(5),
+        },
+        Arc::new(RelayStatus::default()),
+    )
+    .context("start the back-channel logout dispatcher")?;
+
     let attempts = Arc::new(valet_store::PgAttempts::new(oauth.store.clone()));
     let state =
         Arc::new(
@@ -620,6 +651,7 @@ async fn serve(database_url: &str, kek: &KekArgs, config: ServeArgs) -> anyhow::
     .await
     .context("http server")?;
     relay.stop();
+    dispatcher.stop();
     Ok(())
 }
 

@@ -70,7 +70,10 @@ struct OpenIdConfiguration<'a> {
     subject_types_supported: [&'static str; 1],
     id_token_signing_alg_values_supported: [&'static str; 3],
     scopes_supported: [&'static str; 3],
-    claims_supported: [&'static str; 11],
+    claims_supported: [&'static str; 12],
+    /// Back-Channel Logout 1.0 §2.1: logout tokens, with `sid`.
+    backchannel_logout_supported: bool,
+    backchannel_logout_session_supported: bool,
 }
 
 pub(crate) async fn server_metadata<S, R, C>(
@@ -107,7 +110,10 @@ pub(crate) async fn openid_configuration<S, R, C>(
             "preferred_username",
             "email",
             "email_verified",
+            "sid",
         ],
+        backchannel_logout_supported: true,
+        backchannel_logout_session_supported: true,
     })
     .into_response()
 }

@@ -101,7 +101,7 @@ where
     };
     Ok(app
         .oauth
-        .session_user(cookie.user_id, cookie.session_id, cookie.signed_in_at())
+        .session_user(cookie.user_id, cookie.session_id)
         .await?
         .map(|user| (user, cookie)))
 }

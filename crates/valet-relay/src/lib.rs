@@ -15,10 +15,12 @@
 //!   relay has caught up. NATS down: the batch is retried with backoff; nothing is
 //!   skipped and the HTTP API is unaffected.
 
+mod backchannel;
 mod backlog;
 mod checkpoint;
 mod confirm;
 mod key_mapping;
+mod leading;
 mod mapping;
 mod progress;
 mod publish;
@@ -28,16 +30,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream::StorageType};
-use valet_app::outbox::{Acquisition, Confirmation, Leadership, Lease, LeaseError, RelayStatus};
+use valet_app::outbox::{Confirmation, Leadership, Lease, LeaseError, RelayStatus};
 use valet_app::{EventStore, LogCursor, LogFollower, ReplayEvent, StoreError};
 use valet_wire::{STREAM, SUBJECTS};
 
 use checkpoint::Checkpoints;
 use confirm::{Chain, Plan, Recovery};
+use leading::{stand_by_and_lead, Backoff, LeadError, Role};
 use progress::Progress;
 use publish::{lost_tail, publish, stream_end, stream_last_id, Published};
-use tenure::{Bounds, Decision, StepDown, Tenure};
 
+pub use backchannel::{
+    start_dispatcher, DispatchError, DispatcherConfig, DEFAULT_RETRY, DISPATCHER_LEASE,
+};
 pub use mapping::{GrantDirectory, MappingError};
 
 /// How long the relay waits after catching up before reading again (bounds its read
@@ -61,27 +66,7 @@ const VERIFY_IDLE_EVERY: Duration = Duration::from_secs(1);
 /// The lease name of the relay.
 pub const LEASE: &str = "nats-relay";
 
-/// How long the relay lease lasts without renewal. A standby takes over at most this
-/// long after the leader's last renewal, plus one [`STANDBY_POLL`] and its start; within
-/// one poll when the leader's process died (its PostgreSQL session ended).
-pub const LEASE_TTL: Duration = Duration::from_secs(3);
-
-/// How often a standby asks for the lease.
-pub const STANDBY_POLL: Duration = Duration::from_millis(200);
-const RENEW_EVERY: Duration = Duration::from_millis(500);
-/// A renewal that takes longer is abandoned (the next is tried; the tenure decides).
-const RENEW_TIMEOUT: Duration = Duration::from_millis(500);
-
-const BOUNDS: Bounds = Bounds {
-    ttl: LEASE_TTL,
-    // One renewal interval and one renewal's timeout, with room to spare.
-    margin: Duration::from_millis(1200),
-    stall_limit: Duration::from_secs(3),
-};
-
-/// After stepping down, a relay waits this long (more than a standby's poll) before
-/// asking for the lease again, so that a standby gets it first.
-const AFTER_STEP_DOWN: Duration = Duration::from_secs(1);
+pub use leading::{DelivererThread as RelayThread, LEASE_TTL, STANDBY_POLL};
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -135,14 +120,6 @@ where
     run_until(store, config, status, std::future::pending()).await;
 }
 
-/// Why a relay stopped leading.
-enum Ended {
-    Failed(RelayError),
-    SteppedDown(StepDown),
-    Lost,
-    Shutdown,
-}
-
 /// [`run`] until `shutdown` completes; a leading relay then releases its lease, so a
 /// standby takes over at once.
 pub async fn run_until<S>(
@@ -160,134 +137,44 @@ pub async fn run_until<S>(
     };
     let confirmed = backlog::Confirmed::standing_by();
     let _reporter = backlog::Reporter::start(store.clone(), confirmed.clone(), status.clone());
-    let mut backoff = Backoff::new();
-    loop {
-        let sent_at = Instant::now();
-        let acquired = tokio::select! {
-            acquired = store.try_acquire(LEASE, &config.holder, LEASE_TTL) => acquired,
-            () = &mut shutdown => return,
-        };
-        let pause = match acquired {
-            Ok(Acquisition::Acquired(lease)) => {
-                backoff = Backoff::new();
-                tracing::info!(holder = %config.holder, "relay is active");
-                status.set_leader(Some(&config.holder));
-                status.set_active(true);
-                let progress = Progress::default();
-                let ended = tokio::select! {
-                    result = lead(&store, &lease, &nats, &config, &status, &confirmed, &progress) => {
-                        match result {
-                            Err(RelayError::Lease(LeaseError::Lost)) => Ended::Lost,
-                            Err(error) => Ended::Failed(error),
-                            Ok(never) => match never {},
-                        }
-                    }
-                    ended = hold(&lease, &progress, Tenure::new(BOUNDS, sent_at)) => ended,
-                    () = &mut shutdown => Ended::Shutdown,
-                };
-                status.set_active(false);
-                confirmed.stand_by();
-                if !matches!(ended, Ended::Lost) {
-                    if let Ok(Err(error)) =
-                        tokio::time::timeout(RENEW_TIMEOUT, lease.release()).await
-                    {
-                        tracing::warn!(%error, "cannot release the relay lease; it expires by itself");
-                    }
-                }
-                match ended {
-                    Ended::Shutdown => return,
-                    Ended::Failed(error) => {
-                        tracing::warn!(%error, "relay stopped leading; standing by")
-                    }
-                    Ended::SteppedDown(StepDown::Stalled) => {
-                        // The unconfirmed batch is abandoned: a failed publish.
-                        status.record_failure();
-                        tracing::warn!(
-                            "relay stepped down: JetStream has not confirmed a batch in time; standing by"
-                        )
-                    }
-                    Ended::SteppedDown(StepDown::LeaseRunningOut) => tracing::warn!(
-                        "relay stepped down: the lease could not be renewed in time; standing by"
-                    ),
-                    Ended::Lost => {
-                        tracing::warn!("relay lost its lease to another process; standing by")
-                    }
-                }
-                status.record_step_down();
-                AFTER_STEP_DOWN
-            }
-            Ok(Acquisition::HeldBy(holder)) => {
-                status.set_leader(Some(&holder));
-                STANDBY_POLL
-            }
-            Err(error) => {
-                tracing::warn!(%error, "relay cannot reach PostgreSQL; retrying");
-                backoff.next()
-            }
-        };
-        tokio::select! {
-            () = tokio::time::sleep(pause) => {}
-            () = &mut shutdown => return,
-        }
-    }
-}
-
-/// Renews the lease while the relay makes progress; returns when it must step down.
-async fn hold<L: Lease>(lease: &L, progress: &Progress, mut tenure: Tenure) -> Ended {
-    loop {
-        tokio::time::sleep(RENEW_EVERY).await;
-        if let Decision::StepDown(why) = tenure.decide(Instant::now(), progress.busy_since()) {
-            return Ended::SteppedDown(why);
-        }
-        let sent_at = Instant::now();
-        match tokio::time::timeout(RENEW_TIMEOUT, lease.renew()).await {
-            Ok(Ok(())) => tenure.renewed(sent_at),
-            Ok(Err(LeaseError::Lost)) => return Ended::Lost,
-            Ok(Err(LeaseError::Store(error))) => {
-                tracing::warn!(%error, "cannot renew the relay lease")
-            }
-            Err(_) => tracing::warn!("renewing the relay lease timed out"),
-        }
-    }
-}
-
-/// A relay running on a thread of its own (see [`start`]); stopped by [`stop`](Self::stop)
-/// or when dropped.
-pub struct RelayThread {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RelayThread {
-    /// Stops the relay and waits for its thread, which releases the lease (so a standby
-    /// takes over at once) and closes its connections.
-    pub fn stop(mut self) {
-        self.shut_down();
-    }
-
-    fn shut_down(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for RelayThread {
-    fn drop(&mut self) {
-        self.shut_down();
-    }
+    let role = Role {
+        lease: LEASE,
+        holder: &config.holder,
+        what: "relay",
+        status: &status,
+    };
+    let (store_ref, nats, config, status_ref, confirmed_ref) =
+        (&store, &nats, &config, &status, &confirmed);
+    stand_by_and_lead(
+        &store,
+        &role,
+        shutdown,
+        |lease, progress| {
+            Box::pin(async move {
+                lead(
+                    store_ref,
+                    &*lease,
+                    nats,
+                    config,
+                    status_ref,
+                    confirmed_ref,
+                    &progress,
+                )
+                .await
+                .map_err(|e| match e {
+                    RelayError::Lease(LeaseError::Lost) => LeadError::Lost,
+                    other => LeadError::Failed(other),
+                })
+            })
+        },
+        || confirmed.stand_by(),
+    )
+    .await;
 }
 
 /// Runs [`run`] on a thread of its own with a single-threaded runtime. The store should
 /// open its connections on first use (`PgEventStore::with_own_pool`), so that their I/O
 /// is driven on that thread too.
-///
-/// Why: on the server's runtime, the relay's reads, decoding and publishing queued
-/// behind the HTTP tasks under load and theirs behind it. The group-commit workers run
-/// on their own thread for the same reason.
 pub fn start<S>(
     store: S,
     config: RelayConfig,
@@ -296,20 +183,10 @@ pub fn start<S>(
 where
     S: EventStore + Leadership + Clone,
 {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::Builder::new()
-        .name("valet-relay".into())
-        .spawn(move || {
-            runtime.block_on(run_until(store, config, status, async {
-                let _ = stopped.await;
-            }));
-        })?;
-    Ok(RelayThread {
-        stop: Some(stop),
-        thread: Some(thread),
+    RelayThread::spawn("valet-relay", move |stopped| {
+        run_until(store, config, status, async {
+            let _ = stopped.await;
+        })
     })
 }
 
@@ -549,20 +426,4 @@ where
 
 fn nats_error(e: impl std::fmt::Display) -> RelayError {
     RelayError::Nats(e.to_string())
-}
-
-/// Exponential backoff from 100 ms to 5 s.
-struct Backoff(Duration);
-
-impl Backoff {
-    fn new() -> Self {
-        Backoff(Duration::from_millis(100))
-    }
-
-    /// The next delay.
-    fn next(&mut self) -> Duration {
-        let delay = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(5));
-        delay
-    }
 }

@@ -20,7 +20,8 @@ use crate::ports::{EventMetadata, EventStore, StoreError};
 pub use material::{GenerateError, KeyPairMaterial};
 pub use seal::{Kek, SealError};
 pub use signer::{
-    AccessTokenClaims, ActiveKeys, IdTokenClaims, JwtSigner, JwtType, NoKeys, SignError,
+    AccessTokenClaims, ActiveKeys, IdTokenClaims, JwtSigner, JwtType, LogoutTokenClaims, NoKeys,
+    SignError, BACKCHANNEL_LOGOUT_EVENT,
 };
 
 /// Where sealed private keys are kept: never the event log.

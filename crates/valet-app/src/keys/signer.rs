@@ -28,6 +28,8 @@ pub enum JwtType {
     IdToken,
     /// `at+jwt` (RFC 9068).
     AccessToken,
+    /// `logout+jwt` (OpenID Connect Back-Channel Logout 1.0 §2.4).
+    LogoutToken,
 }
 
 impl JwtType {
@@ -35,6 +37,7 @@ impl JwtType {
         match self {
             JwtType::IdToken => "JWT",
             JwtType::AccessToken => "at+jwt",
+            JwtType::LogoutToken => "logout+jwt",
         }
     }
 }
@@ -165,6 +168,24 @@ pub struct AccessTokenClaims<'a> {
     /// Space-separated, as in OAuth.
     pub scope: String,
 }
+
+/// The claims of a logout token (OpenID Connect Back-Channel Logout 1.0 §2.4): never a
+/// `nonce`, so it cannot pass for an id_token.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogoutTokenClaims<'a> {
+    pub iss: &'a str,
+    pub sub: String,
+    pub aud: &'a str,
+    pub iat: i64,
+    pub exp: i64,
+    pub jti: String,
+    pub events: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+}
+
+/// The `events` member of every logout token.
+pub const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
 /// The claims of an id_token (OpenID Connect Core §2).
 #[derive(Debug, Clone, Serialize)]

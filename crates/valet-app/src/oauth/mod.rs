@@ -99,7 +99,7 @@ pub struct OAuth<S, R, C> {
     dummy_password: OnceLock<String>,
     clients: ClientCache,
     /// Signs id_tokens and JWT access tokens with the ring's active keys.
-    signer: Arc<dyn JwtSigner>,
+    pub(crate) signer: Arc<dyn JwtSigner>,
     /// The `aud` of JWT access tokens; the issuer when unset.
     audience: Option<String>,
     sessions: crate::sessions::SessionPolicy,
