@@ -11,7 +11,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use valet_tests::html::{find_form, Form};
 use valet_tests::nats::TestNats;
-use valet_tests::server::{target_dir, Browser, ClientSpec, FlowEnd, TestServer};
+use valet_tests::server::{
+    target_dir, Browser, ClientSpec, FlowEnd, SidInLogoutTokens, TestServer,
+};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -239,6 +241,144 @@ async fn printshop_signs_alice_in_through_valet_lists_her_designs_and_signs_her_
         Some("login_required"),
         "{}",
         end.raw_location
+    );
+    server.stop().await;
+}
+
+/// In Debian's chromium (tests/js/account-e2e.mjs): Alice signs in to Printshop, opens
+/// her account page at Valet and removes Printshop's access. The designs service, which
+/// cannot reach /introspect at all here, refuses Printshop's token once the revocation
+/// arrives over NATS; Printshop receives a valid logout token and signs her out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_printshop_on_the_account_page_reaches_designs_and_signs_alice_out_of_printshop() {
+    let js = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("js");
+    assert!(
+        js.join("node_modules/playwright-core").is_dir(),
+        "run `npm ci --prefix tests/js` (make test does)"
+    );
+    let nats = TestNats::start().await;
+    let server = TestServer::start_with(&[("VALET_NATS_URL", &nats.url())]).await;
+    let (shop_port, designs_port, nowhere) = (free_port(), free_port(), free_port());
+    let shop = format!("http://127.0.0.1:{shop_port}");
+    let alice = server.create_user("alice", "a long passphrase").await;
+    let printshop = server
+        .create_client(
+            &ClientSpec::confidential("Printshop")
+                .redirect(&format!("{shop}/callback"))
+                .post_logout_redirect(&format!("{shop}/"))
+                .scopes("openid profile email designs:read")
+                .jwt_access_tokens("EdDSA")
+                .backchannel_logout(
+                    &format!("{shop}/backchannel-logout"),
+                    SidInLogoutTokens::Required,
+                ),
+        )
+        .await;
+    let designs_client = server
+        .create_client(&ClientSpec::confidential("designs").scopes("introspect"))
+        .await;
+    let mut designs = Command::new(binary("debug/examples/designs"));
+    designs
+        .env("VALET_NATS_URL", nats.url())
+        // Nothing listens there: every answer comes from the SDK's own store.
+        .env(
+            "VALET_INTROSPECT_URL",
+            format!("http://127.0.0.1:{nowhere}/introspect"),
+        )
+        .env("VALET_ISSUER", server.base_url())
+        .env("DESIGNS_CLIENT_ID", &designs_client.client_id)
+        .env("DESIGNS_CLIENT_SECRET", designs_client.secret())
+        .env("DESIGNS_LISTEN", format!("127.0.0.1:{designs_port}"));
+    let _designs = spawn_until(designs, "designs listening on").await;
+    let mut shop_cmd = Command::new(binary("debug/printshop"));
+    shop_cmd
+        .env("PRINTSHOP_ISSUER", server.base_url())
+        .env("PRINTSHOP_CLIENT_ID", &printshop.client_id)
+        .env("PRINTSHOP_CLIENT_SECRET", printshop.secret())
+        .env("PRINTSHOP_LISTEN", format!("127.0.0.1:{shop_port}"))
+        .env("DESIGNS_URL", format!("http://127.0.0.1:{designs_port}"));
+    let _shop = spawn_until(shop_cmd, "printshop listening on").await;
+
+    // A token of Printshop's for Alice (the grant "Remove access" will revoke).
+    let mut browser = server.browser();
+    let tokens = server
+        .user_tokens(
+            &mut browser,
+            &alice,
+            &printshop,
+            Some("openid profile email designs:read"),
+        )
+        .await;
+    let designs_url = format!("http://127.0.0.1:{designs_port}/designs");
+    let status = |token: String| {
+        let url = designs_url.clone();
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("designs answers")
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status(tokens.access_token.clone()).await, 200);
+
+    let shots = target_dir().join("screenshots");
+    let run = Command::new("node")
+        .arg(js.join("account-e2e.mjs"))
+        .current_dir(&js)
+        .env("PRINTSHOP", &shop)
+        .env("VALET", server.base_url())
+        .env("USERNAME", &alice.username)
+        .env("PASSWORD", &alice.password)
+        .env("SHOTS", &shots)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the script finishes within 2 minutes")
+        .expect("node runs (apt-get install nodejs)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "account-e2e failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert_eq!(seen["signed_in"], true, "{seen}");
+    assert_eq!(seen["listed_printshop"], true, "{seen}");
+    assert_eq!(seen["listed_session"], true, "{seen}");
+    assert_eq!(seen["phone_overflows"], false, "readable on a phone: {seen}");
+    assert_eq!(seen["removed_notice"], true, "{seen}");
+    assert_eq!(seen["no_app_left"], true, "{seen}");
+    assert_eq!(
+        seen["printshop_signed_out"], true,
+        "Printshop took the logout token: {seen}"
+    );
+
+    // The revocation reached the designs service over NATS.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while status(tokens.access_token.clone()).await != 401 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "designs still accepts the removed app's token"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let revoked = server.events_of("GrantRevoked").await;
+    assert!(!revoked.is_empty());
+    assert!(revoked
+        .iter()
+        .all(|e| e.payload["reason"] == "consent_revoked"));
+    let delivered = server.events_of("BackchannelLogoutAttempted").await;
+    assert!(
+        delivered
+            .iter()
+            .any(|e| e.payload["delivery"]["client_id"] == printshop.client_id.as_str()
+                && e.payload["outcome"]["result"] == "delivered"
+                && e.payload["delivery"]["session_id"].is_string()),
+        "{delivered:?}"
     );
     server.stop().await;
 }
