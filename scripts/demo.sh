@@ -31,6 +31,7 @@ printf '%s\n' "$password" | $V user create --username alice --password-stdin \
 field() { python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
 shop=$($V client create --name Printshop --redirect-uri http://127.0.0.1:8082/callback \
   --post-logout-redirect-uri http://127.0.0.1:8082/ \
+  --backchannel-logout-uri http://127.0.0.1:8082/backchannel-logout --backchannel-logout-session-required \
   --scope openid --scope profile --scope email --scope designs:read --json)
 designs=$($V client create --name designs --scope introspect --json)
 

@@ -5,6 +5,7 @@ pub mod contract;
 pub mod html;
 pub mod nats;
 pub mod private_pg;
+pub mod receiver;
 pub mod server;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -4,15 +4,11 @@
 //! receiver down for 30 s and a `kill -9` of Valet. Logout tokens are checked with the
 //! `jsonwebtoken` crate against the JWKS.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::post;
 use serde_json::Value;
 use valet_tests::html::find_form;
+use valet_tests::receiver::Receiver;
 use valet_tests::server::{
     AuthRequest, Browser, ClientCreds, ClientSpec, EventRow, Pkce, SidInLogoutTokens, TestServer,
     TestUser,
@@ -21,96 +17,7 @@ use valet_tests::server::{
 const APP_CB: &str = "https://app.example/cb";
 const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-// ---------------------------------------------------------------------------------------
-// A client's back-channel logout endpoint
-// ---------------------------------------------------------------------------------------
-
-/// Records every logout token POSTed to it; answers from a script of statuses (200 once
-/// the script is used up), after an optional delay.
-#[derive(Clone, Default)]
-struct Receiver(Arc<Inner>);
-
-#[derive(Default)]
-struct Inner {
-    /// Tokens whose request was answered 2xx.
-    accepted: Mutex<Vec<String>>,
-    /// Every request's token, answered or not.
-    seen: Mutex<Vec<String>>,
-    answers: Mutex<VecDeque<u16>>,
-    hold: Mutex<Option<Duration>>,
-}
-
-/// `logout_token=<JWT>`: a JWT's characters need no form decoding.
-async fn receive(State(r): State<Receiver>, body: String) -> StatusCode {
-    let Some(token) = body.strip_prefix("logout_token=").map(str::to_owned) else {
-        return StatusCode::BAD_REQUEST;
-    };
-    r.0.seen.lock().unwrap().push(token.clone());
-    let hold = r.0.hold.lock().unwrap().take();
-    if let Some(hold) = hold {
-        tokio::time::sleep(hold).await;
-    }
-    let status = r.0.answers.lock().unwrap().pop_front().unwrap_or(200);
-    if (200..300).contains(&status) {
-        r.0.accepted.lock().unwrap().push(token);
-    }
-    StatusCode::from_u16(status).expect("a status")
-}
-
-impl Receiver {
-    /// Serves on `port` until the handle is aborted.
-    async fn serve(&self, port: u16) -> tokio::task::JoinHandle<()> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .expect("bind the receiver");
-        let app = axum::Router::new()
-            .route("/logout", post(receive))
-            .with_state(self.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        })
-    }
-
-    fn answer(&self, statuses: &[u16]) {
-        self.0.answers.lock().unwrap().extend(statuses);
-    }
-
-    fn hold_next(&self, delay: Duration) {
-        *self.0.hold.lock().unwrap() = Some(delay);
-    }
-
-    fn accepted(&self) -> Vec<String> {
-        self.0.accepted.lock().unwrap().clone()
-    }
-
-    fn seen(&self) -> usize {
-        self.0.seen.lock().unwrap().len()
-    }
-
-    /// Waits until `n` tokens were accepted.
-    async fn until_accepted(&self, n: usize, within: Duration) -> Vec<String> {
-        let deadline = Instant::now() + within;
-        loop {
-            let accepted = self.accepted();
-            if accepted.len() >= n {
-                return accepted;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} logout token(s) accepted within {within:?}, wanted {n}",
-                accepted.len()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
+use valet_tests::receiver::free_port;
 
 // ---------------------------------------------------------------------------------------
 // Checking a logout token with a library nobody here wrote

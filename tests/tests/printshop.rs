@@ -349,7 +349,10 @@ async fn removing_printshop_on_the_account_page_reaches_designs_and_signs_alice_
     assert_eq!(seen["signed_in"], true, "{seen}");
     assert_eq!(seen["listed_printshop"], true, "{seen}");
     assert_eq!(seen["listed_session"], true, "{seen}");
-    assert_eq!(seen["phone_overflows"], false, "readable on a phone: {seen}");
+    assert_eq!(
+        seen["phone_overflows"], false,
+        "readable on a phone: {seen}"
+    );
     assert_eq!(seen["removed_notice"], true, "{seen}");
     assert_eq!(seen["no_app_left"], true, "{seen}");
     assert_eq!(
@@ -373,11 +376,10 @@ async fn removing_printshop_on_the_account_page_reaches_designs_and_signs_alice_
         .all(|e| e.payload["reason"] == "consent_revoked"));
     let delivered = server.events_of("BackchannelLogoutAttempted").await;
     assert!(
-        delivered
-            .iter()
-            .any(|e| e.payload["delivery"]["client_id"] == printshop.client_id.as_str()
-                && e.payload["outcome"]["result"] == "delivered"
-                && e.payload["delivery"]["session_id"].is_string()),
+        delivered.iter().any(|e| e.payload["delivery"]["client_id"]
+            == printshop.client_id.as_str()
+            && e.payload["outcome"]["result"] == "delivered"
+            && e.payload["delivery"]["session_id"].is_string()),
         "{delivered:?}"
     );
     server.stop().await;

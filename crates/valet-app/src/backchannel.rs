@@ -16,10 +16,13 @@ use valet_domain::{consent, user, ClientId, Event, StreamId, Timestamp, UserId};
 use crate::aggregate::{self as agg, execute, load, ExecuteError};
 use crate::clock::Clock;
 use crate::keys::{JwtType, LogoutTokenClaims, SignError, BACKCHANNEL_LOGOUT_EVENT};
-use crate::log::RecordedEvent;
+use crate::log::ReplayEvent;
 use crate::oauth::{OAuth, OAuthError, RequestMeta, Unavailable};
 use crate::ports::EventStore;
 use crate::read::ReadModels;
+
+/// The event types that can call for logout tokens.
+pub const LOGOUT_CAUSES: &[&str] = &["SessionEnded", "ConsentRevoked", "UserDisabled"];
 
 /// How long a logout token is valid after it is signed.
 const LOGOUT_TOKEN_SECONDS: u32 = 120;
@@ -47,10 +50,11 @@ pub enum DeliveryStep {
 }
 
 impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
-    /// The logout tokens `event` calls for (none for most events).
+    /// The logout tokens `event` calls for (none for most events: only those of
+    /// [`LOGOUT_CAUSES`]).
     pub async fn logout_deliveries(
         &self,
-        event: &RecordedEvent,
+        event: &ReplayEvent,
     ) -> Result<Vec<PlannedDelivery>, OAuthError> {
         let cause = event.event_id;
         let mut out = Vec::new();

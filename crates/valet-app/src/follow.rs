@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::log::{LogCursor, RecordedEvent, ReplayEvent};
+use crate::log::{LogCursor, RecordedEvent, ReplayEvent, Scanned};
 use crate::ports::{EventStore, StoreError};
 
 /// The longest pause between reads while new events wait behind the commit horizon.
@@ -13,10 +13,12 @@ const RETRY_CAP: Duration = Duration::from_millis(20);
 pub trait Followed: Sized + Send {
     fn cursor(&self) -> LogCursor;
 
+    /// `types`: the event types wanted, for readers that take only some ([`Scanned`]).
     fn read<S: EventStore>(
         store: &S,
         after: LogCursor,
         limit: usize,
+        types: &'static [&'static str],
     ) -> impl std::future::Future<Output = Result<Vec<Self>, StoreError>> + Send;
 }
 
@@ -29,6 +31,7 @@ impl Followed for RecordedEvent {
         store: &S,
         after: LogCursor,
         limit: usize,
+        _: &'static [&'static str],
     ) -> impl std::future::Future<Output = Result<Vec<Self>, StoreError>> + Send {
         store.read_log(after, limit)
     }
@@ -43,8 +46,24 @@ impl Followed for ReplayEvent {
         store: &S,
         after: LogCursor,
         limit: usize,
+        _: &'static [&'static str],
     ) -> impl std::future::Future<Output = Result<Vec<Self>, StoreError>> + Send {
         store.read_log_replay(after, limit)
+    }
+}
+
+impl Followed for Scanned {
+    fn cursor(&self) -> LogCursor {
+        Scanned::cursor(self)
+    }
+
+    fn read<S: EventStore>(
+        store: &S,
+        after: LogCursor,
+        limit: usize,
+        types: &'static [&'static str],
+    ) -> impl std::future::Future<Output = Result<Vec<Self>, StoreError>> + Send {
+        store.read_log_of_types(after, limit, types)
     }
 }
 
@@ -57,6 +76,8 @@ pub struct LogFollower<'s, S: EventStore, E: Followed = RecordedEvent> {
     wakeups: tokio::sync::watch::Receiver<u64>,
     batch: usize,
     fallback_poll: Duration,
+    /// The event types a [`Scanned`] follower takes.
+    types: &'static [&'static str],
     kind: std::marker::PhantomData<fn() -> E>,
 }
 
@@ -64,6 +85,15 @@ impl<'s, S: EventStore> LogFollower<'s, S> {
     /// A follower that returns full events.
     pub fn new(store: &'s S, from: LogCursor) -> Self {
         Self::from_cursor(store, from)
+    }
+}
+
+impl<'s, S: EventStore> LogFollower<'s, S, Scanned> {
+    /// A follower that returns the events of `types` only (and how far it read).
+    pub fn of_types(store: &'s S, from: LogCursor, types: &'static [&'static str]) -> Self {
+        let mut follower = Self::from_cursor(store, from);
+        follower.types = types;
+        follower
     }
 }
 
@@ -78,6 +108,7 @@ impl<'s, S: EventStore, E: Followed> LogFollower<'s, S, E> {
             wakeups,
             batch: 1000,
             fallback_poll: Duration::from_millis(500),
+            types: &[],
             kind: std::marker::PhantomData,
         }
     }
@@ -100,7 +131,7 @@ impl<'s, S: EventStore, E: Followed> LogFollower<'s, S, E> {
     pub async fn poll(&mut self) -> Result<Vec<E>, StoreError> {
         // Mark first: a wake-up that races with the read below is then kept for `next`.
         self.wakeups.mark_unchanged();
-        let events = E::read(self.store, self.cursor, self.batch).await?;
+        let events = E::read(self.store, self.cursor, self.batch, self.types).await?;
         if let Some(last) = events.last() {
             self.cursor = last.cursor();
         }

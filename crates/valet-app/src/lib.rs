@@ -26,7 +26,7 @@ pub use aggregate::{execute, load, Aggregate, ExecuteError, Executed, Loaded};
 pub use clock::{Clock, SystemClock};
 pub use entropy::{Ids, OsRandom, Randomness, RandomnessError, UuidV7};
 pub use follow::{Followed, LogFollower};
-pub use log::{LogCursor, NewEvent, RecordedEvent, ReplayEvent};
+pub use log::{LogCursor, NewEvent, RecordedEvent, ReplayEvent, Scanned};
 pub use ports::{
     AppendError, AppendOutcome, EventMetadata, EventStore, ExpectedVersion, Readiness, StoreError,
     StreamVersion, StreamWrite,

@@ -74,6 +74,24 @@ impl RecordedEvent {
     }
 }
 
+/// What a read of some event types only returns: the events of those types, and how far
+/// the read got past events of other types (so the reader's cursor moves on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scanned {
+    Event(Box<ReplayEvent>),
+    /// Nothing of interest up to and including this cursor.
+    ScannedTo(LogCursor),
+}
+
+impl Scanned {
+    pub fn cursor(&self) -> LogCursor {
+        match self {
+            Scanned::Event(e) => e.cursor(),
+            Scanned::ScannedTo(cursor) => *cursor,
+        }
+    }
+}
+
 /// An event read for a replay or by a follower that only maps events (the relay):
 /// decoded, without metadata or stream version, which a store can read for less.
 #[derive(Debug, Clone, PartialEq, Eq)]

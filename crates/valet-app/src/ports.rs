@@ -7,7 +7,7 @@ use uuid::Uuid;
 use valet_domain::StreamId;
 
 pub use crate::log::{EventMetadata, StreamVersion};
-use crate::log::{LogCursor, NewEvent, RecordedEvent, ReplayEvent};
+use crate::log::{LogCursor, NewEvent, RecordedEvent, ReplayEvent, Scanned};
 
 /// What the writer believes the stream's version is; the append fails unless it is so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +155,34 @@ pub trait EventStore: Send + Sync + 'static {
         async move {
             let events = self.read_log(after, limit).await?;
             Ok(events.into_iter().map(ReplayEvent::from).collect())
+        }
+    }
+
+    /// What `read_log_replay` returns, of the events whose type is one of `types` only,
+    /// in the same order; a trailing [`Scanned::ScannedTo`] says how far the read got
+    /// past other events (absent when it got nowhere new). For a follower that needs a
+    /// few rare event types (the back-channel logout dispatcher), a store can skip the
+    /// rest without decoding it: here they are read and dropped.
+    fn read_log_of_types(
+        &self,
+        after: LogCursor,
+        limit: usize,
+        types: &'static [&'static str],
+    ) -> impl Future<Output = Result<Vec<Scanned>, StoreError>> + Send {
+        async move {
+            let events = self.read_log_replay(after, limit).await?;
+            let last = events.last().map(ReplayEvent::cursor);
+            let mut out: Vec<Scanned> = events
+                .into_iter()
+                .filter(|e| types.contains(&e.event.event_type()))
+                .map(|e| Scanned::Event(Box::new(e)))
+                .collect();
+            if let Some(last) = last {
+                if out.last().map(Scanned::cursor) != Some(last) {
+                    out.push(Scanned::ScannedTo(last));
+                }
+            }
+            Ok(out)
         }
     }
 

@@ -115,7 +115,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         &self,
         user_id: UserId,
         session_id: SessionId,
-    ) -> Result<Option<AuthenticatedUser>, OAuthError> {
+    ) -> Result<Option<(AuthenticatedUser, session::Session)>, OAuthError> {
         let stream = StreamId::session(&session_id);
         let loaded = load::<agg::Session, S>(&self.store, &stream).await?;
         let Some(found) = loaded.state.session().filter(|s| s.user_id == user_id) else {
@@ -128,7 +128,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             return Ok(None);
         };
         match found.standing(self.now(), self.session_policy().idle) {
-            Standing::Stands => Ok(Some(user)),
+            Standing::Stands => Ok(Some((user, found.clone()))),
             Standing::Ended(_) => Ok(None),
             Standing::Lapsed => {
                 let meta = RequestMeta::default();
@@ -145,18 +145,24 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
 
     /// Records that the session signed its user in to `client` (or was used on the
     /// account page, with `None`): the idle timeout starts again, and the client will
-    /// hear of the session's end.
+    /// hear of the session's end. `as_loaded`: the session as the caller just loaded it;
+    /// a use that would record nothing is then not even attempted (the common case).
     pub async fn use_session(
         &self,
-        session_id: SessionId,
+        as_loaded: &session::Session,
         client: Option<&ClientId>,
         user: &AuthenticatedUser,
         meta: &RequestMeta,
     ) -> Result<SessionUse, OAuthError> {
+        let (now, idle) = (self.now(), self.session_policy().idle);
+        if !as_loaded.use_is_due(client, now, idle) {
+            return Ok(SessionUse::Recorded);
+        }
+        let session_id = as_loaded.session_id;
         let command = session::Command::Use {
             client_id: client.cloned(),
-            idle: self.session_policy().idle,
-            at: self.now(),
+            idle,
+            at: now,
         };
         match execute::<agg::Session, S>(
             &self.store,

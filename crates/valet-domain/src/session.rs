@@ -141,6 +141,18 @@ pub enum Standing {
 }
 
 impl Session {
+    /// Whether a use at `at` (by `client`) is worth recording: the client is new to the
+    /// session, or the idle timeout's resolution has passed since the last recorded use.
+    pub fn use_is_due(&self, client: Option<&ClientId>, at: Timestamp, idle: IdleTimeout) -> bool {
+        let joins = client.is_some_and(|c| !self.clients.contains(c));
+        let every_ms = idle
+            .0
+            .map_or(i64::from(USE_RECORDED_EVERY_SECONDS) * 1000, |idle| {
+                (i64::from(idle) * 250).min(i64::from(USE_RECORDED_EVERY_SECONDS) * 1000)
+            });
+        joins || at.as_unix_millis() >= self.last_used_at.as_unix_millis() + every_ms
+    }
+
     pub fn standing(&self, now: Timestamp, idle: IdleTimeout) -> Standing {
         if let Some((reason, _)) = self.ended {
             return Standing::Ended(reason);
@@ -196,15 +208,9 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Error> {
             Some(s),
         ) => {
             let joins = client_id.as_ref().is_some_and(|c| !s.clients.contains(c));
-            let every_ms = idle
-                .0
-                .map_or(i64::from(USE_RECORDED_EVERY_SECONDS) * 1000, |idle| {
-                    (i64::from(idle) * 250).min(i64::from(USE_RECORDED_EVERY_SECONDS) * 1000)
-                });
-            let due = at.as_unix_millis() >= s.last_used_at.as_unix_millis() + every_ms;
-            Ok(match (joins, due) {
-                (false, false) => vec![],
-                (true, _) => vec![Event::SessionUsed { client_id, at }],
+            Ok(match (joins, s.use_is_due(client_id.as_ref(), at, idle)) {
+                (_, false) => vec![],
+                (true, true) => vec![Event::SessionUsed { client_id, at }],
                 (false, true) => vec![Event::SessionUsed {
                     client_id: None,
                     at,

@@ -22,7 +22,7 @@ use crate::cookies::{csrf_cookie, csrf_matches, end_session, with_cookie};
 use crate::html::{self, LoginNotice, LoginView};
 use crate::observe::RequestContext;
 use crate::params::Params;
-use crate::signin::{sign_in, signed_in_user, SignInResult};
+use crate::signin::{sign_in, signed_in_user, SignInResult, SignedIn};
 use crate::signing::Session;
 use crate::{read_form, AppState};
 
@@ -113,7 +113,11 @@ where
     R: ReadModels,
     C: Clock,
 {
-    let (user, cookie) = match signed_in_user(&app, &headers).await {
+    let SignedIn {
+        user,
+        cookie,
+        session,
+    } = match signed_in_user(&app, &headers).await {
         Ok(Some(signed_in)) => signed_in,
         Ok(None) => return sign_in_form(&app, &headers, "", LoginNotice::None),
         Err(e) => return unavailable(&e),
@@ -121,7 +125,7 @@ where
     // Looking at the account uses the session (the idle timeout starts again).
     if let Err(e) = app
         .oauth
-        .use_session(cookie.session_id, None, &user, &ctx.meta())
+        .use_session(&session, None, &user, &ctx.meta())
         .await
     {
         return unavailable(&e);
@@ -251,7 +255,7 @@ where
         return Err(expired_form());
     }
     match signed_in_user(app, headers).await {
-        Ok(Some((user, cookie))) => Ok((user, cookie, form)),
+        Ok(Some(SignedIn { user, cookie, .. })) => Ok((user, cookie, form)),
         Ok(None) => Err(page(
             StatusCode::FORBIDDEN,
             "You are signed out",

@@ -24,8 +24,7 @@ use crate::cookies::{csrf_cookie, csrf_matches, with_cookie};
 use crate::html::{self, ConsentView, Hidden, LoginNotice, LoginView};
 use crate::observe::RequestContext;
 use crate::params::{append_query, encode_pairs, Params};
-use crate::signin::{sign_in, signed_in_user, SignInResult};
-use crate::signing::Session;
+use crate::signin::{sign_in, signed_in_user, SignInResult, SignedIn};
 use crate::{read_form, AppState};
 
 /// Whether a parameter came twice, and whether that leaves the redirect URI trustworthy.
@@ -297,8 +296,7 @@ fn consent_form<S, R, C>(
 async fn issue_code<S, R, C>(
     app: &AppState<S, R, C>,
     ctx: &RequestContext,
-    user: &AuthenticatedUser,
-    session: Session,
+    signed_in: &SignedIn,
     request: &AuthorizationRequest,
     answering: Answering,
 ) -> Response
@@ -307,6 +305,7 @@ where
     R: ReadModels,
     C: Clock,
 {
+    let (user, session) = (&signed_in.user, &signed_in.cookie);
     let redirect_uri = request.redirect_uri.as_str();
     let state = request.state.as_deref();
     let issuer = app.oauth.settings.issuer.as_str();
@@ -319,7 +318,7 @@ where
     let client = Some(&request.client_id);
     match app
         .oauth
-        .use_session(session.session_id, client, user, &ctx.meta())
+        .use_session(&signed_in.session, client, user, &ctx.meta())
         .await
     {
         Ok(SessionUse::Recorded) => {}
@@ -374,14 +373,14 @@ where
         Err(e) => return unavailable(&e),
     };
     let consent = match &signed_in {
-        Some((user, _)) => match app.oauth.consent_covers(user, &request).await {
+        Some(s) => match app.oauth.consent_covers(&s.user, &request).await {
             Ok(true) => ConsentState::Covered,
             Ok(false) => ConsentState::Needed,
             Err(e) => return unavailable(&e),
         },
         None => ConsentState::Needed,
     };
-    let signed_in_at = signed_in.as_ref().map(|(_, s)| s.signed_in_at());
+    let signed_in_at = signed_in.as_ref().map(|s| s.cookie.signed_in_at());
     let step = request.step(signed_in_at, consent, app.oauth.clock.now());
     match (step, signed_in) {
         (Step::Refuse(code), _) => redirect_error(
@@ -395,10 +394,8 @@ where
             },
             request.state.as_deref(),
         ),
-        (Step::IssueCode, Some((user, session))) => {
-            issue_code(&app, &ctx, &user, session, &request, Answering::Get).await
-        }
-        (Step::AskConsent, Some((user, _))) => {
+        (Step::IssueCode, Some(s)) => issue_code(&app, &ctx, &s, &request, Answering::Get).await,
+        (Step::AskConsent, Some(SignedIn { user, .. })) => {
             consent_form(&app, &headers, &request, params, &user)
         }
         (Step::SignIn | Step::IssueCode | Step::AskConsent, _) => sign_in(),
@@ -484,15 +481,13 @@ where
             return no_redirect("Choose Allow or Deny. Go back to the application and start again.")
         }
     };
-    let (user, session) = match signed_in_user(&app, &headers).await {
+    let signed_in = match signed_in_user(&app, &headers).await {
         Ok(Some(signed_in)) => signed_in,
         Ok(None) => return forbidden(),
         Err(e) => return unavailable(&e),
     };
     match decision {
-        Decision::Approve => {
-            issue_code(&app, &ctx, &user, session, &request, Answering::Post).await
-        }
+        Decision::Approve => issue_code(&app, &ctx, &signed_in, &request, Answering::Post).await,
         Decision::Deny => redirect_error(
             Answering::Post,
             &app.oauth.settings.issuer,

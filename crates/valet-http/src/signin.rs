@@ -86,11 +86,18 @@ where
     }
 }
 
+/// A browser whose session stands: its user, its cookie, the session as recorded.
+pub(crate) struct SignedIn {
+    pub user: AuthenticatedUser,
+    pub cookie: Session,
+    pub session: valet_domain::session::Session,
+}
+
 /// The user the browser's session cookie acts for, while its session stands.
 pub(crate) async fn signed_in_user<S, R, C>(
     app: &AppState<S, R, C>,
     headers: &HeaderMap,
-) -> Result<Option<(AuthenticatedUser, Session)>, OAuthError>
+) -> Result<Option<SignedIn>, OAuthError>
 where
     S: EventStore,
     R: ReadModels,
@@ -103,5 +110,9 @@ where
         .oauth
         .session_user(cookie.user_id, cookie.session_id)
         .await?
-        .map(|user| (user, cookie)))
+        .map(|(user, session)| SignedIn {
+            user,
+            cookie,
+            session,
+        }))
 }

@@ -17,16 +17,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
-use valet_app::backchannel::{DeliveryStep, PlannedDelivery};
+use valet_app::backchannel::{DeliveryStep, PlannedDelivery, LOGOUT_CAUSES};
 use valet_app::oauth::{OAuth, OAuthError};
 use valet_app::outbox::{Leadership, Lease, LeaseError, RelayStatus};
 use valet_app::read::ReadModels;
-use valet_app::{Clock, EventStore, LogCursor, LogFollower, StoreError};
+use valet_app::{Clock, EventStore, LogCursor, LogFollower, Scanned, StoreError};
 use valet_domain::backchannel::{DeliveryId, Outcome, RetryPolicy};
 use valet_domain::Timestamp;
 
 use crate::leading::{stand_by_and_lead, DelivererThread, LeadError, Role};
 use crate::progress::Progress;
+
+/// How long the dispatcher waits before reading again after a read that found no cause.
+const IDLE_COALESCE: Duration = Duration::from_millis(5);
+
+/// The longest the dispatcher's checkpoint lags behind what it has read.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// The dispatcher's lease (and checkpoint) name.
 pub const DISPATCHER_LEASE: &str = "backchannel-logout";
@@ -144,8 +150,9 @@ where
         .checkpoint(DISPATCHER_LEASE)
         .await?
         .unwrap_or(LogCursor::START);
-    let mut saved = read_to;
-    let mut follower = LogFollower::new(&oauth.store, read_to);
+    let (mut saved, mut saved_at) = (read_to, std::time::Instant::now());
+    // Only the causes are read (PostgreSQL skips the rest of the log for it).
+    let mut follower = LogFollower::of_types(&oauth.store, read_to, LOGOUT_CAUSES);
     let mut waiting: BTreeMap<DeliveryId, Waiting> = BTreeMap::new();
     let mut in_flight: JoinSet<(DeliveryId, Outcome)> = JoinSet::new();
     let mut flying: BTreeMap<DeliveryId, Waiting> = BTreeMap::new();
@@ -189,11 +196,13 @@ where
             .min()
             .unwrap_or(read_to)
             .min(read_to);
-        if low != saved {
+        // At most once a second: under load every commit moves the cursor, and a
+        // checkpoint a second behind costs a restart only a re-read of the causes.
+        if low != saved && saved_at.elapsed() >= CHECKPOINT_EVERY {
             progress.busy();
             lease.save_checkpoint(low).await?;
             progress.idle();
-            saved = low;
+            (saved, saved_at) = (low, std::time::Instant::now());
         }
         let next_due = waiting.values().map(|w| w.at).min();
         let sleep = next_due.map_or(Duration::from_secs(3600), |at| {
@@ -208,7 +217,11 @@ where
                 let batch = batch?;
                 progress.busy();
                 let mut before = read_to;
-                for event in &batch {
+                for scanned in &batch {
+                    let Scanned::Event(event) = scanned else {
+                        before = scanned.cursor();
+                        continue;
+                    };
                     for planned in oauth.logout_deliveries(event).await? {
                         let id = planned.id;
                         if waiting.contains_key(&id) || flying.contains_key(&id) {
@@ -223,6 +236,11 @@ where
                 }
                 read_to = before;
                 progress.idle();
+                if !batch.iter().any(|s| matches!(s, Scanned::Event(_))) {
+                    // Only other events committed: under load that is every commit, so
+                    // wait a moment before reading again (bounds the lag it adds).
+                    tokio::time::sleep(IDLE_COALESCE).await;
+                }
             }
             Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
                 let Ok((id, outcome)) = joined else {

@@ -278,6 +278,15 @@ impl EventStore for PgEventStore {
         self.read_log_lean(after, limit).await
     }
 
+    async fn read_log_of_types(
+        &self,
+        after: LogCursor,
+        limit: usize,
+        types: &'static [&'static str],
+    ) -> Result<Vec<valet_app::Scanned>, StoreError> {
+        self.read_log_filtered(after, limit, types).await
+    }
+
     async fn count_after(&self, after: LogCursor) -> Result<u64, StoreError> {
         let client = self.inner.pool.get().await.map_err(unavailable)?;
         read::count_after(&client, after).await

@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
-use valet_app::{LogCursor, RecordedEvent, ReplayEvent, StoreError, StreamVersion};
+use valet_app::{LogCursor, RecordedEvent, ReplayEvent, Scanned, StoreError, StreamVersion};
 use valet_domain::StreamId;
 
 use super::errors::{db_error, unavailable};
@@ -138,6 +138,66 @@ impl PgEventStore {
     ) -> Result<Vec<ReplayEvent>, StoreError> {
         let rows = self.read_log_rows(REPLAY_COLUMNS, after, limit).await?;
         rows.iter().map(replay_row).collect()
+    }
+
+    /// The events of `types` after `after` in commit-safe order, and how far the read
+    /// got: PostgreSQL skips the other events (an index range scan with a filter), so
+    /// they are neither sent nor decoded.
+    pub(super) async fn read_log_filtered(
+        &self,
+        after: LogCursor,
+        limit: usize,
+        types: &'static [&'static str],
+    ) -> Result<Vec<Scanned>, StoreError> {
+        let client = self.inner.pool.get().await.map_err(unavailable)?;
+        // One round trip: the horizon (everything below it is final, so a read that
+        // returns fewer than `limit` events has seen all of it) and the events below it;
+        // a single row of NULL events and the horizon when there are none.
+        let sql = format!(
+            "WITH h AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS x)
+             SELECT e.*, h.x FROM h LEFT JOIN LATERAL (
+                 SELECT {REPLAY_COLUMNS} FROM events
+                 WHERE (xact, position) > ($1, $2) AND xact < h.x AND event_type = ANY($4)
+                 ORDER BY xact, position
+                 LIMIT $3) e ON TRUE"
+        );
+        let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
+        let wanted: Vec<&str> = types.to_vec();
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    &after.xact,
+                    &after.position,
+                    &i64::try_from(limit).unwrap_or(i64::MAX),
+                    &wanted,
+                ],
+            )
+            .await
+            .map_err(db_error)?;
+        let horizon: i64 = match rows.first() {
+            Some(row) => row.try_get(8).map_err(db_error)?,
+            None => return Ok(Vec::new()),
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row
+                .try_get::<_, Option<i64>>(0)
+                .map_err(db_error)?
+                .is_some()
+            {
+                out.push(Scanned::Event(Box::new(replay_row(row)?)));
+            }
+        }
+        let full = out.len() >= limit;
+        let scanned_to = LogCursor {
+            xact: horizon - 1,
+            position: i64::MAX,
+        };
+        if !full && scanned_to > after {
+            out.push(Scanned::ScannedTo(scanned_to));
+        }
+        Ok(out)
     }
 
     /// Streams, in commit order, every event of one consistent snapshot of the log that

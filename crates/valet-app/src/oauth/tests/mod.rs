@@ -9,6 +9,7 @@ mod code_grant;
 mod introspection;
 mod refresh;
 mod revocation;
+mod sessions;
 mod token;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
