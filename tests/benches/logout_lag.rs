@@ -23,8 +23,7 @@ use valet_tests::html::find_form;
 use valet_tests::nats::TestNats;
 use valet_tests::receiver::{free_port, Receiver};
 use valet_tests::server::{
-    AuthRequest, Browser, ClientCreds, ClientSpec, Pkce, SidInLogoutTokens, TestServer, TestUser,
-    APP_CB,
+    ClientCreds, ClientSpec, SidInLogoutTokens, TestServer, TestUser, APP_CB,
 };
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -56,25 +55,6 @@ fn summary(label: &str, mut ms: Vec<f64>) -> (String, f64) {
     )
 }
 
-/// Signs in to `client` (consenting when asked): the token response.
-async fn sign_in(
-    server: &TestServer,
-    browser: &mut Browser,
-    user: &TestUser,
-    client: &ClientCreds,
-) -> Value {
-    let pkce = Pkce::new();
-    let req = AuthRequest::new(&client.client_id, APP_CB)
-        .pkce(&pkce)
-        .scope("openid read");
-    let code = server.code(browser, user, &req).await;
-    let resp = server
-        .redeem(client, &code, APP_CB, Some(&pkce.verifier))
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.describe());
-    resp.json()
-}
-
 /// A claim of a JWT, unverified (the tests check signatures; here only matching counts).
 fn claim(jwt: &str, name: &str) -> String {
     let payload = jwt.split('.').nth(1).expect("a JWT");
@@ -92,7 +72,9 @@ async fn remove_access_lag(
     app: &ClientCreds,
 ) -> f64 {
     let mut browser = server.browser();
-    let tokens = sign_in(server, &mut browser, user, app).await;
+    let tokens = server
+        .sign_in_for(&mut browser, user, app, "openid read")
+        .await;
     let token = tokens["access_token"]
         .as_str()
         .expect("access_token")
@@ -142,7 +124,9 @@ async fn logout_token_lag(
     app: &ClientCreds,
 ) -> f64 {
     let mut browser = server.browser();
-    let tokens = sign_in(server, &mut browser, user, app).await;
+    let tokens = server
+        .sign_in_for(&mut browser, user, app, "openid read")
+        .await;
     let hint = tokens["id_token"].as_str().expect("id_token");
     let sid = claim(hint, "sid");
     let url = server.url(&format!(

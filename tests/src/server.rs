@@ -1221,6 +1221,27 @@ impl TestServer {
         self.authorize(browser, user, req).await.code()
     }
 
+    /// Signs `user` in to `client` (redirect URI [`APP_CB`]) for `scope` with PKCE in
+    /// `browser`, consenting when asked: the token response (200 asserted) as JSON.
+    pub async fn sign_in_for(
+        &self,
+        browser: &mut Browser,
+        user: &TestUser,
+        client: &ClientCreds,
+        scope: &str,
+    ) -> Value {
+        let pkce = Pkce::new();
+        let req = AuthRequest::new(&client.client_id, APP_CB)
+            .pkce(&pkce)
+            .scope(scope);
+        let code = self.code(browser, user, &req).await;
+        let resp = self
+            .redeem(client, &code, APP_CB, Some(&pkce.verifier))
+            .await;
+        assert_eq!(resp.status, 200, "{}", resp.describe());
+        resp.json()
+    }
+
     /// Flow with PKCE + redemption at /token; asserts success.
     pub async fn user_tokens(
         &self,

@@ -73,16 +73,7 @@ async fn sign_in(
     user: &TestUser,
     client: &ClientCreds,
 ) -> Value {
-    let pkce = Pkce::new();
-    let req = AuthRequest::new(&client.client_id, APP_CB)
-        .pkce(&pkce)
-        .scope("openid");
-    let code = server.code(browser, user, &req).await;
-    let resp = server
-        .redeem(client, &code, APP_CB, Some(&pkce.verifier))
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.describe());
-    resp.json()
+    server.sign_in_for(browser, user, client, "openid").await
 }
 
 fn sid_of(tokens: &Value) -> String {

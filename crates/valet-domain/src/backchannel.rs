@@ -225,21 +225,9 @@ pub fn evolve(state: State, event: &Event) -> State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{self, Aggregate};
+    use crate::testing;
 
-    struct DeliveryAggregate;
-    impl Aggregate for DeliveryAggregate {
-        type State = State;
-        type Command = Command;
-        type Event = Event;
-        type Error = Error;
-        fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Error> {
-            decide(state, cmd)
-        }
-        fn evolve(state: State, event: &Event) -> State {
-            evolve(state, event)
-        }
-    }
+    crate::testing::test_aggregate!(DeliveryAggregate);
 
     fn t(seconds: i64) -> Timestamp {
         Timestamp::from_unix_millis(seconds * 1000)

@@ -428,22 +428,10 @@ mod tests {
     use super::*;
     use crate::redirect::uri;
     use crate::scope::scopes;
-    use crate::testing::{self, Aggregate};
+    use crate::testing;
     use GrantType::{AuthorizationCode, ClientCredentials, RefreshToken};
 
-    struct ClientAggregate;
-    impl Aggregate for ClientAggregate {
-        type State = State;
-        type Command = Command;
-        type Event = Event;
-        type Error = Error;
-        fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Error> {
-            decide(state, cmd)
-        }
-        fn evolve(state: State, event: &Event) -> State {
-            evolve(state, event)
-        }
-    }
+    crate::testing::test_aggregate!(ClientAggregate);
 
     fn given(events: &[Event]) -> testing::Given<ClientAggregate> {
         testing::given(events)

@@ -334,23 +334,11 @@ mod tests {
     use crate::pkce::{RFC_CHALLENGE, RFC_VERIFIER};
     use crate::redirect::uri;
     use crate::scope::scopes;
-    use crate::testing::{self, Aggregate};
+    use crate::testing;
     use uuid::Uuid;
     use InvalidGrant as IG;
 
-    struct CodeAggregate;
-    impl Aggregate for CodeAggregate {
-        type State = State;
-        type Command = Command;
-        type Event = Event;
-        type Error = Rejection<Event, Error>;
-        fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Self::Error> {
-            decide(state, cmd)
-        }
-        fn evolve(state: State, event: &Event) -> State {
-            evolve(state, event)
-        }
-    }
+    crate::testing::test_aggregate!(CodeAggregate, Rejection<Event, Error>);
 
     fn given(events: &[Event]) -> testing::Given<CodeAggregate> {
         testing::given(events)

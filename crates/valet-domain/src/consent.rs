@@ -99,22 +99,10 @@ pub fn evolve(state: State, event: &Event) -> State {
 mod tests {
     use super::*;
     use crate::scope::scopes;
-    use crate::testing::{self, Aggregate};
+    use crate::testing;
     use uuid::Uuid;
 
-    struct ConsentAggregate;
-    impl Aggregate for ConsentAggregate {
-        type State = State;
-        type Command = Command;
-        type Event = Event;
-        type Error = Error;
-        fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Error> {
-            decide(state, cmd)
-        }
-        fn evolve(state: State, event: &Event) -> State {
-            evolve(state, event)
-        }
-    }
+    crate::testing::test_aggregate!(ConsentAggregate);
 
     fn given(events: &[Event]) -> testing::Given<ConsentAggregate> {
         testing::given(events)

@@ -556,23 +556,11 @@ mod tests {
     use super::*;
     use crate::ids::StreamId;
     use crate::scope::scopes;
-    use crate::testing::{self, Aggregate};
+    use crate::testing;
     use uuid::Uuid;
     use InvalidGrant as IG;
 
-    struct GrantAggregate;
-    impl Aggregate for GrantAggregate {
-        type State = State;
-        type Command = Command;
-        type Event = Event;
-        type Error = Rejection<Event, Error>;
-        fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Self::Error> {
-            decide(state, cmd)
-        }
-        fn evolve(state: State, event: &Event) -> State {
-            evolve(state, event)
-        }
-    }
+    crate::testing::test_aggregate!(GrantAggregate, Rejection<Event, Error>);
 
     fn given(events: &[Event]) -> testing::Given<GrantAggregate> {
         testing::given(events)

@@ -261,22 +261,10 @@ pub fn evolve(state: State, event: &Event) -> State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{self, Aggregate};
+    use crate::testing;
     use uuid::Uuid;
 
-    struct SessionAggregate;
-    impl Aggregate for SessionAggregate {
-        type State = State;
-        type Command = Command;
-        type Event = Event;
-        type Error = Error;
-        fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Error> {
-            decide(state, cmd)
-        }
-        fn evolve(state: State, event: &Event) -> State {
-            evolve(state, event)
-        }
-    }
+    crate::testing::test_aggregate!(SessionAggregate);
 
     fn given(events: &[Event]) -> testing::Given<SessionAggregate> {
         testing::given(events)

@@ -449,21 +449,9 @@ pub fn evolve(mut state: State, event: &Event) -> State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{self, Aggregate};
+    use crate::testing;
 
-    struct Ring;
-    impl Aggregate for Ring {
-        type State = State;
-        type Command = Command;
-        type Event = Event;
-        type Error = Error;
-        fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Error> {
-            decide(state, cmd)
-        }
-        fn evolve(state: State, event: &Event) -> State {
-            evolve(state, event)
-        }
-    }
+    crate::testing::test_aggregate!(Ring);
 
     fn t(seconds: i64) -> Timestamp {
         Timestamp::from_unix_millis(seconds * 1000)

@@ -13,6 +13,30 @@ pub(crate) trait Aggregate {
     fn evolve(state: Self::State, event: &Self::Event) -> Self::State;
 }
 
+/// The [`Aggregate`] of the calling module's `State`, `Command`, `Event`, `decide` and
+/// `evolve`, named `$name`; `$error` when `decide` refuses with another type than `Error`.
+macro_rules! test_aggregate {
+    ($name:ident) => {
+        crate::testing::test_aggregate!($name, Error);
+    };
+    ($name:ident, $error:ty) => {
+        struct $name;
+        impl crate::testing::Aggregate for $name {
+            type State = State;
+            type Command = Command;
+            type Event = Event;
+            type Error = $error;
+            fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, $error> {
+                decide(state, cmd)
+            }
+            fn evolve(state: State, event: &Event) -> State {
+                evolve(state, event)
+            }
+        }
+    };
+}
+pub(crate) use test_aggregate;
+
 pub(crate) struct Given<A: Aggregate>(A::State);
 
 pub(crate) fn given<A: Aggregate>(events: &[A::Event]) -> Given<A> {

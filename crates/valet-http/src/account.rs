@@ -217,12 +217,9 @@ where
     R: ReadModels,
     C: Clock,
 {
-    let Ok(form) = read_form(&headers, &body) else {
+    let Some(form) = checked_form(&app, &headers, &body) else {
         return expired_form();
     };
-    if !csrf_matches(&app, &headers, &form) {
-        return expired_form();
-    }
     let username = form.field("username").value().unwrap_or_default();
     let password = form.field("password").value().unwrap_or_default();
     match sign_in(&app, &ctx, username, password).await {
@@ -237,6 +234,17 @@ where
     }
 }
 
+/// A POSTed form with a valid CSRF field (`None`: answer [`expired_form`]).
+fn checked_form<S, R, C>(
+    app: &AppState<S, R, C>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Option<Params> {
+    read_form(headers, body)
+        .ok()
+        .filter(|form| csrf_matches(app, headers, form))
+}
+
 /// The signed-in user behind a POST with a valid CSRF field, or the response.
 async fn authorized<S, R, C>(
     app: &AppState<S, R, C>,
@@ -248,12 +256,7 @@ where
     R: ReadModels,
     C: Clock,
 {
-    let Ok(form) = read_form(headers, body) else {
-        return Err(expired_form());
-    };
-    if !csrf_matches(app, headers, &form) {
-        return Err(expired_form());
-    }
+    let form = checked_form(app, headers, body).ok_or_else(expired_form)?;
     match signed_in_user(app, headers).await {
         Ok(Some(SignedIn { user, cookie, .. })) => Ok((user, cookie, form)),
         Ok(None) => Err(page(

@@ -120,6 +120,26 @@ async fn removing_an_app_revokes_the_consent_and_its_grants_only() {
         .is_empty());
 }
 
+/// The session signs `user` in to `client`.
+async fn signs_in_to(
+    world: &World,
+    user: &AuthenticatedUser,
+    session_id: valet_domain::oidc::SessionId,
+    client: &ClientId,
+) {
+    let loaded = world
+        .valet
+        .session_of(user.user_id, session_id)
+        .await
+        .unwrap()
+        .unwrap();
+    world
+        .valet
+        .use_session(&loaded, Some(client), user, &caller())
+        .await
+        .unwrap();
+}
+
 /// Registers `name` for logout tokens at `https://<name>.test/logout`.
 async fn given_logout_uri(world: &mut World, name: &str, sid: LogoutSid) {
     let stream = StreamId::client(&ClientId::parse(name).unwrap());
@@ -158,17 +178,7 @@ async fn a_session_end_calls_for_a_token_to_each_registered_client_it_signed_in_
     let started = world.valet.start_session(&alice, &caller()).await.unwrap();
     for name in ["web", "shop", "quiet"] {
         let client = ClientId::parse(name).unwrap();
-        let loaded = world
-            .valet
-            .session_of(alice.user_id, started.session_id)
-            .await
-            .unwrap()
-            .unwrap();
-        world
-            .valet
-            .use_session(&loaded, Some(&client), &alice, &caller())
-            .await
-            .unwrap();
+        signs_in_to(&world, &alice, started.session_id, &client).await;
     }
     world
         .valet
@@ -219,17 +229,7 @@ async fn removing_an_app_calls_for_one_token_per_standing_session_when_it_needs_
     let mut sessions = Vec::new();
     for _ in 0..2 {
         let started = world.valet.start_session(&alice, &caller()).await.unwrap();
-        let loaded = world
-            .valet
-            .session_of(alice.user_id, started.session_id)
-            .await
-            .unwrap()
-            .unwrap();
-        world
-            .valet
-            .use_session(&loaded, Some(&web), &alice, &caller())
-            .await
-            .unwrap();
+        signs_in_to(&world, &alice, started.session_id, &web).await;
         sessions.push(started.session_id);
     }
     // A session that never signed in to web hears nothing of it.
