@@ -369,6 +369,23 @@ async fn removing_printshop_on_the_account_page_reaches_designs_and_signs_alice_
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // What resource services heard: grant.revoked, reason consent_revoked.
+    let heard: Vec<valet_wire::TokenEvent> = nats
+        .stream_messages(valet_wire::STREAM)
+        .await
+        .iter()
+        .filter_map(|m| {
+            valet_wire::Message::from_json(&m.payload)
+                .ok()?
+                .into_token()
+        })
+        .filter(|e| e.event_type == valet_wire::EventType::GrantRevoked)
+        .collect();
+    assert!(!heard.is_empty(), "no grant.revoked on the stream");
+    assert!(heard.iter().all(
+        |e| e.reason == Some(valet_wire::RevocationReason::ConsentRevoked)
+            && e.client_id == printshop.client_id
+    ));
     let revoked = server.events_of("GrantRevoked").await;
     assert!(!revoked.is_empty());
     assert!(revoked

@@ -99,6 +99,15 @@ pub struct NewClient {
     pub backchannel_logout_sid: client::LogoutSid,
 }
 
+/// A client's new secret.
+#[derive(Debug, Clone)]
+pub struct RotatedSecret {
+    /// Shown once; only its SHA-256 is kept.
+    pub client_secret: String,
+    /// Until when the secret before it still works.
+    pub previous_valid_until: valet_domain::Timestamp,
+}
+
 #[derive(Debug, Clone)]
 pub struct CreatedClient {
     pub client_id: String,
@@ -235,9 +244,75 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
 
     /// Disables the client and revokes every grant it holds. Returns how many grants.
     pub async fn disable_client(&self, id: &str, meta: &RequestMeta) -> Result<usize, AdminError> {
-        let client_id =
-            ClientId::parse(id).map_err(|_| AdminError::NotFound(format!("client {id}")))?;
         let command = client::Command::Disable { at: self.now() };
+        self.stop_client(id, command, meta).await
+    }
+
+    /// Disables or deletes a client, then revokes every grant it holds (reason
+    /// `client_disabled`, which resource services of every version know).
+    async fn stop_client(
+        &self,
+        id: &str,
+        command: client::Command,
+        meta: &RequestMeta,
+    ) -> Result<usize, AdminError> {
+        let client_id = self.execute_on_client(id, command, meta).await?;
+        self.revoke_all(
+            self.reads.active_grants_of_client(&client_id).await?,
+            RevocationReason::ClientDisabled,
+            meta,
+        )
+        .await
+    }
+
+    /// Lets a disabled client authenticate again (its revoked grants stay revoked).
+    pub async fn enable_client(&self, id: &str, meta: &RequestMeta) -> Result<(), AdminError> {
+        let command = client::Command::Enable { at: self.now() };
+        self.execute_on_client(id, command, meta).await?;
+        Ok(())
+    }
+
+    /// Deletes the client for good: it never authenticates again, its id is never
+    /// registered again, and every grant it holds is revoked. Returns how many grants.
+    pub async fn delete_client(&self, id: &str, meta: &RequestMeta) -> Result<usize, AdminError> {
+        let command = client::Command::Delete { at: self.now() };
+        self.stop_client(id, command, meta).await
+    }
+
+    /// Gives a confidential client a new secret (shown once; only its SHA-256 is kept).
+    /// The current secret keeps working for `overlap_seconds` (0: it stops at once), so
+    /// the client's deployments can switch over.
+    pub async fn rotate_client_secret(
+        &self,
+        id: &str,
+        overlap_seconds: u32,
+        meta: &RequestMeta,
+    ) -> Result<RotatedSecret, AdminError> {
+        let secret = secrets::generate(SecretKind::ClientSecret, self.randomness())
+            .map_err(Unavailable::from)?;
+        let now = self.now();
+        let previous_valid_until = now.plus_seconds(overlap_seconds);
+        let command = client::Command::RotateSecret {
+            secret_hash: secret.hash,
+            previous_valid_until,
+            at: now,
+        };
+        self.execute_on_client(id, command, meta).await?;
+        Ok(RotatedSecret {
+            client_secret: secret.raw,
+            previous_valid_until,
+        })
+    }
+
+    /// An administrator's command on a client's stream; the client's id.
+    async fn execute_on_client(
+        &self,
+        id: &str,
+        command: client::Command,
+        meta: &RequestMeta,
+    ) -> Result<ClientId, AdminError> {
+        let not_found = || AdminError::NotFound(format!("client {id}"));
+        let client_id = ClientId::parse(id).map_err(|_| not_found())?;
         execute::<agg::Client, S>(
             &self.store,
             self.ids(),
@@ -250,15 +325,10 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             ExecuteError::Rejected {
                 error: client::Error::NotFound,
                 ..
-            } => AdminError::NotFound(format!("client {id}")),
+            } => not_found(),
             other => failed(other),
         })?;
-        self.revoke_all(
-            self.reads.active_grants_of_client(&client_id).await?,
-            RevocationReason::ClientDisabled,
-            meta,
-        )
-        .await
+        Ok(client_id)
     }
 
     /// Registers a user; the password is hashed with argon2id off the async executor and

@@ -124,6 +124,43 @@ pub async fn client(database_url: &str, command: ClientCommand) -> anyhow::Resul
                 .context("client disable")?;
             println!("disabled client {client_id}; revoked {revoked} grant(s)");
         }
+        ClientCommand::Enable { client_id } => {
+            oauth
+                .enable_client(&client_id, &meta)
+                .await
+                .context("client enable")?;
+            println!("enabled client {client_id}");
+        }
+        ClientCommand::RotateSecret {
+            client_id,
+            overlap,
+            json,
+        } => {
+            let rotated = oauth
+                .rotate_client_secret(&client_id, overlap, &meta)
+                .await
+                .context("client rotate-secret")?;
+            let until = timefmt::format_millis(rotated.previous_valid_until.as_unix_millis());
+            if json {
+                let out = json!({
+                    "client_id": client_id,
+                    "client_secret": rotated.client_secret,
+                    "previous_valid_until": until,
+                });
+                println!("{out}");
+            } else {
+                println!("client_id:     {client_id}");
+                println!("client_secret: {}", rotated.client_secret);
+                println!("(shown once; the previous secret works until {until})");
+            }
+        }
+        ClientCommand::Delete { client_id } => {
+            let revoked = oauth
+                .delete_client(&client_id, &meta)
+                .await
+                .context("client delete")?;
+            println!("deleted client {client_id}; revoked {revoked} grant(s)");
+        }
     }
     Ok(())
 }

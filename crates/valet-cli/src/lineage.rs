@@ -48,6 +48,15 @@ fn describe(event: &Event) -> String {
                 format!("client access tokens are JWTs signed with {alg}")
             }
         },
+        Event::Client(client::Event::ClientEnabled { .. }) => "client enabled".to_owned(),
+        Event::Client(client::Event::ClientDeleted { .. }) => "client deleted".to_owned(),
+        Event::Client(client::Event::ClientSecretRotated {
+            previous_valid_until,
+            ..
+        }) => format!(
+            "client secret rotated; the previous one works until {}",
+            timefmt::format_millis(previous_valid_until.as_unix_millis())
+        ),
         Event::Client(client::Event::ClientBackchannelLogoutSet { logout, .. }) => {
             format!("client receives logout tokens at {}", logout.uri.as_str())
         }

@@ -341,6 +341,30 @@ enum ClientCommand {
         #[arg(value_name = "CLIENT_ID")]
         client_id: String,
     },
+    /// Let a disabled client authenticate again (its revoked grants stay revoked).
+    Enable {
+        #[arg(value_name = "CLIENT_ID")]
+        client_id: String,
+    },
+    /// Give a confidential client a new secret (printed once). The current secret keeps
+    /// working for --overlap seconds, so the client's deployments can switch over.
+    RotateSecret {
+        #[arg(value_name = "CLIENT_ID")]
+        client_id: String,
+        /// How long the current secret keeps working, in seconds (0: it stops now).
+        #[arg(long, default_value_t = 86_400,
+              value_parser = clap::value_parser!(u32).range(0..=2_592_000))]
+        overlap: u32,
+        /// Print one JSON object {"client_id", "client_secret", "previous_valid_until"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a client for good: it never authenticates again, its id is never reused,
+    /// and every grant it holds is revoked.
+    Delete {
+        #[arg(value_name = "CLIENT_ID")]
+        client_id: String,
+    },
 }
 
 /// A user's profile claims, served to apps granted `profile` or `email`.

@@ -72,6 +72,21 @@ pub enum Command {
     Disable {
         at: Timestamp,
     },
+    /// Serve again after a disable (never after a delete).
+    Enable {
+        at: Timestamp,
+    },
+    /// A new secret (its SHA-256); the current one keeps working until
+    /// `previous_valid_until` (at `at` or earlier: not at all).
+    RotateSecret {
+        secret_hash: TokenHash,
+        previous_valid_until: Timestamp,
+        at: Timestamp,
+    },
+    /// For good: the client never authenticates again and its id is never reused.
+    Delete {
+        at: Timestamp,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +125,19 @@ pub enum Event {
         logout: BackchannelLogout,
         at: Timestamp,
     },
+    ClientEnabled {
+        at: Timestamp,
+    },
+    /// The secret is now the one of `secret_hash`; the one before works until
+    /// `previous_valid_until`.
+    ClientSecretRotated {
+        secret_hash: TokenHash,
+        previous_valid_until: Timestamp,
+        at: Timestamp,
+    },
+    ClientDeleted {
+        at: Timestamp,
+    },
 }
 domain_event!(Event {
     ClientRegistered,
@@ -117,7 +145,10 @@ domain_event!(Event {
     ClientIdTokenAlgorithmSet,
     ClientPostLogoutRedirectUrisSet,
     ClientAccessTokenFormatSet,
-    ClientBackchannelLogoutSet
+    ClientBackchannelLogoutSet,
+    ClientEnabled,
+    ClientSecretRotated,
+    ClientDeleted
 });
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -138,6 +169,10 @@ pub enum Error {
     AuthorizationCodeWithoutRedirectUri,
     #[error("refresh_token needs authorization_code")]
     RefreshTokenWithoutAuthorizationCode,
+    #[error("a public client has no secret")]
+    PublicClientHasNoSecret,
+    #[error("the client was deleted")]
+    Deleted,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -172,6 +207,10 @@ pub struct Client {
     pub scopes: ScopeSet,
     pub registered_at: Timestamp,
     pub disabled_at: Option<Timestamp>,
+    /// Deleted clients are never active again.
+    pub deleted_at: Option<Timestamp>,
+    /// The secret before the last rotation, and until when it still works.
+    pub previous_secret: Option<(TokenHash, Timestamp)>,
     pub id_token_alg: Algorithm,
     pub post_logout_redirect_uris: Vec<RedirectUri>,
     pub access_token_format: AccessTokenFormat,
@@ -199,7 +238,9 @@ impl State {
     }
 
     fn active(&self) -> Option<&Client> {
-        self.0.as_ref().filter(|c| c.disabled_at.is_none())
+        self.0
+            .as_ref()
+            .filter(|c| c.disabled_at.is_none() && c.deleted_at.is_none())
     }
 
     pub fn kind(&self) -> Option<&ClientKind> {
@@ -258,12 +299,22 @@ impl State {
         }
     }
 
-    /// Constant-time; false for public, unknown and disabled clients.
-    pub fn verify_secret(&self, presented: &TokenHash) -> bool {
-        match self.active().map(|c| &c.kind) {
-            Some(ClientKind::Confidential { secret_hash }) => secret_hash.ct_eq(presented),
-            _ => false,
-        }
+    /// Constant-time; false for public, unknown, disabled and deleted clients. The
+    /// secret before the last rotation passes until its deadline.
+    pub fn verify_secret(&self, presented: &TokenHash, now: Timestamp) -> bool {
+        let Some(client) = self.active() else {
+            return false;
+        };
+        let ClientKind::Confidential { secret_hash } = &client.kind else {
+            return false;
+        };
+        // Both compared whatever the first says: the time taken tells nothing.
+        let current = secret_hash.ct_eq(presented);
+        let previous = client
+            .previous_secret
+            .as_ref()
+            .is_some_and(|(hash, until)| hash.ct_eq(presented) && now < *until);
+        current | previous
     }
 }
 
@@ -349,8 +400,33 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Error> {
         }
         Command::Disable { at } => match state.client() {
             None => Err(Error::NotFound),
-            Some(c) if c.disabled_at.is_some() => Ok(vec![]),
+            Some(c) if c.disabled_at.is_some() || c.deleted_at.is_some() => Ok(vec![]),
             Some(_) => Ok(vec![Event::ClientDisabled { at }]),
+        },
+        Command::Enable { at } => match state.client() {
+            None => Err(Error::NotFound),
+            Some(c) if c.deleted_at.is_some() => Err(Error::Deleted),
+            Some(c) if c.disabled_at.is_none() => Ok(vec![]),
+            Some(_) => Ok(vec![Event::ClientEnabled { at }]),
+        },
+        Command::RotateSecret {
+            secret_hash,
+            previous_valid_until,
+            at,
+        } => match state.client() {
+            None => Err(Error::NotFound),
+            Some(c) if c.deleted_at.is_some() => Err(Error::Deleted),
+            Some(c) if c.kind == ClientKind::Public => Err(Error::PublicClientHasNoSecret),
+            Some(_) => Ok(vec![Event::ClientSecretRotated {
+                secret_hash,
+                previous_valid_until,
+                at,
+            }]),
+        },
+        Command::Delete { at } => match state.client() {
+            None => Err(Error::NotFound),
+            Some(c) if c.deleted_at.is_some() => Ok(vec![]),
+            Some(_) => Ok(vec![Event::ClientDeleted { at }]),
         },
     }
 }
@@ -393,6 +469,8 @@ pub fn evolve(state: State, event: &Event) -> State {
             scopes: scopes.clone(),
             registered_at: *at,
             disabled_at: None,
+            deleted_at: None,
+            previous_secret: None,
             id_token_alg: Algorithm::RS256,
             post_logout_redirect_uris: Vec::new(),
             access_token_format: AccessTokenFormat::Opaque,
@@ -412,6 +490,32 @@ pub fn evolve(state: State, event: &Event) -> State {
         }
         (Some(mut client), Event::ClientBackchannelLogoutSet { logout, .. }) => {
             client.backchannel_logout = Some(logout.clone());
+            State(Some(client))
+        }
+        (Some(mut client), Event::ClientEnabled { .. }) => {
+            client.disabled_at = None;
+            State(Some(client))
+        }
+        (
+            Some(mut client),
+            Event::ClientSecretRotated {
+                secret_hash,
+                previous_valid_until,
+                at,
+            },
+        ) => {
+            if let ClientKind::Confidential { secret_hash: old } = &client.kind {
+                // Only the secret just replaced overlaps: an older one ends now.
+                client.previous_secret =
+                    (previous_valid_until > at).then_some((*old, *previous_valid_until));
+            }
+            client.kind = ClientKind::Confidential {
+                secret_hash: *secret_hash,
+            };
+            State(Some(client))
+        }
+        (Some(mut client), Event::ClientDeleted { at }) => {
+            client.deleted_at.get_or_insert(*at);
             State(Some(client))
         }
         (Some(mut client), Event::ClientDisabled { at }) => {
@@ -757,21 +861,21 @@ mod tests {
         assert!(active.allows_grant(AuthorizationCode));
         assert!(active.allows_grant(RefreshToken));
         assert!(!active.allows_grant(ClientCredentials));
-        assert!(active.verify_secret(&TokenHash::of("s3cret")));
-        assert!(!active.verify_secret(&TokenHash::of("wrong")));
+        assert!(active.verify_secret(&TokenHash::of("s3cret"), T1));
+        assert!(!active.verify_secret(&TokenHash::of("wrong"), T1));
         assert_eq!(active.kind(), Some(&secret()));
 
         let disabled = given(&[web(), Event::ClientDisabled { at: T1 }]).state();
         assert!(disabled.is_registered());
         assert!(!disabled.is_active());
         assert!(!disabled.allows_grant(AuthorizationCode));
-        assert!(!disabled.verify_secret(&TokenHash::of("s3cret")));
+        assert!(!disabled.verify_secret(&TokenHash::of("s3cret"), T1));
         assert_eq!(disabled.client().unwrap().disabled_at, Some(T1));
 
         let unknown = State::default();
         assert!(!unknown.is_active());
         assert!(!unknown.allows_grant(ClientCredentials));
-        assert!(!unknown.verify_secret(&TokenHash::of("s3cret")));
+        assert!(!unknown.verify_secret(&TokenHash::of("s3cret"), T1));
         assert_eq!(unknown.kind(), None);
     }
 
@@ -783,8 +887,91 @@ mod tests {
             &[AuthorizationCode],
         )])
         .state();
-        assert!(!public.verify_secret(&TokenHash::of("")));
-        assert!(!public.verify_secret(&TokenHash::of("s3cret")));
+        assert!(!public.verify_secret(&TokenHash::of(""), T1));
+        assert!(!public.verify_secret(&TokenHash::of("s3cret"), T1));
+    }
+
+    const T2: Timestamp = Timestamp::from_unix_millis(3_000);
+    const T3: Timestamp = Timestamp::from_unix_millis(4_000);
+
+    fn rotated(new: &str, until: Timestamp, at: Timestamp) -> Event {
+        Event::ClientSecretRotated {
+            secret_hash: TokenHash::of(new),
+            previous_valid_until: until,
+            at,
+        }
+    }
+
+    #[test]
+    fn a_rotated_out_secret_works_until_its_deadline() {
+        given(&[web()])
+            .when(Command::RotateSecret {
+                secret_hash: TokenHash::of("new"),
+                previous_valid_until: T3,
+                at: T1,
+            })
+            .then_events(&[rotated("new", T3, T1)]);
+        let state = given(&[web(), rotated("new", T3, T1)]).state();
+        let ok = |s: &str, at| state.verify_secret(&TokenHash::of(s), at);
+        assert!(ok("new", T2) && ok("s3cret", T2));
+        assert!(ok("new", T3) && !ok("s3cret", T3));
+        // A second rotation ends the first secret's overlap at once.
+        let twice = given(&[web(), rotated("new", T3, T1), rotated("newer", T3, T2)]).state();
+        assert!(!twice.verify_secret(&TokenHash::of("s3cret"), T2));
+        assert!(twice.verify_secret(&TokenHash::of("new"), T2));
+        assert!(twice.verify_secret(&TokenHash::of("newer"), T2));
+        // No overlap asked: the old secret stops at once.
+        let at_once = given(&[web(), rotated("new", T1, T1)]).state();
+        assert!(!at_once.verify_secret(&TokenHash::of("s3cret"), T1));
+        let public = registered(
+            ClientKind::Public,
+            &["http://127.0.0.1/cb"],
+            &[AuthorizationCode],
+        );
+        given(&[public])
+            .when(Command::RotateSecret {
+                secret_hash: TokenHash::of("x"),
+                previous_valid_until: T2,
+                at: T1,
+            })
+            .then_error(Error::PublicClientHasNoSecret);
+    }
+
+    #[test]
+    fn a_disabled_client_is_enabled_again_but_a_deleted_one_never() {
+        let disabled = Event::ClientDisabled { at: T1 };
+        given(&[web(), disabled.clone()])
+            .when(Command::Enable { at: T2 })
+            .then_events(&[Event::ClientEnabled { at: T2 }]);
+        let enabled = given(&[web(), disabled.clone(), Event::ClientEnabled { at: T2 }]).state();
+        assert!(enabled.is_active());
+        given(&[web()])
+            .when(Command::Enable { at: T2 })
+            .then_nothing();
+        given(&[web()])
+            .when(Command::Delete { at: T2 })
+            .then_events(&[Event::ClientDeleted { at: T2 }]);
+        let deleted = [web(), Event::ClientDeleted { at: T2 }];
+        given(&deleted)
+            .when(Command::Enable { at: T3 })
+            .then_error(Error::Deleted);
+        given(&deleted)
+            .when(Command::RotateSecret {
+                secret_hash: TokenHash::of("x"),
+                previous_valid_until: T3,
+                at: T3,
+            })
+            .then_error(Error::Deleted);
+        given(&deleted)
+            .when(Command::Delete { at: T3 })
+            .then_nothing();
+        given(&deleted)
+            .when(Command::Disable { at: T3 })
+            .then_nothing();
+        let state = given(&deleted).state();
+        assert!(!state.is_active());
+        assert!(!state.verify_secret(&TokenHash::of("s3cret"), T3));
+        assert!(!state.allows_grant(AuthorizationCode));
     }
 
     #[test]
@@ -921,6 +1108,9 @@ mod tests {
                     },
                     at: T1,
                 },
+                Event::ClientEnabled { at: T1 },
+                rotated("rotated", T3, T1),
+                Event::ClientDeleted { at: T1 },
             ],
             Event::EVENT_TYPES,
         );

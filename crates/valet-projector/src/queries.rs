@@ -385,7 +385,8 @@ impl ReadModels for PgReadModels {
     async fn clients(&self) -> Result<Vec<ClientSummary>, StoreError> {
         let rows = self
             .query(
-                "SELECT client_id, name, kind, redirect_uris, grant_types, scopes, disabled_at IS NULL
+                "SELECT client_id, name, kind, redirect_uris, grant_types, scopes,
+                        disabled_at IS NULL AND deleted_at IS NULL
                  FROM clients ORDER BY created_at, client_id",
                 &[],
             )

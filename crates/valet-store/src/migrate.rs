@@ -55,6 +55,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "sessions",
         sql: include_str!("../../../migrations/0009_sessions.sql"),
     },
+    Migration {
+        version: 10,
+        name: "client_deleted",
+        sql: include_str!("../../../migrations/0010_client_deleted.sql"),
+    },
 ];
 
 /// Serialises concurrent `valet migrate` runs (several replicas starting at once).

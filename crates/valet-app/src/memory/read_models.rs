@@ -163,17 +163,24 @@ impl Tables {
                 scopes: scopes.to_string(),
                 active: true,
             }),
-            client::Event::ClientDisabled { .. } => {
-                for row in &mut self.clients {
-                    if row.client_id == client_id.as_str() {
-                        row.active = false;
-                    }
-                }
+            client::Event::ClientDisabled { .. } | client::Event::ClientDeleted { .. } => {
+                self.set_client_active(client_id, false)
             }
+            // A deleted client is never enabled (the domain refuses it).
+            client::Event::ClientEnabled { .. } => self.set_client_active(client_id, true),
             client::Event::ClientIdTokenAlgorithmSet { .. }
             | client::Event::ClientPostLogoutRedirectUrisSet { .. }
             | client::Event::ClientAccessTokenFormatSet { .. }
-            | client::Event::ClientBackchannelLogoutSet { .. } => {}
+            | client::Event::ClientBackchannelLogoutSet { .. }
+            | client::Event::ClientSecretRotated { .. } => {}
+        }
+    }
+
+    fn set_client_active(&mut self, client_id: &ClientId, active: bool) {
+        for row in &mut self.clients {
+            if row.client_id == client_id.as_str() {
+                row.active = active;
+            }
         }
     }
 

@@ -159,17 +159,17 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
     /// RFC 6749 §2.3: the client's credentials, checked in constant time. Unknown client,
     /// wrong secret and disabled client all fail the same way.
     pub async fn authenticate(&self, auth: &ClientAuth) -> Result<AuthenticatedClient, OAuthError> {
-        let (client_id, accepted): (&str, fn(&State, &ClientAuth) -> bool) = match auth {
-            ClientAuth::Secret { client_id, .. } => (client_id, |state, auth| match auth {
-                ClientAuth::Secret { secret, .. } => state.verify_secret(&TokenHash::of(secret)),
-                ClientAuth::Public { .. } => false,
-            }),
-            ClientAuth::Public { client_id } => (client_id, |state, _| {
-                state.is_active() && matches!(state.kind(), Some(ClientKind::Public))
-            }),
-        };
+        let (ClientAuth::Secret { client_id, .. } | ClientAuth::Public { client_id }) = auth;
         let CachedClient { state, version, .. } = self.cached_client(client_id).await?;
-        if accepted(&state, auth) {
+        let accepted = match auth {
+            ClientAuth::Secret { secret, .. } => {
+                state.verify_secret(&TokenHash::of(secret), self.now())
+            }
+            ClientAuth::Public { .. } => {
+                state.is_active() && matches!(state.kind(), Some(ClientKind::Public))
+            }
+        };
+        if accepted {
             Ok(AuthenticatedClient { state, version })
         } else {
             Err(OAuthError::invalid_client())

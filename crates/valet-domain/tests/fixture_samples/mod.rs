@@ -412,6 +412,16 @@ pub fn samples() -> Vec<(&'static str, &'static str, u32, Value)> {
                 at: at(5),
             },
         ),
+        sample("client", client::Event::ClientEnabled { at: at(7) }),
+        sample(
+            "client",
+            client::Event::ClientSecretRotated {
+                secret_hash: TokenHash::of("valet_cs_fixture-rotated-secret"),
+                previous_valid_until: at(86_400_007),
+                at: at(7),
+            },
+        ),
+        sample("client", client::Event::ClientDeleted { at: at(9) }),
         sample(
             "session",
             session::Event::SessionStarted {

@@ -97,6 +97,15 @@ pub(super) enum ConsentChange {
     },
 }
 
+/// A client change after its registration, applied in order at flush time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ClientChange {
+    Disabled { client_id: String, at: i64 },
+    Enabled { client_id: String },
+    SecretRotated { client_id: String, secret: Vec<u8> },
+    Deleted { client_id: String, at: i64 },
+}
+
 /// A session change, applied in order at flush time (sessions are rare next to tokens).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum SessionChange {
@@ -172,11 +181,13 @@ pub(super) struct Batch {
     tokens_of_grant: Index<Uuid, (Vec<usize>, Vec<usize>)>,
     pub consents: Vec<ConsentChange>,
     pub sessions: Vec<SessionChange>,
+    /// Changes to clients after their registration, in log order (applied after the
+    /// batch's inserts, so they reach rows of this batch and of earlier ones alike).
+    pub client_changes: Vec<ClientChange>,
     // Changes to rows from earlier batches, in log order.
     pub old_rotations: Vec<Vec<u8>>,
     pub old_access_revocations: Vec<Dated<Vec<u8>>>,
     pub old_grant_revocations: Vec<Dated<Uuid>>,
-    pub old_clients_disabled: Vec<(String, i64)>,
     pub old_users_disabled: Vec<(Uuid, i64)>,
 }
 
@@ -418,15 +429,27 @@ impl Batch {
                 });
             }
             client::Event::ClientDisabled { at } => {
-                match self.client_index.get(client_id.as_str()) {
-                    Some(&i) => {
-                        let row = &mut self.clients[i];
-                        row.disabled_at = row.disabled_at.or(Some(at.as_unix_millis()));
-                    }
-                    None => self
-                        .old_clients_disabled
-                        .push((client_id.to_string(), at.as_unix_millis())),
-                }
+                self.client_changes.push(ClientChange::Disabled {
+                    client_id: client_id.to_string(),
+                    at: at.as_unix_millis(),
+                })
+            }
+            client::Event::ClientEnabled { .. } => {
+                self.client_changes.push(ClientChange::Enabled {
+                    client_id: client_id.to_string(),
+                })
+            }
+            client::Event::ClientSecretRotated { secret_hash, .. } => {
+                self.client_changes.push(ClientChange::SecretRotated {
+                    client_id: client_id.to_string(),
+                    secret: secret_hash.as_bytes().to_vec(),
+                })
+            }
+            client::Event::ClientDeleted { at } => {
+                self.client_changes.push(ClientChange::Deleted {
+                    client_id: client_id.to_string(),
+                    at: at.as_unix_millis(),
+                })
             }
             // Read from the client's stream when a token is issued, not a read model.
             client::Event::ClientIdTokenAlgorithmSet { .. }

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use valet_app::StoreError;
 use valet_store::{Params, RowWrite, WriteSql};
 
-use super::batch::{AccessRow, Batch, ConsentChange, Dated, SessionChange};
+use super::batch::{AccessRow, Batch, ClientChange, ConsentChange, Dated, SessionChange};
 
 const ROTATE_REFRESH: WriteSql = WriteSql::new(
     "UPDATE refresh_tokens SET status = 'rotated'
@@ -40,11 +40,17 @@ const REVOKE_REFRESH_OF_GRANTS: WriteSql = WriteSql::new(
     "UPDATE refresh_tokens SET status = 'revoked'
      WHERE grant_id = ANY($1) AND status <> 'revoked'",
 );
-const DISABLE_CLIENTS: WriteSql = WriteSql::new(
-    "UPDATE clients c SET disabled_at = d.at
-     FROM unnest($1::text[], $2::int8[]) AS d(id, at)
-     WHERE c.client_id = d.id AND c.disabled_at IS NULL",
+// A client's changes after its registration are rare: one statement each, in log order
+// (a disable, an enable and a disable again must end disabled).
+const DISABLE_CLIENT: WriteSql = WriteSql::new(
+    "UPDATE clients SET disabled_at = $2 WHERE client_id = $1 AND disabled_at IS NULL",
 );
+const ENABLE_CLIENT: WriteSql =
+    WriteSql::new("UPDATE clients SET disabled_at = NULL WHERE client_id = $1");
+const ROTATE_CLIENT_SECRET: WriteSql =
+    WriteSql::new("UPDATE clients SET secret_sha256 = $2 WHERE client_id = $1");
+const DELETE_CLIENT: WriteSql =
+    WriteSql::new("UPDATE clients SET deleted_at = $2 WHERE client_id = $1 AND deleted_at IS NULL");
 const DISABLE_USERS: WriteSql = WriteSql::new(
     "UPDATE users u SET disabled_at = d.at
      FROM unnest($1::uuid[], $2::int8[]) AS d(id, at)
@@ -148,11 +154,6 @@ pub(super) fn updates(batch: &mut Batch, out: &mut Writes) -> Result<(), StoreEr
             vec![Box::new(ids.clone()), Box::new(ats), Box::new(reasons)],
         )?;
         out.push(REVOKE_REFRESH_OF_GRANTS, vec![Box::new(ids)])?;
-    }
-    let disabled = std::mem::take(&mut batch.old_clients_disabled);
-    if !disabled.is_empty() {
-        let (ids, ats): (Vec<String>, Vec<i64>) = disabled.into_iter().unzip();
-        out.push(DISABLE_CLIENTS, vec![Box::new(ids), Box::new(ats)])?;
     }
     let disabled = std::mem::take(&mut batch.old_users_disabled);
     if !disabled.is_empty() {
@@ -283,6 +284,23 @@ pub(super) fn inserts(batch: &Batch, out: &mut Writes) -> Result<(), StoreError>
             )?,
             ConsentChange::Revoked { user_id, client_id } => {
                 out.push(DELETE_CONSENT, vec![Box::new(user_id), Box::new(client_id)])?
+            }
+        }
+    }
+    for change in &batch.client_changes {
+        match change.clone() {
+            ClientChange::Disabled { client_id, at } => {
+                out.push(DISABLE_CLIENT, vec![Box::new(client_id), Box::new(at)])?
+            }
+            ClientChange::Enabled { client_id } => {
+                out.push(ENABLE_CLIENT, vec![Box::new(client_id)])?
+            }
+            ClientChange::SecretRotated { client_id, secret } => out.push(
+                ROTATE_CLIENT_SECRET,
+                vec![Box::new(client_id), Box::new(secret)],
+            )?,
+            ClientChange::Deleted { client_id, at } => {
+                out.push(DELETE_CLIENT, vec![Box::new(client_id), Box::new(at)])?
             }
         }
     }
