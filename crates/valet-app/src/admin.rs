@@ -12,7 +12,7 @@ use crate::aggregate::{self as agg, execute, load, ExecuteError};
 use crate::clock::Clock;
 use crate::oauth::{OAuth, OAuthError, RequestMeta, Unavailable};
 use crate::ports::{EventStore, StoreError};
-use crate::read::{ClientSummary, ReadModels, SessionView};
+use crate::read::{ClientSummary, ConnectedApp, ReadModels, SessionView, UserSummary};
 use crate::secrets::{self, SecretKind};
 
 /// A change to a user's profile claims; `None` keeps the current value.
@@ -61,6 +61,14 @@ fn failed<E: std::fmt::Display>(e: ExecuteError<E>) -> AdminError {
         ExecuteError::Store(e) => e.into(),
         ExecuteError::Contention(n) => AdminError::Unavailable(Unavailable::Contention(n)),
     }
+}
+
+/// `valet user show`: the user as the log has them, their sessions and apps.
+#[derive(Debug, Clone)]
+pub struct UserDetails {
+    pub user: user::User,
+    pub sessions: Vec<SessionView>,
+    pub apps: Vec<ConnectedApp>,
 }
 
 /// What a password change does to the user's grants.
@@ -420,6 +428,38 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             meta,
         )
         .await
+    }
+
+    /// Lets a disabled user sign in again. Their grants stay revoked and no session from
+    /// before comes back: they sign in afresh.
+    pub async fn enable_user(&self, username: &str, meta: &RequestMeta) -> Result<(), AdminError> {
+        let user = self.user_named(username).await?;
+        let command = user::Command::Enable { at: self.now() };
+        self.execute_on_user(user.user_id, command, meta).await
+    }
+
+    /// Every registered user, by username.
+    pub async fn list_users(&self) -> Result<Vec<UserSummary>, AdminError> {
+        Ok(self.reads.users().await?)
+    }
+
+    /// One user as the log has them: registration, state, profile; with their
+    /// standing sessions and the apps holding their grants.
+    pub async fn show_user(&self, username: &str) -> Result<UserDetails, AdminError> {
+        let found = self.user_named(username).await?;
+        let loaded = load::<agg::User, S>(&self.store, &StreamId::user(&found.user_id))
+            .await
+            .map_err(failed)?;
+        let user = loaded
+            .state
+            .user()
+            .cloned()
+            .ok_or_else(|| AdminError::NotFound(format!("user {username}")))?;
+        Ok(UserDetails {
+            sessions: self.active_sessions(found.user_id).await?,
+            apps: self.connected_apps(found.user_id).await?,
+            user,
+        })
     }
 
     /// argon2id off the async executor; an empty password is refused.

@@ -60,6 +60,14 @@ pub struct ClientSummary {
     pub active: bool,
 }
 
+/// A user as `valet user list` shows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSummary {
+    pub user_id: UserId,
+    pub username: Username,
+    pub active: bool,
+}
+
 /// A login session as the `sessions` read model keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionView {
@@ -128,6 +136,9 @@ pub trait ReadModels: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<GrantId>, StoreError>> + Send;
 
     fn clients(&self) -> impl Future<Output = Result<Vec<ClientSummary>, StoreError>> + Send;
+
+    /// Every registered user, by username.
+    fn users(&self) -> impl Future<Output = Result<Vec<UserSummary>, StoreError>> + Send;
 
     /// The user's sessions, newest first (at most `limit`); ended ones too.
     fn sessions_of_user(

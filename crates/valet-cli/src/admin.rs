@@ -207,6 +207,61 @@ pub async fn user(database_url: &str, command: UserCommand) -> anyhow::Result<()
                 .context("user disable")?;
             println!("disabled user {username}; revoked {revoked} grant(s)");
         }
+        UserCommand::Enable { username } => {
+            oauth
+                .enable_user(&username, &meta)
+                .await
+                .context("user enable")?;
+            println!("enabled user {username}");
+        }
+        UserCommand::List { json } => {
+            let users = oauth.list_users().await.context("user list")?;
+            if json {
+                let list: Vec<_> = users
+                    .iter()
+                    .map(|u| {
+                        json!({
+                            "user_id": u.user_id.to_string(),
+                            "username": u.username.as_str(),
+                            "active": u.active,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                for u in &users {
+                    let state = if u.active { "active" } else { "disabled" };
+                    println!("{}  {}  {state}", u.user_id, u.username);
+                }
+            }
+        }
+        UserCommand::Show { username, json } => {
+            let shown = oauth.show_user(&username).await.context("user show")?;
+            let u = &shown.user;
+            let out = json!({
+                "user_id": u.user_id.to_string(),
+                "username": u.username.as_str(),
+                "registered_at": timefmt::format_millis(u.registered_at.as_unix_millis()),
+                "active": u.disabled_at.is_none(),
+                "name": u.profile.name.as_ref().map(|n| n.as_str()),
+                "email": u.profile.email.as_ref().map(|e| e.as_str()),
+                "email_verified": u.profile.email_status == EmailStatus::Verified,
+                "active_sessions": shown.sessions.len(),
+                "apps": shown.apps.iter().map(|a| json!({
+                    "client_id": a.client_id.as_str(),
+                    "name": a.name,
+                    "scope": a.scope.to_string(),
+                })).collect::<Vec<_>>(),
+            });
+            if json {
+                println!("{out}");
+            } else {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&out).context("user show")?
+                );
+            }
+        }
         UserCommand::Password {
             username,
             keep_grants,

@@ -93,6 +93,7 @@ fn describe(event: &Event) -> String {
             format!("user {username} registered")
         }
         Event::User(user::Event::UserDisabled { .. }) => "user disabled".to_owned(),
+        Event::User(user::Event::UserEnabled { .. }) => "user enabled".to_owned(),
         Event::User(user::Event::UserProfileChanged { .. }) => "user profile changed".to_owned(),
         Event::User(user::Event::UserSignedOutEverywhere { .. }) => {
             "user signed out everywhere".to_owned()

@@ -413,6 +413,25 @@ enum UserCommand {
         #[arg(value_name = "USERNAME")]
         username: String,
     },
+    /// Let a disabled user sign in again (their revoked grants and ended sessions stay so).
+    Enable {
+        #[arg(value_name = "USERNAME")]
+        username: String,
+    },
+    /// List the users.
+    List {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One user: id, state, profile, sessions that stand, apps holding grants.
+    Show {
+        #[arg(value_name = "USERNAME")]
+        username: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Give a user a new password, read from standard input (one trailing newline is
     /// stripped): every sign-in session ends and, unless --keep-grants, every grant made
     /// on their behalf is revoked.

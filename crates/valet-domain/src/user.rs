@@ -107,6 +107,10 @@ pub enum Command {
     Disable {
         at: Timestamp,
     },
+    /// Let a disabled user sign in again (their ended sessions and revoked grants stay so).
+    Enable {
+        at: Timestamp,
+    },
     /// Replace the profile; nothing is recorded when it is unchanged.
     SetProfile {
         profile: Profile,
@@ -147,13 +151,17 @@ pub enum Event {
     UserPasswordChanged {
         at: Timestamp,
     },
+    UserEnabled {
+        at: Timestamp,
+    },
 }
 domain_event!(Event {
     UserRegistered,
     UserDisabled,
     UserProfileChanged,
     UserSignedOutEverywhere,
-    UserPasswordChanged
+    UserPasswordChanged,
+    UserEnabled
 });
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -222,6 +230,11 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Error> {
             Some(u) if u.disabled_at.is_some() => Ok(vec![]),
             Some(_) => Ok(vec![Event::UserDisabled { at }]),
         },
+        Command::Enable { at } => match state.user() {
+            None => Err(Error::NotFound),
+            Some(u) if u.disabled_at.is_none() => Ok(vec![]),
+            Some(_) => Ok(vec![Event::UserEnabled { at }]),
+        },
         Command::SetProfile { profile, at } => match state.user() {
             None => Err(Error::NotFound),
             Some(u) if u.profile == profile => Ok(vec![]),
@@ -257,6 +270,12 @@ pub fn evolve(state: State, event: &Event) -> State {
         })),
         (Some(mut user), Event::UserDisabled { at }) => {
             user.disabled_at.get_or_insert(*at);
+            State(Some(user))
+        }
+        (Some(mut user), Event::UserEnabled { at }) => {
+            // No session from before comes back with the user.
+            user.disabled_at = None;
+            user.signed_out_at = Some(user.signed_out_at.map_or(*at, |out| out.max(*at)));
             State(Some(user))
         }
         (Some(mut user), Event::UserProfileChanged { profile, .. }) => {
@@ -325,6 +344,28 @@ mod tests {
         given(&[registered(), Event::UserDisabled { at: T1 }])
             .when(Command::Disable { at: T1 })
             .then_nothing();
+    }
+
+    #[test]
+    fn a_disabled_user_is_enabled_again_without_their_old_sessions() {
+        let disabled = [registered(), Event::UserDisabled { at: T1 }];
+        given(&disabled)
+            .when(Command::Enable { at: T1 })
+            .then_events(&[Event::UserEnabled { at: T1 }]);
+        given(&[registered()])
+            .when(Command::Enable { at: T1 })
+            .then_nothing();
+        let enabled = given(&[
+            registered(),
+            Event::UserDisabled { at: T1 },
+            Event::UserEnabled { at: T1 },
+        ])
+        .state();
+        assert!(enabled.is_active());
+        // Active again, but no session begun before the enable stands.
+        let user = enabled.user().unwrap();
+        assert!(!user.session_stands(T1));
+        assert!(user.session_stands(Timestamp::from_unix_millis(21)));
     }
 
     fn profile() -> Profile {
@@ -425,6 +466,7 @@ mod tests {
                 },
                 Event::UserSignedOutEverywhere { at: T1 },
                 Event::UserPasswordChanged { at: T1 },
+                Event::UserEnabled { at: T1 },
             ],
             Event::EVENT_TYPES,
         );

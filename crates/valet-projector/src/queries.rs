@@ -9,7 +9,7 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 use valet_app::read::{
     AccessTokenView, ClientSummary, ConnectedApp, ReadModels, RefreshStatus, RefreshTokenView,
-    SessionView, UserCredentials,
+    SessionView, UserCredentials, UserSummary,
 };
 use valet_app::StoreError;
 use valet_domain::oidc::SessionId;
@@ -282,6 +282,24 @@ impl ReadModels for PgReadModels {
             )
             .await?;
         Ok(rows.iter().map(|r| GrantId::new(r.get(0))).collect())
+    }
+
+    async fn users(&self) -> Result<Vec<UserSummary>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT user_id, username, disabled_at IS NULL FROM users ORDER BY username",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UserSummary {
+                    user_id: UserId::new(r.get(0)),
+                    username: Username::parse(r.get(1)).map_err(|_| malformed("username"))?,
+                    active: r.get(2),
+                })
+            })
+            .collect()
     }
 
     async fn sessions_of_user(

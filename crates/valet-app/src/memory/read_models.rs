@@ -15,7 +15,7 @@ use valet_domain::{
 use crate::ports::StoreError;
 use crate::read::{
     AccessTokenView, ClientSummary, ConnectedApp, ReadModels, RefreshStatus, RefreshTokenView,
-    SessionView, UserCredentials,
+    SessionView, UserCredentials, UserSummary,
 };
 
 /// Cheap to clone: clones share the tables.
@@ -201,6 +201,11 @@ impl Tables {
                     row.active = false;
                 }
             }
+            user::Event::UserEnabled { .. } => {
+                if let Some(row) = self.users.get_mut(&user_id) {
+                    row.active = true;
+                }
+            }
             user::Event::UserProfileChanged { .. }
             | user::Event::UserSignedOutEverywhere { .. }
             | user::Event::UserPasswordChanged { .. } => {}
@@ -379,6 +384,21 @@ impl ReadModels for MemoryReadModels {
 
     async fn clients(&self) -> Result<Vec<ClientSummary>, StoreError> {
         Ok(self.tables().clients.clone())
+    }
+
+    async fn users(&self) -> Result<Vec<UserSummary>, StoreError> {
+        let tables = self.tables();
+        let mut users: Vec<UserSummary> = tables
+            .users
+            .iter()
+            .map(|(id, row)| UserSummary {
+                user_id: *id,
+                username: row.username.clone(),
+                active: row.active,
+            })
+            .collect();
+        users.sort_by(|a, b| a.username.cmp(&b.username));
+        Ok(users)
     }
 
     async fn sessions_of_user(

@@ -413,6 +413,7 @@ pub fn samples() -> Vec<(&'static str, &'static str, u32, Value)> {
             },
         ),
         sample("client", client::Event::ClientEnabled { at: at(7) }),
+        sample("user", user::Event::UserEnabled { at: at(40) }),
         sample(
             "client",
             client::Event::ClientSecretRotated {

@@ -106,6 +106,13 @@ pub(super) enum ClientChange {
     Deleted { client_id: String, at: i64 },
 }
 
+/// A user's disable or enable, applied in order at flush time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum UserChange {
+    Disabled { user_id: Uuid, at: i64 },
+    Enabled { user_id: Uuid },
+}
+
 /// A session change, applied in order at flush time (sessions are rare next to tokens).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum SessionChange {
@@ -184,11 +191,12 @@ pub(super) struct Batch {
     /// Changes to clients after their registration, in log order (applied after the
     /// batch's inserts, so they reach rows of this batch and of earlier ones alike).
     pub client_changes: Vec<ClientChange>,
+    /// A user's disables and enables, in log order, applied like `client_changes`.
+    pub user_changes: Vec<UserChange>,
     // Changes to rows from earlier batches, in log order.
     pub old_rotations: Vec<Vec<u8>>,
     pub old_access_revocations: Vec<Dated<Vec<u8>>>,
     pub old_grant_revocations: Vec<Dated<Uuid>>,
-    pub old_users_disabled: Vec<(Uuid, i64)>,
 }
 
 impl Batch {
@@ -471,13 +479,13 @@ impl Batch {
                     disabled_at: None,
                 });
             }
-            user::Event::UserDisabled { at } => match self.user_index.get(&user_id) {
-                Some(&i) => {
-                    let row = &mut self.users[i];
-                    row.disabled_at = row.disabled_at.or(Some(at.as_unix_millis()));
-                }
-                None => self.old_users_disabled.push((user_id, at.as_unix_millis())),
-            },
+            user::Event::UserDisabled { at } => self.user_changes.push(UserChange::Disabled {
+                user_id,
+                at: at.as_unix_millis(),
+            }),
+            user::Event::UserEnabled { .. } => {
+                self.user_changes.push(UserChange::Enabled { user_id })
+            }
             // Profiles have no read model: UserInfo reads the user's stream.
             // Read from the user's stream when a session is used, not a read model.
             user::Event::UserProfileChanged { .. }

@@ -3,7 +3,6 @@
 //! that the big token tables need no index while the log streams in.
 
 use deadpool_postgres::GenericClient;
-use uuid::Uuid;
 use valet_app::StoreError;
 use valet_store::WriteSql;
 
@@ -19,8 +18,7 @@ pub const DEFERRED_TABLES: &str = "
         hash BYTEA NOT NULL, at BIGINT NOT NULL, reason TEXT NOT NULL, seq BIGINT NOT NULL);
     CREATE UNLOGGED TABLE deferred_grant_revocations (
         grant_id UUID NOT NULL, at BIGINT NOT NULL, reason TEXT NOT NULL, seq BIGINT NOT NULL);
-    CREATE UNLOGGED TABLE deferred_users_disabled (
-        user_id UUID NOT NULL, at BIGINT NOT NULL, seq BIGINT NOT NULL);";
+";
 
 const DEFER_ROTATIONS: WriteSql =
     WriteSql::new("INSERT INTO deferred_rotations (hash) SELECT * FROM unnest($1::bytea[])");
@@ -31,10 +29,6 @@ const DEFER_ACCESS_REVOCATIONS: WriteSql = WriteSql::new(
 const DEFER_GRANT_REVOCATIONS: WriteSql = WriteSql::new(
     "INSERT INTO deferred_grant_revocations (grant_id, at, reason, seq)
      SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::int8[])",
-);
-const DEFER_USERS_DISABLED: WriteSql = WriteSql::new(
-    "INSERT INTO deferred_users_disabled (user_id, at, seq)
-     SELECT * FROM unnest($1::uuid[], $2::int8[], $3::int8[])",
 );
 
 /// Moves the batch's changes to earlier rows into deferred-change rows numbered from
@@ -73,15 +67,6 @@ pub(super) fn defer(batch: &mut Batch, seq: i64, out: &mut Writes) -> Result<(),
             ],
         )?;
     }
-    let disabled = std::mem::take(&mut batch.old_users_disabled);
-    if !disabled.is_empty() {
-        let seqs = numbered(disabled.len());
-        let (ids, ats): (Vec<Uuid>, Vec<i64>) = disabled.into_iter().unzip();
-        out.push(
-            DEFER_USERS_DISABLED,
-            vec![Box::new(ids), Box::new(ats), Box::new(seqs)],
-        )?;
-    }
     Ok(())
 }
 
@@ -106,13 +91,8 @@ pub async fn apply_deferred<C: GenericClient + Sync>(db: &C) -> Result<(), Store
          FROM deferred_grants d WHERE a.grant_id = d.grant_id AND a.revoked_at IS NULL;
          UPDATE refresh_tokens r SET status = 'revoked'
          FROM deferred_grants d WHERE r.grant_id = d.grant_id AND r.status <> 'revoked';
-         UPDATE users u SET disabled_at = d.at
-         FROM (SELECT DISTINCT ON (user_id) user_id, at FROM deferred_users_disabled
-               ORDER BY user_id, seq) d
-         WHERE u.user_id = d.user_id AND u.disabled_at IS NULL;
          DROP TABLE deferred_grants;
-         TRUNCATE deferred_rotations, deferred_access_revocations, deferred_grant_revocations,
-                  deferred_users_disabled;",
+         TRUNCATE deferred_rotations, deferred_access_revocations, deferred_grant_revocations;",
     )
     .await
     .map_err(db_error)

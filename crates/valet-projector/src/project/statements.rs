@@ -11,11 +11,12 @@
 use std::collections::HashSet;
 use std::hash::Hash;
 
-use uuid::Uuid;
 use valet_app::StoreError;
 use valet_store::{Params, RowWrite, WriteSql};
 
-use super::batch::{AccessRow, Batch, ClientChange, ConsentChange, Dated, SessionChange};
+use super::batch::{
+    AccessRow, Batch, ClientChange, ConsentChange, Dated, SessionChange, UserChange,
+};
 
 const ROTATE_REFRESH: WriteSql = WriteSql::new(
     "UPDATE refresh_tokens SET status = 'rotated'
@@ -51,11 +52,10 @@ const ROTATE_CLIENT_SECRET: WriteSql =
     WriteSql::new("UPDATE clients SET secret_sha256 = $2 WHERE client_id = $1");
 const DELETE_CLIENT: WriteSql =
     WriteSql::new("UPDATE clients SET deleted_at = $2 WHERE client_id = $1 AND deleted_at IS NULL");
-const DISABLE_USERS: WriteSql = WriteSql::new(
-    "UPDATE users u SET disabled_at = d.at
-     FROM unnest($1::uuid[], $2::int8[]) AS d(id, at)
-     WHERE u.user_id = d.id AND u.disabled_at IS NULL",
-);
+const DISABLE_USER: WriteSql =
+    WriteSql::new("UPDATE users SET disabled_at = $2 WHERE user_id = $1 AND disabled_at IS NULL");
+const ENABLE_USER: WriteSql =
+    WriteSql::new("UPDATE users SET disabled_at = NULL WHERE user_id = $1");
 // Arrays of arrays are not rectangular here, so uris and grant types travel as
 // newline-joined text and are split back in SQL.
 const INSERT_CLIENTS: WriteSql = WriteSql::new(
@@ -154,11 +154,6 @@ pub(super) fn updates(batch: &mut Batch, out: &mut Writes) -> Result<(), StoreEr
             vec![Box::new(ids.clone()), Box::new(ats), Box::new(reasons)],
         )?;
         out.push(REVOKE_REFRESH_OF_GRANTS, vec![Box::new(ids)])?;
-    }
-    let disabled = std::mem::take(&mut batch.old_users_disabled);
-    if !disabled.is_empty() {
-        let (ids, ats): (Vec<Uuid>, Vec<i64>) = disabled.into_iter().unzip();
-        out.push(DISABLE_USERS, vec![Box::new(ids), Box::new(ats)])?;
     }
     Ok(())
 }
@@ -302,6 +297,14 @@ pub(super) fn inserts(batch: &Batch, out: &mut Writes) -> Result<(), StoreError>
             ClientChange::Deleted { client_id, at } => {
                 out.push(DELETE_CLIENT, vec![Box::new(client_id), Box::new(at)])?
             }
+        }
+    }
+    for change in &batch.user_changes {
+        match *change {
+            UserChange::Disabled { user_id, at } => {
+                out.push(DISABLE_USER, vec![Box::new(user_id), Box::new(at)])?
+            }
+            UserChange::Enabled { user_id } => out.push(ENABLE_USER, vec![Box::new(user_id)])?,
         }
     }
     for change in &batch.sessions {
