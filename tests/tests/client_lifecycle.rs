@@ -188,3 +188,88 @@ async fn a_disabled_client_can_be_enabled_and_a_deleted_one_never() {
     assert!(!unknown.status.success());
     server.stop().await;
 }
+
+/// `valet client update`: a new name and scopes take effect (a scope removed is no longer
+/// granted), the registration's rules still hold, and the same values again change
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_updated_client_is_granted_what_it_now_registers() {
+    let server = TestServer::start().await;
+    let client = server
+        .create_client(
+            &ClientSpec::confidential("batch")
+                .grant("client_credentials")
+                .scopes("read write"),
+        )
+        .await;
+    assert_eq!(
+        server
+            .client_credentials(&client, Some("write"))
+            .await
+            .status,
+        200
+    );
+    let out = cli_ok(
+        &server,
+        &[
+            "client",
+            "update",
+            &client.client_id,
+            "--name",
+            "Nightly batch",
+            "--scope",
+            "read",
+        ],
+    )
+    .await;
+    assert_eq!(out.trim(), format!("updated client {}", client.client_id));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while server
+        .client_credentials(&client, Some("write"))
+        .await
+        .status
+        != 400
+    {
+        assert!(Instant::now() < deadline, "write is still granted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        server
+            .client_credentials(&client, Some("read"))
+            .await
+            .status,
+        200
+    );
+    let listed = cli_ok(&server, &["client", "list", "--json"]).await;
+    let listed: Value = serde_json::from_str(listed.trim()).expect("JSON");
+    let row = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|c| c["client_id"] == client.client_id.as_str())
+        .expect("listed");
+    assert_eq!(row["name"], "Nightly batch");
+    let again = cli_ok(
+        &server,
+        &["client", "update", &client.client_id, "--scope", "read"],
+    )
+    .await;
+    assert!(again.contains("unchanged"), "{again}");
+    // A code flow needs a redirect URI: refused, with the rule named.
+    let refused = server
+        .cli(
+            &[
+                "client",
+                "update",
+                &client.client_id,
+                "--grant-type",
+                "authorization_code",
+            ],
+            None,
+        )
+        .await;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("redirect URI"));
+    assert_eq!(server.events_of("ClientUpdated").await.len(), 1);
+    server.stop().await;
+}

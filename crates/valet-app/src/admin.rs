@@ -107,6 +107,21 @@ pub struct NewClient {
     pub backchannel_logout_sid: client::LogoutSid,
 }
 
+/// What `valet client update` changes: `None` and empty lists keep the current value.
+#[derive(Debug, Clone, Default)]
+pub struct ClientChanges {
+    pub name: Option<String>,
+    pub redirect_uris: Vec<String>,
+    pub grant_types: Vec<String>,
+    pub scopes: Vec<String>,
+    pub id_token_alg: Option<String>,
+    pub post_logout_redirect_uris: Vec<String>,
+    pub access_token_format: Option<String>,
+    pub access_token_alg: Option<String>,
+    pub backchannel_logout_uri: Option<String>,
+    pub backchannel_logout_sid: client::LogoutSid,
+}
+
 /// A client's new secret.
 #[derive(Debug, Clone)]
 pub struct RotatedSecret {
@@ -121,6 +136,26 @@ pub struct CreatedClient {
     pub client_id: String,
     /// Shown once; only its SHA-256 is kept.
     pub client_secret: Option<String>,
+}
+
+impl NewClient {
+    /// A client of `client_type` called `name`, registering `settings` (whose `name` is
+    /// ignored).
+    pub fn new(name: String, client_type: ClientType, settings: ClientChanges) -> Self {
+        NewClient {
+            name,
+            client_type,
+            redirect_uris: settings.redirect_uris,
+            grant_types: settings.grant_types,
+            scopes: settings.scopes,
+            id_token_alg: settings.id_token_alg,
+            post_logout_redirect_uris: settings.post_logout_redirect_uris,
+            access_token_format: settings.access_token_format,
+            access_token_alg: settings.access_token_alg,
+            backchannel_logout_uri: settings.backchannel_logout_uri,
+            backchannel_logout_sid: settings.backchannel_logout_sid,
+        }
+    }
 }
 
 const ADMIN: &str = "admin:cli";
@@ -148,59 +183,118 @@ fn access_token_format(
     }
 }
 
+fn invalid(what: &str, e: &dyn std::fmt::Display) -> AdminError {
+    AdminError::Invalid(format!("{what}: {e}"))
+}
+
+fn uris(list: &[String], flag: &str) -> Result<Vec<RedirectUri>, AdminError> {
+    list.iter()
+        .map(|u| RedirectUri::parse(u).map_err(|e| invalid(flag, &e)))
+        .collect()
+}
+
+fn grant_types(list: &[String]) -> Result<Vec<GrantType>, AdminError> {
+    list.iter()
+        .map(|g| GrantType::parse(g).map_err(|e| invalid("--grant-type", &e)))
+        .collect()
+}
+
+fn scope_set(list: &[String]) -> Result<ScopeSet, AdminError> {
+    if list.is_empty() {
+        return Err(AdminError::Invalid(
+            "at least one --scope is required: a client may only be granted the scopes it is registered with".into(),
+        ));
+    }
+    ScopeSet::parse(&list.join(" ")).map_err(|e| invalid("--scope", &e))
+}
+
+fn algorithm(alg: Option<&str>) -> Result<Option<Algorithm>, AdminError> {
+    alg.map(Algorithm::parse)
+        .transpose()
+        .map_err(|e| invalid("--id-token-signed-response-alg", &e))
+}
+
+fn backchannel_logout(
+    uri: Option<&str>,
+    sid: client::LogoutSid,
+) -> Result<Option<client::BackchannelLogout>, AdminError> {
+    uri.map(|u| {
+        RedirectUri::parse(u)
+            .map(|uri| client::BackchannelLogout { uri, sid })
+            .map_err(|e| invalid("--backchannel-logout-uri", &e))
+    })
+    .transpose()
+}
+
 impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
+    /// Changes what a client registered (`None` and empty lists keep the current
+    /// value; a list given replaces the current one). The registration's rules hold.
+    /// Returns whether anything changed.
+    pub async fn update_client(
+        &self,
+        id: &str,
+        changes: ClientChanges,
+        meta: &RequestMeta,
+    ) -> Result<bool, AdminError> {
+        let nonempty = |list: Vec<String>| (!list.is_empty()).then_some(list);
+        let update = client::ClientUpdate {
+            name: changes
+                .name
+                .as_deref()
+                .map(|n| ClientName::parse(n).map_err(|e| invalid("--name", &e)))
+                .transpose()?,
+            redirect_uris: nonempty(changes.redirect_uris)
+                .map(|l| uris(&l, "--redirect-uri"))
+                .transpose()?,
+            grant_types: nonempty(changes.grant_types)
+                .map(|l| grant_types(&l))
+                .transpose()?,
+            scopes: nonempty(changes.scopes)
+                .map(|l| scope_set(&l))
+                .transpose()?,
+            id_token_alg: algorithm(changes.id_token_alg.as_deref())?,
+            post_logout_redirect_uris: nonempty(changes.post_logout_redirect_uris)
+                .map(|l| uris(&l, "--post-logout-redirect-uri"))
+                .transpose()?,
+            access_token_format: match (&changes.access_token_format, &changes.access_token_alg) {
+                (None, None) => None,
+                (format, alg) => Some(access_token_format(format.as_deref(), alg.as_deref())?),
+            },
+            backchannel_logout: backchannel_logout(
+                changes.backchannel_logout_uri.as_deref(),
+                changes.backchannel_logout_sid,
+            )?,
+        };
+        let command = client::Command::Update {
+            update,
+            at: self.now(),
+        };
+        let (_, recorded) = self.execute_on_client(id, command, meta).await?;
+        Ok(recorded > 0)
+    }
+
     pub async fn create_client(
         &self,
         spec: NewClient,
         meta: &RequestMeta,
     ) -> Result<CreatedClient, AdminError> {
-        let invalid =
-            |what: &str, e: &dyn std::fmt::Display| AdminError::Invalid(format!("{what}: {e}"));
         let name = ClientName::parse(&spec.name).map_err(|e| invalid("--name", &e))?;
-        let redirect_uris = spec
-            .redirect_uris
-            .iter()
-            .map(|u| RedirectUri::parse(u).map_err(|e| invalid("--redirect-uri", &e)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let grant_types = spec
-            .grant_types
-            .iter()
-            .map(|g| GrantType::parse(g).map_err(|e| invalid("--grant-type", &e)))
-            .collect::<Result<Vec<_>, _>>()?;
-        if spec.scopes.is_empty() {
-            return Err(AdminError::Invalid(
-                "at least one --scope is required: a client may only be granted the scopes it is registered with".into(),
-            ));
-        }
-        let scopes = ScopeSet::parse(&spec.scopes.join(" ")).map_err(|e| invalid("--scope", &e))?;
-        let id_token_alg = spec
-            .id_token_alg
-            .as_deref()
-            .map(Algorithm::parse)
-            .transpose()
-            .map_err(|e| invalid("--id-token-signed-response-alg", &e))?
-            .unwrap_or(Algorithm::RS256);
-        let post_logout_redirect_uris = spec
-            .post_logout_redirect_uris
-            .iter()
-            .map(|u| RedirectUri::parse(u).map_err(|e| invalid("--post-logout-redirect-uri", &e)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let redirect_uris = uris(&spec.redirect_uris, "--redirect-uri")?;
+        let grant_types = grant_types(&spec.grant_types)?;
+        let scopes = scope_set(&spec.scopes)?;
+        let id_token_alg = algorithm(spec.id_token_alg.as_deref())?.unwrap_or(Algorithm::RS256);
+        let post_logout_redirect_uris = uris(
+            &spec.post_logout_redirect_uris,
+            "--post-logout-redirect-uri",
+        )?;
         let access_token_format = access_token_format(
             spec.access_token_format.as_deref(),
             spec.access_token_alg.as_deref(),
         )?;
-        let backchannel_logout = spec
-            .backchannel_logout_uri
-            .as_deref()
-            .map(|u| {
-                RedirectUri::parse(u)
-                    .map(|uri| client::BackchannelLogout {
-                        uri,
-                        sid: spec.backchannel_logout_sid,
-                    })
-                    .map_err(|e| invalid("--backchannel-logout-uri", &e))
-            })
-            .transpose()?;
+        let backchannel_logout = backchannel_logout(
+            spec.backchannel_logout_uri.as_deref(),
+            spec.backchannel_logout_sid,
+        )?;
         let random = self.randomness();
         let drawn = secrets::client_id(random).map_err(Unavailable::from)?;
         // 32 hex characters always make a valid client id.
@@ -264,7 +358,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         command: client::Command,
         meta: &RequestMeta,
     ) -> Result<usize, AdminError> {
-        let client_id = self.execute_on_client(id, command, meta).await?;
+        let (client_id, _) = self.execute_on_client(id, command, meta).await?;
         self.revoke_all(
             self.reads.active_grants_of_client(&client_id).await?,
             RevocationReason::ClientDisabled,
@@ -312,16 +406,17 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         })
     }
 
-    /// An administrator's command on a client's stream; the client's id.
+    /// An administrator's command on a client's stream; the client's id and how many
+    /// events it recorded.
     async fn execute_on_client(
         &self,
         id: &str,
         command: client::Command,
         meta: &RequestMeta,
-    ) -> Result<ClientId, AdminError> {
+    ) -> Result<(ClientId, usize), AdminError> {
         let not_found = || AdminError::NotFound(format!("client {id}"));
         let client_id = ClientId::parse(id).map_err(|_| not_found())?;
-        execute::<agg::Client, S>(
+        let executed = execute::<agg::Client, S>(
             &self.store,
             self.ids(),
             &StreamId::client(&client_id),
@@ -336,7 +431,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             } => not_found(),
             other => failed(other),
         })?;
-        Ok(client_id)
+        Ok((client_id, executed.events.len()))
     }
 
     /// Registers a user; the password is hashed with argon2id off the async executor and

@@ -4,14 +4,16 @@ use std::io::Read;
 
 use anyhow::Context;
 use serde_json::json;
-use valet_app::admin::{ClientType, GrantsOnPasswordChange, NewClient, ProfileUpdate};
+use valet_app::admin::{
+    ClientChanges, ClientType, GrantsOnPasswordChange, NewClient, ProfileUpdate,
+};
 use valet_app::oauth::RequestMeta;
 use valet_domain::client::LogoutSid;
 use valet_domain::user::EmailStatus;
 
 use valet_app::read::SessionView;
 
-use crate::{timefmt, wiring, ClientCommand, ProfileArgs, UserCommand};
+use crate::{timefmt, wiring, ClientCommand, ClientOptions, ProfileArgs, UserCommand};
 
 fn profile_update(args: ProfileArgs) -> ProfileUpdate {
     ProfileUpdate {
@@ -24,46 +26,42 @@ fn profile_update(args: ProfileArgs) -> ProfileUpdate {
     }
 }
 
+/// The options of `client create` and `update` as the use cases take them.
+fn client_changes(options: ClientOptions, name: Option<String>) -> ClientChanges {
+    ClientChanges {
+        name,
+        redirect_uris: options.redirect_uris,
+        grant_types: options.grant_types,
+        scopes: options.scopes,
+        id_token_alg: options.id_token_signed_response_alg,
+        post_logout_redirect_uris: options.post_logout_redirect_uris,
+        access_token_format: options.access_token_format,
+        access_token_alg: options.access_token_signed_response_alg,
+        backchannel_logout_uri: options.backchannel_logout_uri,
+        backchannel_logout_sid: match options.backchannel_logout_session_required {
+            true => LogoutSid::Required,
+            false => LogoutSid::Optional,
+        },
+    }
+}
+
 pub async fn client(database_url: &str, command: ClientCommand) -> anyhow::Result<()> {
     let oauth = wiring::oauth(database_url, wiring::admin_settings(), 4).await?;
     let meta = RequestMeta::default();
     match command {
         ClientCommand::Create {
             name,
-            redirect_uris,
             public,
-            grant_types,
-            scopes,
-            id_token_signed_response_alg,
-            post_logout_redirect_uris,
-            access_token_format,
-            access_token_signed_response_alg,
-            backchannel_logout_uri,
-            backchannel_logout_session_required,
+            options,
             json,
         } => {
+            let client_type = match public {
+                true => ClientType::Public,
+                false => ClientType::Confidential,
+            };
             let created = oauth
                 .create_client(
-                    NewClient {
-                        name,
-                        client_type: if public {
-                            ClientType::Public
-                        } else {
-                            ClientType::Confidential
-                        },
-                        redirect_uris,
-                        grant_types,
-                        scopes,
-                        id_token_alg: id_token_signed_response_alg,
-                        post_logout_redirect_uris,
-                        access_token_format,
-                        access_token_alg: access_token_signed_response_alg,
-                        backchannel_logout_uri,
-                        backchannel_logout_sid: match backchannel_logout_session_required {
-                            true => LogoutSid::Required,
-                            false => LogoutSid::Optional,
-                        },
-                    },
+                    NewClient::new(name, client_type, client_changes(options, None)),
                     &meta,
                 )
                 .await
@@ -123,6 +121,21 @@ pub async fn client(database_url: &str, command: ClientCommand) -> anyhow::Resul
                 .await
                 .context("client disable")?;
             println!("disabled client {client_id}; revoked {revoked} grant(s)");
+        }
+        ClientCommand::Update {
+            client_id,
+            name,
+            options,
+        } => {
+            let changes = client_changes(options, name);
+            let changed = oauth
+                .update_client(&client_id, changes, &meta)
+                .await
+                .context("client update")?;
+            match changed {
+                true => println!("updated client {client_id}"),
+                false => println!("client {client_id} unchanged"),
+            }
         }
         ClientCommand::Enable { client_id } => {
             oauth

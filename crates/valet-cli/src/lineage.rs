@@ -49,6 +49,9 @@ fn describe(event: &Event) -> String {
             }
         },
         Event::Client(client::Event::ClientEnabled { .. }) => "client enabled".to_owned(),
+        Event::Client(client::Event::ClientUpdated { name, scopes, .. }) => {
+            format!("client updated: \"{name}\", scopes \"{scopes}\"")
+        }
         Event::Client(client::Event::ClientDeleted { .. }) => "client deleted".to_owned(),
         Event::Client(client::Event::ClientSecretRotated {
             previous_valid_until,

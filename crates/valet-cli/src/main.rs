@@ -290,42 +290,11 @@ enum ClientCommand {
         /// Display name shown on the consent page.
         #[arg(long)]
         name: String,
-        /// A redirect URI (https, or http on a loopback host). Repeat for several.
-        #[arg(long = "redirect-uri", value_name = "URI")]
-        redirect_uris: Vec<String>,
         /// A public client (native or browser app): no secret, PKCE required.
         #[arg(long)]
         public: bool,
-        /// authorization_code, refresh_token or client_credentials. Repeat for several.
-        /// Default: authorization_code + refresh_token with a redirect URI,
-        /// client_credentials without.
-        #[arg(long = "grant-type", value_name = "GRANT_TYPE")]
-        grant_types: Vec<String>,
-        /// A scope the client may be granted. Repeat for several; at least one.
-        #[arg(long = "scope", value_name = "SCOPE")]
-        scopes: Vec<String>,
-        /// How the client's id_tokens are signed: RS256 (default), ES256 or EdDSA.
-        #[arg(long, value_name = "ALG")]
-        id_token_signed_response_alg: Option<String>,
-        /// Where RP-Initiated Logout may return the user (https, or http on a loopback
-        /// host; matched exactly). Repeat for several.
-        #[arg(long = "post-logout-redirect-uri", value_name = "URI")]
-        post_logout_redirect_uris: Vec<String>,
-        /// What its access tokens are: opaque (default; resource services validate them
-        /// from the NATS stream or /introspect) or jwt (RFC 9068, verifiable with the JWKS).
-        #[arg(long, value_name = "FORMAT")]
-        access_token_format: Option<String>,
-        /// How its JWT access tokens are signed: RS256 (default), ES256 or EdDSA.
-        #[arg(long, value_name = "ALG")]
-        access_token_signed_response_alg: Option<String>,
-        /// Where Valet POSTs a logout token when a session the client took part in ends,
-        /// the user is disabled or removes the app (OpenID Connect Back-Channel Logout;
-        /// https, or http on a loopback host).
-        #[arg(long, value_name = "URI")]
-        backchannel_logout_uri: Option<String>,
-        /// The client needs `sid` in its logout tokens (backchannel_logout_session_required).
-        #[arg(long, requires = "backchannel_logout_uri")]
-        backchannel_logout_session_required: bool,
+        #[command(flatten)]
+        options: ClientOptions,
         /// Print one JSON object {"client_id": ..., "client_secret": ...}.
         #[arg(long)]
         json: bool,
@@ -340,6 +309,17 @@ enum ClientCommand {
     Disable {
         #[arg(value_name = "CLIENT_ID")]
         client_id: String,
+    },
+    /// Change what a client registered. Options not given keep their value; a list
+    /// option given (repeatable) replaces the whole list. The rules of `create` hold.
+    Update {
+        #[arg(value_name = "CLIENT_ID")]
+        client_id: String,
+        /// A new display name.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        options: ClientOptions,
     },
     /// Let a disabled client authenticate again (its revoked grants stay revoked).
     Enable {
@@ -365,6 +345,44 @@ enum ClientCommand {
         #[arg(value_name = "CLIENT_ID")]
         client_id: String,
     },
+}
+
+/// What a client registers, beside its name and type (`client create` and `update`).
+#[derive(Args, Debug, Clone, Default)]
+struct ClientOptions {
+    /// A redirect URI (https, or http on a loopback host). Repeat for several.
+    #[arg(long = "redirect-uri", value_name = "URI")]
+    redirect_uris: Vec<String>,
+    /// authorization_code, refresh_token or client_credentials. Repeat for several.
+    /// Default: authorization_code + refresh_token with a redirect URI,
+    /// client_credentials without.
+    #[arg(long = "grant-type", value_name = "GRANT_TYPE")]
+    grant_types: Vec<String>,
+    /// A scope the client may be granted. Repeat for several; at least one.
+    #[arg(long = "scope", value_name = "SCOPE")]
+    scopes: Vec<String>,
+    /// How the client's id_tokens are signed: RS256 (default), ES256 or EdDSA.
+    #[arg(long, value_name = "ALG")]
+    id_token_signed_response_alg: Option<String>,
+    /// Where RP-Initiated Logout may return the user (https, or http on a loopback
+    /// host; matched exactly). Repeat for several.
+    #[arg(long = "post-logout-redirect-uri", value_name = "URI")]
+    post_logout_redirect_uris: Vec<String>,
+    /// What its access tokens are: opaque (default; resource services validate them
+    /// from the NATS stream or /introspect) or jwt (RFC 9068, verifiable with the JWKS).
+    #[arg(long, value_name = "FORMAT")]
+    access_token_format: Option<String>,
+    /// How its JWT access tokens are signed: RS256 (default), ES256 or EdDSA.
+    #[arg(long, value_name = "ALG")]
+    access_token_signed_response_alg: Option<String>,
+    /// Where Valet POSTs a logout token when a session the client took part in ends,
+    /// the user is disabled or removes the app (OpenID Connect Back-Channel Logout;
+    /// https, or http on a loopback host).
+    #[arg(long, value_name = "URI")]
+    backchannel_logout_uri: Option<String>,
+    /// The client needs `sid` in its logout tokens (backchannel_logout_session_required).
+    #[arg(long, requires = "backchannel_logout_uri")]
+    backchannel_logout_session_required: bool,
 }
 
 /// A user's profile claims, served to apps granted `profile` or `email`.

@@ -33,10 +33,11 @@ pub enum AccessTokenFormat {
 
 /// Whether a client's logout tokens must name the session (`sid`) that ended
 /// (`backchannel_logout_session_required`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogoutSid {
     Required,
+    #[default]
     Optional,
 }
 
@@ -85,6 +86,11 @@ pub enum Command {
     },
     /// For good: the client never authenticates again and its id is never reused.
     Delete {
+        at: Timestamp,
+    },
+    /// Change what was registered; nothing is recorded for what stays the same.
+    Update {
+        update: ClientUpdate,
         at: Timestamp,
     },
 }
@@ -138,6 +144,14 @@ pub enum Event {
     ClientDeleted {
         at: Timestamp,
     },
+    /// The registration's name, redirect URIs, grant types and scopes, as they are now.
+    ClientUpdated {
+        name: ClientName,
+        redirect_uris: Vec<RedirectUri>,
+        grant_types: Vec<GrantType>,
+        scopes: ScopeSet,
+        at: Timestamp,
+    },
 }
 domain_event!(Event {
     ClientRegistered,
@@ -148,7 +162,8 @@ domain_event!(Event {
     ClientBackchannelLogoutSet,
     ClientEnabled,
     ClientSecretRotated,
-    ClientDeleted
+    ClientDeleted,
+    ClientUpdated
 });
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -336,29 +351,7 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Error> {
             if state.is_registered() {
                 return Err(Error::AlreadyRegistered);
             }
-            if scopes.is_empty() {
-                return Err(Error::EmptyScope);
-            }
-            for (i, uri) in redirect_uris.iter().enumerate() {
-                if redirect_uris[..i].contains(uri) {
-                    return Err(Error::DuplicateRedirectUri(uri.clone()));
-                }
-            }
-            let public = kind == ClientKind::Public;
-            if public && redirect_uris.is_empty() {
-                return Err(Error::PublicClientWithoutRedirectUri);
-            }
-            let grant_types = resolve_grant_types(grant_types, &redirect_uris);
-            let has = |g| grant_types.contains(&g);
-            if has(GrantType::AuthorizationCode) && redirect_uris.is_empty() {
-                return Err(Error::AuthorizationCodeWithoutRedirectUri);
-            }
-            if has(GrantType::RefreshToken) && !has(GrantType::AuthorizationCode) {
-                return Err(Error::RefreshTokenWithoutAuthorizationCode);
-            }
-            if public && has(GrantType::ClientCredentials) {
-                return Err(Error::PublicClientCredentials);
-            }
+            let grant_types = checked_shape(&kind, &redirect_uris, grant_types, &scopes)?;
             let mut events = vec![Event::ClientRegistered {
                 client_id,
                 name,
@@ -428,7 +421,122 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Error> {
             Some(c) if c.deleted_at.is_some() => Ok(vec![]),
             Some(_) => Ok(vec![Event::ClientDeleted { at }]),
         },
+        Command::Update {
+            update: changes,
+            at,
+        } => match state.client() {
+            None => Err(Error::NotFound),
+            Some(c) if c.deleted_at.is_some() => Err(Error::Deleted),
+            Some(c) => update(c, changes, at),
+        },
     }
+}
+
+/// The rules a client's registration obeys, at registration and at every update: the
+/// grant types resolved (defaults applied, deduplicated, in canonical order).
+fn checked_shape(
+    kind: &ClientKind,
+    redirect_uris: &[RedirectUri],
+    grant_types: Vec<GrantType>,
+    scopes: &ScopeSet,
+) -> Result<Vec<GrantType>, Error> {
+    if scopes.is_empty() {
+        return Err(Error::EmptyScope);
+    }
+    for (i, uri) in redirect_uris.iter().enumerate() {
+        if redirect_uris[..i].contains(uri) {
+            return Err(Error::DuplicateRedirectUri(uri.clone()));
+        }
+    }
+    let public = *kind == ClientKind::Public;
+    if public && redirect_uris.is_empty() {
+        return Err(Error::PublicClientWithoutRedirectUri);
+    }
+    let grant_types = resolve_grant_types(grant_types, redirect_uris);
+    let has = |g| grant_types.contains(&g);
+    if has(GrantType::AuthorizationCode) && redirect_uris.is_empty() {
+        return Err(Error::AuthorizationCodeWithoutRedirectUri);
+    }
+    if has(GrantType::RefreshToken) && !has(GrantType::AuthorizationCode) {
+        return Err(Error::RefreshTokenWithoutAuthorizationCode);
+    }
+    if public && has(GrantType::ClientCredentials) {
+        return Err(Error::PublicClientCredentials);
+    }
+    Ok(grant_types)
+}
+
+/// What `valet client update` changes; `None` keeps the current value. Lists replace
+/// the current list whole.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClientUpdate {
+    pub name: Option<ClientName>,
+    pub redirect_uris: Option<Vec<RedirectUri>>,
+    /// Empty means "the defaults for this shape of client", as at registration.
+    pub grant_types: Option<Vec<GrantType>>,
+    pub scopes: Option<ScopeSet>,
+    pub id_token_alg: Option<Algorithm>,
+    pub post_logout_redirect_uris: Option<Vec<RedirectUri>>,
+    pub access_token_format: Option<AccessTokenFormat>,
+    pub backchannel_logout: Option<BackchannelLogout>,
+}
+
+fn update(client: &Client, update: ClientUpdate, at: Timestamp) -> Result<Vec<Event>, Error> {
+    let mut events = Vec::new();
+    let shape_changed = update.name.is_some()
+        || update.redirect_uris.is_some()
+        || update.grant_types.is_some()
+        || update.scopes.is_some();
+    if shape_changed {
+        let name = update.name.unwrap_or_else(|| client.name.clone());
+        let redirect_uris = update
+            .redirect_uris
+            .unwrap_or_else(|| client.redirect_uris.clone());
+        let scopes = update.scopes.unwrap_or_else(|| client.scopes.clone());
+        let requested = update
+            .grant_types
+            .unwrap_or_else(|| client.grant_types.clone());
+        let grant_types = checked_shape(&client.kind, &redirect_uris, requested, &scopes)?;
+        let unchanged = name == client.name
+            && redirect_uris == client.redirect_uris
+            && grant_types == client.grant_types
+            && scopes == client.scopes;
+        if !unchanged {
+            events.push(Event::ClientUpdated {
+                name,
+                redirect_uris,
+                grant_types,
+                scopes,
+                at,
+            });
+        }
+    }
+    if let Some(algorithm) = update.id_token_alg.filter(|a| *a != client.id_token_alg) {
+        events.push(Event::ClientIdTokenAlgorithmSet { algorithm, at });
+    }
+    if let Some(uris) = update.post_logout_redirect_uris {
+        for (i, uri) in uris.iter().enumerate() {
+            if uris[..i].contains(uri) {
+                return Err(Error::DuplicateRedirectUri(uri.clone()));
+            }
+        }
+        if uris != client.post_logout_redirect_uris {
+            events.push(Event::ClientPostLogoutRedirectUrisSet { uris, at });
+        }
+    }
+    if let Some(format) = update
+        .access_token_format
+        .filter(|f| *f != client.access_token_format)
+    {
+        events.push(Event::ClientAccessTokenFormatSet { format, at });
+    }
+    if let Some(logout) = update
+        .backchannel_logout
+        .filter(|l| client.backchannel_logout.as_ref() != Some(l))
+    {
+        events.push(Event::ClientBackchannelLogoutSet { logout, at });
+    }
+    Ok(events)
 }
 
 fn resolve_grant_types(
@@ -512,6 +620,22 @@ pub fn evolve(state: State, event: &Event) -> State {
             client.kind = ClientKind::Confidential {
                 secret_hash: *secret_hash,
             };
+            State(Some(client))
+        }
+        (
+            Some(mut client),
+            Event::ClientUpdated {
+                name,
+                redirect_uris,
+                grant_types,
+                scopes,
+                ..
+            },
+        ) => {
+            client.name = name.clone();
+            client.redirect_uris = redirect_uris.clone();
+            client.grant_types = grant_types.clone();
+            client.scopes = scopes.clone();
             State(Some(client))
         }
         (Some(mut client), Event::ClientDeleted { at }) => {
@@ -975,6 +1099,65 @@ mod tests {
     }
 
     #[test]
+    fn an_update_changes_only_what_it_names_and_keeps_the_rules() {
+        let rename = ClientUpdate {
+            name: Some(ClientName::parse("Web 2").unwrap()),
+            scopes: Some(scopes("read")),
+            ..ClientUpdate::default()
+        };
+        given(&[web()])
+            .when(Command::Update {
+                update: rename.clone(),
+                at: T1,
+            })
+            .then_events(&[Event::ClientUpdated {
+                name: ClientName::parse("Web 2").unwrap(),
+                redirect_uris: vec![uri("https://app.example/cb")],
+                grant_types: vec![AuthorizationCode, RefreshToken],
+                scopes: scopes("read"),
+                at: T1,
+            }]);
+        let state = given(&[
+            web(),
+            Event::ClientUpdated {
+                name: ClientName::parse("Web 2").unwrap(),
+                redirect_uris: vec![uri("https://app.example/cb")],
+                grant_types: vec![AuthorizationCode, RefreshToken],
+                scopes: scopes("read"),
+                at: T1,
+            },
+        ])
+        .state();
+        assert_eq!(state.grantable_scope(None), Ok(scopes("read")));
+        // The same values again: nothing to record.
+        given(&[web()])
+            .when(Command::Update {
+                update: ClientUpdate {
+                    name: Some(ClientName::parse("Web").unwrap()),
+                    ..ClientUpdate::default()
+                },
+                at: T1,
+            })
+            .then_nothing();
+        // The registration's rules hold: no redirect URI left for a code flow.
+        given(&[web()])
+            .when(Command::Update {
+                update: ClientUpdate {
+                    redirect_uris: Some(vec![]),
+                    ..ClientUpdate::default()
+                },
+                at: T1,
+            })
+            .then_error(Error::AuthorizationCodeWithoutRedirectUri);
+        given(&[web(), Event::ClientDeleted { at: T1 }])
+            .when(Command::Update {
+                update: rename,
+                at: T2,
+            })
+            .then_error(Error::Deleted);
+    }
+
+    #[test]
     fn redirect_resolution() {
         let one = given(&[web()]).state();
         assert_eq!(
@@ -1111,6 +1294,13 @@ mod tests {
                 Event::ClientEnabled { at: T1 },
                 rotated("rotated", T3, T1),
                 Event::ClientDeleted { at: T1 },
+                Event::ClientUpdated {
+                    name: ClientName::parse("Renamed").unwrap(),
+                    redirect_uris: vec![uri("https://app.example/cb")],
+                    grant_types: vec![AuthorizationCode],
+                    scopes: scopes("read"),
+                    at: T1,
+                },
             ],
             Event::EVENT_TYPES,
         );

@@ -166,6 +166,26 @@ impl Tables {
             client::Event::ClientDisabled { .. } | client::Event::ClientDeleted { .. } => {
                 self.set_client_active(client_id, false)
             }
+            client::Event::ClientUpdated {
+                name,
+                redirect_uris,
+                grant_types,
+                scopes,
+                ..
+            } => {
+                for row in &mut self.clients {
+                    if row.client_id == client_id.as_str() {
+                        row.name = name.to_string();
+                        row.redirect_uris = redirect_uris
+                            .iter()
+                            .map(|u| u.as_str().to_owned())
+                            .collect();
+                        row.grant_types =
+                            grant_types.iter().map(|g| g.as_str().to_owned()).collect();
+                        row.scopes = scopes.to_string();
+                    }
+                }
+            }
             // A deleted client is never enabled (the domain refuses it).
             client::Event::ClientEnabled { .. } => self.set_client_active(client_id, true),
             client::Event::ClientIdTokenAlgorithmSet { .. }

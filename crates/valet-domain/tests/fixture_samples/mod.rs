@@ -422,6 +422,18 @@ pub fn samples() -> Vec<(&'static str, &'static str, u32, Value)> {
                 at: at(7),
             },
         ),
+        sample(
+            "client",
+            client::Event::ClientUpdated {
+                name: ClientName::parse("Printshop (new)").expect("name"),
+                redirect_uris: vec![
+                    RedirectUri::parse("https://app.example/callback").expect("uri")
+                ],
+                grant_types: vec![GrantType::AuthorizationCode, GrantType::RefreshToken],
+                scopes: scopes.clone(),
+                at: at(8),
+            },
+        ),
         sample("client", client::Event::ClientDeleted { at: at(9) }),
         sample(
             "session",

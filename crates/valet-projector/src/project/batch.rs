@@ -100,10 +100,28 @@ pub(super) enum ConsentChange {
 /// A client change after its registration, applied in order at flush time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum ClientChange {
-    Disabled { client_id: String, at: i64 },
-    Enabled { client_id: String },
-    SecretRotated { client_id: String, secret: Vec<u8> },
-    Deleted { client_id: String, at: i64 },
+    Disabled {
+        client_id: String,
+        at: i64,
+    },
+    Enabled {
+        client_id: String,
+    },
+    SecretRotated {
+        client_id: String,
+        secret: Vec<u8>,
+    },
+    Deleted {
+        client_id: String,
+        at: i64,
+    },
+    Updated {
+        client_id: String,
+        name: String,
+        redirect_uris: Vec<String>,
+        grant_types: Vec<String>,
+        scopes: String,
+    },
 }
 
 /// A user's disable or enable, applied in order at flush time.
@@ -453,6 +471,22 @@ impl Batch {
                     secret: secret_hash.as_bytes().to_vec(),
                 })
             }
+            client::Event::ClientUpdated {
+                name,
+                redirect_uris,
+                grant_types,
+                scopes,
+                ..
+            } => self.client_changes.push(ClientChange::Updated {
+                client_id: client_id.to_string(),
+                name: name.to_string(),
+                redirect_uris: redirect_uris
+                    .iter()
+                    .map(|u| u.as_str().to_owned())
+                    .collect(),
+                grant_types: grant_types.iter().map(|g| g.as_str().to_owned()).collect(),
+                scopes: scopes.to_string(),
+            }),
             client::Event::ClientDeleted { at } => {
                 self.client_changes.push(ClientChange::Deleted {
                     client_id: client_id.to_string(),

@@ -50,6 +50,10 @@ const ENABLE_CLIENT: WriteSql =
     WriteSql::new("UPDATE clients SET disabled_at = NULL WHERE client_id = $1");
 const ROTATE_CLIENT_SECRET: WriteSql =
     WriteSql::new("UPDATE clients SET secret_sha256 = $2 WHERE client_id = $1");
+const UPDATE_CLIENT: WriteSql = WriteSql::new(
+    "UPDATE clients SET name = $2, redirect_uris = $3, grant_types = $4, scopes = $5
+     WHERE client_id = $1",
+);
 const DELETE_CLIENT: WriteSql =
     WriteSql::new("UPDATE clients SET deleted_at = $2 WHERE client_id = $1 AND deleted_at IS NULL");
 const DISABLE_USER: WriteSql =
@@ -297,6 +301,22 @@ pub(super) fn inserts(batch: &Batch, out: &mut Writes) -> Result<(), StoreError>
             ClientChange::Deleted { client_id, at } => {
                 out.push(DELETE_CLIENT, vec![Box::new(client_id), Box::new(at)])?
             }
+            ClientChange::Updated {
+                client_id,
+                name,
+                redirect_uris,
+                grant_types,
+                scopes,
+            } => out.push(
+                UPDATE_CLIENT,
+                vec![
+                    Box::new(client_id),
+                    Box::new(name),
+                    Box::new(redirect_uris),
+                    Box::new(grant_types),
+                    Box::new(scopes),
+                ],
+            )?,
         }
     }
     for change in &batch.user_changes {
