@@ -160,6 +160,11 @@ impl NewClient {
 
 const ADMIN: &str = "admin:cli";
 
+/// The actor an administrator's change is recorded under.
+fn admin_actor(meta: &RequestMeta) -> String {
+    meta.admin.clone().unwrap_or_else(|| ADMIN.to_owned())
+}
+
 /// `--access-token-format` and `--access-token-signed-response-alg` as one choice.
 fn access_token_format(
     format: Option<&str>,
@@ -330,7 +335,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             self.ids(),
             &StreamId::client(&client_id),
             command,
-            &meta.metadata(ADMIN.to_owned()),
+            &meta.metadata(admin_actor(meta)),
         )
         .await
         .map_err(failed)?;
@@ -421,7 +426,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             self.ids(),
             &StreamId::client(&client_id),
             command,
-            &meta.metadata(ADMIN.to_owned()),
+            &meta.metadata(admin_actor(meta)),
         )
         .await
         .map_err(|e| match e {
@@ -515,8 +520,13 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             meta,
         )
         .await?;
-        self.end_sessions_of_user(user.user_id, EndReason::UserDisabled, meta, ADMIN)
-            .await?;
+        self.end_sessions_of_user(
+            user.user_id,
+            EndReason::UserDisabled,
+            meta,
+            &admin_actor(meta),
+        )
+        .await?;
         self.revoke_all(
             self.reads.active_grants_of_user(user.user_id).await?,
             RevocationReason::UserDisabled,
@@ -588,8 +598,13 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         // old password and no session, never a session that outlives the change.
         let change = user::Command::ChangePassword { at: self.now() };
         self.execute_on_user(user.user_id, change, meta).await?;
-        self.end_sessions_of_user(user.user_id, EndReason::PasswordChanged, meta, ADMIN)
-            .await?;
+        self.end_sessions_of_user(
+            user.user_id,
+            EndReason::PasswordChanged,
+            meta,
+            &admin_actor(meta),
+        )
+        .await?;
         self.reads.set_password(user.user_id, &hash).await?;
         match grants {
             GrantsOnPasswordChange::Revoke => {
@@ -612,7 +627,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             self.ids(),
             &StreamId::user(&user_id),
             command,
-            &meta.metadata(ADMIN.to_owned()),
+            &meta.metadata(admin_actor(meta)),
         )
         .await
         .map_err(failed)?;
@@ -637,7 +652,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
     ) -> Result<usize, AdminError> {
         let user = self.user_named(username).await?;
         Ok(self
-            .sign_out_everywhere_as(user.user_id, EndReason::Admin, meta, ADMIN)
+            .sign_out_everywhere_as(user.user_id, EndReason::Admin, meta, &admin_actor(meta))
             .await?)
     }
 
@@ -688,7 +703,10 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
     ) -> Result<usize, AdminError> {
         let mut revoked = 0;
         for grant in grants {
-            if self.revoke_grant(grant, reason, None, meta, ADMIN).await? {
+            if self
+                .revoke_grant(grant, reason, None, meta, &admin_actor(meta))
+                .await?
+            {
                 revoked += 1;
             }
         }

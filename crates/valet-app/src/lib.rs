@@ -6,6 +6,7 @@
 //! the shell (valet-store, valet-cli).
 
 pub mod admin;
+pub mod admin_api;
 pub mod aggregate;
 pub mod attempts;
 pub mod backchannel;

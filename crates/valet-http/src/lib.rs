@@ -6,6 +6,7 @@
 
 mod account;
 mod account_page;
+mod admin_api;
 mod authorize;
 mod client_auth;
 mod cookies;
@@ -163,6 +164,28 @@ where
         .route("/authorize", get(authorize::show::<S, R, C>))
         .route("/authorize/login", post(authorize::login::<S, R, C>))
         .route("/authorize/consent", post(authorize::consent::<S, R, C>))
+        .route("/admin/v1/clients", get(admin_api::list_clients::<S, R, C>))
+        .route("/admin/v1/users", get(admin_api::list_users::<S, R, C>))
+        .route(
+            "/admin/v1/clients/{client_id}/disable",
+            post(admin_api::disable_client::<S, R, C>),
+        )
+        .route(
+            "/admin/v1/clients/{client_id}/enable",
+            post(admin_api::enable_client::<S, R, C>),
+        )
+        .route(
+            "/admin/v1/clients/{client_id}/rotate-secret",
+            post(admin_api::rotate_client_secret::<S, R, C>),
+        )
+        .route(
+            "/admin/v1/users/{username}/disable",
+            post(admin_api::disable_user::<S, R, C>),
+        )
+        .route(
+            "/admin/v1/users/{username}/enable",
+            post(admin_api::enable_user::<S, R, C>),
+        )
         .route("/account", get(account::show::<S, R, C>))
         .route("/account/login", post(account::login::<S, R, C>))
         .route("/account/apps/remove", post(account::remove_app::<S, R, C>))

@@ -41,6 +41,7 @@ impl RequestContext {
         RequestMeta {
             request_id: Some(self.request_id.clone()),
             client_ip: self.client_ip.map(|ip| ip.to_string()),
+            admin: None,
         }
     }
 }

@@ -15,7 +15,7 @@ use valet_app::{Clock, EventStore, Readiness};
 use crate::AppState;
 
 /// The token of an `Authorization: Bearer …` header (scheme case-insensitive).
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
