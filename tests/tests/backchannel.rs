@@ -200,6 +200,15 @@ async fn o16_back_channel_logout_tokens_reach_the_clients_of_an_ended_session() 
         .await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("BackchannelLogoutAttempted"), "{text}");
+    // The dispatcher reports itself where the relay does.
+    let ready = server.get("/readyz").await.json();
+    assert_eq!(ready["backchannel"]["active"], true, "{ready}");
+    let metrics = server.get("/metrics").await.text();
+    assert!(
+        metrics.contains("valet_backchannel_active 1")
+            && metrics.contains("valet_backchannel_delivered_total 2"),
+        "{metrics}"
+    );
     let log = server.events_dump().await;
     for token in ra.accepted().iter().chain(rb.accepted().iter()) {
         assert!(!log.contains(token.as_str()), "a logout token in the log");

@@ -658,6 +658,7 @@ async fn serve(database_url: &str, kek: &KekArgs, config: ServeArgs) -> anyhow::
             (config.session_idle_timeout > 0).then_some(config.session_idle_timeout),
         ),
     };
+    let backchannel_status = Arc::new(RelayStatus::default());
     let dispatcher_store = oauth
         .store
         .with_own_pool(2)
@@ -677,7 +678,7 @@ async fn serve(database_url: &str, kek: &KekArgs, config: ServeArgs) -> anyhow::
             retry: valet_relay::DEFAULT_RETRY,
             timeout: Duration::from_secs(5),
         },
-        Arc::new(RelayStatus::default()),
+        backchannel_status.clone(),
     )
     .context("start the back-channel logout dispatcher")?;
 
@@ -691,6 +692,7 @@ async fn serve(database_url: &str, kek: &KekArgs, config: ServeArgs) -> anyhow::
                     config.failed_auth_per_minute,
                 ))
                 .with_relay(relay_status)
+                .with_backchannel(backchannel_status)
                 .with_jwks(ring.jwks)
                 .with_session_lifetime(std::time::Duration::from_secs(u64::from(
                     config.session_lifetime,

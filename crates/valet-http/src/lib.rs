@@ -66,6 +66,8 @@ pub struct AppState<S, R, C> {
     metrics: Arc<Metrics>,
     /// The NATS relay of this process, reported by `/readyz` and `/metrics`.
     relay: Option<Arc<RelayStatus>>,
+    /// The back-channel logout dispatcher of this process, reported likewise.
+    backchannel: Option<Arc<RelayStatus>>,
     /// The JWK Set, kept current by the key ring's loop.
     jwks: Option<tokio::sync::watch::Receiver<Arc<valet_app::keys::Jwks>>>,
 }
@@ -85,6 +87,7 @@ impl<S, R, C> AppState<S, R, C> {
             proxies: TrustedProxies::none(),
             metrics: Arc::default(),
             relay: None,
+            backchannel: None,
             jwks: None,
         }
     }
@@ -140,6 +143,13 @@ impl<S, R, C> AppState<S, R, C> {
     /// `/metrics`.
     pub fn with_relay(mut self, status: Arc<RelayStatus>) -> Self {
         self.relay = Some(status);
+        self
+    }
+
+    /// Reports the back-channel logout dispatcher's state (lease, deliveries) in
+    /// `/readyz` and `/metrics`.
+    pub fn with_backchannel(mut self, status: Arc<RelayStatus>) -> Self {
+        self.backchannel = Some(status);
         self
     }
 }
@@ -271,6 +281,16 @@ struct ReadyBody {
     database: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     relay: Option<RelayBody>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backchannel: Option<DispatcherBody>,
+}
+
+#[derive(Serialize)]
+struct DispatcherBody {
+    /// This process holds the back-channel logout dispatcher's lease.
+    active: bool,
+    /// Who holds it (`host:pid`), as last seen by this process.
+    leader: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -300,6 +320,10 @@ where
             last_position: s.last_position,
         }
     });
+    let backchannel = app.backchannel.as_ref().map(|d| DispatcherBody {
+        active: d.snapshot().active,
+        leader: d.leader(),
+    });
     let (status, body) = match app.oauth.store.ready().await {
         Ok(()) => (
             StatusCode::OK,
@@ -307,6 +331,7 @@ where
                 status: "ready",
                 database: "ok",
                 relay,
+                backchannel,
             },
         ),
         Err(error) => {
@@ -318,6 +343,7 @@ where
                     status: "unavailable",
                     database: "unreachable",
                     relay,
+                    backchannel,
                 },
             )
         }
@@ -337,6 +363,9 @@ where
     let mut text = app.metrics.render();
     if let Some(relay) = &app.relay {
         observe::render_relay(&mut text, &relay.snapshot());
+    }
+    if let Some(dispatcher) = &app.backchannel {
+        observe::render_backchannel(&mut text, &dispatcher.snapshot());
     }
     (
         StatusCode::OK,

@@ -145,6 +145,42 @@ impl Metrics {
     }
 }
 
+/// The back-channel logout dispatcher's state in Prometheus text format.
+pub fn render_backchannel(out: &mut String, s: &RelaySnapshot) {
+    let metrics = [
+        (
+            "valet_backchannel_active",
+            "gauge",
+            "1 if this process holds the back-channel logout dispatcher's lease.",
+            u64::from(s.active),
+        ),
+        (
+            "valet_backchannel_delivered_total",
+            "counter",
+            "Logout tokens a client took (2xx).",
+            s.published,
+        ),
+        (
+            "valet_backchannel_failed_attempts_total",
+            "counter",
+            "Attempts to deliver a logout token that a client refused or did not answer.",
+            s.publish_failures,
+        ),
+        (
+            "valet_backchannel_step_downs_total",
+            "counter",
+            "Times this process gave up the dispatcher's lease.",
+            s.step_downs,
+        ),
+    ];
+    for (name, kind, help, value) in metrics {
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        );
+    }
+}
+
 /// The relay's state in Prometheus text format.
 pub fn render_relay(out: &mut String, s: &RelaySnapshot) {
     let gauges = [

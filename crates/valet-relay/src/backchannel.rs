@@ -102,14 +102,14 @@ where
         let shutdown = async {
             let _ = stopped.await;
         };
-        let (oauth_ref, http, config_ref) = (&oauth, &http, &config);
+        let (oauth_ref, http, config_ref, status_ref) = (&oauth, &http, &config, &status);
         stand_by_and_lead(
             &oauth.store,
             &role,
             shutdown,
             |lease, progress| {
                 Box::pin(async move {
-                    lead(oauth_ref, &*lease, http, config_ref, &progress)
+                    lead(oauth_ref, &*lease, http, config_ref, status_ref, &progress)
                         .await
                         .map_err(|e| match e {
                             DispatchError::Lease(LeaseError::Lost) => LeadError::Lost,
@@ -136,6 +136,7 @@ async fn lead<S, R, C, L>(
     lease: &L,
     http: &reqwest::Client,
     config: &DispatcherConfig,
+    status: &RelayStatus,
     progress: &Progress,
 ) -> Result<std::convert::Infallible, DispatchError>
 where
@@ -251,12 +252,15 @@ where
                 };
                 progress.busy();
                 match &outcome {
-                    Outcome::Delivered { .. } => {}
-                    failed => tracing::info!(
-                        client_id = %w.planned.delivery.client_id,
-                        outcome = ?failed,
-                        "logout token not delivered; will retry"
-                    ),
+                    Outcome::Delivered { .. } => status.record_published(1, 0, 0),
+                    failed => {
+                        status.record_failure();
+                        tracing::info!(
+                            client_id = %w.planned.delivery.client_id,
+                            outcome = ?failed,
+                            "logout token not delivered; will retry"
+                        )
+                    }
                 }
                 oauth.record_attempt(&w.planned, outcome).await?;
                 if let Some(w) = next_step(oauth, w, config.retry).await? {
