@@ -13,7 +13,8 @@ use valet_domain::user::EmailStatus;
 
 use valet_app::read::SessionView;
 
-use crate::{timefmt, wiring, ClientCommand, ClientOptions, ProfileArgs, UserCommand};
+use crate::admin_args::{ClientCommand, ClientOptions, ProfileArgs, UserCommand};
+use crate::{timefmt, wiring};
 
 fn profile_update(args: ProfileArgs) -> ProfileUpdate {
     ProfileUpdate {

@@ -1,0 +1,83 @@
+//! Administration use cases behind `valet client …`, `valet user …` and the admin API:
+//! what they share here, the clients' in `clients.rs`, the users' in `users.rs`.
+
+mod clients;
+mod users;
+
+pub use clients::{ClientChanges, ClientType, CreatedClient, NewClient, RotatedSecret};
+pub use users::{GrantsOnPasswordChange, ProfileUpdate, UserDetails};
+
+use valet_domain::{GrantId, RevocationReason};
+
+use crate::aggregate::ExecuteError;
+use crate::clock::Clock;
+use crate::oauth::{OAuth, OAuthError, RequestMeta, Unavailable};
+use crate::ports::{EventStore, StoreError};
+use crate::read::ReadModels;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The input breaks a rule; the message says which, for the operator.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Constraint(what) => AdminError::AlreadyExists(what),
+            other => AdminError::Unavailable(other.into()),
+        }
+    }
+}
+
+impl From<OAuthError> for AdminError {
+    fn from(e: OAuthError) -> Self {
+        match e {
+            OAuthError::Unavailable(e) => AdminError::Unavailable(e),
+            // The admin use cases call no flow that answers with a protocol error.
+            protocol @ OAuthError::Protocol { .. } => AdminError::Invalid(protocol.to_string()),
+        }
+    }
+}
+
+pub(super) fn failed<E: std::fmt::Display>(e: ExecuteError<E>) -> AdminError {
+    match e {
+        ExecuteError::Rejected { error, .. } => AdminError::Invalid(error.to_string()),
+        ExecuteError::Store(e) => e.into(),
+        ExecuteError::Contention(n) => AdminError::Unavailable(Unavailable::Contention(n)),
+    }
+}
+
+pub(super) const ADMIN: &str = "admin:cli";
+
+/// The actor an administrator's change is recorded under.
+pub(super) fn admin_actor(meta: &RequestMeta) -> String {
+    meta.admin.clone().unwrap_or_else(|| ADMIN.to_owned())
+}
+
+impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
+    pub(super) async fn revoke_all(
+        &self,
+        grants: Vec<GrantId>,
+        reason: RevocationReason,
+        meta: &RequestMeta,
+    ) -> Result<usize, AdminError> {
+        let mut revoked = 0;
+        for grant in grants {
+            if self
+                .revoke_grant(grant, reason, None, meta, &admin_actor(meta))
+                .await?
+            {
+                revoked += 1;
+            }
+        }
+        Ok(revoked)
+    }
+}
