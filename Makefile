@@ -14,7 +14,7 @@ export VALET_TEST_DATABASE_URL
 
 VALET := target/release/valet
 
-.PHONY: help setup run demo test lint bench clean
+.PHONY: help setup run demo test fuzz lint bench clean
 
 help:
 	@echo "Valet make targets:"
@@ -22,6 +22,7 @@ help:
 	@echo "  make setup   start/install PostgreSQL and NATS, build target/release/valet, migrate"
 	@echo "  make demo    Valet, the designs service and Printshop to click through (:8080-8082)"
 	@echo "  make test    start services, run the workspace tests (nextest if installed)"
+	@echo "  make fuzz    schemathesis against the admin API's OpenAPI document"
 	@echo "  make lint    cargo fmt --check and clippy -D warnings"
 	@echo "  make bench   start services, run the benchmarks"
 	@echo "  make clean   cargo clean, stop a NATS started by setup, remove .build/"
@@ -58,6 +59,11 @@ test:
 	  echo "cargo-nextest not installed: cargo test --workspace --no-fail-fast"; \
 	  cargo test --workspace --no-fail-fast; \
 	fi
+
+fuzz:
+	bash scripts/services.sh
+	cargo build -p valet-cli
+	bash scripts/admin-fuzz.sh
 
 lint:
 	cargo fmt --all -- --check

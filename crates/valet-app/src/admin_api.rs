@@ -2,7 +2,7 @@
 //! holds scope `valet:admin` (a client_credentials client registered with it). Changes
 //! made through the API are recorded with the caller as their actor.
 
-use valet_domain::{ClientId, TokenHash};
+use valet_domain::{ClientId, GrantId, TokenHash};
 
 use crate::clock::Clock;
 use crate::oauth::{OAuth, Unavailable};
@@ -27,6 +27,8 @@ pub enum AdminAuthError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminCaller {
     pub client_id: ClientId,
+    /// The grant of the token it called with.
+    pub grant_id: GrantId,
 }
 
 impl AdminCaller {
@@ -51,6 +53,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         }
         Ok(AdminCaller {
             client_id: view.client_id,
+            grant_id: view.grant_id,
         })
     }
 }

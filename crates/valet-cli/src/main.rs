@@ -475,6 +475,16 @@ async fn serve(database_url: &str, kek: &KekArgs, config: ServeArgs) -> anyhow::
     )
     .context("start the back-channel logout dispatcher")?;
 
+    // The admin API's lists (sea-orm) and audit replays: pools of their own.
+    let admin_reads = valet_admin_read::PgAdminReads::connect(
+        database_url,
+        oauth
+            .store
+            .with_own_pool(2)
+            .context("create the admin audit pool")?,
+    )
+    .await
+    .context("set up the admin API's read side")?;
     let attempts = Arc::new(valet_store::PgAttempts::new(oauth.store.clone()));
     let state =
         Arc::new(
@@ -487,6 +497,7 @@ async fn serve(database_url: &str, kek: &KekArgs, config: ServeArgs) -> anyhow::
                 .with_relay(relay_status)
                 .with_backchannel(backchannel_status)
                 .with_jwks(ring.jwks)
+                .with_admin_reads(Arc::new(admin_reads))
                 .with_session_lifetime(std::time::Duration::from_secs(u64::from(
                     config.session_lifetime,
                 )))

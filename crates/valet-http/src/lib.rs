@@ -31,6 +31,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
+use valet_app::admin::{AdminReads, NoAdminReads};
 use valet_app::attempts::Attempts;
 use valet_app::entropy::{random_bytes, OsRandom, RandomnessError};
 use valet_app::memory::MemoryAttempts;
@@ -70,6 +71,8 @@ pub struct AppState<S, R, C> {
     backchannel: Option<Arc<RelayStatus>>,
     /// The JWK Set, kept current by the key ring's loop.
     jwks: Option<tokio::sync::watch::Receiver<Arc<valet_app::keys::Jwks>>>,
+    /// The admin API's lists and audit answers.
+    admin_reads: Arc<dyn AdminReads>,
 }
 
 impl<S, R, C> AppState<S, R, C> {
@@ -89,7 +92,14 @@ impl<S, R, C> AppState<S, R, C> {
             relay: None,
             backchannel: None,
             jwks: None,
+            admin_reads: Arc::new(NoAdminReads),
         }
+    }
+
+    /// Answers the admin API's lists and audit questions from `reads`.
+    pub fn with_admin_reads(mut self, reads: Arc<dyn AdminReads>) -> Self {
+        self.admin_reads = reads;
+        self
     }
 
     /// How long a sign-in lasts (default 8 hours; at least a second).
@@ -174,28 +184,6 @@ where
         .route("/authorize", get(authorize::show::<S, R, C>))
         .route("/authorize/login", post(authorize::login::<S, R, C>))
         .route("/authorize/consent", post(authorize::consent::<S, R, C>))
-        .route("/admin/v1/clients", get(admin_api::list_clients::<S, R, C>))
-        .route("/admin/v1/users", get(admin_api::list_users::<S, R, C>))
-        .route(
-            "/admin/v1/clients/{client_id}/disable",
-            post(admin_api::disable_client::<S, R, C>),
-        )
-        .route(
-            "/admin/v1/clients/{client_id}/enable",
-            post(admin_api::enable_client::<S, R, C>),
-        )
-        .route(
-            "/admin/v1/clients/{client_id}/rotate-secret",
-            post(admin_api::rotate_client_secret::<S, R, C>),
-        )
-        .route(
-            "/admin/v1/users/{username}/disable",
-            post(admin_api::disable_user::<S, R, C>),
-        )
-        .route(
-            "/admin/v1/users/{username}/enable",
-            post(admin_api::enable_user::<S, R, C>),
-        )
         .route("/account", get(account::show::<S, R, C>))
         .route("/account/login", post(account::login::<S, R, C>))
         .route("/account/apps/remove", post(account::remove_app::<S, R, C>))
@@ -232,6 +220,7 @@ where
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<S, R, C>))
         .route("/metrics", get(metrics_text::<S, R, C>))
+        .merge(admin_api::routes::<S, R, C>())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(from_fn(observe::refuse_large_bodies))
         .layer(from_fn_with_state(observer, observe))

@@ -60,6 +60,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "client_deleted",
         sql: include_str!("../../../migrations/0010_client_deleted.sql"),
     },
+    Migration {
+        version: 11,
+        name: "admin_list_indexes",
+        sql: include_str!("../../../migrations/0011_admin_list_indexes.sql"),
+    },
 ];
 
 /// Serialises concurrent `valet migrate` runs (several replicas starting at once).

@@ -275,6 +275,20 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         })
     }
 
+    /// One client as the log has it: every setting, its state, and until when the
+    /// secret before the last rotation works.
+    pub async fn show_client(&self, id: &str) -> Result<client::Client, AdminError> {
+        let not_found = || AdminError::NotFound(format!("client {id}"));
+        let client_id = ClientId::parse(id).map_err(|_| not_found())?;
+        agg::load::<agg::Client, S>(&self.store, &StreamId::client(&client_id))
+            .await
+            .map_err(failed)?
+            .state
+            .client()
+            .cloned()
+            .ok_or_else(not_found)
+    }
+
     pub async fn list_clients(&self) -> Result<Vec<ClientSummary>, AdminError> {
         Ok(self.reads.clients().await?)
     }
@@ -293,6 +307,17 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         command: client::Command,
         meta: &RequestMeta,
     ) -> Result<usize, AdminError> {
+        if meta
+            .admin
+            .as_ref()
+            .is_some_and(|caller| caller.client_id.as_str() == id)
+        {
+            return Err(AdminError::Conflict(
+                "the calling client cannot disable or delete itself: call with another \
+                 client's token, or use the CLI"
+                    .into(),
+            ));
+        }
         let (client_id, _) = self.execute_on_client(id, command, meta).await?;
         self.revoke_all(
             self.reads.active_grants_of_client(&client_id).await?,

@@ -2,9 +2,15 @@
 //! what they share here, the clients' in `clients.rs`, the users' in `users.rs`.
 
 mod clients;
+mod queries;
 mod users;
 
 pub use clients::{ClientChanges, ClientType, CreatedClient, NewClient, RotatedSecret};
+pub use queries::{
+    AdminReads, Answer, AuditFilter, ClientFilter, ClientRow, ClientStatus, Cursor, GrantAt,
+    GrantFilter, GrantRow, GrantStatus, NoAdminReads, Page, PageRequest, PageSize, TokenKind,
+    TokenRevocation, TokenStory, UserFilter, UserRow, UserStatus,
+};
 pub use users::{GrantsOnPasswordChange, ProfileUpdate, UserDetails};
 
 use valet_domain::{GrantId, RevocationReason};
@@ -24,6 +30,9 @@ pub enum AdminError {
     NotFound(String),
     #[error("{0} already exists")]
     AlreadyExists(String),
+    /// The change would contradict the state it applies to; the message says how.
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
 }
@@ -59,10 +68,35 @@ pub(super) const ADMIN: &str = "admin:cli";
 
 /// The actor an administrator's change is recorded under.
 pub(super) fn admin_actor(meta: &RequestMeta) -> String {
-    meta.admin.clone().unwrap_or_else(|| ADMIN.to_owned())
+    meta.admin
+        .as_ref()
+        .map_or_else(|| ADMIN.to_owned(), |caller| caller.actor())
 }
 
 impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
+    /// Revokes one grant as an administrator (reason `admin`): whether it was standing.
+    /// The grant behind the calling token is refused: the caller would lock itself out.
+    pub async fn revoke_grant_as_admin(
+        &self,
+        grant: GrantId,
+        meta: &RequestMeta,
+    ) -> Result<bool, AdminError> {
+        if meta.admin.as_ref().is_some_and(|c| c.grant_id == grant) {
+            return Err(AdminError::Conflict(
+                "this grant holds the calling token: revoke it with /revoke instead".into(),
+            ));
+        }
+        Ok(self
+            .revoke_grant(
+                grant,
+                RevocationReason::Admin,
+                None,
+                meta,
+                &admin_actor(meta),
+            )
+            .await?)
+    }
+
     pub(super) async fn revoke_all(
         &self,
         grants: Vec<GrantId>,

@@ -61,9 +61,9 @@ pub struct Settings {
 pub struct RequestMeta {
     pub request_id: Option<String>,
     pub client_ip: Option<String>,
-    /// Who administers, for the admin use cases (`client:<id>` through the admin API);
+    /// Who administers, for the admin use cases (a client through the admin API);
     /// `admin:cli` when unset.
-    pub admin: Option<String>,
+    pub admin: Option<crate::admin_api::AdminCaller>,
 }
 
 impl RequestMeta {

@@ -9,20 +9,7 @@ use valet_app::{ReplayEvent, StoreError};
 use valet_domain::{changes, grant, Change, TokenHash};
 use valet_store::PgEventStore;
 
-/// A grant as it stood at the moment asked about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GrantAt {
-    pub grant_id: String,
-    pub client_id: String,
-    pub user_id: Option<String>,
-    pub username: Option<String>,
-    pub scope: String,
-    pub issued_at_millis: i64,
-    /// Access tokens live at that moment: (SHA-256 hex, scope, expires_at millis).
-    pub access_tokens: Vec<(String, String, i64)>,
-    /// Whether a refresh token was redeemable at that moment.
-    pub refreshable: bool,
-}
+pub use valet_app::admin::GrantAt;
 
 /// One live grant during an `audit at` replay, kept small: the answer holds every
 /// grant active at the moment, which on a busy server is most of them.

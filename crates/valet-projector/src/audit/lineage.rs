@@ -7,20 +7,8 @@ use valet_store::PgEventStore;
 
 use crate::db_error;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenKind {
-    AccessToken,
-    RefreshToken,
-}
-
-impl TokenKind {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            TokenKind::AccessToken => "access_token",
-            TokenKind::RefreshToken => "refresh_token",
-        }
-    }
-}
+pub use valet_app::admin::TokenKind;
+use valet_app::admin::{TokenRevocation, TokenStory};
 
 /// Every event of a token's grant, of the code and consent it came from, and the
 /// client's, each in log order.
@@ -89,6 +77,42 @@ impl Lineage {
                     )
                 })
             })
+    }
+}
+
+impl Lineage {
+    /// The lineage as the admin API answers it: each event labelled with what it is
+    /// part of, and how the token stopped working, with its cause when the log says.
+    pub fn story(&self) -> TokenStory {
+        let revocation = self.revocation().map(|revocation| TokenRevocation {
+            event: revocation.event.clone(),
+            reason: revocation.reason.as_str().to_owned(),
+            cause: match revocation.cause {
+                Some(cause) => Some((cause.event_id, cause.stream_id.to_string())),
+                None => self
+                    .reuse_before(revocation.event)
+                    .map(|e| (e.event_id, e.stream.to_string())),
+            },
+        });
+        let grant_id = self.grant.to_string();
+        TokenStory {
+            token_sha256: self.token.to_string(),
+            kind: self.kind,
+            grant_id: grant_id
+                .strip_prefix("grant-")
+                .unwrap_or(&grant_id)
+                .to_owned(),
+            events: [
+                ("client", &self.client),
+                ("consent", &self.consent),
+                ("code", &self.code),
+                ("grant", &self.grant_events),
+            ]
+            .into_iter()
+            .flat_map(|(label, events)| events.iter().map(move |e| (label, e.clone())))
+            .collect(),
+            revocation,
+        }
     }
 }
 

@@ -11,4 +11,4 @@ mod timeline;
 
 pub use at::{active_at, ActiveGrants, GrantAt, COMMIT_SLACK_MICROS};
 pub use lineage::{lineage, Lineage, Revocation, TokenKind};
-pub use timeline::{log, LogFilter};
+pub use timeline::{log, LogFilter, Timeline};
