@@ -51,11 +51,12 @@ sleep 1.2 # the server's client cache
 TOKEN=$(curl -sf -u "$ID:$SECRET" -d grant_type=client_credentials -d scope=valet:admin "$BASE/token" | json access_token)
 
 status=0
-"$VENV/bin/st" run "$BASE/admin/v1/openapi.json" --url "$BASE" \
+# From the scratch directory: schemathesis keeps a cache where it runs.
+(cd "$WORK" && "$OLDPWD/$VENV/bin/st" run "$BASE/admin/v1/openapi.json" --url "$BASE" \
   -H "Authorization: Bearer $TOKEN" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,negative_data_rejection \
   --max-examples "$EXAMPLES" --workers 2 --seed 20261207 --no-color \
-  --report junit --report-junit-path "$WORK/junit.xml" >"$WORK/st.log" 2>&1 || status=$?
+  --report junit --report-junit-path "$WORK/junit.xml") >"$WORK/st.log" 2>&1 || status=$?
 # The failures in full, else the summary.
 if [[ "${status:-0}" -ne 0 ]]; then
   sed -n '/^=* FAILURES =*$/,$p' "$WORK/st.log"

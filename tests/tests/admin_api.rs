@@ -446,6 +446,25 @@ async fn users_grants_and_audit_over_the_admin_api() {
         .map(|u| u["username"].clone())
         .collect();
     assert_eq!(names, vec![json!("bob")]);
+    // PostgreSQL stores no NUL: refused up front, in a query and in a body.
+    let nul = call(
+        server,
+        Method::GET,
+        "/admin/v1/users?username_prefix=b%00",
+        Some(&bearer),
+        None,
+    )
+    .await;
+    assert_eq!(nul.status, 400, "{}", nul.describe());
+    let nul = call(
+        server,
+        Method::PATCH,
+        "/admin/v1/users/bob",
+        Some(&bearer),
+        Some(json!({ "name": "Bob\0" })),
+    )
+    .await;
+    assert_eq!(nul.status, 400, "{}", nul.describe());
     let password = call(
         server,
         Method::PUT,

@@ -20,6 +20,7 @@ pub mod oauth;
 pub mod outbox;
 pub mod ports;
 pub mod read;
+pub mod registration;
 pub mod secrets;
 pub mod sessions;
 

@@ -19,6 +19,8 @@ pub enum SecretKind {
     RefreshToken,
     AuthorizationCode,
     ClientSecret,
+    /// RFC 7592: lets a dynamically registered client manage its registration.
+    RegistrationAccessToken,
 }
 
 impl SecretKind {
@@ -28,6 +30,7 @@ impl SecretKind {
             SecretKind::RefreshToken => "valet_rt_",
             SecretKind::AuthorizationCode => "valet_ac_",
             SecretKind::ClientSecret => "valet_cs_",
+            SecretKind::RegistrationAccessToken => "valet_rat_",
         }
     }
 }

@@ -53,6 +53,9 @@ fn describe(event: &Event) -> String {
             format!("client updated: \"{name}\", scopes \"{scopes}\"")
         }
         Event::Client(client::Event::ClientDeleted { .. }) => "client deleted".to_owned(),
+        Event::Client(client::Event::ClientRegistrationTokenSet { .. }) => {
+            "registration access token issued".to_owned()
+        }
         Event::Client(client::Event::ClientSecretRotated {
             previous_valid_until,
             ..

@@ -163,6 +163,12 @@ struct ServeArgs {
     #[arg(long, env = "VALET_SESSION_IDLE_TIMEOUT", default_value_t = 1_800,
           value_parser = clap::value_parser!(u32).range(0..=2_592_000))]
     session_idle_timeout: u32,
+    /// Dynamic client registration at /register (RFC 7591, 7592): `off`, `open` (anyone
+    /// may register a client) or `initial-access-token` (only bearers of a token from
+    /// `POST /admin/v1/initial-access-tokens`).
+    #[arg(long, env = "VALET_REGISTRATION", default_value = "off",
+          value_parser = ["off", "open", "initial-access-token"])]
+    registration: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -498,6 +504,11 @@ async fn serve(database_url: &str, kek: &KekArgs, config: ServeArgs) -> anyhow::
                 .with_backchannel(backchannel_status)
                 .with_jwks(ring.jwks)
                 .with_admin_reads(Arc::new(admin_reads))
+                .with_registration(
+                    valet_app::registration::RegistrationPolicy::parse(&config.registration)
+                        .map_err(anyhow::Error::msg)
+                        .context("--registration")?,
+                )
                 .with_session_lifetime(std::time::Duration::from_secs(u64::from(
                     config.session_lifetime,
                 )))

@@ -93,6 +93,12 @@ pub enum Command {
         update: ClientUpdate,
         at: Timestamp,
     },
+    /// A new registration access token (RFC 7592; its SHA-256): the one before stops
+    /// working.
+    SetRegistrationToken {
+        hash: TokenHash,
+        at: Timestamp,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +158,12 @@ pub enum Event {
         scopes: ScopeSet,
         at: Timestamp,
     },
+    /// The client manages its own registration (RFC 7592) with the token of `hash`;
+    /// the one before, if any, stops working.
+    ClientRegistrationTokenSet {
+        hash: TokenHash,
+        at: Timestamp,
+    },
 }
 domain_event!(Event {
     ClientRegistered,
@@ -163,7 +175,8 @@ domain_event!(Event {
     ClientEnabled,
     ClientSecretRotated,
     ClientDeleted,
-    ClientUpdated
+    ClientUpdated,
+    ClientRegistrationTokenSet
 });
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -230,6 +243,8 @@ pub struct Client {
     pub post_logout_redirect_uris: Vec<RedirectUri>,
     pub access_token_format: AccessTokenFormat,
     pub backchannel_logout: Option<BackchannelLogout>,
+    /// The SHA-256 of its registration access token (dynamically registered clients).
+    pub registration_token: Option<TokenHash>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -312,6 +327,14 @@ impl State {
             Some(scope) => Err(ScopeError::NotAllowed(scope.clone())),
             None => Ok(requested.clone()),
         }
+    }
+
+    /// Whether `presented` is the client's registration access token (constant-time;
+    /// false for unknown, disabled and deleted clients and those without one).
+    pub fn verify_registration_token(&self, presented: &TokenHash) -> bool {
+        self.active()
+            .and_then(|c| c.registration_token.as_ref())
+            .is_some_and(|hash| hash.ct_eq(presented))
     }
 
     /// Constant-time; false for public, unknown, disabled and deleted clients. The
@@ -428,6 +451,11 @@ pub fn decide(state: &State, cmd: Command) -> Result<Vec<Event>, Error> {
             None => Err(Error::NotFound),
             Some(c) if c.deleted_at.is_some() => Err(Error::Deleted),
             Some(c) => update(c, changes, at),
+        },
+        Command::SetRegistrationToken { hash, at } => match state.client() {
+            None => Err(Error::NotFound),
+            Some(c) if c.deleted_at.is_some() => Err(Error::Deleted),
+            Some(_) => Ok(vec![Event::ClientRegistrationTokenSet { hash, at }]),
         },
     }
 }
@@ -583,6 +611,7 @@ pub fn evolve(state: State, event: &Event) -> State {
             post_logout_redirect_uris: Vec::new(),
             access_token_format: AccessTokenFormat::Opaque,
             backchannel_logout: None,
+            registration_token: None,
         })),
         (Some(mut client), Event::ClientIdTokenAlgorithmSet { algorithm, .. }) => {
             client.id_token_alg = *algorithm;
@@ -636,6 +665,10 @@ pub fn evolve(state: State, event: &Event) -> State {
             client.redirect_uris = redirect_uris.clone();
             client.grant_types = grant_types.clone();
             client.scopes = scopes.clone();
+            State(Some(client))
+        }
+        (Some(mut client), Event::ClientRegistrationTokenSet { hash, .. }) => {
+            client.registration_token = Some(*hash);
             State(Some(client))
         }
         (Some(mut client), Event::ClientDeleted { at }) => {
@@ -1301,6 +1334,10 @@ mod tests {
                     scopes: scopes("read"),
                     at: T1,
                 },
+                Event::ClientRegistrationTokenSet {
+                    hash: TokenHash::of("registration"),
+                    at: T1,
+                },
             ],
             Event::EVENT_TYPES,
         );
@@ -1315,5 +1352,48 @@ mod tests {
             web().to_payload()["kind"]["secret_hash"],
             TokenHash::of("s3cret").to_string()
         );
+    }
+
+    #[test]
+    fn a_registration_token_replaces_the_one_before_and_dies_with_the_client() {
+        let registered = Event::ClientRegistered {
+            client_id: id(),
+            name: ClientName::parse("Web").unwrap(),
+            kind: secret(),
+            redirect_uris: vec![],
+            grant_types: vec![ClientCredentials],
+            scopes: scopes("read"),
+            at: T0,
+        };
+        let first = TokenHash::of("first");
+        let second = TokenHash::of("second");
+        given(&[registered.clone()])
+            .when(Command::SetRegistrationToken {
+                hash: first,
+                at: T1,
+            })
+            .then_events(&[Event::ClientRegistrationTokenSet {
+                hash: first,
+                at: T1,
+            }]);
+        let state = State::from_events(&[
+            registered.clone(),
+            Event::ClientRegistrationTokenSet {
+                hash: first,
+                at: T0,
+            },
+            Event::ClientRegistrationTokenSet {
+                hash: second,
+                at: T1,
+            },
+        ]);
+        assert!(state.verify_registration_token(&second));
+        assert!(!state.verify_registration_token(&first));
+        given(&[registered, Event::ClientDeleted { at: T1 }])
+            .when(Command::SetRegistrationToken {
+                hash: second,
+                at: T1,
+            })
+            .then_error(Error::Deleted);
     }
 }

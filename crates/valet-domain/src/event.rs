@@ -354,7 +354,7 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), all.len(), "{all:?}");
-        assert_eq!(all.len(), 35);
+        assert_eq!(all.len(), 36);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! of the signing keys. Only what is implemented is advertised.
 
 use std::sync::Arc;
+use valet_app::registration::RegistrationPolicy;
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -30,10 +31,13 @@ struct ServerMetadata<'a> {
     introspection_endpoint_auth_methods_supported: [&'static str; 2],
     /// RFC 9207: every authorization response carries `iss`.
     authorization_response_iss_parameter_supported: bool,
+    /// RFC 7591, when dynamic registration is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registration_endpoint: Option<String>,
 }
 
 impl<'a> ServerMetadata<'a> {
-    fn of(issuer: &'a str) -> Self {
+    fn of(issuer: &'a str, registration: RegistrationPolicy) -> Self {
         let base = issuer.trim_end_matches('/');
         let endpoint = |path: &str| format!("{base}{path}");
         let secret_methods = ["client_secret_basic", "client_secret_post"];
@@ -55,6 +59,8 @@ impl<'a> ServerMetadata<'a> {
             revocation_endpoint_auth_methods_supported: secret_methods,
             introspection_endpoint_auth_methods_supported: secret_methods,
             authorization_response_iss_parameter_supported: true,
+            registration_endpoint: (registration != RegistrationPolicy::Off)
+                .then(|| endpoint("/register")),
         }
     }
 }
@@ -79,14 +85,18 @@ struct OpenIdConfiguration<'a> {
 pub(crate) async fn server_metadata<S, R, C>(
     State(app): State<Arc<AppState<S, R, C>>>,
 ) -> Response {
-    Json(ServerMetadata::of(&app.oauth.settings.issuer)).into_response()
+    Json(ServerMetadata::of(
+        &app.oauth.settings.issuer,
+        app.registration,
+    ))
+    .into_response()
 }
 
 pub(crate) async fn openid_configuration<S, R, C>(
     State(app): State<Arc<AppState<S, R, C>>>,
 ) -> Response {
     Json(OpenIdConfiguration {
-        server: ServerMetadata::of(&app.oauth.settings.issuer),
+        server: ServerMetadata::of(&app.oauth.settings.issuer, app.registration),
         userinfo_endpoint: format!(
             "{}/userinfo",
             app.oauth.settings.issuer.trim_end_matches('/')

@@ -17,6 +17,7 @@ mod logout;
 mod observe;
 mod params;
 mod proxies;
+mod registration;
 mod signin;
 mod signing;
 mod token;
@@ -38,6 +39,7 @@ use valet_app::memory::MemoryAttempts;
 use valet_app::oauth::OAuth;
 use valet_app::outbox::RelayStatus;
 use valet_app::read::ReadModels;
+use valet_app::registration::RegistrationPolicy;
 use valet_app::{Clock, EventStore, Readiness};
 
 pub use cookies::{CookieTransport, CSRF_COOKIE, SESSION_COOKIE};
@@ -73,6 +75,8 @@ pub struct AppState<S, R, C> {
     jwks: Option<tokio::sync::watch::Receiver<Arc<valet_app::keys::Jwks>>>,
     /// The admin API's lists and audit answers.
     admin_reads: Arc<dyn AdminReads>,
+    /// Whether `/register` admits clients (RFC 7591).
+    registration: RegistrationPolicy,
 }
 
 impl<S, R, C> AppState<S, R, C> {
@@ -93,7 +97,14 @@ impl<S, R, C> AppState<S, R, C> {
             backchannel: None,
             jwks: None,
             admin_reads: Arc::new(NoAdminReads),
+            registration: RegistrationPolicy::Off,
         }
+    }
+
+    /// Turns dynamic client registration on (`/register`, RFC 7591 and 7592).
+    pub fn with_registration(mut self, policy: RegistrationPolicy) -> Self {
+        self.registration = policy;
+        self
     }
 
     /// Answers the admin API's lists and audit questions from `reads`.
@@ -221,10 +232,28 @@ where
         .route("/readyz", get(readyz::<S, R, C>))
         .route("/metrics", get(metrics_text::<S, R, C>))
         .merge(admin_api::routes::<S, R, C>())
+        .route("/register", post(registration::register::<S, R, C>))
+        .route(
+            "/register/{client_id}",
+            get(registration::read::<S, R, C>)
+                .put(registration::update::<S, R, C>)
+                .delete(registration::delete::<S, R, C>),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(from_fn(observe::refuse_large_bodies))
         .layer(from_fn_with_state(observer, observe))
         .with_state(state)
+}
+
+/// Whether a JSON value holds a NUL character anywhere: PostgreSQL stores none (in text
+/// or jsonb), so such input is refused up front with a 400 rather than failing there.
+pub(crate) fn holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
 }
 
 /// Why a form body was refused (400 at every endpoint).

@@ -171,6 +171,18 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         changes: ClientChanges,
         meta: &RequestMeta,
     ) -> Result<bool, AdminError> {
+        self.update_client_as(id, changes, meta, &admin_actor(meta))
+            .await
+    }
+
+    /// [`Self::update_client`], recorded with `actor`.
+    pub(crate) async fn update_client_as(
+        &self,
+        id: &str,
+        changes: ClientChanges,
+        meta: &RequestMeta,
+        actor: &str,
+    ) -> Result<bool, AdminError> {
         let nonempty = |list: Vec<String>| (!list.is_empty()).then_some(list);
         let update = client::ClientUpdate {
             name: changes
@@ -204,7 +216,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             update,
             at: self.now(),
         };
-        let (_, recorded) = self.execute_on_client(id, command, meta).await?;
+        let (_, recorded) = self.execute_on_client(id, command, meta, actor).await?;
         Ok(recorded > 0)
     }
 
@@ -212,6 +224,16 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         &self,
         spec: NewClient,
         meta: &RequestMeta,
+    ) -> Result<CreatedClient, AdminError> {
+        self.create_client_as(spec, meta, &admin_actor(meta)).await
+    }
+
+    /// [`Self::create_client`], recorded with `actor`.
+    pub(crate) async fn create_client_as(
+        &self,
+        spec: NewClient,
+        meta: &RequestMeta,
+        actor: &str,
     ) -> Result<CreatedClient, AdminError> {
         let name = ClientName::parse(&spec.name).map_err(|e| invalid("--name", &e))?;
         let redirect_uris = uris(&spec.redirect_uris, "--redirect-uri")?;
@@ -265,7 +287,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             self.ids(),
             &StreamId::client(&client_id),
             command,
-            &meta.metadata(admin_actor(meta)),
+            &meta.metadata(actor.to_owned()),
         )
         .await
         .map_err(failed)?;
@@ -296,7 +318,8 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
     /// Disables the client and revokes every grant it holds. Returns how many grants.
     pub async fn disable_client(&self, id: &str, meta: &RequestMeta) -> Result<usize, AdminError> {
         let command = client::Command::Disable { at: self.now() };
-        self.stop_client(id, command, meta).await
+        self.stop_client(id, command, meta, &admin_actor(meta))
+            .await
     }
 
     /// Disables or deletes a client, then revokes every grant it holds (reason
@@ -306,6 +329,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         id: &str,
         command: client::Command,
         meta: &RequestMeta,
+        actor: &str,
     ) -> Result<usize, AdminError> {
         if meta
             .admin
@@ -318,11 +342,12 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
                     .into(),
             ));
         }
-        let (client_id, _) = self.execute_on_client(id, command, meta).await?;
-        self.revoke_all(
+        let (client_id, _) = self.execute_on_client(id, command, meta, actor).await?;
+        self.revoke_all_as(
             self.reads.active_grants_of_client(&client_id).await?,
             RevocationReason::ClientDisabled,
             meta,
+            actor,
         )
         .await
     }
@@ -330,15 +355,26 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
     /// Lets a disabled client authenticate again (its revoked grants stay revoked).
     pub async fn enable_client(&self, id: &str, meta: &RequestMeta) -> Result<(), AdminError> {
         let command = client::Command::Enable { at: self.now() };
-        self.execute_on_client(id, command, meta).await?;
+        self.execute_on_client(id, command, meta, &admin_actor(meta))
+            .await?;
         Ok(())
     }
 
     /// Deletes the client for good: it never authenticates again, its id is never
     /// registered again, and every grant it holds is revoked. Returns how many grants.
     pub async fn delete_client(&self, id: &str, meta: &RequestMeta) -> Result<usize, AdminError> {
+        self.delete_client_as(id, meta, &admin_actor(meta)).await
+    }
+
+    /// [`Self::delete_client`], recorded with `actor`.
+    pub(crate) async fn delete_client_as(
+        &self,
+        id: &str,
+        meta: &RequestMeta,
+        actor: &str,
+    ) -> Result<usize, AdminError> {
         let command = client::Command::Delete { at: self.now() };
-        self.stop_client(id, command, meta).await
+        self.stop_client(id, command, meta, actor).await
     }
 
     /// Gives a confidential client a new secret (shown once; only its SHA-256 is kept).
@@ -359,7 +395,8 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             previous_valid_until,
             at: now,
         };
-        self.execute_on_client(id, command, meta).await?;
+        self.execute_on_client(id, command, meta, &admin_actor(meta))
+            .await?;
         Ok(RotatedSecret {
             client_secret: secret.raw,
             previous_valid_until,
@@ -373,6 +410,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         id: &str,
         command: client::Command,
         meta: &RequestMeta,
+        actor: &str,
     ) -> Result<(ClientId, usize), AdminError> {
         let not_found = || AdminError::NotFound(format!("client {id}"));
         let client_id = ClientId::parse(id).map_err(|_| not_found())?;
@@ -381,7 +419,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             self.ids(),
             &StreamId::client(&client_id),
             command,
-            &meta.metadata(admin_actor(meta)),
+            &meta.metadata(actor.to_owned()),
         )
         .await
         .map_err(|e| match e {

@@ -56,7 +56,7 @@ impl From<OAuthError> for AdminError {
     }
 }
 
-pub(super) fn failed<E: std::fmt::Display>(e: ExecuteError<E>) -> AdminError {
+pub(crate) fn failed<E: std::fmt::Display>(e: ExecuteError<E>) -> AdminError {
     match e {
         ExecuteError::Rejected { error, .. } => AdminError::Invalid(error.to_string()),
         ExecuteError::Store(e) => e.into(),
@@ -103,12 +103,21 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         reason: RevocationReason,
         meta: &RequestMeta,
     ) -> Result<usize, AdminError> {
+        self.revoke_all_as(grants, reason, meta, &admin_actor(meta))
+            .await
+    }
+
+    /// [`Self::revoke_all`], recorded with `actor`.
+    pub(super) async fn revoke_all_as(
+        &self,
+        grants: Vec<GrantId>,
+        reason: RevocationReason,
+        meta: &RequestMeta,
+        actor: &str,
+    ) -> Result<usize, AdminError> {
         let mut revoked = 0;
         for grant in grants {
-            if self
-                .revoke_grant(grant, reason, None, meta, &admin_actor(meta))
-                .await?
-            {
+            if self.revoke_grant(grant, reason, None, meta, actor).await? {
                 revoked += 1;
             }
         }

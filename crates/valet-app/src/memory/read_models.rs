@@ -192,7 +192,8 @@ impl Tables {
             | client::Event::ClientPostLogoutRedirectUrisSet { .. }
             | client::Event::ClientAccessTokenFormatSet { .. }
             | client::Event::ClientBackchannelLogoutSet { .. }
-            | client::Event::ClientSecretRotated { .. } => {}
+            | client::Event::ClientSecretRotated { .. }
+            | client::Event::ClientRegistrationTokenSet { .. } => {}
         }
     }
 

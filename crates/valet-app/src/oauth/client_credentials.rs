@@ -27,6 +27,16 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             .state
             .grantable_scope(requested.as_ref())
             .map_err(|_| OAuthError::invalid_scope())?;
+        self.issue_client_grant(client, scope, meta).await
+    }
+
+    /// A one-token grant of `scope` for the client itself (checked by the caller).
+    pub(crate) async fn issue_client_grant(
+        &self,
+        client: &super::AuthenticatedClient,
+        scope: valet_domain::ScopeSet,
+        meta: &RequestMeta,
+    ) -> Result<TokenResponse, OAuthError> {
         let now = self.now();
         let Minted { raw, issue } = self.access_token(client, None, scope.clone(), now)?;
         let grant_id = GrantId::new(self.ids.new_id());

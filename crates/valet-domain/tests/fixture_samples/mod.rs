@@ -434,6 +434,13 @@ pub fn samples() -> Vec<(&'static str, &'static str, u32, Value)> {
                 at: at(8),
             },
         ),
+        sample(
+            "client",
+            client::Event::ClientRegistrationTokenSet {
+                hash: TokenHash::of("valet_rat_fixture-registration-token"),
+                at: at(8),
+            },
+        ),
         sample("client", client::Event::ClientDeleted { at: at(9) }),
         sample(
             "session",

@@ -10,6 +10,7 @@ mod clients;
 mod grants;
 mod keys;
 pub(crate) mod openapi;
+mod registration;
 mod users;
 
 use std::sync::Arc;
@@ -99,6 +100,15 @@ pub(crate) fn failed(e: AdminError) -> Response {
 
 /// The query string as `T`, or a 400 that says what is wrong.
 pub(crate) fn query<T: DeserializeOwned>(uri: &Uri) -> Result<T, AdminError> {
+    // A NUL can only arrive percent-encoded; PostgreSQL stores none.
+    if uri
+        .query()
+        .is_some_and(|q| q.to_ascii_lowercase().contains("%00"))
+    {
+        return Err(AdminError::Invalid(
+            "query: NUL characters are not allowed".into(),
+        ));
+    }
     Query::<T>::try_from_uri(uri)
         .map(|Query(q)| q)
         .map_err(|e| AdminError::Invalid(format!("query: {}", e.body_text())))
@@ -111,6 +121,11 @@ pub(crate) fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, AdminError> 
     if !value.is_object() {
         return Err(AdminError::Invalid(
             "body: a JSON object is expected".into(),
+        ));
+    }
+    if crate::holds_nul(&value) {
+        return Err(AdminError::Invalid(
+            "body: NUL characters are not allowed".into(),
         ));
     }
     serde_json::from_value(value).map_err(bad)
@@ -276,6 +291,10 @@ where
             post(grants::revoke::<S, R, C>),
         )
         .route("/admin/v1/keys", get(keys::list::<S, R, C>))
+        .route(
+            "/admin/v1/initial-access-tokens",
+            post(registration::issue::<S, R, C>),
+        )
         .route("/admin/v1/audit/log", get(audit::log::<S, R, C>))
         .route("/admin/v1/audit/token", post(audit::token::<S, R, C>))
         .route("/admin/v1/audit/at", get(audit::at::<S, R, C>))

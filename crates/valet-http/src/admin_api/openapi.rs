@@ -11,7 +11,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, Secur
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::OpenApi;
 
-use super::{audit, clients, grants, keys, users, ApiError};
+use super::{audit, clients, grants, keys, registration, users, ApiError};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -28,11 +28,12 @@ use super::{audit, clients, grants, keys, users, ApiError};
         users::disable, users::enable, users::sign_out_everywhere,
         grants::list, grants::show, grants::revoke,
         keys::list,
+        registration::issue,
         audit::log, audit::token, audit::at,
     ),
     components(schemas(ApiError)),
     tags(
-        (name = "clients"), (name = "users"), (name = "grants"), (name = "keys"),
+        (name = "clients"), (name = "users"), (name = "grants"), (name = "keys"), (name = "registration"),
         (name = "audit"),
     )
 )]

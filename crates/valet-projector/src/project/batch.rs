@@ -497,7 +497,8 @@ impl Batch {
             client::Event::ClientIdTokenAlgorithmSet { .. }
             | client::Event::ClientPostLogoutRedirectUrisSet { .. }
             | client::Event::ClientAccessTokenFormatSet { .. }
-            | client::Event::ClientBackchannelLogoutSet { .. } => {}
+            | client::Event::ClientBackchannelLogoutSet { .. }
+            | client::Event::ClientRegistrationTokenSet { .. } => {}
         }
     }
 
