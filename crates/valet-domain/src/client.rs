@@ -1367,7 +1367,7 @@ mod tests {
         };
         let first = TokenHash::of("first");
         let second = TokenHash::of("second");
-        given(&[registered.clone()])
+        given(std::slice::from_ref(&registered))
             .when(Command::SetRegistrationToken {
                 hash: first,
                 at: T1,
