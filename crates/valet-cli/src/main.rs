@@ -199,6 +199,9 @@ enum Command {
         /// How many events to write.
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
+        /// How many service clients hold the service grants (round robin).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        clients: u64,
     },
 }
 
@@ -384,7 +387,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Projections(ProjectionsCommand::Rebuild { verify, batch_size }) => {
             rebuild::rebuild(&database_url, verify, batch_size).await
         }
-        Command::Seed { events } => seed::seed(&database_url, events).await,
+        Command::Seed { events, clients } => seed::seed(&database_url, events, clients).await,
     }
 }
 

@@ -1,4 +1,4 @@
-//! `valet seed --events N`: fills a database with a realistic log for the replay
+//! `valet seed --events N [--clients C]`: fills a database with a realistic log for the replay
 //! benchmarks: service tokens, user grants with rotations, and revocations, written
 //! through the domain (so every event is valid) with read models kept in step.
 
@@ -42,7 +42,7 @@ fn hash(n: u64, kind: &str) -> TokenHash {
     TokenHash::of(&format!("seed-{kind}-{n}-{}", Uuid::now_v7()))
 }
 
-pub async fn seed(database_url: &str, target: u64) -> anyhow::Result<()> {
+pub async fn seed(database_url: &str, target: u64, clients: u64) -> anyhow::Result<()> {
     let mut config = PgStoreConfig::new(database_url);
     config.pool_size = 4;
     let store = PgEventStore::connect_with(config, Some(Arc::new(ReadModelProjection)))
@@ -50,23 +50,26 @@ pub async fn seed(database_url: &str, target: u64) -> anyhow::Result<()> {
         .context("connect to PostgreSQL (did `valet migrate` run?)")?;
     let now = SystemClock.now();
     let scopes = ScopeSet::parse("read write").expect("valid scopes");
-    let service = ClientId::parse(&format!("seed-service-{}", Uuid::now_v7().simple()))?;
+    let services = (0..clients)
+        .map(|_| ClientId::parse(&format!("seed-service-{}", Uuid::now_v7().simple())))
+        .collect::<Result<Vec<_>, _>>()?;
     let app = ClientId::parse(&format!("seed-app-{}", Uuid::now_v7().simple()))?;
     let mut setup = Vec::new();
-    for (id, kind, uris) in [
+    let app_client = (
+        &app,
+        ClientKind::Public,
+        vec![RedirectUri::parse("https://app.example/cb")?],
+    );
+    let service_clients = services.iter().map(|id| {
         (
-            &service,
+            id,
             ClientKind::Confidential {
                 secret_hash: hash(0, "secret"),
             },
             vec![],
-        ),
-        (
-            &app,
-            ClientKind::Public,
-            vec![RedirectUri::parse("https://app.example/cb")?],
-        ),
-    ] {
+        )
+    });
+    for (id, kind, uris) in service_clients.chain([app_client]) {
         let registered = decided::<ClientAgg>(
             &Default::default(),
             client::Command::Register {
@@ -88,6 +91,12 @@ pub async fn seed(database_url: &str, target: u64) -> anyhow::Result<()> {
             expected: ExpectedVersion::NoStream,
             events: events(&registered),
         });
+        if setup.len() == 2000 {
+            store
+                .append_all(std::mem::take(&mut setup))
+                .await
+                .context("seed clients")?;
+        }
     }
     let user_id = UserId::new(Uuid::now_v7());
     let username = Username::parse(&format!(
@@ -145,7 +154,7 @@ pub async fn seed(database_url: &str, target: u64) -> anyhow::Result<()> {
                     client_id: if user_grant {
                         app.clone()
                     } else {
-                        service.clone()
+                        services[(n as usize) % services.len()].clone()
                     },
                     subject: user_grant.then(|| Subject {
                         user_id,
