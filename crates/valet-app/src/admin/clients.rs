@@ -290,7 +290,13 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             &meta.metadata(actor.to_owned()),
         )
         .await
-        .map_err(failed)?;
+        .map_err(|e| match e {
+            ExecuteError::Rejected {
+                error: client::Error::AlreadyRegistered,
+                ..
+            } => AdminError::AlreadyExists(format!("client {client_id}")),
+            other => failed(other),
+        })?;
         Ok(CreatedClient {
             client_id: client_id.to_string(),
             client_secret: secret,

@@ -214,3 +214,46 @@ async fn users_are_created_once_and_disabling_revokes_their_grants() {
     assert!(!world.is_active(&client, &tokens.access_token).await);
     assert!(world.valet.login("bob", "a long passphrase").await.is_err());
 }
+
+/// The same bytes at every draw: two registrations draw the same client id.
+struct StuckRandom;
+
+impl crate::entropy::Randomness for StuckRandom {
+    fn fill(&self, bytes: &mut [u8]) -> Result<(), crate::entropy::RandomnessError> {
+        bytes.fill(7);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_deleted_clients_id_is_never_registered_again() {
+    let reads = MemoryReadModels::new();
+    let store = MemoryEventStore::with_read_models(reads.clone());
+    let settings = Settings {
+        issuer: ISSUER.to_owned(),
+        access_ttl: AccessTokenTtl::new(ACCESS_TTL).unwrap(),
+        refresh_ttl: RefreshTokenTtl::new(3600).unwrap(),
+        code_ttl: CodeTtl::new(60).unwrap(),
+    };
+    let valet = OAuth::new(store, reads, FixedClock::at(Timestamp::from_unix_millis(T0)), settings)
+        .with_ids(SequentialIds::default())
+        .with_randomness(StuckRandom);
+    let spec = || {
+        NewClient::new(
+            "batch".into(),
+            ClientType::Confidential,
+            crate::admin::ClientChanges {
+                grant_types: vec!["client_credentials".into()],
+                scopes: vec!["read".into()],
+                ..Default::default()
+            },
+        )
+    };
+    let made = valet.create_client(spec(), &caller()).await.unwrap();
+    valet.delete_client(&made.client_id, &caller()).await.unwrap();
+    // Given the same id drawn again, the registration is refused: ids are never reused.
+    assert!(matches!(
+        valet.create_client(spec(), &caller()).await,
+        Err(AdminError::AlreadyExists(_))
+    ));
+}
