@@ -624,10 +624,68 @@ async fn users_grants_and_audit_over_the_admin_api() {
     assert_eq!(at_ids, ids[1..].to_vec());
 
     let keys = get(server, "/admin/v1/keys", &bearer).await;
-    assert!(keys["items"]
+    let active_es256 = keys["items"]
         .as_array()
         .unwrap()
         .iter()
-        .any(|k| k["alg"] == "RS256" && k["stage"] == "active"));
+        .find(|k| k["alg"] == "ES256" && k["stage"] == "active")
+        .expect("an active ES256 key")["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A rotation publishes a successor; then the old key can be retired.
+    let early = post(
+        server,
+        &format!("/admin/v1/keys/{active_es256}/retire"),
+        &bearer,
+        json!({}),
+    )
+    .await;
+    assert_eq!(early.status, 409, "no successor yet: {}", early.describe());
+    let rotated = post(
+        server,
+        "/admin/v1/keys/rotate",
+        &bearer,
+        json!({ "algorithm": "ES256" }),
+    )
+    .await;
+    assert_eq!(rotated.status, 201, "{}", rotated.describe());
+    assert_eq!(rotated.json()["stage"], "published");
+    let retired = post(
+        server,
+        &format!("/admin/v1/keys/{active_es256}/retire"),
+        &bearer,
+        json!({}),
+    )
+    .await;
+    assert_eq!(retired.status, 200, "{}", retired.describe());
+    assert_eq!(retired.json()["stage"], "retired");
+    let unknown = post(
+        server,
+        "/admin/v1/keys/01939d2e-0000-7000-8000-000000000000/retire",
+        &bearer,
+        json!({}),
+    )
+    .await;
+    assert_eq!(unknown.status, 404, "{}", unknown.describe());
+    let bad = post(
+        server,
+        "/admin/v1/keys/rotate",
+        &bearer,
+        json!({ "algorithm": "none" }),
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{}", bad.describe());
+    let actor = format!("client:{}", admin.client_id);
+    let events = server.events().await;
+    let by_caller: Vec<_> = events
+        .iter()
+        .filter(|e| e.stream_id == "signing-keys" && e.metadata["actor"] == actor.as_str())
+        .map(|e| e.event_type.as_str())
+        .collect();
+    assert!(
+        by_caller.contains(&"SigningKeyPublished") && by_caller.contains(&"SigningKeyRetired"),
+        "{by_caller:?}"
+    );
     fx.stop().await;
 }

@@ -494,6 +494,8 @@ async fn serve(database_url: &str, kek: &KekArgs, config: ServeArgs) -> anyhow::
     )
     .await
     .context("set up the admin API's read side")?;
+    // The admin API's rotations and retirements: the ring's use cases with the same KEK.
+    let key_admin = keys::signing_keys(&oauth.store, keys::load_kek(kek)?, kek.policy());
     let attempts = Arc::new(valet_store::PgAttempts::new(oauth.store.clone()));
     let state =
         Arc::new(
@@ -507,6 +509,7 @@ async fn serve(database_url: &str, kek: &KekArgs, config: ServeArgs) -> anyhow::
                 .with_backchannel(backchannel_status)
                 .with_jwks(ring.jwks)
                 .with_admin_reads(Arc::new(admin_reads))
+                .with_key_admin(Arc::new(key_admin))
                 .with_registration(
                     valet_app::registration::RegistrationPolicy::parse(&config.registration)
                         .map_err(anyhow::Error::msg)

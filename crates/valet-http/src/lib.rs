@@ -77,6 +77,8 @@ pub struct AppState<S, R, C> {
     admin_reads: Arc<dyn AdminReads>,
     /// Whether `/register` admits clients (RFC 7591).
     registration: RegistrationPolicy,
+    /// Rotating and retiring signing keys through the admin API.
+    key_admin: Option<Arc<dyn valet_app::keys::KeyAdmin>>,
 }
 
 impl<S, R, C> AppState<S, R, C> {
@@ -98,7 +100,14 @@ impl<S, R, C> AppState<S, R, C> {
             jwks: None,
             admin_reads: Arc::new(NoAdminReads),
             registration: RegistrationPolicy::Off,
+            key_admin: None,
         }
+    }
+
+    /// Lets the admin API rotate and retire signing keys with `keys`.
+    pub fn with_key_admin(mut self, keys: Arc<dyn valet_app::keys::KeyAdmin>) -> Self {
+        self.key_admin = Some(keys);
+        self
     }
 
     /// Turns dynamic client registration on (`/register`, RFC 7591 and 7592).

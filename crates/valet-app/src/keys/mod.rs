@@ -342,3 +342,42 @@ pub fn jwks_of(ring: &signing_key::State, now: valet_domain::Timestamp) -> Jwks 
         keys: ring.published(now).map(PublishedKey::of).collect(),
     }
 }
+
+/// What the admin API may do to the ring: rotate a key in and retire one. Object-safe,
+/// so the HTTP layer holds one without naming the store, vault or clock.
+pub trait KeyAdmin: Send + Sync + 'static {
+    fn rotate_key(
+        &self,
+        algorithm: Algorithm,
+        actor: String,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Key, KeysError>> + Send + '_>>;
+
+    fn retire_key(
+        &self,
+        key_id: KeyId,
+        actor: String,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Key, KeysError>> + Send + '_>>;
+}
+
+impl<S, V, C> KeyAdmin for SigningKeys<S, V, C>
+where
+    S: EventStore,
+    V: KeyVault,
+    C: Clock,
+{
+    fn rotate_key(
+        &self,
+        algorithm: Algorithm,
+        actor: String,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Key, KeysError>> + Send + '_>> {
+        Box::pin(async move { self.rotate(algorithm, &actor).await })
+    }
+
+    fn retire_key(
+        &self,
+        key_id: KeyId,
+        actor: String,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Key, KeysError>> + Send + '_>> {
+        Box::pin(async move { self.retire(key_id, &actor).await })
+    }
+}

@@ -291,6 +291,8 @@ where
             post(grants::revoke::<S, R, C>),
         )
         .route("/admin/v1/keys", get(keys::list::<S, R, C>))
+        .route("/admin/v1/keys/rotate", post(keys::rotate::<S, R, C>))
+        .route("/admin/v1/keys/{kid}/retire", post(keys::retire::<S, R, C>))
         .route(
             "/admin/v1/initial-access-tokens",
             post(registration::issue::<S, R, C>),

@@ -27,7 +27,7 @@ use super::{audit, clients, grants, keys, registration, users, ApiError};
         users::list, users::create, users::show, users::update, users::set_password,
         users::disable, users::enable, users::sign_out_everywhere,
         grants::list, grants::show, grants::revoke,
-        keys::list,
+        keys::list, keys::rotate, keys::retire,
         registration::issue,
         audit::log, audit::token, audit::at,
     ),

@@ -235,9 +235,14 @@ async fn a_deleted_clients_id_is_never_registered_again() {
         refresh_ttl: RefreshTokenTtl::new(3600).unwrap(),
         code_ttl: CodeTtl::new(60).unwrap(),
     };
-    let valet = OAuth::new(store, reads, FixedClock::at(Timestamp::from_unix_millis(T0)), settings)
-        .with_ids(SequentialIds::default())
-        .with_randomness(StuckRandom);
+    let valet = OAuth::new(
+        store,
+        reads,
+        FixedClock::at(Timestamp::from_unix_millis(T0)),
+        settings,
+    )
+    .with_ids(SequentialIds::default())
+    .with_randomness(StuckRandom);
     let spec = || {
         NewClient::new(
             "batch".into(),
@@ -250,7 +255,10 @@ async fn a_deleted_clients_id_is_never_registered_again() {
         )
     };
     let made = valet.create_client(spec(), &caller()).await.unwrap();
-    valet.delete_client(&made.client_id, &caller()).await.unwrap();
+    valet
+        .delete_client(&made.client_id, &caller())
+        .await
+        .unwrap();
     // Given the same id drawn again, the registration is refused: ids are never reused.
     assert!(matches!(
         valet.create_client(spec(), &caller()).await,
