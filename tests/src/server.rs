@@ -978,6 +978,32 @@ impl TestServer {
         Resp::read(resp, started).await
     }
 
+    /// `method path` with a bearer token (if any) and a JSON body (if any): the admin
+    /// API and dynamic registration.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<Value>,
+    ) -> Resp {
+        let mut req = self.http.request(method.clone(), self.url(path));
+        if let Some(token) = bearer {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let started = Instant::now();
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e:?}"));
+        Resp::read(resp, started).await
+    }
+
     /// POST with an arbitrary body and headers.
     pub async fn post_raw(
         &self,

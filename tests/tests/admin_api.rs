@@ -20,36 +20,17 @@ async fn token(server: &TestServer, client: &ClientCreds, scope: &str) -> String
         .to_owned()
 }
 
-/// `method path` with `bearer` (if any) and a JSON `body` (if any).
-async fn call(
-    server: &TestServer,
-    method: Method,
-    path: &str,
-    bearer: Option<&str>,
-    body: Option<Value>,
-) -> Resp {
-    let mut req = server.http().request(method, server.url(path));
-    if let Some(token) = bearer {
-        req = req.bearer_auth(token);
-    }
-    if let Some(body) = body {
-        req = req
-            .header("content-type", "application/json")
-            .body(body.to_string());
-    }
-    let started = Instant::now();
-    Resp::read(req.send().await.expect("request"), started).await
-}
-
 async fn get(server: &TestServer, path: &str, bearer: &str) -> Value {
-    let resp = call(server, Method::GET, path, Some(bearer), None).await;
+    let resp = server.call(Method::GET, path, Some(bearer), None).await;
     assert_eq!(resp.status, 200, "GET {path}: {}", resp.describe());
     assert!(resp.no_store());
     resp.json()
 }
 
 async fn post(server: &TestServer, path: &str, bearer: &str, body: Value) -> Resp {
-    call(server, Method::POST, path, Some(bearer), Some(body)).await
+    server
+        .call(Method::POST, path, Some(bearer), Some(body))
+        .await
 }
 
 fn assert_refused(resp: &Resp, status: u16, code: &str, route: &str) {
@@ -120,7 +101,11 @@ async fn every_route_in_the_openapi_document_refuses_callers_without_valet_admin
             let send = |bearer: Option<String>| {
                 let (method, concrete, body) = (method.clone(), concrete.clone(), body.clone());
                 let server = &server;
-                async move { call(server, method, &concrete, bearer.as_deref(), body).await }
+                async move {
+                    server
+                        .call(method, &concrete, bearer.as_deref(), body)
+                        .await
+                }
             };
             assert_refused(&send(None).await, 401, "invalid_token", &route);
             assert_refused(
@@ -208,14 +193,14 @@ async fn a_client_lifecycle_over_the_admin_api() {
     );
 
     let path = format!("/admin/v1/clients/{}", batch.client_id);
-    let changed = call(
-        &server,
-        Method::PATCH,
-        &path,
-        Some(&bearer),
-        Some(json!({ "name": "Nightly batch v2", "scope": "read" })),
-    )
-    .await;
+    let changed = server
+        .call(
+            Method::PATCH,
+            &path,
+            Some(&bearer),
+            Some(json!({ "name": "Nightly batch v2", "scope": "read" })),
+        )
+        .await;
     assert_eq!(changed.status, 200, "{}", changed.describe());
     let shown = get(&server, &path, &bearer).await;
     assert_eq!(shown["name"], "Nightly batch v2");
@@ -258,23 +243,23 @@ async fn a_client_lifecycle_over_the_admin_api() {
     sorted.dedup();
     assert_eq!(seen, sorted, "by id, none twice");
     assert_eq!(seen.len(), 5);
-    let bad = call(
-        &server,
-        Method::GET,
-        "/admin/v1/clients?limit=0",
-        Some(&bearer),
-        None,
-    )
-    .await;
+    let bad = server
+        .call(
+            Method::GET,
+            "/admin/v1/clients?limit=0",
+            Some(&bearer),
+            None,
+        )
+        .await;
     assert_eq!(bad.status, 400, "{}", bad.describe());
-    let bad = call(
-        &server,
-        Method::GET,
-        "/admin/v1/clients?after=!!",
-        Some(&bearer),
-        None,
-    )
-    .await;
+    let bad = server
+        .call(
+            Method::GET,
+            "/admin/v1/clients?after=!!",
+            Some(&bearer),
+            None,
+        )
+        .await;
     assert_eq!(bad.status, 400, "{}", bad.describe());
 
     // Rotation with a 3 s overlap: both secrets work, then only the new one.
@@ -350,7 +335,9 @@ async fn a_client_lifecycle_over_the_admin_api() {
     .await;
     assert_eq!(own.status, 409, "{}", own.describe());
 
-    let deleted = call(&server, Method::DELETE, &path, Some(&bearer), None).await;
+    let deleted = server
+        .call(Method::DELETE, &path, Some(&bearer), None)
+        .await;
     assert_eq!(deleted.status, 200, "{}", deleted.describe());
     assert_eq!(get(&server, &path, &bearer).await["status"], "deleted");
     let again = post(&server, &format!("{path}/enable"), &bearer, json!({})).await;
@@ -426,9 +413,7 @@ async fn users_grants_and_audit_over_the_admin_api() {
     .await;
     assert_eq!(twice.status, 409, "{}", twice.describe());
     assert_eq!(twice.json()["error"], "conflict");
-    let patched = call(
-        server,
-        Method::PATCH,
+    let patched = server.call(Method::PATCH,
         "/admin/v1/users/bob",
         Some(&bearer),
         Some(json!({ "name": "Bob Builder", "email": "bob@example.com", "email_verified": true })),
@@ -447,41 +432,41 @@ async fn users_grants_and_audit_over_the_admin_api() {
         .collect();
     assert_eq!(names, vec![json!("bob")]);
     // PostgreSQL stores no NUL: refused up front, in a query and in a body.
-    let nul = call(
-        server,
-        Method::GET,
-        "/admin/v1/users?username_prefix=b%00",
-        Some(&bearer),
-        None,
-    )
-    .await;
+    let nul = server
+        .call(
+            Method::GET,
+            "/admin/v1/users?username_prefix=b%00",
+            Some(&bearer),
+            None,
+        )
+        .await;
     assert_eq!(nul.status, 400, "{}", nul.describe());
-    let nul = call(
-        server,
-        Method::PATCH,
-        "/admin/v1/users/bob",
-        Some(&bearer),
-        Some(json!({ "name": "Bob\0" })),
-    )
-    .await;
+    let nul = server
+        .call(
+            Method::PATCH,
+            "/admin/v1/users/bob",
+            Some(&bearer),
+            Some(json!({ "name": "Bob\0" })),
+        )
+        .await;
     assert_eq!(nul.status, 400, "{}", nul.describe());
-    let password = call(
-        server,
-        Method::PUT,
-        "/admin/v1/users/bob/password",
-        Some(&bearer),
-        Some(json!({ "password": "a third passphrase" })),
-    )
-    .await;
+    let password = server
+        .call(
+            Method::PUT,
+            "/admin/v1/users/bob/password",
+            Some(&bearer),
+            Some(json!({ "password": "a third passphrase" })),
+        )
+        .await;
     assert_eq!(password.status, 200, "{}", password.describe());
-    let wrong = call(
-        server,
-        Method::PUT,
-        "/admin/v1/users/nobody/password",
-        Some(&bearer),
-        Some(json!({ "password": "p" })),
-    )
-    .await;
+    let wrong = server
+        .call(
+            Method::PUT,
+            "/admin/v1/users/nobody/password",
+            Some(&bearer),
+            Some(json!({ "password": "p" })),
+        )
+        .await;
     assert_eq!(wrong.status, 404, "{}", wrong.describe());
 
     // Three grants of the user to the app, through the code flow.

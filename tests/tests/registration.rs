@@ -9,28 +9,10 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use valet_tests::server::{ClientCreds, ClientSpec, Resp, TestServer};
 
-async fn call(
-    server: &TestServer,
-    method: Method,
-    path: &str,
-    bearer: Option<&str>,
-    body: Option<Value>,
-) -> Resp {
-    let mut req = server.http().request(method, server.url(path));
-    if let Some(token) = bearer {
-        req = req.bearer_auth(token);
-    }
-    if let Some(body) = body {
-        req = req
-            .header("content-type", "application/json")
-            .body(body.to_string());
-    }
-    let started = Instant::now();
-    Resp::read(req.send().await.expect("request"), started).await
-}
-
 async fn register(server: &TestServer, bearer: Option<&str>, metadata: Value) -> Resp {
-    call(server, Method::POST, "/register", bearer, Some(metadata)).await
+    server
+        .call(Method::POST, "/register", bearer, Some(metadata))
+        .await
 }
 
 /// The client as registered, with its secret.
@@ -69,7 +51,9 @@ async fn dynamic_registration_is_off_by_default() {
     let server = TestServer::start().await;
     let resp = register(&server, None, json!({ "client_name": "x" })).await;
     assert_error(&resp, 404, "not_found");
-    let resp = call(&server, Method::GET, "/register/abc", Some("t"), None).await;
+    let resp = server
+        .call(Method::GET, "/register/abc", Some("t"), None)
+        .await;
     assert_eq!(resp.status, 404, "{}", resp.describe());
     for doc in [
         "/.well-known/oauth-authorization-server",
@@ -211,14 +195,14 @@ async fn registration_needs_an_initial_access_token_when_so_configured() {
         .as_str()
         .unwrap()
         .to_owned();
-    let issued = call(
-        &server,
-        Method::POST,
-        "/admin/v1/initial-access-tokens",
-        Some(&bearer),
-        None,
-    )
-    .await;
+    let issued = server
+        .call(
+            Method::POST,
+            "/admin/v1/initial-access-tokens",
+            Some(&bearer),
+            None,
+        )
+        .await;
     assert_eq!(issued.status, 201, "{}", issued.describe());
     let initial = issued.json()["initial_access_token"]
         .as_str()
@@ -272,7 +256,7 @@ async fn a_registration_is_read_replaced_and_deleted_with_its_rotating_token() {
         .unwrap()
         .to_owned();
 
-    let read = call(&server, Method::GET, &uri, Some(&first), None).await;
+    let read = server.call(Method::GET, &uri, Some(&first), None).await;
     assert_eq!(read.status, 200, "{}", read.describe());
     assert_eq!(read.json()["client_name"], "Reports");
     assert!(
@@ -281,32 +265,27 @@ async fn a_registration_is_read_replaced_and_deleted_with_its_rotating_token() {
     );
     assert!(read.json()["registration_access_token"].is_null());
     for token in [None, Some("valet_rat_wrong"), Some(client.secret())] {
-        let resp = call(&server, Method::GET, &uri, token, None).await;
+        let resp = server.call(Method::GET, &uri, token, None).await;
         assert_error(&resp, 401, "invalid_token");
     }
-    let other = call(
-        &server,
-        Method::GET,
-        "/register/nosuchclient",
-        Some(&first),
-        None,
-    )
-    .await;
+    let other = server
+        .call(Method::GET, "/register/nosuchclient", Some(&first), None)
+        .await;
     assert_error(&other, 401, "invalid_token");
 
-    let replaced = call(
-        &server,
-        Method::PUT,
-        &uri,
-        Some(&first),
-        Some(json!({
-            "client_name": "Reports v2",
-            "redirect_uris": ["https://reports.example/callback"],
-            "grant_types": ["authorization_code", "client_credentials"],
-            "scope": "openid",
-        })),
-    )
-    .await;
+    let replaced = server
+        .call(
+            Method::PUT,
+            &uri,
+            Some(&first),
+            Some(json!({
+                "client_name": "Reports v2",
+                "redirect_uris": ["https://reports.example/callback"],
+                "grant_types": ["authorization_code", "client_credentials"],
+                "scope": "openid",
+            })),
+        )
+        .await;
     assert_eq!(replaced.status, 200, "{}", replaced.describe());
     let second = replaced.json()["registration_access_token"]
         .as_str()
@@ -319,20 +298,20 @@ async fn a_registration_is_read_replaced_and_deleted_with_its_rotating_token() {
     );
     assert_eq!(replaced.json()["scope"], "openid");
     assert_error(
-        &call(&server, Method::GET, &uri, Some(&first), None).await,
+        &server.call(Method::GET, &uri, Some(&first), None).await,
         401,
         "invalid_token",
     );
-    let read = call(&server, Method::GET, &uri, Some(&second), None).await;
+    let read = server.call(Method::GET, &uri, Some(&second), None).await;
     assert_eq!(read.json()["client_name"], "Reports v2");
-    let bad = call(
-        &server,
-        Method::PUT,
-        &uri,
-        Some(&second),
-        Some(json!({ "redirect_uris": ["http://reports.example/cb"], "scope": "openid" })),
-    )
-    .await;
+    let bad = server
+        .call(
+            Method::PUT,
+            &uri,
+            Some(&second),
+            Some(json!({ "redirect_uris": ["http://reports.example/cb"], "scope": "openid" })),
+        )
+        .await;
     assert_error(&bad, 400, "invalid_redirect_uri");
     let refs: Vec<_> = server
         .events_of("ClientRegistrationTokenSet")
@@ -346,10 +325,10 @@ async fn a_registration_is_read_replaced_and_deleted_with_its_rotating_token() {
         .all(|p| !p.contains(&first) && !p.contains(&second)));
 
     until_token_status(&server, &client, 200).await;
-    let deleted = call(&server, Method::DELETE, &uri, Some(&second), None).await;
+    let deleted = server.call(Method::DELETE, &uri, Some(&second), None).await;
     assert_eq!(deleted.status, 204, "{}", deleted.describe());
     assert_error(
-        &call(&server, Method::GET, &uri, Some(&second), None).await,
+        &server.call(Method::GET, &uri, Some(&second), None).await,
         401,
         "invalid_token",
     );

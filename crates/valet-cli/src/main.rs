@@ -23,6 +23,7 @@ mod logwriter;
 mod rebuild;
 mod seed;
 mod timefmt;
+mod tls;
 mod wiring;
 
 use std::sync::Arc;
@@ -148,6 +149,17 @@ struct ServeArgs {
         value_delimiter = ','
     )]
     trusted_proxies: Vec<std::net::IpAddr>,
+    /// PEM certificate chain to serve HTTPS with (with --tls-key); reloaded when the file
+    /// changes, so a renewal needs no restart.
+    #[arg(long, env = "VALET_TLS_CERT", requires = "tls_key", value_name = "PEM")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "VALET_TLS_KEY", requires = "tls_cert", value_name = "PEM")]
+    tls_key: Option<std::path::PathBuf>,
+    /// TLS ends at a trusted proxy in front (give its address with --trusted-proxy and
+    /// the https:// --issuer clients use): plain HTTP may then listen on the network.
+    #[arg(long, env = "VALET_BEHIND_PROXY", conflicts_with = "tls_cert")]
+    behind_proxy: bool,
     /// Failed authentications (wrong client secrets, failed sign-ins) one address may
     /// make in a minute before it gets 429 for a minute. Raise it when many clients
     /// share one address (NAT) and no trusted proxy names them.
@@ -394,22 +406,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(database_url: &str, kek: &KekArgs, config: ServeArgs) -> anyhow::Result<()> {
     // Refuse bad settings before binding the port.
     let settings = wiring::settings(&config, String::new())?;
+    let transport = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => tls::Transport::Tls {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ if config.behind_proxy => tls::Transport::BehindProxy,
+        _ => tls::Transport::Plain,
+    };
+    let scheme = match transport {
+        tls::Transport::Tls { .. } => "https",
+        _ => "http",
+    };
+    let issuer_for = |addr: SocketAddr| {
+        config
+            .issuer
+            .clone()
+            .unwrap_or_else(|| format!("{scheme}://{addr}"))
+    };
+    tls::check(config.listen, &issuer_for(config.listen), &transport)
+        .map_err(anyhow::Error::msg)?;
+    let tls_config = match &transport {
+        tls::Transport::Tls { cert, key } => Some(tls::load(cert, key).await?),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
     let addr = listener.local_addr().context("read the bound address")?;
-    // No Nagle delay on responses: a small write that follows another one unacknowledged
-    // (HTTP/2 frames, a body after its headers) would otherwise wait for the peer's
-    // delayed ACK. A socket that refuses the option is served anyway.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY on an accepted connection");
-        }
-    });
-    let issuer = config
-        .issuer
-        .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+    let issuer = issuer_for(addr);
     let settings = valet_app::oauth::Settings {
         issuer: issuer.clone(),
         ..settings
@@ -525,15 +550,45 @@ async fn serve(database_url: &str, kek: &KekArgs, config: ServeArgs) -> anyhow::
     let app = valet_http::router(state);
     tracing::info!(listen = %addr, %issuer, "valet serving");
     // Scripts and tests wait for this line: the socket is bound and accepting.
-    println!("valet listening on http://{addr}");
+    println!("valet listening on {scheme}://{addr}");
     let _ = std::io::Write::flush(&mut std::io::stdout());
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .context("http server")?;
+    match (tls_config, transport) {
+        (Some(tls_config), tls::Transport::Tls { cert, key }) => {
+            tls::reload_on_change(tls_config.clone(), cert, key);
+            let handle = axum_server::Handle::new();
+            let stopping = handle.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                stopping.graceful_shutdown(Some(Duration::from_secs(10)));
+            });
+            axum_server::from_tcp(listener.into_std().context("take the listening socket")?)
+                .context("serve HTTPS")?
+                .acceptor(tls::NoDelayAcceptor(
+                    axum_server::tls_rustls::RustlsAcceptor::new(tls_config),
+                ))
+                .handle(handle)
+                .serve(app.into_make_service_with_connect_info::<SocketAddr>())
+                .await
+                .context("https server")?;
+        }
+        _ => {
+            // No Nagle delay on responses: a small write that follows another one
+            // unacknowledged (HTTP/2 frames, a body after its headers) would otherwise
+            // wait for the peer's delayed ACK. A socket that refuses it is served anyway.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(error) = tcp.set_nodelay(true) {
+                    tracing::debug!(%error, "cannot set TCP_NODELAY on an accepted connection");
+                }
+            });
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("http server")?;
+        }
+    }
     relay.stop();
     dispatcher.stop();
     Ok(())

@@ -200,7 +200,10 @@ where
         proxies: state.proxies.clone(),
     };
     let no_store = || map_response(token::no_store);
-    Router::new()
+    // HSTS on every answer of an https issuer (TLS here or at a trusted proxy): browsers
+    // then never try plain HTTP for it again.
+    let https = state.cookie_transport == CookieTransport::HttpsOnly;
+    let router = Router::new()
         .route("/authorize", get(authorize::show::<S, R, C>))
         .route("/authorize/login", post(authorize::login::<S, R, C>))
         .route("/authorize/consent", post(authorize::consent::<S, R, C>))
@@ -250,8 +253,23 @@ where
         )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(from_fn(observe::refuse_large_bodies))
-        .layer(from_fn_with_state(observer, observe))
-        .with_state(state)
+        .layer(from_fn_with_state(observer, observe));
+    let router = if https {
+        router.layer(map_response(strict_transport_security))
+    } else {
+        router
+    };
+    router.with_state(state)
+}
+
+/// A year; not `includeSubDomains`: other hosts of the issuer's domain are not Valet's
+/// to decide for.
+async fn strict_transport_security(mut res: Response) -> Response {
+    res.headers_mut().insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    res
 }
 
 /// Whether a JSON value holds a NUL character anywhere: PostgreSQL stores none (in text

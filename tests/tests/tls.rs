@@ -1,0 +1,319 @@
+//! HTTPS served by `valet serve` (issue: TLS on every hop), with certificates made here by
+//! rcgen under a CA of the test's own:
+//! - client_credentials with a client library nobody here wrote (the `oauth2` crate over
+//!   reqwest with the test CA as its only root), HSTS, https-only metadata;
+//! - the certificate rotated on disk while requests run: none fails, new connections get
+//!   the new certificate;
+//! - the start-up refusals: plain HTTP on a non-loopback listener or issuer, an http://
+//!   issuer with TLS, each one line that says what to change.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oauth2::basic::BasicClient;
+use oauth2::{ClientId, ClientSecret, Scope, TokenResponse, TokenUrl};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use valet_tests::server::{run_valet, spawn_valet};
+use valet_tests::TestDb;
+
+/// A CA of the test's own, which signs leaf certificates for 127.0.0.1.
+struct TestCa {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl TestCa {
+    fn new() -> TestCa {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Valet test CA");
+        let key = KeyPair::generate().expect("CA key");
+        TestCa {
+            issuer: CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
+        }
+    }
+
+    fn root(&self) -> reqwest::Certificate {
+        reqwest::Certificate::from_der(self.issuer.der()).expect("CA DER")
+    }
+
+    /// A leaf for 127.0.0.1 written to `dir` (key first, then the chain, each by a
+    /// rename, as a renewal tool would); its DER.
+    fn issue_into(&self, dir: &Path, name: &str) -> Vec<u8> {
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .expect("leaf params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("leaf certificate");
+        for (file, pem) in [("key.pem", key.serialize_pem()), ("cert.pem", cert.pem())] {
+            let tmp = dir.join(format!("{file}.new"));
+            std::fs::write(&tmp, pem).expect("write PEM");
+            std::fs::rename(&tmp, dir.join(file)).expect("rename PEM");
+        }
+        cert.der().to_vec()
+    }
+}
+
+fn scratch_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("valet-tls-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// An HTTPS client trusting only the test CA; every request on a new connection (so each
+/// one shakes hands and sees the certificate served now).
+fn https_client(ca: &TestCa) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca.root())
+        .tls_info(true)
+        .pool_max_idle_per_host(0)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("https client")
+}
+
+/// `valet serve` with the certificate in `dir`, on a free loopback port: its base URL.
+async fn serve_tls(db: &TestDb, dir: &Path) -> (tokio::process::Child, String) {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let mut child = spawn_valet(
+        &db.url,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let base = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            if let Some(url) = line.strip_prefix("valet listening on ") {
+                return url.to_owned();
+            }
+        }
+        panic!("valet serve exited before listening");
+    })
+    .await
+    .expect("valet serve listening within 30 s");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    assert!(base.starts_with("https://127.0.0.1:"), "{base}");
+    (child, base)
+}
+
+async fn client_credentials_client(db: &TestDb) -> (String, String) {
+    let out = run_valet(
+        &db.url,
+        &[],
+        &[
+            "client",
+            "create",
+            "--name",
+            "svc",
+            "--grant-type",
+            "client_credentials",
+            "--scope",
+            "read",
+            "--json",
+        ],
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("valet client create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let made: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    (
+        made["client_id"].as_str().unwrap().to_owned(),
+        made["client_secret"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// The DER of the certificate a new connection to `base` is served.
+async fn served_certificate(http: &reqwest::Client, base: &str) -> Vec<u8> {
+    let resp = http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("GET /healthz");
+    resp.extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|info| info.peer_certificate().map(<[u8]>::to_vec))
+        .expect("the peer certificate")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_credentials_over_https_through_a_certificate_rotation() {
+    let ca = TestCa::new();
+    let dir = scratch_dir();
+    let first = ca.issue_into(&dir, "valet first");
+    let db = TestDb::create().await;
+    let (mut child, base) = serve_tls(&db, &dir).await;
+    let (id, secret) = client_credentials_client(&db).await;
+    let http = https_client(&ca);
+
+    // Metadata names https endpoints only; answers carry HSTS.
+    let metadata = http
+        .get(format!("{base}/.well-known/openid-configuration"))
+        .send()
+        .await
+        .expect("discovery");
+    assert_eq!(
+        metadata
+            .headers()
+            .get("strict-transport-security")
+            .and_then(|v| v.to_str().ok()),
+        Some("max-age=31536000")
+    );
+    let metadata: Value =
+        serde_json::from_slice(&metadata.bytes().await.expect("body")).expect("JSON");
+    for (name, value) in metadata.as_object().unwrap() {
+        if let Some(url) = value.as_str().filter(|v| v.contains("://")) {
+            assert!(url.starts_with("https://"), "{name}: {url}");
+        }
+    }
+    assert_eq!(served_certificate(&http, &base).await, first);
+
+    let oauth = BasicClient::new(ClientId::new(id))
+        .set_client_secret(ClientSecret::new(secret))
+        .set_token_uri(TokenUrl::new(format!("{base}/token")).expect("token url"));
+    let token = oauth
+        .exchange_client_credentials()
+        .add_scope(Scope::new("read".into()))
+        .request_async(&http)
+        .await
+        .expect("a token over HTTPS from the oauth2 crate");
+    assert_eq!(
+        token
+            .scopes()
+            .map(|s| s.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+        Some(vec!["read".to_owned()])
+    );
+
+    // Requests run (each on a new connection) while the certificate is replaced.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, ok, failed, http, oauth) = (
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            http.clone(),
+            oauth.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match oauth
+                    .exchange_client_credentials()
+                    .request_async(&http)
+                    .await
+                {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        eprintln!("request failed during rotation: {e:?}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = ca.issue_into(&dir, "valet second");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while served_certificate(&http, &base).await != second {
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.expect("load task");
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed");
+    assert!(ok.load(Ordering::Relaxed) > 10, "requests ran throughout");
+
+    child.kill().await.expect("kill valet");
+    db.drop_database().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Each refusal happens before the port is bound, on one line that names the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_off_loopback_and_an_http_issuer_with_tls_are_refused_at_start() {
+    let ca = TestCa::new();
+    let dir = scratch_dir();
+    ca.issue_into(&dir, "valet");
+    let db = TestDb::create().await;
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["serve", "--listen", "0.0.0.0:0"], "--tls-cert"),
+        (
+            vec![
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--issuer",
+                "http://auth.example.com",
+            ],
+            "--behind-proxy",
+        ),
+        (
+            vec![
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--issuer",
+                "http://127.0.0.1:9",
+                "--tls-cert",
+                cert.to_str().unwrap(),
+                "--tls-key",
+                key.to_str().unwrap(),
+            ],
+            "https://",
+        ),
+        (
+            vec![
+                "serve",
+                "--listen",
+                "0.0.0.0:0",
+                "--behind-proxy",
+                "--issuer",
+                "http://auth.example.com",
+            ],
+            "https://",
+        ),
+    ];
+    for (args, fix) in cases {
+        let out = run_valet(&db.url, &[], &args, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("{args:?} kept running"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started");
+        let error: Vec<_> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+        assert_eq!(error.len(), 1, "{args:?}: {stderr}");
+        assert!(error[0].contains(fix), "{args:?}: {stderr}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+    }
+    db.drop_database().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
