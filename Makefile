@@ -81,6 +81,7 @@ bench:
 	cargo bench -p valet-tests --bench jwt_verify
 	VALET_BIN=$(CURDIR)/target/release/valet cargo bench -p valet-tests --bench logout_lag
 	VALET_BIN=$(CURDIR)/target/release/valet bash scripts/bench-admin.sh
+	VALET_BIN=$(CURDIR)/target/release/valet bash scripts/bench-tls.sh
 
 # A nats-server started by scripts/services.sh keeps its JetStream store in
 # .build/nats: stop it (and only it, by its pid file) before removing .build.
