@@ -17,6 +17,10 @@ use oauth2::{ClientId, ClientSecret, Scope, TokenResponse, TokenUrl};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
+use valet_resource::{
+    ConnectError, IntrospectionConfig, Rejection, Source, Validator, ValidatorConfig,
+};
+use valet_tests::nats::TestNats;
 use valet_tests::server::{run_valet, spawn_valet};
 use valet_tests::TestDb;
 
@@ -36,6 +40,10 @@ impl TestCa {
         TestCa {
             issuer: CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
         }
+    }
+
+    fn root_pem(&self) -> String {
+        self.issuer.pem()
     }
 
     fn root(&self) -> reqwest::Certificate {
@@ -83,22 +91,22 @@ fn https_client(ca: &TestCa) -> reqwest::Client {
         .expect("https client")
 }
 
-/// `valet serve` with the certificate in `dir`, on a free loopback port: its base URL.
-async fn serve_tls(db: &TestDb, dir: &Path) -> (tokio::process::Child, String) {
+/// `valet serve` with the certificate in `dir`, on a free loopback port, and `extra`
+/// arguments: its base URL.
+async fn serve_tls(db: &TestDb, dir: &Path, extra: &[&str]) -> (tokio::process::Child, String) {
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
-    let mut child = spawn_valet(
-        &db.url,
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    );
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let mut child = spawn_valet(&db.url, &args);
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let base = tokio::time::timeout(Duration::from_secs(30), async {
@@ -117,6 +125,11 @@ async fn serve_tls(db: &TestDb, dir: &Path) -> (tokio::process::Child, String) {
 }
 
 async fn client_credentials_client(db: &TestDb) -> (String, String) {
+    service_client(db, "read").await
+}
+
+/// A client_credentials client of `scope`: its id and secret.
+async fn service_client(db: &TestDb, scope: &str) -> (String, String) {
     let out = run_valet(
         &db.url,
         &[],
@@ -128,7 +141,7 @@ async fn client_credentials_client(db: &TestDb) -> (String, String) {
             "--grant-type",
             "client_credentials",
             "--scope",
-            "read",
+            scope,
             "--json",
         ],
         Duration::from_secs(30),
@@ -166,7 +179,7 @@ async fn client_credentials_over_https_through_a_certificate_rotation() {
     let dir = scratch_dir();
     let first = ca.issue_into(&dir, "valet first");
     let db = TestDb::create().await;
-    let (mut child, base) = serve_tls(&db, &dir).await;
+    let (mut child, base) = serve_tls(&db, &dir, &[]).await;
     let (id, secret) = client_credentials_client(&db).await;
     let http = https_client(&ca);
 
@@ -314,6 +327,89 @@ async fn plain_http_off_loopback_and_an_http_issuer_with_tls_are_refused_at_star
         assert!(error[0].contains(fix), "{args:?}: {stderr}");
         assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
     }
+    db.drop_database().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The SDK reaches Valet over HTTPS: with the service's CA as its root it introspects a
+/// token it has not heard of; with the system's roots the test CA is not trusted and it
+/// fails closed; plain http off loopback is refused when it is set up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_speaks_https_to_valet_and_refuses_plain_http_off_loopback() {
+    let ca = TestCa::new();
+    let dir = scratch_dir();
+    ca.issue_into(&dir, "valet");
+    let nats = TestNats::start().await;
+    let db = TestDb::create().await;
+    let nats_url = nats.url();
+    let (mut child, base) = serve_tls(&db, &dir, &["--nats-url", &nats_url]).await;
+    let (rs_id, rs_secret) = service_client(&db, "introspect").await;
+    let introspection = IntrospectionConfig::new(format!("{base}/introspect"), rs_id, rs_secret);
+
+    let trusting = Validator::connect(
+        ValidatorConfig::new(nats.url())
+            .with_introspection(introspection.clone())
+            .with_root_certificate(ca.root_pem()),
+    )
+    .await
+    .expect("validator");
+    let unknown = "valet_at_unknown0unknown0unknown0unknown0unk";
+    assert_eq!(
+        trusting.authenticate(unknown).await,
+        Err(Rejection::Inactive)
+    );
+    assert_eq!(trusting.status().introspection_calls, 1);
+    // A token issued over HTTPS: the SDK knows it, from the stream or by introspection.
+    let http = https_client(&ca);
+    let (id, secret) = client_credentials_client(&db).await;
+    let issued: Value = serde_json::from_slice(
+        &http
+            .post(format!("{base}/token"))
+            .basic_auth(id, Some(secret))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials&scope=read")
+            .send()
+            .await
+            .expect("token")
+            .bytes()
+            .await
+            .expect("body"),
+    )
+    .expect("JSON");
+    let token = issued["access_token"].as_str().expect("access_token");
+    let info = trusting.authenticate(token).await.expect("a valid token");
+    assert!(matches!(info.source, Source::Local | Source::Introspection));
+
+    let system_roots = Validator::connect(
+        ValidatorConfig::new(nats.url()).with_introspection(introspection.clone()),
+    )
+    .await
+    .expect("validator");
+    assert!(
+        matches!(
+            system_roots.authenticate(unknown).await,
+            Err(Rejection::Unavailable(_))
+        ),
+        "a certificate of an unknown CA fails closed"
+    );
+
+    let plain = IntrospectionConfig::new("http://valet.example/introspect", "rs", "secret");
+    let refused =
+        Validator::connect(ValidatorConfig::new(nats.url()).with_introspection(plain.clone()))
+            .await;
+    assert!(
+        matches!(&refused, Err(ConnectError::Introspection(why)) if why.contains("https")),
+        "{refused:?}"
+    );
+    assert!(Validator::connect(
+        ValidatorConfig::new(nats.url())
+            .with_introspection(plain)
+            .allow_plain_http()
+    )
+    .await
+    .is_ok());
+
+    child.kill().await.expect("kill valet");
     db.drop_database().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -16,7 +16,8 @@ use crate::{
 /// How to reach Valet's `/introspect` (as a confidential client).
 #[derive(Clone)]
 pub struct IntrospectionConfig {
-    /// E.g. `http://127.0.0.1:8080/introspect`.
+    /// E.g. `https://valet.example/introspect` (plain `http://` only to loopback unless
+    /// [`ValidatorConfig::allow_plain_http`](crate::ValidatorConfig::allow_plain_http)).
     pub url: String,
     pub client_id: String,
     pub client_secret: String,
@@ -139,11 +140,12 @@ fn form_encode(value: &str) -> String {
 }
 
 impl Introspector {
-    pub(crate) fn new(config: IntrospectionConfig) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout)
-            .build()?;
+    pub(crate) fn new(
+        config: IntrospectionConfig,
+        https: &crate::https::HttpsConfig,
+    ) -> Result<Self, String> {
+        crate::https::check_url(&config.url, https.plain_http)?;
+        let http = crate::https::client(https, config.timeout)?;
         // RFC 6749 §2.3.1: both parts are form-urlencoded before Basic encoding.
         let credentials = format!(
             "{}:{}",
@@ -375,11 +377,10 @@ mod tests {
 
     #[test]
     fn basic_credentials_are_form_encoded() {
-        let introspector = Introspector::new(IntrospectionConfig::new(
-            "http://x/introspect",
-            "res:srv",
-            "p&ss wd",
-        ))
+        let introspector = Introspector::new(
+            IntrospectionConfig::new("http://127.0.0.1/introspect", "res:srv", "p&ss wd"),
+            &crate::https::HttpsConfig::default(),
+        )
         .unwrap();
         let encoded = introspector.authorization.strip_prefix("Basic ").unwrap();
         let decoded = base64::engine::general_purpose::STANDARD

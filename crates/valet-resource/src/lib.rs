@@ -119,11 +119,13 @@
 //! secret form-urlencoded first, RFC 6749 §2.3.1). Negative answers are cached for a few
 //! seconds in a bounded map; concurrent calls are capped. Positive answers are not cached,
 //! so a revocation is never hidden behind a cache. Only `token_type=access_token` is
-//! accepted: a refresh token is not a bearer credential. The introspection client speaks
-//! plain HTTP; for `https` enable a TLS feature of `reqwest` 0.12 in the service (feature
-//! unification turns it on here too).
+//! accepted: a refresh token is not a bearer credential. Valet is reached over HTTPS
+//! (rustls, the system's roots, or only those given with
+//! [`ValidatorConfig::with_root_certificate`]); plain `http://` only to a loopback host
+//! unless [`ValidatorConfig::allow_plain_http`] says otherwise.
 
 mod consumer;
+mod https;
 mod introspect;
 mod jwks;
 mod jwt;
@@ -141,6 +143,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
+pub use https::{HttpsConfig, PlainHttp};
 pub use introspect::IntrospectionConfig;
 pub use jwt::{JwtConfig, JwtRejection};
 pub use keys::{KeyStage, SigningKey};

@@ -8,6 +8,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
+use crate::https::{HttpsConfig, PlainHttp};
 use crate::introspect::{IntrospectionConfig, Introspector};
 use crate::jwt::{looks_like_jwt, JwtConfig, JwtVerifier};
 use crate::keys::{KeyRing, SigningKey};
@@ -28,6 +29,9 @@ pub struct ValidatorConfig {
     pub eviction_interval: Duration,
     /// Verify JWT access tokens offline; `None` treats them as opaque tokens.
     pub jwt: Option<JwtConfig>,
+    /// How Valet's endpoints (introspection, JWKS) are reached: HTTPS with the system's
+    /// roots by default; plain http only to loopback.
+    pub https: HttpsConfig,
 }
 
 impl Default for ValidatorConfig {
@@ -44,7 +48,22 @@ impl ValidatorConfig {
             introspection: None,
             eviction_interval: Duration::from_secs(30),
             jwt: None,
+            https: HttpsConfig::default(),
         }
+    }
+
+    /// Trust `pem` (one or more PEM certificates, e.g. a private CA) for Valet's HTTPS
+    /// endpoints, instead of the system's roots.
+    pub fn with_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.https.root_certificates_pem.push(pem.into());
+        self
+    }
+
+    /// Allow plain `http://` to Valet off loopback (tokens and the client secret then
+    /// cross the network in clear text).
+    pub fn allow_plain_http(mut self) -> Self {
+        self.https.plain_http = PlainHttp::Allowed;
+        self
     }
 
     pub fn with_introspection(mut self, introspection: IntrospectionConfig) -> Self {
@@ -250,7 +269,7 @@ impl Validator {
         config: ValidatorConfig,
         store: Arc<dyn TokenStore>,
     ) -> Result<Validator, ConnectError> {
-        let introspector = build_introspector(config.introspection.clone())?;
+        let introspector = build_introspector(config.introspection.clone(), &config.https)?;
         let shared = Arc::new(Shared::new(store, State::Starting));
         let client = crate::consumer::connect(&config.nats_url, shared.clone())
             .await
@@ -263,10 +282,9 @@ impl Validator {
         let evictor = tokio::spawn(evict_periodically(shared.clone(), config.eviction_interval));
         let mut tasks = vec![consumer.abort_handle(), evictor.abort_handle()];
         if let Some(uri) = config.jwt.as_ref().and_then(|j| j.jwks_uri.clone()) {
-            let http = reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .map_err(|e| ConnectError::Jwks(e.to_string()))?;
+            crate::https::check_url(&uri, config.https.plain_http).map_err(ConnectError::Jwks)?;
+            let http = crate::https::client(&config.https, Duration::from_secs(5))
+                .map_err(ConnectError::Jwks)?;
             tasks.push(
                 tokio::spawn(crate::jwks::fetch_once(shared.clone(), http, uri)).abort_handle(),
             );
@@ -297,7 +315,7 @@ impl Validator {
         introspection: Option<IntrospectionConfig>,
         jwt: Option<JwtConfig>,
     ) -> Result<Validator, ConnectError> {
-        let introspector = build_introspector(introspection)?;
+        let introspector = build_introspector(introspection, &HttpsConfig::default())?;
         Ok(Validator {
             inner: Arc::new(Inner {
                 shared: Arc::new(Shared::new(store, State::Ready)),
@@ -474,11 +492,12 @@ impl Validator {
 
 fn build_introspector(
     config: Option<IntrospectionConfig>,
+    https: &HttpsConfig,
 ) -> Result<Option<Introspector>, ConnectError> {
     config
-        .map(Introspector::new)
+        .map(|c| Introspector::new(c, https))
         .transpose()
-        .map_err(|e| ConnectError::Introspection(e.to_string()))
+        .map_err(ConnectError::Introspection)
 }
 
 async fn evict_periodically(shared: Arc<Shared>, interval: Duration) {
