@@ -250,6 +250,20 @@ pub struct Client {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State(Option<Client>);
 
+impl Client {
+    /// Where it receives logout tokens, if anywhere.
+    pub fn backchannel_logout_uri(&self) -> Option<&str> {
+        self.backchannel_logout.as_ref().map(|b| b.uri.as_str())
+    }
+
+    /// Whether its logout tokens must carry `sid`.
+    pub fn backchannel_logout_session_required(&self) -> bool {
+        self.backchannel_logout
+            .as_ref()
+            .is_some_and(|b| b.sid == LogoutSid::Required)
+    }
+}
+
 impl State {
     pub fn from_events<'a>(events: impl IntoIterator<Item = &'a Event>) -> Self {
         crate::event::fold(events, evolve)

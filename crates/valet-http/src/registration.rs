@@ -16,7 +16,7 @@ use valet_app::registration::{
     ClientMetadata, Registration, RegistrationError, RegistrationPolicy,
 };
 use valet_app::{Clock, EventStore, Readiness};
-use valet_domain::client::{AccessTokenFormat, LogoutSid};
+use valet_domain::client::AccessTokenFormat;
 
 use crate::observe::RequestContext;
 use crate::AppState;
@@ -118,14 +118,8 @@ fn information(issuer: &str, r: Registration) -> Information {
         token_endpoint_auth_method: r.auth_method,
         scope: c.scopes.to_string(),
         id_token_signed_response_alg: c.id_token_alg.as_str().to_owned(),
-        backchannel_logout_uri: c
-            .backchannel_logout
-            .as_ref()
-            .map(|b| b.uri.as_str().to_owned()),
-        backchannel_logout_session_required: c
-            .backchannel_logout
-            .as_ref()
-            .is_some_and(|b| b.sid == LogoutSid::Required),
+        backchannel_logout_uri: c.backchannel_logout_uri().map(str::to_owned),
+        backchannel_logout_session_required: c.backchannel_logout_session_required(),
         access_token_format: match c.access_token_format {
             AccessTokenFormat::Opaque => "opaque",
             AccessTokenFormat::Jwt { .. } => "jwt",

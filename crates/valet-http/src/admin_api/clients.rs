@@ -110,14 +110,8 @@ impl From<client::Client> for ClientDetail {
             id_token_signed_response_alg: c.id_token_alg.as_str().to_owned(),
             access_token_format: format.to_owned(),
             access_token_signed_response_alg: alg,
-            backchannel_logout_uri: c
-                .backchannel_logout
-                .as_ref()
-                .map(|b| b.uri.as_str().to_owned()),
-            backchannel_logout_session_required: c
-                .backchannel_logout
-                .as_ref()
-                .is_some_and(|b| b.sid == LogoutSid::Required),
+            backchannel_logout_uri: c.backchannel_logout_uri().map(str::to_owned),
+            backchannel_logout_session_required: c.backchannel_logout_session_required(),
             previous_secret_valid_until: c
                 .previous_secret
                 .map(|(_, until)| time(until.as_unix_millis())),
