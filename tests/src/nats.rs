@@ -45,6 +45,38 @@ impl TestNats {
         nats
     }
 
+    /// A server that speaks TLS only, with the certificate and key (PEM files) given;
+    /// with `client_ca`, it also verifies clients' certificates against it (mutual TLS).
+    /// Reach it at [`TestNats::tls_url`].
+    pub async fn start_tls(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        client_ca: Option<&std::path::Path>,
+    ) -> TestNats {
+        let mut args = vec![
+            "--tls".to_owned(),
+            "--tlscert".to_owned(),
+            cert.display().to_string(),
+            "--tlskey".to_owned(),
+            key.display().to_string(),
+        ];
+        if let Some(ca) = client_ca {
+            args.extend([
+                "--tlsverify".to_owned(),
+                "--tlscacert".to_owned(),
+                ca.display().to_string(),
+            ]);
+        }
+        let mut nats = TestNats::unstarted(args);
+        nats.resume().await;
+        nats
+    }
+
+    /// The URL of a server started with [`TestNats::start_tls`].
+    pub fn tls_url(&self) -> String {
+        format!("tls://127.0.0.1:{}", self.port)
+    }
+
     fn unstarted(args: Vec<String>) -> TestNats {
         let dir =
             std::env::temp_dir().join(format!("valet-test-nats-{}", uuid::Uuid::now_v7().simple()));

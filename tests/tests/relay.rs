@@ -105,6 +105,7 @@ fn relay_config(nats: &TestNats) -> RelayConfig {
         batch: 100,
         holder: valet_relay::this_process(),
         stream_replicas: 1,
+        tls: Default::default(),
     }
 }
 

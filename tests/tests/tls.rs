@@ -413,3 +413,113 @@ async fn the_sdk_speaks_https_to_valet_and_refuses_plain_http_off_loopback() {
     db.drop_database().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// TLS to NATS: a private nats-server that speaks TLS only and verifies clients (mutual
+/// TLS); Valet's relay publishes to it and the SDK follows it, each with the test CA and
+/// a client certificate; without the CA, `valet serve` stops at once and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuance_reaches_the_sdk_over_mutual_tls_to_nats_and_an_untrusted_nats_is_refused() {
+    let ca = TestCa::new();
+    let (server_dir, client_dir) = (scratch_dir(), scratch_dir());
+    ca.issue_into(&server_dir, "nats");
+    ca.issue_into(&client_dir, "valet client");
+    let ca_file = server_dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.root_pem()).expect("write the CA");
+    let nats = TestNats::start_tls(
+        &server_dir.join("cert.pem"),
+        &server_dir.join("key.pem"),
+        Some(&ca_file),
+    )
+    .await;
+    let nats_url = nats.tls_url();
+    let (client_cert, client_key) = (client_dir.join("cert.pem"), client_dir.join("key.pem"));
+    let db = TestDb::create().await;
+
+    // Without the CA: one line naming the option, before listening.
+    let refused = run_valet(
+        &db.url,
+        &[],
+        &["serve", "--listen", "127.0.0.1:0", "--nats-url", &nats_url],
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("valet serve stops");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    let errors: Vec<_> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("--nats-ca-file"), "{stderr}");
+
+    let mut child = spawn_valet(
+        &db.url,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--nats-url",
+            &nats_url,
+            "--nats-ca-file",
+            ca_file.to_str().unwrap(),
+            "--nats-client-cert",
+            client_cert.to_str().unwrap(),
+            "--nats-client-key",
+            client_key.to_str().unwrap(),
+        ],
+    );
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let base = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            if let Some(url) = line.strip_prefix("valet listening on ") {
+                return url.to_owned();
+            }
+        }
+        panic!("valet serve exited before listening");
+    })
+    .await
+    .expect("valet serve listening within 30 s");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let validator = Validator::connect(ValidatorConfig::new(nats_url).with_nats_tls(
+        valet_resource::valet_wire::NatsTls {
+            ca_file: Some(ca_file.clone()),
+            client_cert: Some((client_cert, client_key)),
+        },
+    ))
+    .await
+    .expect("validator");
+    let (id, secret) = client_credentials_client(&db).await;
+    let issued: Value = serde_json::from_slice(
+        &reqwest::Client::new()
+            .post(format!("{base}/token"))
+            .basic_auth(id, Some(secret))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials&scope=read")
+            .send()
+            .await
+            .expect("token")
+            .bytes()
+            .await
+            .expect("body"),
+    )
+    .expect("JSON");
+    let token = issued["access_token"].as_str().expect("access_token");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(info) = validator.check(token) {
+            assert_eq!(info.source, Source::Local);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the token never reached the SDK over TLS: {:?}",
+            validator.status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    child.kill().await.expect("kill valet");
+    db.drop_database().await;
+    let _ = std::fs::remove_dir_all(&server_dir);
+    let _ = std::fs::remove_dir_all(&client_dir);
+}

@@ -149,6 +149,26 @@ struct ServeArgs {
         value_delimiter = ','
     )]
     trusted_proxies: Vec<std::net::IpAddr>,
+    /// CA (PEM) that signed NATS's certificate, trusted instead of the system's roots
+    /// (TLS to NATS is then required; a `tls://` URL requires it too).
+    #[arg(long, env = "VALET_NATS_CA_FILE", value_name = "PEM")]
+    nats_ca_file: Option<std::path::PathBuf>,
+    /// Client certificate chain (PEM) for a NATS server that verifies clients.
+    #[arg(
+        long,
+        env = "VALET_NATS_CLIENT_CERT",
+        requires = "nats_client_key",
+        value_name = "PEM"
+    )]
+    nats_client_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --nats-client-cert.
+    #[arg(
+        long,
+        env = "VALET_NATS_CLIENT_KEY",
+        requires = "nats_client_cert",
+        value_name = "PEM"
+    )]
+    nats_client_key: Option<std::path::PathBuf>,
     /// PEM certificate chain to serve HTTPS with (with --tls-key); reloaded when the file
     /// changes, so a renewal needs no restart.
     #[arg(long, env = "VALET_TLS_CERT", requires = "tls_key", value_name = "PEM")]
@@ -426,6 +446,16 @@ async fn serve(database_url: &str, kek: &KekArgs, config: ServeArgs) -> anyhow::
     };
     tls::check(config.listen, &issuer_for(config.listen), &transport)
         .map_err(anyhow::Error::msg)?;
+    let nats_tls = valet_wire::NatsTls {
+        ca_file: config.nats_ca_file.clone(),
+        client_cert: config
+            .nats_client_cert
+            .clone()
+            .zip(config.nats_client_key.clone()),
+    };
+    valet_relay::check_nats_tls(&config.nats_url, &nats_tls)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let tls_config = match &transport {
         tls::Transport::Tls { cert, key } => Some(tls::load(cert, key).await?),
         _ => None,
@@ -472,6 +502,7 @@ async fn serve(database_url: &str, kek: &KekArgs, config: ServeArgs) -> anyhow::
             batch: 500,
             holder: valet_relay::this_process(),
             stream_replicas: usize::from(config.nats_stream_replicas),
+            tls: nats_tls,
         },
         relay_status.clone(),
     )

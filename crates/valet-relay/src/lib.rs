@@ -84,6 +84,52 @@ pub struct RelayConfig {
     pub holder: String,
     /// Copies of the stream JetStream keeps (1, or 3 or 5 on a cluster).
     pub stream_replicas: usize,
+    /// TLS to NATS (with a `tls://` URL, or to trust a private CA, or mutual TLS).
+    pub tls: valet_wire::NatsTls,
+}
+
+/// The client options of a connection to `urls` with `tls`.
+pub fn nats_options(urls: &str, tls: &valet_wire::NatsTls) -> async_nats::ConnectOptions {
+    let mut options = async_nats::ConnectOptions::new().require_tls(tls.required(urls));
+    if let Some(ca) = &tls.ca_file {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let Some((cert, key)) = &tls.client_cert {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    options
+}
+
+/// One attempt to reach NATS with `tls`, at start: a certificate NATS does not trust,
+/// or one Valet does not, is a configuration error worth stopping for (`Err` says
+/// what to change); NATS merely down is not (events wait in PostgreSQL).
+pub async fn check_nats_tls(urls: &str, tls: &valet_wire::NatsTls) -> Result<(), String> {
+    if !tls.required(urls) {
+        return Ok(());
+    }
+    let attempt = nats_options(urls, tls)
+        .connection_timeout(Duration::from_secs(3))
+        .connect(valet_wire::nats_servers(urls))
+        .await;
+    match attempt {
+        Ok(client) => {
+            drop(client);
+            Ok(())
+        }
+        // A refused certificate surfaces as an I/O error of the handshake.
+        Err(error)
+            if error.kind() == async_nats::ConnectErrorKind::Tls
+                || format!("{error:?}").contains("Certificate") =>
+        {
+            Err(format!(
+            "TLS to NATS at {urls} failed ({error}): give --nats-ca-file the CA that signed              its certificate (and --nats-client-cert/--nats-client-key if it verifies clients)"
+            ))
+        }
+        Err(error) => {
+            tracing::warn!(%error, "NATS is not reachable at start; the relay keeps trying");
+            Ok(())
+        }
+    }
 }
 
 /// `host:pid`, naming this process as a lease holder.
@@ -132,7 +178,7 @@ pub async fn run_until<S>(
 {
     tokio::pin!(shutdown);
     let nats = tokio::select! {
-        nats = connect(&config.nats_url, status.clone()) => nats,
+        nats = connect(&config.nats_url, &config.tls, status.clone()) => nats,
         () = &mut shutdown => return,
     };
     let confirmed = backlog::Confirmed::standing_by();
@@ -198,11 +244,11 @@ struct Nats {
     lost: tokio::sync::watch::Receiver<u64>,
 }
 
-async fn connect(url: &str, status: Arc<RelayStatus>) -> Nats {
+async fn connect(url: &str, tls: &valet_wire::NatsTls, status: Arc<RelayStatus>) -> Nats {
     let events = status.clone();
     let (disconnected, lost) = tokio::sync::watch::channel(0u64);
     let disconnected = Arc::new(disconnected);
-    let options = async_nats::ConnectOptions::new()
+    let options = nats_options(url, tls)
         // Start even when NATS is down: events wait in PostgreSQL.
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))

@@ -26,10 +26,18 @@ use crate::validator::{Shared, State};
 
 pub(crate) async fn connect(
     url: &str,
+    tls: &valet_wire::NatsTls,
     shared: Arc<Shared>,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
     let events: Weak<Shared> = Arc::downgrade(&shared);
-    async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new().require_tls(tls.required(url));
+    if let Some(ca) = &tls.ca_file {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let Some((cert, key)) = &tls.client_cert {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    options
         .name("valet-resource")
         // Start even when NATS is down; the client keeps trying (not ready meanwhile).
         .retry_on_initial_connect()

@@ -32,6 +32,8 @@ pub struct ValidatorConfig {
     /// How Valet's endpoints (introspection, JWKS) are reached: HTTPS with the system's
     /// roots by default; plain http only to loopback.
     pub https: HttpsConfig,
+    /// TLS to NATS beyond a `tls://` URL: a private CA, a client certificate.
+    pub nats_tls: valet_wire::NatsTls,
 }
 
 impl Default for ValidatorConfig {
@@ -49,7 +51,15 @@ impl ValidatorConfig {
             eviction_interval: Duration::from_secs(30),
             jwt: None,
             https: HttpsConfig::default(),
+            nats_tls: valet_wire::NatsTls::default(),
         }
+    }
+
+    /// TLS to NATS: trust `tls.ca_file` instead of the system's roots, present
+    /// `tls.client_cert` to a server that verifies clients (TLS is then required).
+    pub fn with_nats_tls(mut self, tls: valet_wire::NatsTls) -> Self {
+        self.nats_tls = tls;
+        self
     }
 
     /// Trust `pem` (one or more PEM certificates, e.g. a private CA) for Valet's HTTPS
@@ -271,7 +281,7 @@ impl Validator {
     ) -> Result<Validator, ConnectError> {
         let introspector = build_introspector(config.introspection.clone(), &config.https)?;
         let shared = Arc::new(Shared::new(store, State::Starting));
-        let client = crate::consumer::connect(&config.nats_url, shared.clone())
+        let client = crate::consumer::connect(&config.nats_url, &config.nats_tls, shared.clone())
             .await
             .map_err(|e| ConnectError::Nats(e.to_string()))?;
         let consumer = tokio::spawn(crate::consumer::run(

@@ -36,6 +36,27 @@ pub fn nats_servers(urls: &str) -> Vec<&str> {
         .collect()
 }
 
+/// TLS to NATS beyond what a `tls://` URL asks for: the roots to trust instead of the
+/// system's, and a client certificate for servers that verify clients (mutual TLS).
+/// Files are PEM.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatsTls {
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Certificate chain and private key.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl NatsTls {
+    /// Whether the connection must be TLS: a `tls://` URL, or any file given.
+    pub fn required(&self, urls: &str) -> bool {
+        self.ca_file.is_some()
+            || self.client_cert.is_some()
+            || nats_servers(urls)
+                .iter()
+                .any(|url| url.len() >= 6 && url[..6].eq_ignore_ascii_case("tls://"))
+    }
+}
+
 /// What happened to a token or grant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EventType {
