@@ -1183,65 +1183,8 @@ impl TestServer {
         req: &AuthRequest,
         decision: &str,
     ) -> FlowEnd {
-        let mut url = self.url(&req.path());
-        for _ in 0..8 {
-            let resp = browser.get(&url).await;
-            match resp.status {
-                301 | 302 | 303 | 307 | 308 => {
-                    let target = browser.resolve(&resp.location().expect("redirect has Location"));
-                    if browser.is_own(&target) && target.path() == "/authorize" {
-                        url = target.to_string();
-                        continue;
-                    }
-                    return FlowEnd::new(resp);
-                }
-                200 => {
-                    let page = resp.text();
-                    if let Some(form) = html::find_form(&page, Form::is_login) {
-                        let mut fields = form.hidden();
-                        fields.push(("username".to_owned(), user.username.clone()));
-                        fields.push(("password".to_owned(), user.password.clone()));
-                        let action = browser.form_action(&form);
-                        let r = browser.post_form(&action, &fields).await;
-                        assert!(
-                            matches!(r.status, 302 | 303),
-                            "login as {} did not redirect: {}",
-                            user.username,
-                            r.describe()
-                        );
-                        url = browser
-                            .resolve(&r.location().expect("Location after login"))
-                            .to_string();
-                        continue;
-                    }
-                    if let Some(form) = html::find_form(&page, Form::is_consent) {
-                        let mut fields = form.hidden();
-                        fields.push(("decision".to_owned(), decision.to_owned()));
-                        let action = browser.form_action(&form);
-                        let r = browser.post_form(&action, &fields).await;
-                        assert!(
-                            matches!(r.status, 302 | 303),
-                            "consent POST did not redirect: {}",
-                            r.describe()
-                        );
-                        let target = browser.resolve(&r.location().expect("Location"));
-                        if browser.is_own(&target) && target.path() == "/authorize" {
-                            url = target.to_string();
-                            continue;
-                        }
-                        return FlowEnd::new(r);
-                    }
-                    panic!(
-                        "GET {url} gave a page with neither a login nor a consent form: {}",
-                        resp.describe()
-                    );
-                }
-                _ => panic!("GET {url}: unexpected {}", resp.describe()),
-            }
-        }
-        panic!("authorization flow did not finish after 8 steps");
+        authorize_from(browser, user, self.url(&req.path()), decision).await
     }
-
     /// Runs the flow and returns the code (asserting the redirect carries one).
     pub async fn code(&self, browser: &mut Browser, user: &TestUser, req: &AuthRequest) -> String {
         self.authorize(browser, user, req).await.code()
@@ -1428,11 +1371,83 @@ pub struct Browser {
     pub cookies: BTreeMap<String, String>,
 }
 
+/// The authorization flow in `browser` from the authorization request at `url`: signs
+/// `user` in and answers the consent page with `decision` when they come; where it ends.
+pub async fn authorize_from(
+    browser: &mut Browser,
+    user: &TestUser,
+    url: String,
+    decision: &str,
+) -> FlowEnd {
+    let mut url = url;
+    for _ in 0..8 {
+        let resp = browser.get(&url).await;
+        match resp.status {
+            301 | 302 | 303 | 307 | 308 => {
+                let target = browser.resolve(&resp.location().expect("redirect has Location"));
+                if browser.is_own(&target) && target.path() == "/authorize" {
+                    url = target.to_string();
+                    continue;
+                }
+                return FlowEnd::new(resp);
+            }
+            200 => {
+                let page = resp.text();
+                if let Some(form) = html::find_form(&page, Form::is_login) {
+                    let mut fields = form.hidden();
+                    fields.push(("username".to_owned(), user.username.clone()));
+                    fields.push(("password".to_owned(), user.password.clone()));
+                    let action = browser.form_action(&form);
+                    let r = browser.post_form(&action, &fields).await;
+                    assert!(
+                        matches!(r.status, 302 | 303),
+                        "login as {} did not redirect: {}",
+                        user.username,
+                        r.describe()
+                    );
+                    url = browser
+                        .resolve(&r.location().expect("Location after login"))
+                        .to_string();
+                    continue;
+                }
+                if let Some(form) = html::find_form(&page, Form::is_consent) {
+                    let mut fields = form.hidden();
+                    fields.push(("decision".to_owned(), decision.to_owned()));
+                    let action = browser.form_action(&form);
+                    let r = browser.post_form(&action, &fields).await;
+                    assert!(
+                        matches!(r.status, 302 | 303),
+                        "consent POST did not redirect: {}",
+                        r.describe()
+                    );
+                    let target = browser.resolve(&r.location().expect("Location"));
+                    if browser.is_own(&target) && target.path() == "/authorize" {
+                        url = target.to_string();
+                        continue;
+                    }
+                    return FlowEnd::new(r);
+                }
+                panic!(
+                    "GET {url} gave a page with neither a login nor a consent form: {}",
+                    resp.describe()
+                );
+            }
+            _ => panic!("GET {url}: unexpected {}", resp.describe()),
+        }
+    }
+    panic!("authorization flow did not finish after 8 steps");
+}
+
 impl Browser {
     pub fn new(base_url: &str) -> Self {
+        Self::with_client(base_url, http_client())
+    }
+
+    /// A browser whose requests go through `http` (e.g. one that trusts a test CA).
+    pub fn with_client(base_url: &str, http: reqwest::Client) -> Self {
         let base = Url::parse(base_url).expect("base url");
         Self {
-            http: http_client(),
+            http,
             page_url: base.clone(),
             base,
             cookies: BTreeMap::new(),

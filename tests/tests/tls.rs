@@ -13,7 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oauth2::basic::BasicClient;
-use oauth2::{ClientId, ClientSecret, Scope, TokenResponse, TokenUrl};
+use oauth2::{
+    AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, PkceCodeChallenge, RedirectUrl,
+    Scope, TokenResponse, TokenUrl,
+};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -21,7 +24,7 @@ use valet_resource::{
     ConnectError, IntrospectionConfig, Rejection, Source, Validator, ValidatorConfig,
 };
 use valet_tests::nats::TestNats;
-use valet_tests::server::{run_valet, spawn_valet};
+use valet_tests::server::{authorize_from, run_valet, spawn_valet, Browser, TestUser};
 use valet_tests::TestDb;
 
 /// A CA of the test's own, which signs leaf certificates for 127.0.0.1.
@@ -130,24 +133,21 @@ async fn client_credentials_client(db: &TestDb) -> (String, String) {
 
 /// A client_credentials client of `scope`: its id and secret.
 async fn service_client(db: &TestDb, scope: &str) -> (String, String) {
-    let out = run_valet(
-        &db.url,
-        &[],
-        &[
-            "client",
-            "create",
-            "--name",
-            "svc",
-            "--grant-type",
-            "client_credentials",
-            "--scope",
-            scope,
-            "--json",
-        ],
-        Duration::from_secs(30),
+    registered_client(
+        db,
+        &["--grant-type", "client_credentials", "--scope", scope],
     )
     .await
-    .expect("valet client create");
+}
+
+/// `valet client create --name svc ARGS --json`: the id and secret.
+async fn registered_client(db: &TestDb, args: &[&str]) -> (String, String) {
+    let mut command = vec!["client", "create", "--name", "svc"];
+    command.extend_from_slice(args);
+    command.push("--json");
+    let out = run_valet(&db.url, &[], &command, Duration::from_secs(30))
+        .await
+        .expect("valet client create");
     assert!(
         out.status.success(),
         "{}",
@@ -522,4 +522,84 @@ async fn issuance_reaches_the_sdk_over_mutual_tls_to_nats_and_an_untrusted_nats_
     db.drop_database().await;
     let _ = std::fs::remove_dir_all(&server_dir);
     let _ = std::fs::remove_dir_all(&client_dir);
+}
+
+/// The authorization-code flow with PKCE over HTTPS, driven by the `oauth2` crate (its
+/// authorization URL, its code exchange) with the test CA as the only root; the user is
+/// registered through the admin API over the same TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authorization_code_flow_over_https_with_the_oauth2_crate() {
+    let ca = TestCa::new();
+    let dir = scratch_dir();
+    ca.issue_into(&dir, "valet");
+    let db = TestDb::create().await;
+    let (mut child, base) = serve_tls(&db, &dir, &[]).await;
+    let http = https_client(&ca);
+
+    let (admin_id, admin_secret) = service_client(&db, "valet:admin").await;
+    let admin = BasicClient::new(ClientId::new(admin_id))
+        .set_client_secret(ClientSecret::new(admin_secret))
+        .set_token_uri(TokenUrl::new(format!("{base}/token")).expect("token url"));
+    let bearer = admin
+        .exchange_client_credentials()
+        .request_async(&http)
+        .await
+        .expect("an admin token over HTTPS");
+    let user = TestUser {
+        username: "alice".into(),
+        password: "a long passphrase over TLS".into(),
+    };
+    let made = http
+        .post(format!("{base}/admin/v1/users"))
+        .bearer_auth(bearer.access_token().secret())
+        .header("content-type", "application/json")
+        .body(
+            serde_json::json!({ "username": user.username, "password": user.password }).to_string(),
+        )
+        .send()
+        .await
+        .expect("POST /admin/v1/users");
+    assert_eq!(made.status(), 201);
+
+    let redirect = "https://app.example/cb";
+    let (app_id, app_secret) =
+        registered_client(&db, &["--redirect-uri", redirect, "--scope", "openid read"]).await;
+    let app = BasicClient::new(ClientId::new(app_id))
+        .set_client_secret(ClientSecret::new(app_secret))
+        .set_auth_uri(AuthUrl::new(format!("{base}/authorize")).expect("auth url"))
+        .set_token_uri(TokenUrl::new(format!("{base}/token")).expect("token url"))
+        .set_redirect_uri(RedirectUrl::new(redirect.to_owned()).expect("redirect url"));
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (authorize_url, state) = app
+        .authorize_url(CsrfToken::new_random)
+        .add_scope(Scope::new("read".into()))
+        .set_pkce_challenge(challenge)
+        .url();
+    let mut browser = Browser::with_client(&base, http.clone());
+    let end = authorize_from(&mut browser, &user, authorize_url.to_string(), "approve").await;
+    assert!(
+        end.raw_location.starts_with(redirect),
+        "{}",
+        end.raw_location
+    );
+    assert_eq!(end.param("state").as_deref(), Some(state.secret().as_str()));
+    assert_eq!(end.param("iss").as_deref(), Some(base.as_str()));
+    let code = end.param("code").expect("a code");
+    let tokens = app
+        .exchange_code(AuthorizationCode::new(code))
+        .set_pkce_verifier(verifier)
+        .request_async(&http)
+        .await
+        .expect("tokens over HTTPS from the oauth2 crate");
+    assert!(tokens.refresh_token().is_some());
+    assert_eq!(
+        tokens
+            .scopes()
+            .map(|s| s.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+        Some(vec!["read".to_owned()])
+    );
+
+    child.kill().await.expect("kill valet");
+    db.drop_database().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
