@@ -312,8 +312,12 @@ async fn s34_metadata_is_exact_s256_only_and_no_implicit_or_password() {
     // A configured issuer is echoed exactly (no trailing slash added, no rewriting).
     let issuer = "https://auth.example.test/tenant-1";
     // An https issuer over plain HTTP: TLS ends at a proxy in front.
-    let custom =
-        TestServer::start_with(&[("VALET_ISSUER", issuer), ("VALET_BEHIND_PROXY", "true")]).await;
+    let custom = TestServer::start_with(&[
+        ("VALET_ISSUER", issuer),
+        ("VALET_BEHIND_PROXY", "true"),
+        ("VALET_TRUSTED_PROXIES", "127.0.0.1"),
+    ])
+    .await;
     let resp = custom.get("/.well-known/oauth-authorization-server").await;
     assert_eq!(resp.status, 200, "{}", resp.describe());
     check(&resp.json(), issuer);

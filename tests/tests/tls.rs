@@ -310,10 +310,23 @@ async fn plain_http_off_loopback_and_an_http_issuer_with_tls_are_refused_at_star
                 "--listen",
                 "0.0.0.0:0",
                 "--behind-proxy",
+                "--trusted-proxy",
+                "10.0.0.2",
                 "--issuer",
                 "http://auth.example.com",
             ],
             "https://",
+        ),
+        (
+            vec![
+                "serve",
+                "--listen",
+                "0.0.0.0:0",
+                "--behind-proxy",
+                "--issuer",
+                "https://auth.example.com",
+            ],
+            "--trusted-proxy",
         ),
     ];
     for (args, fix) in cases {

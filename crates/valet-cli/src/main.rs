@@ -431,7 +431,9 @@ async fn serve(database_url: &str, kek: &KekArgs, config: ServeArgs) -> anyhow::
             cert: cert.clone(),
             key: key.clone(),
         },
-        _ if config.behind_proxy => tls::Transport::BehindProxy,
+        _ if config.behind_proxy => tls::Transport::BehindProxy {
+            trusted_proxies: config.trusted_proxies.len(),
+        },
         _ => tls::Transport::Plain,
     };
     let scheme = match transport {

@@ -18,8 +18,9 @@ const RELOAD_CHECK: Duration = Duration::from_secs(1);
 pub enum Transport {
     /// Valet serves HTTPS with this certificate chain and key (PEM files).
     Tls { cert: PathBuf, key: PathBuf },
-    /// A trusted proxy in front ends TLS (`--behind-proxy`); Valet serves plain HTTP.
-    BehindProxy,
+    /// A trusted proxy in front ends TLS (`--behind-proxy`); Valet serves plain HTTP
+    /// and believes the forwarded client addresses of this many `--trusted-proxy` peers.
+    BehindProxy { trusted_proxies: usize },
     /// Plain HTTP, for loopback only.
     Plain,
 }
@@ -56,10 +57,15 @@ pub fn check(listen: SocketAddr, issuer: &str, transport: &Transport) -> Result<
             "--issuer {issuer} is not https:// but Valet serves TLS (--tls-cert): name the \
              https:// URL clients use"
         )),
-        Transport::BehindProxy if !is_https(issuer) && !issuer_local => Err(format!(
+        Transport::BehindProxy { .. } if !is_https(issuer) && !issuer_local => Err(format!(
             "--issuer {issuer} is plain http on the network: behind a TLS proxy, name the \
              https:// URL clients use"
         )),
+        Transport::BehindProxy { trusted_proxies: 0 } => Err(
+            "--behind-proxy needs the proxy's address in --trusted-proxy (VALET_TRUSTED_PROXIES), \
+             so that clients' addresses are read from its X-Forwarded-For"
+                .to_owned(),
+        ),
         Transport::Plain if !listen.ip().is_loopback() => Err(format!(
             "listening on {listen} without TLS: give --tls-cert and --tls-key, or \
              --behind-proxy (with --trusted-proxy) when a proxy in front ends TLS"
@@ -188,18 +194,15 @@ mod tests {
     fn tls_here_or_at_a_proxy_needs_an_https_issuer() {
         assert!(check(at("0.0.0.0:443"), "https://auth.example.com", &tls()).is_ok());
         assert!(check(at("0.0.0.0:443"), "http://auth.example.com", &tls()).is_err());
-        assert!(check(
+        let proxied = Transport::BehindProxy { trusted_proxies: 1 };
+        assert!(check(at("0.0.0.0:8080"), "https://auth.example.com", &proxied).is_ok());
+        assert!(check(at("0.0.0.0:8080"), "http://auth.example.com", &proxied).is_err());
+        let unnamed = check(
             at("0.0.0.0:8080"),
             "https://auth.example.com",
-            &Transport::BehindProxy
-        )
-        .is_ok());
-        assert!(check(
-            at("0.0.0.0:8080"),
-            "http://auth.example.com",
-            &Transport::BehindProxy
-        )
-        .is_err());
+            &Transport::BehindProxy { trusted_proxies: 0 },
+        );
+        assert!(unnamed.unwrap_err().contains("--trusted-proxy"));
     }
 
     #[test]
