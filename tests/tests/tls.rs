@@ -109,7 +109,14 @@ async fn serve_tls(db: &TestDb, dir: &Path, extra: &[&str]) -> (tokio::process::
         key.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let mut child = spawn_valet(&db.url, &args);
+    let (child, base) = serve(db, &args).await;
+    assert!(base.starts_with("https://127.0.0.1:"), "{base}");
+    (child, base)
+}
+
+/// `valet ARGS` (a `serve`), once it listens: the process and its base URL.
+async fn serve(db: &TestDb, args: &[&str]) -> (tokio::process::Child, String) {
+    let mut child = spawn_valet(&db.url, args);
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let base = tokio::time::timeout(Duration::from_secs(30), async {
@@ -123,7 +130,6 @@ async fn serve_tls(db: &TestDb, dir: &Path, extra: &[&str]) -> (tokio::process::
     .await
     .expect("valet serve listening within 30 s");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    assert!(base.starts_with("https://127.0.0.1:"), "{base}");
     (child, base)
 }
 
@@ -463,8 +469,8 @@ async fn issuance_reaches_the_sdk_over_mutual_tls_to_nats_and_an_untrusted_nats_
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(errors[0].contains("--nats-ca-file"), "{stderr}");
 
-    let mut child = spawn_valet(
-        &db.url,
+    let (mut child, base) = serve(
+        &db,
         &[
             "serve",
             "--listen",
@@ -478,20 +484,8 @@ async fn issuance_reaches_the_sdk_over_mutual_tls_to_nats_and_an_untrusted_nats_
             "--nats-client-key",
             client_key.to_str().unwrap(),
         ],
-    );
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let base = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("read stdout") {
-            if let Some(url) = line.strip_prefix("valet listening on ") {
-                return url.to_owned();
-            }
-        }
-        panic!("valet serve exited before listening");
-    })
-    .await
-    .expect("valet serve listening within 30 s");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    )
+    .await;
 
     let validator = Validator::connect(ValidatorConfig::new(nats_url).with_nats_tls(
         valet_resource::valet_wire::NatsTls {

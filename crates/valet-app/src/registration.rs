@@ -211,7 +211,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         let token = self
             .new_registration_token(&created.client_id, &actor, meta)
             .await?;
-        let client = self.registered(&created.client_id).await?;
+        let client = self.show_client(&created.client_id).await?;
         Ok(Registration {
             auth_method: auth_method(&client, Some(&method)),
             client,
@@ -261,7 +261,7 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         self.update_client_as(client_id, changes, meta, &actor)
             .await?;
         let token = self.new_registration_token(client_id, &actor, meta).await?;
-        let client = self.registered(client_id).await?;
+        let client = self.show_client(client_id).await?;
         Ok(Registration {
             auth_method: auth_method(&client, Some(&method)),
             client,
@@ -334,10 +334,6 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             .client()
             .cloned()
             .ok_or(RegistrationError::InvalidToken)
-    }
-
-    async fn registered(&self, client_id: &str) -> Result<client::Client, RegistrationError> {
-        Ok(self.show_client(client_id).await?)
     }
 
     /// Issues the client a new registration access token; the one before stops working.

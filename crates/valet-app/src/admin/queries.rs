@@ -81,12 +81,6 @@ pub struct PageRequest {
     pub after: Option<Cursor>,
 }
 
-impl PageRequest {
-    pub fn first(size: PageSize) -> Self {
-        PageRequest { size, after: None }
-    }
-}
-
 /// One page of a list, and the cursor of the next when there is one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page<T> {
