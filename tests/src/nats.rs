@@ -491,9 +491,24 @@ pub fn stream_matches_log(stream: &[valet_wire::Message], log: &[String]) -> Res
             previous.is_some_and(|p| p >= e.position)
         })
         .count();
+    // Where the missing events sit in the log, as runs of log indexes: a tail not yet
+    // published, or a hole inside the stream.
+    let mut missing_runs: Vec<(usize, usize)> = Vec::new();
+    for (i, id) in log.iter().enumerate() {
+        if stored.contains(id) {
+            continue;
+        }
+        match missing_runs.last_mut() {
+            Some((_, end)) if *end + 1 == i => *end = i,
+            _ => missing_runs.push((i, i)),
+        }
+    }
+    let runs = missing_runs.len();
+    missing_runs.truncate(5);
     Err(format!(
-        "{} messages ({} distinct) for {} events: missing {}, foreign {}, {backwards} behind a \
-         later event of their grant; first difference at {first_difference:?}",
+        "{} messages ({} distinct) for {} events: missing {} in {runs} runs of log indexes \
+         (first: {missing_runs:?}), foreign {}, {backwards} behind a later event of their \
+         grant; first difference at {first_difference:?}",
         ids.len(),
         stored.len(),
         log.len(),

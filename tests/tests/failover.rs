@@ -486,6 +486,18 @@ async fn run(faults: Faults) {
         .map(|m| Message::from_json(&m.payload).expect("a stream message"))
         .collect();
     if let Err(difference) = stream_matches_log(&events, &expected) {
+        // What each relay said about the stream's end, to tell a lost message from a
+        // backlog.
+        for (i, r) in replicas.iter().chain([&killed]).enumerate() {
+            let said: Vec<String> = r
+                .server
+                .log()
+                .lines()
+                .filter(|l| l.contains("WARN") && (l.contains("stream") || l.contains("NATS")))
+                .map(str::to_owned)
+                .collect();
+            eprintln!("replica {i}'s relay warnings:\n{}", said.join("\n"));
+        }
         panic!(
             "the stream is not the log's token events, each once, in log order: {difference}; \
              takeovers {takeovers:?}; the stream per node {views:?}"

@@ -9,7 +9,7 @@ use std::time::Duration;
 use valet_app::admin::{ClientType, NewClient};
 use valet_app::oauth::{ClientAuth, OAuth, RequestMeta, Settings};
 use valet_app::outbox::{Acquisition, Leadership, Lease, RelayStatus};
-use valet_app::{LogCursor, SystemClock};
+use valet_app::{EventStore, LogCursor, SystemClock};
 use valet_domain::{AccessTokenTtl, CodeTtl, RefreshTokenTtl, TokenHash};
 use valet_projector::{PgReadModels, ReadModelProjection};
 use valet_relay::RelayConfig;
@@ -683,6 +683,140 @@ async fn a_stream_that_lost_confirmed_messages_gets_them_again_from_the_log() {
         status.snapshot().rewinds == 2
     })
     .await;
+    until_the_stream_is_the_log(&db, &nats).await;
+    relay.abort();
+    db.drop_database().await;
+}
+
+/// Leaves the stream holding its first `kept` messages, the last of them stored again
+/// under a new message id, while JetStream still answers the ids of the messages after
+/// it as duplicates: they were stored, then deleted, as a stream leader that took
+/// messages in and lost them with its leadership remembers their ids.
+async fn keep_the_first_remembering_the_rest(nats: &TestNats, kept: usize) {
+    let stored = nats.stream_messages(STREAM).await;
+    keep_only_the_first(nats, kept - 1).await;
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let mut sequences = Vec::new();
+    for message in &stored[kept - 1..] {
+        let ack = js
+            .publish_with_headers(
+                message.subject.clone(),
+                message.headers.clone().expect("headers"),
+                message.payload.clone(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+        sequences.push(ack.sequence);
+    }
+    let stream = js.get_stream(STREAM).await.expect("stream");
+    for sequence in sequences {
+        stream.delete_message(sequence).await.expect("delete");
+    }
+    let last = &stored[kept - 1];
+    let id = last
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Msg-Id"))
+        .expect("an id");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", format!("{id}:1").as_str());
+    js.publish_with_headers(last.subject.clone(), headers, last.payload.clone())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+}
+
+/// A rewind can make no progress: JetStream answers the lost messages as duplicates
+/// (a stream leader records a message id when it takes the message in, before the
+/// cluster stores it). The relay then publishes them once more under new message ids
+/// (`<event id>:<suffix>`), and the stream again holds every event once, in log order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_messages_jetstream_answers_as_duplicates_are_published_under_new_ids() {
+    let db = TestDb::create().await;
+    let nats = TestNats::start().await;
+    let app = app(&db).await;
+    let svc = service(&app).await;
+    let (relay, status) = start_relay(&app, &nats);
+    issue_and_revoke(&app, &svc, 20).await;
+    wait_until("30 messages", Duration::from_secs(20), || {
+        let s = status.snapshot();
+        s.published >= 30 && s.backlog == 0
+    })
+    .await;
+
+    keep_the_first_remembering_the_rest(&nats, 12).await;
+    issue_and_revoke(&app, &svc, 4).await;
+    wait_until("a reissue", Duration::from_secs(20), || {
+        status.snapshot().reissues == 1
+    })
+    .await;
+    until_the_stream_is_the_log(&db, &nats).await;
+    let reissued: Vec<String> = events_in_stream(&nats)
+        .await
+        .into_iter()
+        .filter(|(event, id)| *id != event.event_id)
+        .map(|(event, id)| {
+            assert_eq!(valet_wire::event_id_of_msg_id(&id), event.event_id);
+            id
+        })
+        .collect();
+    // The twelfth message (stored again by hand) and the ones after it that JetStream
+    // answered as duplicates.
+    assert!(reissued.len() > 1, "{reissued:?}");
+    assert_eq!(status.snapshot().rewinds, 2, "{:?}", status.snapshot());
+    relay.abort();
+    db.drop_database().await;
+}
+
+/// A relay that starts leading finds the stream ending before its checkpoint (a NATS
+/// node that missed writes became the stream's leader, as seen when NATS nodes die under
+/// load). It publishes again from the stream's real end, naming it as the first
+/// message's predecessor; starting at the checkpoint instead would put the new messages
+/// after the loss and leave a hole no later refusal reveals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_starts_leading_publishes_from_the_streams_end_when_it_is_behind_the_checkpoint(
+) {
+    let db = TestDb::create().await;
+    let nats = TestNats::start().await;
+    let app = app(&db).await;
+    let svc = service(&app).await;
+    let (relay, status) = start_relay(&app, &nats);
+    issue_and_revoke(&app, &svc, 20).await;
+    wait_until("30 messages", Duration::from_secs(20), || {
+        let s = status.snapshot();
+        s.published >= 30 && s.backlog == 0
+    })
+    .await;
+    // Once caught up the relay saves its checkpoint; wait for it to reach the end.
+    let ids = publishable_event_ids(&db.connect().await).await;
+    let last = ids.last().expect("events");
+    let last_cursor = app
+        .store
+        .cursor_of(last.parse().expect("a uuid"))
+        .await
+        .expect("read")
+        .expect("in the log");
+    let start = std::time::Instant::now();
+    while app
+        .store
+        .checkpoint(valet_relay::LEASE)
+        .await
+        .expect("read")
+        < Some(last_cursor)
+    {
+        assert!(start.elapsed() < Duration::from_secs(10), "no checkpoint");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    relay.abort();
+    let _ = relay.await;
+    keep_only_the_first(&nats, 12).await;
+    issue_and_revoke(&app, &svc, 4).await;
+
+    let (relay, _status) = start_relay(&app, &nats);
     until_the_stream_is_the_log(&db, &nats).await;
     relay.abort();
     db.drop_database().await;

@@ -79,6 +79,7 @@ pub struct RelayStatus {
     republished: AtomicU64,
     step_downs: AtomicU64,
     rewinds: AtomicU64,
+    reissues: AtomicU64,
     /// Who holds the lease, as last seen by this process.
     leader: Mutex<Option<String>>,
 }
@@ -115,6 +116,9 @@ pub struct RelaySnapshot {
     /// Times the stream was found to end before messages JetStream had confirmed, and
     /// the relay published again from the stream's real end.
     pub rewinds: u64,
+    /// Rewinds that made no progress because JetStream answered the lost messages as
+    /// duplicates, after which the relay published them again under new message ids.
+    pub reissues: u64,
 }
 
 impl RelayStatus {
@@ -132,6 +136,7 @@ impl RelayStatus {
             republished: self.republished.load(Ordering::Relaxed),
             step_downs: self.step_downs.load(Ordering::Relaxed),
             rewinds: self.rewinds.load(Ordering::Relaxed),
+            reissues: self.reissues.load(Ordering::Relaxed),
         }
     }
 
@@ -156,6 +161,10 @@ impl RelayStatus {
 
     pub fn record_rewind(&self) {
         self.rewinds.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_reissue(&self) {
+        self.reissues.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn set_active(&self, active: bool) {

@@ -237,6 +237,11 @@ pub fn render_relay(out: &mut String, s: &RelaySnapshot) {
             "Times the stream ended before messages NATS had confirmed and the relay published them again.",
             s.rewinds,
         ),
+        (
+            "valet_relay_reissues_total",
+            "Rewinds JetStream answered with duplicates of messages it did not hold, published again under new message ids.",
+            s.reissues,
+        ),
     ];
     for (name, help, value) in counters {
         let _ = write!(
@@ -377,12 +382,14 @@ mod tests {
             republished: 1,
             step_downs: 3,
             rewinds: 5,
+            reissues: 2,
         };
         render_relay(&mut text, &snapshot);
         assert!(text.contains("# TYPE valet_relay_backlog gauge\nvalet_relay_backlog 12\n"));
         assert!(text.contains("valet_relay_nats_connected 0\n"));
         assert!(text.contains("valet_relay_step_downs_total 3\n"));
         assert!(text.contains("valet_relay_rewinds_total 5\n"));
+        assert!(text.contains("valet_relay_reissues_total 2\n"));
         assert!(text.contains("valet_relay_publish_failures_total 4\n"));
         assert!(text.contains("valet_relay_batches_total{confirmed=\"last_ack\"} 7\n"));
         assert!(text.contains("valet_relay_batches_total{confirmed=\"republished\"} 1\n"));

@@ -18,9 +18,13 @@
 //! is first checked against the stream's real end: when the stream ends with an event of
 //! the log at or before the batch, JetStream has lost messages it had confirmed (seen
 //! when a NATS node dies under load) and the relay publishes again from the event after
-//! that end ([`Recovery::Rewind`]). Otherwise the message is sent again naming none, so
-//! the relay always makes progress: after the stream's current last message, which is
-//! where a consumer would expect it.
+//! that end ([`Recovery::Rewind`]). When that rewind makes no progress (the stream still
+//! ends there: JetStream answers the lost messages as duplicates, because a stream
+//! leader records a message id when it takes the message in, before the cluster has
+//! stored it, and keeps it for the duplicate window even when the write is lost), the
+//! messages are published once more under new ids ([`Recovery::Reissue`]). Otherwise the
+//! message is sent again naming none, so the relay always makes progress: after the
+//! stream's current last message, which is where a consumer would expect it.
 
 use valet_app::outbox::Confirmation;
 use valet_app::LogCursor;
@@ -154,29 +158,71 @@ pub(crate) enum StreamEnd {
 /// What to do after JetStream refused a message of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Recovery {
-    /// The stream ends before messages it had confirmed, with the event `id`: publish
-    /// again from the event after `cursor`.
+    /// The stream ends before messages it had confirmed, with the message `id` (of the
+    /// event at `cursor`): publish again from the event after it.
     Rewind { id: String, cursor: LogCursor },
+    /// A rewind to `cursor` made no progress: publish again from there with new message
+    /// ids, which JetStream has not seen.
+    Reissue { id: String, cursor: LogCursor },
     /// Send the refused message naming no predecessor, after whatever ends the stream.
     AfterLast,
 }
 
+/// Where the relay last published again from, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LastRewind {
+    pub cursor: LogCursor,
+    pub reissued: bool,
+}
+
 /// What to do about a refusal in a batch that ends at `batch_end`, given where the stream
-/// ends. `rewound_to`: where the relay last rewound to; finding the stream ending there
-/// again means rewinding made no progress (JetStream answers the lost messages as
-/// duplicates), so the relay goes on after the stream's end instead of looping.
+/// ends and where the relay last rewound to. Finding the stream ending at the last
+/// rewind's place again means that rewind made no progress: the messages after it are
+/// reissued under new ids, once; after that the relay goes on after the stream's end
+/// instead of looping.
 pub(crate) fn recovery(
     end: StreamEnd,
     batch_end: LogCursor,
-    rewound_to: Option<LogCursor>,
+    last_rewind: Option<LastRewind>,
 ) -> Recovery {
     match end {
-        StreamEnd::Event { id, cursor } if cursor <= batch_end && rewound_to != Some(cursor) => {
-            Recovery::Rewind { id, cursor }
-        }
-        // Empty or foreign (another publisher), ahead of this relay (it was deposed), or
-        // a rewind that did not help: never republish the whole log by guesswork.
+        StreamEnd::Event { id, cursor } if cursor <= batch_end => match last_rewind {
+            Some(last) if last.cursor == cursor && last.reissued => Recovery::AfterLast,
+            Some(last) if last.cursor == cursor => Recovery::Reissue { id, cursor },
+            _ => Recovery::Rewind { id, cursor },
+        },
+        // Empty or foreign (another publisher), or ahead of this relay (it was deposed):
+        // never republish the whole log by guesswork.
         _ => Recovery::AfterLast,
+    }
+}
+
+/// Where to publish again from: after the message `id` (the event at `to`), with new
+/// message ids for the events up to `reissue_through` when set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rewind {
+    pub id: String,
+    pub to: LogCursor,
+    pub reissue_through: Option<LogCursor>,
+}
+
+impl Recovery {
+    /// The rewind it asks for (`None`: go on after the stream's last message), for a
+    /// refusal in a batch ending at `batch_end`.
+    pub fn rewind(self, batch_end: LogCursor) -> Option<Rewind> {
+        match self {
+            Recovery::Rewind { id, cursor } => Some(Rewind {
+                id,
+                to: cursor,
+                reissue_through: None,
+            }),
+            Recovery::Reissue { id, cursor } => Some(Rewind {
+                id,
+                to: cursor,
+                reissue_through: Some(batch_end),
+            }),
+            Recovery::AfterLast => None,
+        }
     }
 }
 
@@ -317,23 +363,60 @@ mod tests {
         ));
     }
 
+    fn rewound(position: i64) -> Option<LastRewind> {
+        Some(LastRewind {
+            cursor: at(position),
+            reissued: false,
+        })
+    }
+
+    fn reissued(position: i64) -> Option<LastRewind> {
+        Some(LastRewind {
+            cursor: at(position),
+            reissued: true,
+        })
+    }
+
     #[test]
-    fn an_unknown_foreign_or_later_end_or_a_fruitless_rewind_goes_on_after_the_last_message() {
+    fn an_unknown_foreign_or_later_end_goes_on_after_the_last_message() {
         assert_eq!(
             recovery(StreamEnd::Unknown, at(9), None),
             Recovery::AfterLast
         );
         // Another relay published past this one's batch: it was deposed.
         assert_eq!(recovery(ends_with(12), at(9), None), Recovery::AfterLast);
-        // The stream still ends where the last rewind went.
-        assert_eq!(
-            recovery(ends_with(4), at(9), Some(at(4))),
-            Recovery::AfterLast
-        );
         assert!(matches!(
-            recovery(ends_with(4), at(9), Some(at(2))),
+            recovery(ends_with(4), at(9), rewound(2)),
             Recovery::Rewind { .. }
         ));
+    }
+
+    #[test]
+    fn a_fruitless_rewind_is_reissued_under_new_ids_once() {
+        // Given a rewind to e4 whose messages JetStream answered as duplicates, when the
+        // stream still ends with e4, then the events after it go out under new ids.
+        let recovery_now = recovery(ends_with(4), at(9), rewound(4));
+        assert_eq!(
+            recovery_now,
+            Recovery::Reissue {
+                id: "e4".into(),
+                cursor: at(4)
+            }
+        );
+        assert_eq!(
+            recovery_now.rewind(at(9)),
+            Some(Rewind {
+                id: "e4".into(),
+                to: at(4),
+                reissue_through: Some(at(9))
+            })
+        );
+        // And when even that left the stream ending there, the relay goes on after it.
+        assert_eq!(
+            recovery(ends_with(4), at(9), reissued(4)),
+            Recovery::AfterLast
+        );
+        assert_eq!(Recovery::AfterLast.rewind(at(9)), None);
     }
 
     #[test]

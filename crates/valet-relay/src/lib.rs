@@ -35,10 +35,12 @@ use valet_app::{EventStore, LogCursor, LogFollower, ReplayEvent, StoreError};
 use valet_wire::{STREAM, SUBJECTS};
 
 use checkpoint::Checkpoints;
-use confirm::{Chain, Plan, Recovery};
+use confirm::{Chain, LastRewind, Plan, Rewind};
 use leading::{stand_by_and_lead, Backoff, LeadError, Role};
 use progress::Progress;
-use publish::{lost_tail, publish, stream_end, stream_last_id, Published};
+use publish::{
+    lost_tail, message_ids, publish, start_at_stream_end, stream_end, stream_last_id, Published,
+};
 
 pub use backchannel::{
     start_dispatcher, DispatchError, DispatcherConfig, DEFAULT_RETRY, DISPATCHER_LEASE,
@@ -345,23 +347,53 @@ where
         tokio::time::sleep(backoff.next()).await;
     }
     let mut cursor = store.checkpoint(LEASE).await?.unwrap_or(LogCursor::START);
+    let mut chain = Chain::default();
+    let mut last_rewind = None;
+    let start = loop {
+        match start_at_stream_end(store, &js, cursor).await {
+            Ok(start) => break start,
+            Err(error) => {
+                status.record_failure();
+                tracing::warn!(%error, "cannot read where the stream ends; retrying");
+                tokio::time::sleep(backoff.next()).await;
+            }
+        }
+    };
+    if let Some(start) = start {
+        if start.to < cursor {
+            tracing::info!(stream_ends_with = %start.id, "the stream ends before the checkpoint; publishing from its end");
+        }
+        cursor = start.to;
+        chain = Chain::ending_at(&start.id);
+        last_rewind = Some(LastRewind {
+            cursor,
+            reissued: false,
+        });
+    }
     confirmed.set(cursor);
     let mut follower =
         LogFollower::<_, ReplayEvent>::from_cursor(store, cursor).with_batch(config.batch);
     let mut directory = GrantDirectory::default();
     let mut checkpoints = Checkpoints::new(cursor, Instant::now(), CHECKPOINT_EVERY);
-    let mut chain = Chain::default();
-    let mut rewound_to = None;
+    // Events up to here go out under new message ids (see `Recovery::Reissue`).
+    let mut reissue_through = None;
     // Where the stream really ends, when it ends before what JetStream confirmed.
-    let mut rewind: Option<(String, LogCursor)> = None;
+    let mut rewind: Option<Rewind> = None;
     loop {
-        if let Some((id, to)) = rewind.take() {
+        if let Some(to) = rewind.take() {
             status.record_rewind();
-            rewound_to = Some(to);
+            if to.reissue_through.is_some() {
+                status.record_reissue();
+            }
+            last_rewind = Some(LastRewind {
+                cursor: to.to,
+                reissued: to.reissue_through.is_some(),
+            });
+            reissue_through = to.reissue_through;
             follower =
-                LogFollower::<_, ReplayEvent>::from_cursor(store, to).with_batch(config.batch);
-            chain = Chain::ending_at(&id);
-            cursor = to;
+                LogFollower::<_, ReplayEvent>::from_cursor(store, to.to).with_batch(config.batch);
+            chain = Chain::ending_at(&to.id);
+            cursor = to.to;
             confirmed.set(cursor);
         }
         progress.busy();
@@ -377,7 +409,7 @@ where
             tokio::select! {
                 next = follower.next() => batch = next?,
                 () = tokio::time::sleep(VERIFY_IDLE_EVERY) => {
-                    rewind = lost_tail(store, &js, &chain, cursor, rewound_to).await;
+                    rewind = lost_tail(store, &js, &chain, cursor, last_rewind).await;
                     continue;
                 }
             }
@@ -385,6 +417,10 @@ where
         }
         let messages = directory.map_batch(store, &batch).await?;
         let last = batch.last().map(ReplayEvent::cursor).unwrap_or(cursor);
+        let reissue = reissue_through
+            .filter(|through| batch.first().is_some_and(|e| e.cursor() <= *through))
+            .map(|_| reissue_suffix());
+        let ids = message_ids(&messages, reissue);
         let mut backoff = Backoff::new();
         // The first message of the batch not known to be stored.
         let mut from = 0;
@@ -394,7 +430,7 @@ where
             let mut lost = nats.lost.clone();
             lost.borrow_and_update();
             let published = tokio::select! {
-                published = publish(&nats.client, &js, &messages[from..], &mut chain) => published,
+                published = publish(&nats.client, &js, &messages[from..], &ids[from..], &mut chain) => published,
                 // Sent on a lost connection: republish at once (the chain keeps order,
                 // JetStream drops what was stored already).
                 Ok(()) = lost.changed() => Err(RelayError::Nats("the connection was lost".into())),
@@ -418,17 +454,18 @@ where
                         Err(error) => Err(error),
                     };
                     match end {
-                        Ok(end) => match confirm::recovery(end, last, rewound_to) {
-                            Recovery::Rewind { id, cursor } => {
+                        Ok(end) => match confirm::recovery(end, last, last_rewind).rewind(last) {
+                            Some(to) => {
                                 tracing::warn!(
                                     event_id = %refused,
-                                    stream_ends_with = %id,
+                                    stream_ends_with = %to.id,
+                                    new_ids = to.reissue_through.is_some(),
                                     "the stream ends before messages NATS confirmed; publishing again from its end"
                                 );
-                                rewind = Some((id, cursor));
+                                rewind = Some(to);
                                 break;
                             }
-                            Recovery::AfterLast => {
+                            None => {
                                 // Rare enough to say: the stream does not end where this
                                 // relay knew it to end (a second publisher during a
                                 // takeover, or an outage longer than the duplicate window).
@@ -468,6 +505,14 @@ where
             }
         }
     }
+}
+
+/// A suffix for message ids JetStream has not seen: the time in milliseconds, so a later
+/// reissue by this or another relay draws another.
+fn reissue_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn nats_error(e: impl std::fmt::Display) -> RelayError {

@@ -5,16 +5,28 @@ use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMes
 use async_nats::HeaderMap;
 use valet_app::outbox::Confirmation;
 use valet_app::{EventStore, LogCursor};
-use valet_wire::{Message, MSG_ID_HEADER, STREAM};
+use valet_wire::{event_id_of_msg_id, Message, MSG_ID_HEADER, STREAM};
 
-use crate::confirm::{self, Answer, Chain, Plan, Recovery, StreamEnd, Verdict};
+use crate::confirm::{self, Answer, Chain, LastRewind, Plan, Rewind, StreamEnd, Verdict};
 use crate::{nats_error, RelayError};
 
-/// The wire form of one message: its headers (`Nats-Msg-Id`, and the predecessor it
-/// must follow in the stream) and payload.
-pub(crate) fn outgoing(message: &Message, after: Option<&str>) -> (HeaderMap, bytes::Bytes) {
+/// The `Nats-Msg-Id` of each message: its event id, or with `reissue` a new id JetStream
+/// has not seen (`<event id>:<reissue>`).
+pub(crate) fn message_ids(messages: &[Message], reissue: Option<u64>) -> Vec<String> {
+    messages
+        .iter()
+        .map(|message| match reissue {
+            Some(suffix) => format!("{}:{suffix}", message.event_id()),
+            None => message.event_id().to_owned(),
+        })
+        .collect()
+}
+
+/// The wire form of one message: its headers (`Nats-Msg-Id` = `id`, and the predecessor
+/// it must follow in the stream) and payload.
+fn outgoing(message: &Message, id: &str, after: Option<&str>) -> (HeaderMap, bytes::Bytes) {
     let mut headers = HeaderMap::new();
-    headers.insert(MSG_ID_HEADER, message.event_id());
+    headers.insert(MSG_ID_HEADER, id);
     if let Some(after) = after {
         headers.insert(async_nats::header::NATS_EXPECTED_LAST_MESSAGE_ID, after);
     }
@@ -44,29 +56,31 @@ pub(crate) enum Published {
     Refused(usize, Plan),
 }
 
-/// Publishes a batch. Which acks it asks for, and what their answers prove, is
-/// `confirm`'s.
+/// Publishes a batch under the message ids `ids` (one per message). Which acks it asks
+/// for, and what their answers prove, is `confirm`'s.
 pub(crate) async fn publish(
     nats: &async_nats::Client,
     js: &jetstream::Context,
     messages: &[Message],
+    ids: &[String],
     chain: &mut Chain,
 ) -> Result<Published, RelayError> {
     let Some((last, rest)) = messages.split_last() else {
         // A batch of events resource services do not see: nothing to confirm.
         return Ok(Published::Confirmed(None, 0));
     };
-    let ids: Vec<&str> = messages.iter().map(Message::event_id).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let last_id = ids[ids.len() - 1];
     let plan = chain.plan();
     if plan == Plan::LastAck {
         let after = chain.expectations(&ids);
-        for (message, after) in rest.iter().zip(&after) {
-            let (headers, payload) = outgoing(message, *after);
+        for ((message, id), after) in rest.iter().zip(&ids).zip(&after) {
+            let (headers, payload) = outgoing(message, id, *after);
             nats.publish_with_headers(message.subject(), headers, payload)
                 .await
                 .map_err(nats_error)?;
         }
-        let (headers, payload) = outgoing(last, after[after.len() - 1]);
+        let (headers, payload) = outgoing(last, last_id, after[after.len() - 1]);
         // An ack that fails (e.g. times out) confirms nothing either: the republish below
         // reports a real outage as its own error.
         let ack = js
@@ -80,7 +94,7 @@ pub(crate) async fn publish(
         let answer = answer(ack)
             .inspect_err(|error| tracing::debug!(%error, "the batch's last ack failed"))
             .ok();
-        match chain.on_last_ack(last.event_id(), answer) {
+        match chain.on_last_ack(last_id, answer) {
             Verdict::Confirmed => {
                 return Ok(Published::Confirmed(
                     Some(confirm::confirmation(plan, Some(Verdict::Confirmed))),
@@ -94,8 +108,8 @@ pub(crate) async fn publish(
     }
     let after = chain.expectations(&ids);
     let mut pending = Vec::with_capacity(messages.len());
-    for (message, after) in messages.iter().zip(&after) {
-        let (headers, payload) = outgoing(message, *after);
+    for ((message, id), after) in messages.iter().zip(&ids).zip(&after) {
+        let (headers, payload) = outgoing(message, id, *after);
         let publish = PublishMessage::build().payload(payload).headers(headers);
         let ack = js
             .send_publish(message.subject(), publish)
@@ -126,8 +140,8 @@ pub(crate) async fn lost_tail<S: EventStore>(
     js: &jetstream::Context,
     chain: &Chain,
     confirmed: LogCursor,
-    rewound_to: Option<LogCursor>,
-) -> Option<(String, LogCursor)> {
+    last_rewind: Option<LastRewind>,
+) -> Option<Rewind> {
     let expected = chain.last()?;
     let last_id = stream_last_id(js)
         .await
@@ -140,19 +154,39 @@ pub(crate) async fn lost_tail<S: EventStore>(
         .await
         .inspect_err(|error| tracing::debug!(%error, "cannot find the stream's end in the log"))
         .ok()?;
-    match confirm::recovery(end, confirmed, rewound_to) {
-        Recovery::Rewind { id, cursor } => {
-            tracing::warn!(
-                confirmed_last = expected,
-                stream_ends_with = %id,
-                "the stream lost messages NATS confirmed; publishing again from its end"
-            );
-            Some((id, cursor))
-        }
-        // Another publisher's message, or one ahead of this relay: the fencing and the
-        // next refusal deal with those.
-        Recovery::AfterLast => None,
-    }
+    // Another publisher's message, or one ahead of this relay (`None`): the fencing and
+    // the next refusal deal with those.
+    let rewind = confirm::recovery(end, confirmed, last_rewind).rewind(confirmed)?;
+    tracing::warn!(
+        confirmed_last = expected,
+        stream_ends_with = %rewind.id,
+        new_ids = rewind.reissue_through.is_some(),
+        "the stream lost messages NATS confirmed; publishing again from its end"
+    );
+    Some(rewind)
+}
+
+/// Where a relay that starts leading publishes from, given its checkpoint: after the
+/// stream's last message when that is an event at or before the checkpoint. JetStream
+/// confirmed everything up to the checkpoint, so an earlier end means the stream lost
+/// messages (a NATS node that missed writes became the stream's leader), or that only
+/// events resource services do not see follow it. Starting there, with the first
+/// message naming that end as its predecessor, keeps such a loss from turning into a
+/// hole under the messages published after it. `None`: the stream ends after the
+/// checkpoint, or with no event of this log (start at the checkpoint).
+pub(crate) async fn start_at_stream_end<S: EventStore>(
+    store: &S,
+    js: &jetstream::Context,
+    checkpoint: LogCursor,
+) -> Result<Option<Rewind>, RelayError> {
+    Ok(match stream_end(store, stream_last_id(js).await?).await? {
+        StreamEnd::Event { id, cursor } if cursor <= checkpoint => Some(Rewind {
+            id,
+            to: cursor,
+            reissue_through: None,
+        }),
+        _ => None,
+    })
 }
 
 /// The `Nats-Msg-Id` of the stream's last message (`None`: empty, or a message without).
@@ -177,7 +211,7 @@ pub(crate) async fn stream_end<S: EventStore>(
     let Some(id) = last_id else {
         return Ok(StreamEnd::Unknown);
     };
-    let Ok(event_id) = uuid::Uuid::parse_str(&id) else {
+    let Ok(event_id) = uuid::Uuid::parse_str(event_id_of_msg_id(&id)) else {
         return Ok(StreamEnd::Unknown);
     };
     Ok(match store.cursor_of(event_id).await? {

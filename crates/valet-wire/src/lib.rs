@@ -22,8 +22,19 @@ pub const STREAM: &str = "VALET_TOKENS";
 pub const SUBJECT_PREFIX: &str = "valet.v1";
 /// The stream's subject filter.
 pub const SUBJECTS: &str = "valet.v1.>";
-/// The message header carrying the event id, used by JetStream to drop duplicates.
+/// The message header carrying the event id, used by JetStream to drop duplicates. A
+/// message published again after JetStream answered it as a duplicate without holding
+/// it carries `<event id>:<suffix>` (see [`event_id_of_msg_id`]); its payload is the
+/// same event, so consumers drop copies by the payload's `event_id`, not this header.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+/// The event id a `Nats-Msg-Id` names: the header itself, or what precedes the first
+/// `:` of a message published again under a new id.
+pub fn event_id_of_msg_id(msg_id: &str) -> &str {
+    msg_id
+        .split_once(':')
+        .map_or(msg_id, |(event_id, _)| event_id)
+}
 /// The payload schema this crate writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -198,6 +209,13 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_id_names_its_event_with_or_without_a_suffix() {
+        let id = "0192f4d2-0000-7000-8000-000000000001";
+        assert_eq!(event_id_of_msg_id(id), id);
+        assert_eq!(event_id_of_msg_id(&format!("{id}:1765104000000")), id);
+    }
 
     fn sample() -> TokenEvent {
         TokenEvent {
