@@ -6,6 +6,8 @@
 # connections, DURATION each). Then the rate of new connections: wrk with
 # `Connection: close` on /healthz, so every request is a new TCP connection (and, over
 # HTTPS, a full TLS 1.3 handshake). Goal: HTTPS costs at most 15% of the plain rate.
+# valet's CPU time per request is measured around each keep-alive run (from /proc), so
+# the server's share of the cost shows apart from wrk's own TLS on the same cores.
 #
 # Environment: ROUNDS (default 2), DURATION (10s), CONCURRENCY (32), PORT (18767),
 # VALET_BIN (an already-built valet), VALET_BENCH_SERVER (PostgreSQL server URL; the
@@ -55,6 +57,8 @@ json() { python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])"; }
 CLIENT_ID=$(json client_id <<<"$CLIENT")
 CLIENT_SECRET=$(json client_secret <<<"$CLIENT")
 
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$VALET_PID/stat"; }
+
 start() { # MODE: plain or tls
     local args=(serve --listen "127.0.0.1:$PORT")
     [[ "$1" == tls ]] && args+=(--tls-cert "$OUT/cert.pem" --tls-key "$OUT/key.pem")
@@ -75,10 +79,21 @@ for round in $(seq "$ROUNDS"); do
         base="$scheme://127.0.0.1:$PORT"
         start "$mode"
         log "round $round: $mode"
-        TARGET="$mode" TOKEN_URL="$base/token" INTROSPECT_URL="$base/introspect" \
-            CLIENT_ID="$CLIENT_ID" CLIENT_SECRET="$CLIENT_SECRET" DURATION="$DURATION" \
-            CONCURRENCY="$CONCURRENCY" LOAD_TOOL=wrk PAUSE=1 \
-            bash "$SHARED_DIR/bench/oauth-load.sh" >>"$OUT/results.jsonl"
+        for op in token introspect; do
+            # valet's own CPU time (user + system, in clock ticks) around each
+            # measurement: what TLS costs the server, apart from wrk on the same cores.
+            before=$(cpu_ticks)
+            line=$(TARGET="$mode" TOKEN_URL="$base/token" INTROSPECT_URL="$base/introspect" \
+                CLIENT_ID="$CLIENT_ID" CLIENT_SECRET="$CLIENT_SECRET" DURATION="$DURATION" \
+                CONCURRENCY="$CONCURRENCY" LOAD_TOOL=wrk PAUSE=1 OPS="$op" \
+                bash "$SHARED_DIR/bench/oauth-load.sh")
+            ticks=$(( $(cpu_ticks) - before ))
+            python3 -c '
+import json, sys
+row = json.loads(sys.argv[1])
+row["server_cpu_us_per_req"] = int(sys.argv[2]) * 1e6 / int(sys.argv[3]) / row["requests"]
+print(json.dumps(row))' "$line" "$ticks" "$(getconf CLK_TCK)" >>"$OUT/results.jsonl"
+        done
         sleep 1
         rps=$(wrk -t2 -c"$CONCURRENCY" -d"$DURATION" -H "Connection: close" "$base/healthz" \
             | awk '/Requests\/sec/ {print $2}')
@@ -91,9 +106,15 @@ python3 - "$OUT/results.jsonl" <<'PY'
 import json, sys, statistics
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 ops = ["token_client_credentials", "introspect", "new_connections"]
-print(f"{'op':<26} {'plain /s':>10} {'https /s':>10} {'https/plain':>12}")
+print(f"{'op':<26} {'plain /s':>10} {'https /s':>10} {'https/plain':>12} {'server CPU us/req plain, https':>32}")
 for op in ops:
-    rate = lambda t: statistics.median(r["rps"] for r in rows if r["op"] == op and r["target"] == t)
-    plain, tls = rate("plain"), rate("tls")
-    print(f"{op:<26} {plain:>10.0f} {tls:>10.0f} {tls / plain:>11.2f}x")
+    def median(t, key):
+        values = [r[key] for r in rows if r["op"] == op and r["target"] == t and key in r]
+        return statistics.median(values) if values else None
+    plain, tls = median("plain", "rps"), median("tls", "rps")
+    cpu = ""
+    if median("plain", "server_cpu_us_per_req") is not None:
+        cpu_plain, cpu_tls = median("plain", "server_cpu_us_per_req"), median("tls", "server_cpu_us_per_req")
+        cpu = f"{cpu_plain:.0f}, {cpu_tls:.0f} ({cpu_tls / cpu_plain:.2f}x)"
+    print(f"{op:<26} {plain:>10.0f} {tls:>10.0f} {tls / plain:>11.2f}x {cpu:>32}")
 PY

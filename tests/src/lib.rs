@@ -1,6 +1,7 @@
 //! Test harness: throwaway databases on the real PostgreSQL, and the event store
 //! contract suite that every `EventStore` implementation must pass.
 
+pub mod ca;
 pub mod contract;
 pub mod html;
 pub mod nats;

@@ -44,6 +44,54 @@ impl PrivatePg {
     /// Creates and starts the cluster. PostgreSQL refuses to run as root, so as root
     /// its commands run as the `postgres` user (`runuser`).
     pub fn start() -> PrivatePg {
+        let pg = PrivatePg::init();
+        pg.pg_ctl(&["start"]);
+        pg
+    }
+
+    /// A cluster that accepts TCP connections over TLS only (`hostssl` in pg_hba.conf,
+    /// no `host` line), serving the certificate chain and key given as PEM.
+    pub fn start_tls_only(cert_pem: &str, key_pem: &str) -> PrivatePg {
+        let pg = PrivatePg::init();
+        let data = pg.data();
+        for (name, pem) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = data.join(name);
+            std::fs::write(&path, pem).expect("write the server's certificate");
+            // PostgreSQL refuses a key others can read, or one it does not own.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+            if running_as_root() {
+                let status = Command::new("chown")
+                    .arg("postgres:")
+                    .arg(&path)
+                    .status()
+                    .expect("chown");
+                assert!(status.success(), "chown postgres: {}", path.display());
+            }
+        }
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .expect("open postgresql.conf");
+        std::io::Write::write_all(
+            &mut conf,
+            b"ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        )
+        .expect("append to postgresql.conf");
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
+        )
+        .expect("write pg_hba.conf");
+        pg.pg_ctl(&["start"]);
+        pg
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn init() -> PrivatePg {
         let bin = pg_bin();
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -75,7 +123,6 @@ impl PrivatePg {
                 "--no-sync",
             ],
         );
-        pg.pg_ctl(&["start"]);
         pg
     }
 

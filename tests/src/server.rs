@@ -116,6 +116,47 @@ pub fn spawn_valet(db_url: &str, args: &[&str]) -> Child {
     cmd.spawn().expect("spawn valet")
 }
 
+/// `valet ARGS` (a `serve`) on the database at `db_url`, once it listens: the process
+/// and its base URL. Its later output is read and dropped.
+pub async fn serve_listening(db_url: &str, args: &[&str]) -> (tokio::process::Child, String) {
+    let mut child = spawn_valet(db_url, args);
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let base = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            if let Some(url) = line.strip_prefix("valet listening on ") {
+                return url.to_owned();
+            }
+        }
+        panic!("valet serve exited before listening");
+    })
+    .await
+    .expect("valet serve listening within 30 s");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, base)
+}
+
+/// `valet client create --name svc ARGS --json` on the database at `db_url`: the id and
+/// secret.
+pub async fn created_client(db_url: &str, args: &[&str]) -> (String, String) {
+    let mut command = vec!["client", "create", "--name", "svc"];
+    command.extend_from_slice(args);
+    command.push("--json");
+    let out = run_valet(db_url, &[], &command, Duration::from_secs(30))
+        .await
+        .expect("valet client create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let made: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    (
+        made["client_id"].as_str().unwrap().to_owned(),
+        made["client_secret"].as_str().unwrap().to_owned(),
+    )
+}
+
 // ---------------------------------------------------------------------------------------
 // Small value types
 // ---------------------------------------------------------------------------------------

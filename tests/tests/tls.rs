@@ -1,13 +1,14 @@
 //! HTTPS served by `valet serve` (issue: TLS on every hop), with certificates made here by
 //! rcgen under a CA of the test's own:
 //! - client_credentials with a client library nobody here wrote (the `oauth2` crate over
-//!   reqwest with the test CA as its only root), HSTS, https-only metadata;
+//!   reqwest with the test CA as its only root), HSTS, https-only metadata, HTTP/2 and
+//!   HTTP/1.1 by ALPN;
 //! - the certificate rotated on disk while requests run: none fails, new connections get
 //!   the new certificate;
 //! - the start-up refusals: plain HTTP on a non-loopback listener or issuer, an http://
 //!   issuer with TLS, each one line that says what to change.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,66 +18,20 @@ use oauth2::{
     AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, PkceCodeChallenge, RedirectUrl,
     Scope, TokenResponse, TokenUrl,
 };
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use valet_resource::{
     ConnectError, IntrospectionConfig, Rejection, Source, Validator, ValidatorConfig,
 };
+use valet_tests::ca::{scratch_dir, TestCa};
 use valet_tests::nats::TestNats;
-use valet_tests::server::{authorize_from, run_valet, spawn_valet, Browser, TestUser};
+use valet_tests::server::{
+    authorize_from, created_client, run_valet, serve_listening, Browser, TestUser,
+};
 use valet_tests::TestDb;
 
-/// A CA of the test's own, which signs leaf certificates for 127.0.0.1.
-struct TestCa {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl TestCa {
-    fn new() -> TestCa {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "Valet test CA");
-        let key = KeyPair::generate().expect("CA key");
-        TestCa {
-            issuer: CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
-        }
-    }
-
-    fn root_pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    fn root(&self) -> reqwest::Certificate {
-        reqwest::Certificate::from_der(self.issuer.der()).expect("CA DER")
-    }
-
-    /// A leaf for 127.0.0.1 written to `dir` (key first, then the chain, each by a
-    /// rename, as a renewal tool would); its DER.
-    fn issue_into(&self, dir: &Path, name: &str) -> Vec<u8> {
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-                .expect("leaf params");
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().expect("leaf key");
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .expect("leaf certificate");
-        for (file, pem) in [("key.pem", key.serialize_pem()), ("cert.pem", cert.pem())] {
-            let tmp = dir.join(format!("{file}.new"));
-            std::fs::write(&tmp, pem).expect("write PEM");
-            std::fs::rename(&tmp, dir.join(file)).expect("rename PEM");
-        }
-        cert.der().to_vec()
-    }
-}
-
-fn scratch_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("valet-tls-{}", uuid::Uuid::now_v7().simple()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
+/// The test CA as reqwest's root.
+fn root(ca: &TestCa) -> reqwest::Certificate {
+    reqwest::Certificate::from_der(&ca.root_der()).expect("CA DER")
 }
 
 /// An HTTPS client trusting only the test CA; every request on a new connection (so each
@@ -85,7 +40,7 @@ fn https_client(ca: &TestCa) -> reqwest::Client {
     reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
-        .add_root_certificate(ca.root())
+        .add_root_certificate(root(ca))
         .tls_info(true)
         .pool_max_idle_per_host(0)
         .redirect(reqwest::redirect::Policy::none())
@@ -116,21 +71,7 @@ async fn serve_tls(db: &TestDb, dir: &Path, extra: &[&str]) -> (tokio::process::
 
 /// `valet ARGS` (a `serve`), once it listens: the process and its base URL.
 async fn serve(db: &TestDb, args: &[&str]) -> (tokio::process::Child, String) {
-    let mut child = spawn_valet(&db.url, args);
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let base = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("read stdout") {
-            if let Some(url) = line.strip_prefix("valet listening on ") {
-                return url.to_owned();
-            }
-        }
-        panic!("valet serve exited before listening");
-    })
-    .await
-    .expect("valet serve listening within 30 s");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, base)
+    serve_listening(&db.url, args).await
 }
 
 async fn client_credentials_client(db: &TestDb) -> (String, String) {
@@ -148,22 +89,7 @@ async fn service_client(db: &TestDb, scope: &str) -> (String, String) {
 
 /// `valet client create --name svc ARGS --json`: the id and secret.
 async fn registered_client(db: &TestDb, args: &[&str]) -> (String, String) {
-    let mut command = vec!["client", "create", "--name", "svc"];
-    command.extend_from_slice(args);
-    command.push("--json");
-    let out = run_valet(&db.url, &[], &command, Duration::from_secs(30))
-        .await
-        .expect("valet client create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let made: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    (
-        made["client_id"].as_str().unwrap().to_owned(),
-        made["client_secret"].as_str().unwrap().to_owned(),
-    )
+    created_client(&db.url, args).await
 }
 
 /// The DER of the certificate a new connection to `base` is served.
@@ -210,6 +136,30 @@ async fn client_credentials_over_https_through_a_certificate_rotation() {
         }
     }
     assert_eq!(served_certificate(&http, &base).await, first);
+
+    // ALPN: HTTP/2 to a client that offers it, HTTP/1.1 to one that does not.
+    for (builder, version) in [
+        (reqwest::Client::builder(), reqwest::Version::HTTP_2),
+        (
+            reqwest::Client::builder().http1_only(),
+            reqwest::Version::HTTP_11,
+        ),
+    ] {
+        let client = builder
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(root(&ca))
+            .build()
+            .expect("client");
+        let resp = client
+            .post(format!("{base}/token"))
+            .basic_auth(&id, Some(&secret))
+            .form(&[("grant_type", "client_credentials"), ("scope", "read")])
+            .send()
+            .await
+            .expect("token");
+        assert_eq!((resp.status().as_u16(), resp.version()), (200, version));
+    }
 
     let oauth = BasicClient::new(ClientId::new(id))
         .set_client_secret(ClientSecret::new(secret))

@@ -9,6 +9,7 @@
 
 mod entities;
 
+use sea_orm::sqlx::postgres::PgSslMode as SqlxSslMode;
 use sea_orm::{
     ColumnTrait, ConnectOptions, Database, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
     QueryOrder, QuerySelect,
@@ -20,7 +21,7 @@ use valet_app::admin::{
 };
 use valet_app::{LogCursor, RecordedEvent, StoreError};
 use valet_domain::{GrantId, Timestamp, UserId};
-use valet_store::PgEventStore;
+use valet_store::{PgEventStore, PgRoots, PgSslMode};
 
 use entities::{clients, grants, users};
 
@@ -44,8 +45,30 @@ fn unavailable(e: DbErr) -> StoreError {
 impl PgAdminReads {
     /// Connects lazily: the server starts (and answers every other route) while
     /// PostgreSQL is away; a listing then answers 503 until it is back.
-    pub async fn connect(database_url: &str, store: PgEventStore) -> Result<Self, StoreError> {
-        let mut options = ConnectOptions::new(database_url.to_owned());
+    /// TLS as the store's: sqlx is given the same mode and roots (a missing `sslmode`
+    /// means no TLS here too, where sqlx alone would try it).
+    pub async fn connect(store: PgEventStore) -> Result<Self, StoreError> {
+        let endpoint = store.endpoint();
+        let mut options = ConnectOptions::new(endpoint.url_without_tls().to_owned());
+        let mode = match endpoint.ssl_mode() {
+            PgSslMode::Disable => SqlxSslMode::Disable,
+            PgSslMode::Prefer => SqlxSslMode::Prefer,
+            PgSslMode::Require => SqlxSslMode::Require,
+            PgSslMode::VerifyCa => SqlxSslMode::VerifyCa,
+            PgSslMode::VerifyFull => SqlxSslMode::VerifyFull,
+        };
+        let root_file = match endpoint.roots() {
+            Some(PgRoots::File(path)) => Some(path.clone()),
+            // The system's roots are sqlx's own without a file.
+            Some(PgRoots::System) | None => None,
+        };
+        options.map_sqlx_postgres_opts(move |pg| {
+            let pg = pg.ssl_mode(mode);
+            match &root_file {
+                Some(path) => pg.ssl_root_cert(path),
+                None => pg,
+            }
+        });
         options
             .max_connections(POOL_SIZE)
             .min_connections(0)

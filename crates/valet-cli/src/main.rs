@@ -472,6 +472,12 @@ async fn serve(database_url: &str, kek: &KekArgs, config: ServeArgs) -> anyhow::
         ..settings
     };
     let mut oauth = wiring::oauth(database_url, settings.clone(), config.db_pool_size).await?;
+    if let Some(host) = oauth.store.endpoint().unprotected_remote() {
+        tracing::warn!(
+            %host,
+            "PostgreSQL is reached off this machine without checking its certificate: add sslmode=verify-full and sslrootcert=<CA file> to the database URL"
+        );
+    }
     if let Some(audience) = &config.access_token_audience {
         oauth = oauth.with_access_token_audience(audience.clone());
     }
@@ -544,7 +550,6 @@ async fn serve(database_url: &str, kek: &KekArgs, config: ServeArgs) -> anyhow::
 
     // The admin API's lists (sea-orm) and audit replays: pools of their own.
     let admin_reads = valet_admin_read::PgAdminReads::connect(
-        database_url,
         oauth
             .store
             .with_own_pool(2)

@@ -312,13 +312,14 @@ async fn prepare_scratch(admin: &deadpool_postgres::Client) -> Result<Option<Res
 
 /// A pool of one connection whose unqualified table names resolve to the scratch schema.
 fn scratch_pool(store: &PgEventStore) -> Result<Pool, StoreError> {
-    let mut config = store.config().clone();
     // Batches need not wait for the WAL flush: the scratch tables are unlogged anyway.
-    valet_store::with_options(
-        &mut config,
-        &format!("-c search_path={SCRATCH_SCHEMA} -c synchronous_commit=off"),
-    );
-    valet_store::new_pool(&config, 1)
+    let endpoint = store.endpoint().with_config(|config| {
+        valet_store::with_options(
+            config,
+            &format!("-c search_path={SCRATCH_SCHEMA} -c synchronous_commit=off"),
+        )
+    });
+    valet_store::new_pool(&endpoint, 1)
 }
 
 async fn commit_batch(

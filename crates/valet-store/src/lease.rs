@@ -96,7 +96,7 @@ impl Leadership for PgEventStore {
         };
         let epoch: i64 = row.get(0);
         let lease = async {
-            let client = crate::connect(self.config()).await.map_err(db_error)?;
+            let client = self.endpoint().connect().await.map_err(db_error)?;
             // Checkpoints are advisory (a lost one means a republish that consumers
             // deduplicate), so they need not wait for the WAL flush token writes wait for;
             // a crash of PostgreSQL ends every holder's session anyway.
@@ -216,7 +216,7 @@ impl PgEventStore {
 
     /// The lock `name` if no other session holds it.
     pub async fn try_lock(&self, name: &str) -> Result<Option<AdvisoryLock>, StoreError> {
-        let client = crate::connect(self.config()).await.map_err(db_error)?;
+        let client = self.endpoint().connect().await.map_err(db_error)?;
         let row = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&lock_key(name)])
             .await

@@ -3,10 +3,12 @@
 //! See `valet_app::EventStore` for the contract and ARCHITECTURE.md for why readers
 //! follow a (transaction id, position) cursor instead of the position alone.
 
+mod endpoint;
 mod lease;
 mod migrate;
 mod pg;
 
+pub use endpoint::{PgEndpoint, PgRoots, PgSslMode, PgUrlError};
 pub use lease::{AdvisoryLock, PgLease};
 pub use migrate::{migrate, MigrateError, MigrationReport, MIGRATIONS};
 pub use pg::{
@@ -17,17 +19,3 @@ pub use pg::{
 /// The in-memory store lives beside the ports it implements (valet-app), so that the
 /// use cases' unit tests can run on it; it is reachable here too.
 pub use valet_app::memory::MemoryEventStore;
-
-/// Connects to PostgreSQL without TLS: the database is expected on a trusted network
-/// (loopback or a private link); put TLS termination in front of it otherwise.
-pub(crate) async fn connect(
-    config: &tokio_postgres::Config,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::warn!(%error, "postgres connection closed");
-        }
-    });
-    Ok(client)
-}

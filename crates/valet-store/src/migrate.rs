@@ -1,5 +1,6 @@
 //! `valet migrate`: create the database if needed and apply the SQL in migrations/.
 
+use crate::endpoint::{PgEndpoint, PgUrlError};
 use tokio_postgres::error::SqlState;
 
 /// One migration file, embedded at build time so the binary carries its schema.
@@ -83,7 +84,7 @@ pub enum MigrateError {
     #[error("the database URL names no database")]
     NoDatabase,
     #[error("cannot reach PostgreSQL: {0}")]
-    Connect(tokio_postgres::Error),
+    Connect(String),
     #[error("creating database {database} failed: {source}")]
     CreateDatabase {
         database: String,
@@ -102,18 +103,17 @@ pub enum MigrateError {
 /// Creates the database named in `database_url` if it does not exist, then applies every
 /// migration not yet applied, each in its own transaction. Idempotent.
 pub async fn migrate(database_url: &str) -> Result<MigrationReport, MigrateError> {
-    let config: tokio_postgres::Config = database_url
+    let endpoint: PgEndpoint = database_url
         .parse()
-        .map_err(|e: tokio_postgres::Error| MigrateError::InvalidUrl(e.to_string()))?;
-    let database = config
+        .map_err(|e: PgUrlError| MigrateError::InvalidUrl(e.to_string()))?;
+    let database = endpoint
+        .config()
         .get_dbname()
         .ok_or(MigrateError::NoDatabase)?
         .to_owned();
-    let database_created = create_database_if_missing(&config, &database).await?;
+    let database_created = create_database_if_missing(&endpoint, &database).await?;
 
-    let mut client = crate::connect(&config)
-        .await
-        .map_err(MigrateError::Connect)?;
+    let mut client = endpoint.connect().await.map_err(connect_error)?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await
@@ -171,15 +171,18 @@ async fn apply_pending(client: &mut tokio_postgres::Client) -> Result<Vec<i32>, 
     Ok(newly)
 }
 
+fn connect_error(e: tokio_postgres::Error) -> MigrateError {
+    MigrateError::Connect(crate::describe(&e))
+}
+
 async fn create_database_if_missing(
-    config: &tokio_postgres::Config,
+    endpoint: &PgEndpoint,
     database: &str,
 ) -> Result<bool, MigrateError> {
-    let mut admin = config.clone();
-    admin.dbname("postgres");
-    let client = crate::connect(&admin)
-        .await
-        .map_err(MigrateError::Connect)?;
+    let admin = endpoint.with_config(|c| {
+        c.dbname("postgres");
+    });
+    let client = admin.connect().await.map_err(connect_error)?;
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
         .await

@@ -27,6 +27,9 @@ pub(super) fn db_error(e: tokio_postgres::Error) -> StoreError {
 
 /// tokio-postgres prints a server error as just "db error": name the server's message.
 pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(tls) = crate::endpoint::tls_failure(e) {
+        return tls;
+    }
     match e.as_db_error() {
         Some(db) => format!("{e}: {db}"),
         None => e.to_string(),

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
-use tokio_postgres::NoTls;
 use valet_app::{
     AppendError, AppendOutcome, EventStore, LogCursor, RecordedEvent, ReplayEvent, StoreError,
     StreamVersion, StreamWrite,
@@ -36,6 +35,7 @@ pub use projection::{execute_writes, InlineProjection, Params, RowWrite, WriteSq
 pub use read::{SnapshotRead, SnapshotScope};
 pub use rows::{recorded_row, EVENT_COLUMNS};
 
+use crate::endpoint::{PgEndpoint, PgUrlError};
 use errors::{db_error, unavailable};
 
 /// Appends of at most this many streams are composed into one statement (group commit
@@ -68,10 +68,10 @@ impl PgStoreConfig {
 }
 
 /// A pool of up to `size` connections, opened on first use.
-pub fn new_pool(config: &tokio_postgres::Config, size: usize) -> Result<Pool, StoreError> {
+pub fn new_pool(endpoint: &PgEndpoint, size: usize) -> Result<Pool, StoreError> {
     let manager = Manager::from_config(
-        config.clone(),
-        NoTls,
+        endpoint.config().clone(),
+        endpoint.tls(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -99,7 +99,7 @@ pub struct PgEventStore {
 
 struct Inner {
     pool: Pool,
-    config: tokio_postgres::Config,
+    endpoint: PgEndpoint,
     projection: Option<Arc<dyn InlineProjection>>,
     wake: Arc<watch::Sender<u64>>,
     notify_needed: Arc<Notify>,
@@ -127,15 +127,15 @@ impl PgEventStore {
         config: PgStoreConfig,
         projection: Option<Arc<dyn InlineProjection>>,
     ) -> Result<Self, StoreError> {
-        let mut pg: tokio_postgres::Config = config
+        let endpoint: PgEndpoint = config
             .database_url
             .parse()
-            .map_err(|e: tokio_postgres::Error| StoreError::Unavailable(e.to_string()))?;
+            .map_err(|e: PgUrlError| StoreError::Unavailable(e.to_string()))?;
         // No JIT: PostgreSQL compiles a query's expressions anew at every execution once
         // its estimated cost passes `jit_above_cost`, which the log scans of a rebuild or
         // an audit do. Valet runs no query that JIT would speed up (on a rebuild of 1M
         // events it cost about 0.3 s of CPU, within the run-to-run noise here).
-        with_options(&mut pg, "-c jit=off");
+        let pg = endpoint.with_config(|c| with_options(c, "-c jit=off"));
         let pool = new_pool(&pg, config.pool_size.max(2))?;
         drop(pool.get().await.map_err(unavailable)?);
 
@@ -155,7 +155,7 @@ impl PgEventStore {
         Ok(PgEventStore {
             inner: Arc::new(Inner {
                 pool,
-                config: pg.clone(),
+                endpoint: pg,
                 projection,
                 wake,
                 notify_needed,
@@ -165,8 +165,9 @@ impl PgEventStore {
         })
     }
 
-    pub fn config(&self) -> &tokio_postgres::Config {
-        &self.inner.config
+    /// The server and how to reach it (TLS included).
+    pub fn endpoint(&self) -> &PgEndpoint {
+        &self.inner.endpoint
     }
 
     /// The same store (log, group commit, wake-ups) with a pool of its own of `size`
@@ -176,8 +177,8 @@ impl PgEventStore {
         let inner = &self.inner;
         Ok(PgEventStore {
             inner: Arc::new(Inner {
-                pool: new_pool(&inner.config, size.max(1))?,
-                config: inner.config.clone(),
+                pool: new_pool(&inner.endpoint, size.max(1))?,
+                endpoint: inner.endpoint.clone(),
                 projection: inner.projection.clone(),
                 wake: inner.wake.clone(),
                 notify_needed: inner.notify_needed.clone(),

@@ -219,7 +219,7 @@ impl PgEventStore {
         T: Send + 'static,
         F: FnMut(Vec<ReplayEvent>) -> T + Send + 'static,
     {
-        let mut client = crate::connect(&self.inner.config).await.map_err(db_error)?;
+        let mut client = self.inner.endpoint.connect().await.map_err(db_error)?;
         let batch = batch.max(1);
         let (tx_snapshot, rx_snapshot) = tokio::sync::oneshot::channel();
         let (rows_tx, mut rows_rx) = mpsc::channel::<Result<Vec<Row>, StoreError>>(2);

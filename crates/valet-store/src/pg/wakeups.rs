@@ -10,7 +10,9 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch, Notify};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
+
+use crate::endpoint::PgEndpoint;
 
 const CHANNEL: &str = "valet_events";
 
@@ -19,10 +21,10 @@ const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Keeps a LISTEN connection open and turns notifications into wake-ups; reconnects with
 /// backoff, waking readers after each reconnect since notifications may have been lost.
-pub(super) async fn listen_forever(config: tokio_postgres::Config, wake: Arc<watch::Sender<u64>>) {
+pub(super) async fn listen_forever(endpoint: PgEndpoint, wake: Arc<watch::Sender<u64>>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match listen_once(&config, &wake).await {
+        match listen_once(&endpoint, &wake).await {
             Ok(()) => backoff = Duration::from_millis(100),
             Err(error) => tracing::warn!(%error, "event log LISTEN connection lost"),
         }
@@ -33,10 +35,10 @@ pub(super) async fn listen_forever(config: tokio_postgres::Config, wake: Arc<wat
 }
 
 async fn listen_once(
-    config: &tokio_postgres::Config,
+    endpoint: &PgEndpoint,
     wake: &watch::Sender<u64>,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = endpoint.config().connect(endpoint.tls()).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
