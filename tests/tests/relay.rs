@@ -599,6 +599,39 @@ async fn repeated_nats_crashes_under_load_keep_log_order_and_lose_nothing() {
     db.drop_database().await;
 }
 
+/// A relay running on a fresh database and NATS, caught up after 20 grants of which 10
+/// were revoked (30 messages).
+struct Published {
+    db: TestDb,
+    nats: TestNats,
+    app: App,
+    svc: Service,
+    relay: tokio::task::JoinHandle<()>,
+    status: Arc<RelayStatus>,
+}
+
+async fn thirty_messages_published() -> Published {
+    let db = TestDb::create().await;
+    let nats = TestNats::start().await;
+    let app = app(&db).await;
+    let svc = service(&app).await;
+    let (relay, status) = start_relay(&app, &nats);
+    issue_and_revoke(&app, &svc, 20).await;
+    wait_until("30 messages", Duration::from_secs(20), || {
+        let s = status.snapshot();
+        s.published >= 30 && s.backlog == 0
+    })
+    .await;
+    Published {
+        db,
+        nats,
+        app,
+        svc,
+        relay,
+        status,
+    }
+}
+
 /// Rebuilds the stream behind the relay's back holding only its first `kept` messages,
 /// under their own `Nats-Msg-Id`s: JetStream losing the messages after them.
 async fn keep_only_the_first(nats: &TestNats, kept: usize) {
@@ -656,17 +689,14 @@ async fn until_the_stream_is_the_log(db: &TestDb, nats: &TestNats) {
 /// really ends, in the log, and publishes again from there: nothing lost, order kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_lost_confirmed_messages_gets_them_again_from_the_log() {
-    let db = TestDb::create().await;
-    let nats = TestNats::start().await;
-    let app = app(&db).await;
-    let svc = service(&app).await;
-    let (relay, status) = start_relay(&app, &nats);
-    issue_and_revoke(&app, &svc, 20).await;
-    wait_until("30 messages", Duration::from_secs(20), || {
-        let s = status.snapshot();
-        s.published >= 30 && s.backlog == 0
-    })
-    .await;
+    let Published {
+        db,
+        nats,
+        app,
+        svc,
+        relay,
+        status,
+    } = thirty_messages_published().await;
 
     // Lost, then new events: the refusal reveals it.
     keep_only_the_first(&nats, 12).await;
@@ -736,17 +766,14 @@ async fn keep_the_first_remembering_the_rest(nats: &TestNats, kept: usize) {
 /// (`<event id>:<suffix>`), and the stream again holds every event once, in log order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_messages_jetstream_answers_as_duplicates_are_published_under_new_ids() {
-    let db = TestDb::create().await;
-    let nats = TestNats::start().await;
-    let app = app(&db).await;
-    let svc = service(&app).await;
-    let (relay, status) = start_relay(&app, &nats);
-    issue_and_revoke(&app, &svc, 20).await;
-    wait_until("30 messages", Duration::from_secs(20), || {
-        let s = status.snapshot();
-        s.published >= 30 && s.backlog == 0
-    })
-    .await;
+    let Published {
+        db,
+        nats,
+        app,
+        svc,
+        relay,
+        status,
+    } = thirty_messages_published().await;
 
     keep_the_first_remembering_the_rest(&nats, 12).await;
     issue_and_revoke(&app, &svc, 4).await;
@@ -780,17 +807,14 @@ async fn lost_messages_jetstream_answers_as_duplicates_are_published_under_new_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_that_starts_leading_publishes_from_the_streams_end_when_it_is_behind_the_checkpoint(
 ) {
-    let db = TestDb::create().await;
-    let nats = TestNats::start().await;
-    let app = app(&db).await;
-    let svc = service(&app).await;
-    let (relay, status) = start_relay(&app, &nats);
-    issue_and_revoke(&app, &svc, 20).await;
-    wait_until("30 messages", Duration::from_secs(20), || {
-        let s = status.snapshot();
-        s.published >= 30 && s.backlog == 0
-    })
-    .await;
+    let Published {
+        db,
+        nats,
+        app,
+        svc,
+        relay,
+        ..
+    } = thirty_messages_published().await;
     // Once caught up the relay saves its checkpoint; wait for it to reach the end.
     let ids = publishable_event_ids(&db.connect().await).await;
     let last = ids.last().expect("events");

@@ -7,7 +7,8 @@
 //! - Each message carries `Nats-Msg-Id` = the event id, so a republish after a crash
 //!   between PubAck and checkpoint is dropped by JetStream's duplicate window, and names
 //!   its predecessor, so JetStream never stores it ahead of one that was lost (see
-//!   `confirm`).
+//!   `confirm`). A relay that starts leading begins after the stream's real end when
+//!   that is at or before its checkpoint, naming it (`publish::start_at_stream_end`).
 //! - A batch is published pipelined (all messages sent, then the acks awaited in order;
 //!   once a batch has been confirmed, only the next one's last message asks for an ack,
 //!   and it confirms the whole batch) and the checkpoint advances only
