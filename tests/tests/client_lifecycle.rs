@@ -273,3 +273,53 @@ async fn an_updated_client_is_granted_what_it_now_registers() {
     assert_eq!(server.events_of("ClientUpdated").await.len(), 1);
     server.stop().await;
 }
+
+/// Narrowing a client's scopes revokes its grants that hold a scope removed (a refresh
+/// or the token itself would otherwise keep using it); grants within the new scopes
+/// stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrowing_a_clients_scopes_revokes_its_grants_that_hold_a_removed_scope() {
+    let server = TestServer::start().await;
+    let client = server
+        .create_client(
+            &ClientSpec::confidential("batch")
+                .grant("client_credentials")
+                .scopes("read write"),
+        )
+        .await;
+    let issue = |scope: &'static str| {
+        let (server, client) = (&server, &client);
+        async move {
+            let resp = server.client_credentials(client, Some(scope)).await;
+            assert_eq!(resp.status, 200, "{}", resp.describe());
+            resp.json()["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_owned()
+        }
+    };
+    let (both, read_only) = (issue("read write").await, issue("read").await);
+    let active = |token: String| {
+        let (server, client) = (&server, &client);
+        async move { server.introspection(client, &token).await["active"] == true }
+    };
+    assert!(active(both.clone()).await && active(read_only.clone()).await);
+
+    cli_ok(
+        &server,
+        &["client", "update", &client.client_id, "--scope", "read"],
+    )
+    .await;
+    assert!(
+        !active(both).await,
+        "a grant holding write outlived its scope"
+    );
+    assert!(
+        active(read_only).await,
+        "a grant within the new scopes was revoked"
+    );
+    let revoked = server.events_of("GrantRevoked").await;
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    assert_eq!(revoked[0].payload["reason"], "admin", "{:?}", revoked[0]);
+    server.stop().await;
+}

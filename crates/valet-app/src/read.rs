@@ -122,6 +122,13 @@ pub trait ReadModels: Send + Sync + 'static {
         client_id: &ClientId,
     ) -> impl Future<Output = Result<Vec<GrantId>, StoreError>> + Send;
 
+    /// Grants of the client that are not revoked and hold a scope outside `allowed`.
+    fn active_grants_of_client_beyond(
+        &self,
+        client_id: &ClientId,
+        allowed: &ScopeSet,
+    ) -> impl Future<Output = Result<Vec<GrantId>, StoreError>> + Send;
+
     /// Grants the user made to the client that are not revoked.
     fn active_grants_of_user_for_client(
         &self,

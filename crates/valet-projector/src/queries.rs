@@ -269,6 +269,25 @@ impl ReadModels for PgReadModels {
         Ok(rows.iter().map(|r| GrantId::new(r.get(0))).collect())
     }
 
+    async fn active_grants_of_client_beyond(
+        &self,
+        client: &ClientId,
+        allowed: &ScopeSet,
+    ) -> Result<Vec<GrantId>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT grant_id, scope FROM grants WHERE client_id = $1 AND revoked_at IS NULL ORDER BY grant_id",
+                &[&client.as_str()],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            // A scope that does not parse is no subset of anything: revoked too.
+            .filter(|r| !ScopeSet::parse(r.get(1)).is_ok_and(|scope| scope.is_subset(allowed)))
+            .map(|r| GrantId::new(r.get(0)))
+            .collect())
+    }
+
     async fn active_grants_of_user_for_client(
         &self,
         user: UserId,

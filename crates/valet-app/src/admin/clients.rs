@@ -164,7 +164,9 @@ fn backchannel_logout(
 impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
     /// Changes what a client registered (`None` and empty lists keep the current
     /// value; a list given replaces the current one). The registration's rules hold.
-    /// Returns whether anything changed.
+    /// Scopes narrowed: the client's grants that hold a scope it may no longer ask for
+    /// are revoked (reason `admin`), since a refresh would keep them alive. Returns
+    /// whether anything changed.
     pub async fn update_client(
         &self,
         id: &str,
@@ -212,11 +214,20 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
                 changes.backchannel_logout_sid,
             )?,
         };
+        let allowed = update.scopes.clone();
         let command = client::Command::Update {
             update,
             at: self.now(),
         };
-        let (_, recorded) = self.execute_on_client(id, command, meta, actor).await?;
+        let (client_id, recorded) = self.execute_on_client(id, command, meta, actor).await?;
+        if let Some(allowed) = allowed.filter(|_| recorded > 0) {
+            let beyond = self
+                .reads
+                .active_grants_of_client_beyond(&client_id, &allowed)
+                .await?;
+            self.revoke_all_as(beyond, RevocationReason::Admin, meta, actor)
+                .await?;
+        }
         Ok(recorded > 0)
     }
 

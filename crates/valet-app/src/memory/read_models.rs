@@ -375,6 +375,20 @@ impl ReadModels for MemoryReadModels {
             .collect())
     }
 
+    async fn active_grants_of_client_beyond(
+        &self,
+        client: &ClientId,
+        allowed: &ScopeSet,
+    ) -> Result<Vec<GrantId>, StoreError> {
+        Ok(self
+            .tables()
+            .grants
+            .iter()
+            .filter(|(_, g)| !g.revoked && &g.client_id == client && !g.scope.is_subset(allowed))
+            .map(|(id, _)| *id)
+            .collect())
+    }
+
     async fn active_grants_of_user_for_client(
         &self,
         user: UserId,
