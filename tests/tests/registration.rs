@@ -209,6 +209,50 @@ async fn registration_needs_an_initial_access_token_when_so_configured() {
         .unwrap()
         .to_owned();
     assert_eq!(issued.json()["scope"], "valet:register");
+    // Without a body it lives as long as access tokens; a lifetime may be asked for, up
+    // to 30 days.
+    assert_eq!(issued.json()["expires_in"], 3600);
+    let asked = |lifetime: Value| {
+        let (server, bearer) = (&server, &bearer);
+        async move {
+            server
+                .call(
+                    Method::POST,
+                    "/admin/v1/initial-access-tokens",
+                    Some(bearer),
+                    Some(lifetime),
+                )
+                .await
+        }
+    };
+    let week = asked(json!({"expires_in": 604_800})).await;
+    assert_eq!(week.status, 201, "{}", week.describe());
+    assert_eq!(week.json()["expires_in"], 604_800);
+    for refused in [json!({"expires_in": 0}), json!({"expires_in": 2_592_001})] {
+        let resp = asked(refused.clone()).await;
+        assert_eq!(resp.status, 400, "{refused}: {}", resp.describe());
+    }
+    // The grant records that lifetime, in milliseconds (the last grant issued is the
+    // week's).
+    let grants = server.events_of("GrantIssued").await;
+    let payload = &grants.last().expect("a grant").payload;
+    let access = payload
+        .get("access")
+        .unwrap_or(&payload["GrantIssued"]["access"]);
+    let lifetime = access["expires_at"]
+        .as_i64()
+        .zip(access["issued_at"].as_i64());
+    assert_eq!(
+        lifetime.map(|(exp, iat)| exp - iat),
+        Some(604_800_000),
+        "{payload}"
+    );
+    let long_lived = week.json()["initial_access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let made = register(&server, Some(&long_lived), metadata.clone()).await;
+    assert_eq!(made.status, 201, "{}", made.describe());
     let made = register(&server, Some(&initial), metadata.clone()).await;
     assert_eq!(made.status, 201, "{}", made.describe());
     let ours = server.events_of("ClientRegistered").await;

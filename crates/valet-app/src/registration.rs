@@ -284,10 +284,11 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
     }
 
     /// An initial access token for the admin API's caller: a one-token grant of scope
-    /// `valet:register` to it, living as long as access tokens do. Whoever holds it may
-    /// register clients while it is active.
+    /// `valet:register` to it, living `lifetime` (default: as long as access tokens).
+    /// Whoever holds it may register clients while it is active.
     pub async fn issue_initial_access_token(
         &self,
+        lifetime: Option<valet_domain::InitialAccessTokenTtl>,
         meta: &RequestMeta,
     ) -> Result<crate::oauth::TokenResponse, AdminError> {
         let caller = meta
@@ -303,7 +304,8 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         };
         let scope = valet_domain::ScopeSet::parse(REGISTER_SCOPE)
             .map_err(|e| AdminError::Invalid(e.to_string()))?;
-        self.issue_client_grant(&client, scope, meta)
+        let lifetime = lifetime.map_or(self.settings.access_ttl.seconds(), |ttl| ttl.seconds());
+        self.issue_client_grant(&client, scope, lifetime, meta)
             .await
             .map_err(|e| match e {
                 OAuthError::Unavailable(e) => AdminError::Unavailable(e),

@@ -40,4 +40,6 @@ pub use pkce::{PkceChallenge, PkceError, PkceMethod, PkceVerifier};
 pub use redirect::{LoopbackPortRule, RedirectUri, RedirectUriError};
 pub use scope::{Scope, ScopeParseError, ScopeSet};
 pub use secret::{constant_time_eq, TokenHash, TokenHashError};
-pub use time::{AccessTokenTtl, CodeTtl, RefreshTokenTtl, Timestamp, TtlError};
+pub use time::{
+    AccessTokenTtl, CodeTtl, InitialAccessTokenTtl, RefreshTokenTtl, Timestamp, TtlError,
+};

@@ -88,6 +88,11 @@ ttl!(
     AccessTokenTtl, "access token lifetime", 86_400, default 3600
 );
 ttl!(
+    /// Initial access token lifetime (dynamic client registration), at most 30 days;
+    /// the default is the access tokens' default, as before it could be chosen.
+    InitialAccessTokenTtl, "initial access token lifetime", 2_592_000, default 3600
+);
+ttl!(
     /// Refresh token lifetime, at most one year.
     RefreshTokenTtl, "refresh token lifetime", 31_536_000, default 2_592_000
 );

@@ -27,7 +27,8 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             .state
             .grantable_scope(requested.as_ref())
             .map_err(|_| OAuthError::invalid_scope())?;
-        self.issue_client_grant(client, scope, meta).await
+        self.issue_client_grant(client, scope, self.settings.access_ttl.seconds(), meta)
+            .await
     }
 
     /// A one-token grant of `scope` for the client itself (checked by the caller).
@@ -35,10 +36,12 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         &self,
         client: &super::AuthenticatedClient,
         scope: valet_domain::ScopeSet,
+        lifetime_seconds: u32,
         meta: &RequestMeta,
     ) -> Result<TokenResponse, OAuthError> {
         let now = self.now();
-        let Minted { raw, issue } = self.access_token(client, None, scope.clone(), now)?;
+        let Minted { raw, issue } =
+            self.access_token(client, None, scope.clone(), now, lifetime_seconds)?;
         let grant_id = GrantId::new(self.ids.new_id());
         let command = grant::Command::Issue {
             grant_id,
@@ -63,7 +66,10 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
             },
         ];
         match self.append_for_client(client, writes).await {
-            Ok(()) => Ok(self.token_response(raw, None, &scope)),
+            Ok(()) => Ok(super::TokenResponse {
+                expires_in: lifetime_seconds,
+                ..self.token_response(raw, None, &scope)
+            }),
             // The client changed but is still active: the caller may simply ask again.
             Err(GuardedWriteError::Conflict) => Err(Unavailable::Contention(1).into()),
             Err(GuardedWriteError::Failed(e)) => Err(e),

@@ -79,8 +79,13 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
                 )?),
                 false => None,
             };
-            let access =
-                self.access_token(client, Some(issued.user_id), issued.scope.clone(), now)?;
+            let access = self.access_token(
+                client,
+                Some(issued.user_id),
+                issued.scope.clone(),
+                now,
+                self.settings.access_ttl.seconds(),
+            )?;
             let refresh = if client.state.allows_grant(GrantType::RefreshToken) {
                 Some(self.refresh_token(now)?)
             } else {

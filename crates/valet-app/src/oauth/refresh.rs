@@ -53,7 +53,13 @@ impl<S: EventStore, R: ReadModels, C: Clock> OAuth<S, R, C> {
         // The scope the grant will record (the domain checks it is no wider): a JWT
         // carries it.
         let access_scope = requested.clone().unwrap_or_else(|| view.scope.clone());
-        let access = self.access_token(client, view.user_id, access_scope, now)?;
+        let access = self.access_token(
+            client,
+            view.user_id,
+            access_scope,
+            now,
+            self.settings.access_ttl.seconds(),
+        )?;
         let refresh = self.refresh_token(now)?;
         let command = grant::Command::Refresh {
             client_id: client.id().clone(),

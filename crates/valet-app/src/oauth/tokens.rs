@@ -26,8 +26,9 @@ impl<S, R, C> OAuth<S, R, C> {
         user: Option<UserId>,
         scope: ScopeSet,
         now: Timestamp,
+        lifetime_seconds: u32,
     ) -> Result<Minted<AccessTokenIssue>, OAuthError> {
-        let expires_at = now.plus_seconds(self.settings.access_ttl.seconds());
+        let expires_at = now.plus_seconds(lifetime_seconds);
         let format = client
             .state
             .client()
