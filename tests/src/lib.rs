@@ -7,6 +7,7 @@ pub mod html;
 pub mod nats;
 pub mod private_pg;
 pub mod receiver;
+pub mod sdk;
 pub mod server;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -136,6 +136,32 @@ pub async fn serve_listening(db_url: &str, args: &[&str]) -> (tokio::process::Ch
     (child, base)
 }
 
+/// A client_credentials access token from the Valet at `base`, over `http` (asserting
+/// one is issued).
+pub async fn client_credentials_token(
+    http: &reqwest::Client,
+    base: &str,
+    id: &str,
+    secret: &str,
+    scope: &str,
+) -> String {
+    let issued: Value = http
+        .post(format!("{base}/token"))
+        .basic_auth(id, Some(secret))
+        .form(&[("grant_type", "client_credentials"), ("scope", scope)])
+        .send()
+        .await
+        .expect("token")
+        .bytes()
+        .await
+        .map(|body| serde_json::from_slice(&body).expect("JSON"))
+        .expect("body");
+    issued["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token: {issued}"))
+        .to_owned()
+}
+
 /// `valet client create --name svc ARGS --json` on the database at `db_url`: the id and
 /// secret.
 pub async fn created_client(db_url: &str, args: &[&str]) -> (String, String) {
@@ -1165,6 +1191,16 @@ impl TestServer {
             pairs.push(("scope", s));
         }
         self.token(&client.auth(), &pairs).await
+    }
+
+    /// A client_credentials access token of `client` for `scope` (asserting it is issued).
+    pub async fn access_token(&self, client: &ClientCreds, scope: &str) -> String {
+        let resp = self.client_credentials(client, Some(scope)).await;
+        assert_eq!(resp.status, 200, "{}", resp.describe());
+        resp.json()["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_owned()
     }
 
     pub async fn client_credentials(&self, client: &ClientCreds, scope: Option<&str>) -> Resp {

@@ -6,19 +6,10 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use valet_resource::{Rejection, Validator, ValidatorConfig};
+use valet_resource::{Validator, ValidatorConfig};
 use valet_tests::nats::TestNats;
+use valet_tests::sdk::{until_revoked_locally, until_valid_locally};
 use valet_tests::server::{sha256_hex, ClientCreds, ClientSpec, Fixture, Resp, TestServer};
-
-/// A client_credentials token of `client` for `scope`.
-async fn token(server: &TestServer, client: &ClientCreds, scope: &str) -> String {
-    let resp = server.client_credentials(client, Some(scope)).await;
-    assert_eq!(resp.status, 200, "{}", resp.describe());
-    resp.json()["access_token"]
-        .as_str()
-        .expect("access_token")
-        .to_owned()
-}
 
 async fn get(server: &TestServer, path: &str, bearer: &str) -> Value {
     let resp = server.call(Method::GET, path, Some(bearer), None).await;
@@ -69,8 +60,8 @@ async fn every_route_in_the_openapi_document_refuses_callers_without_valet_admin
         )
         .await;
     server.create_user("alice", "a long passphrase").await;
-    let expired = token(&server, &admin, "valet:admin").await;
-    let revoked = token(&server, &admin, "valet:admin").await;
+    let expired = server.access_token(&admin, "valet:admin").await;
+    let revoked = server.access_token(&admin, "valet:admin").await;
     assert_eq!(
         server.revoke(&admin.auth(), &revoked, None).await.status,
         200
@@ -127,7 +118,7 @@ async fn every_route_in_the_openapi_document_refuses_callers_without_valet_admin
                 &route,
             );
             // A fresh one each time: tokens live 2 s here.
-            let plain = token(&server, &admin, "read").await;
+            let plain = server.access_token(&admin, "read").await;
             assert_refused(&send(Some(plain)).await, 403, "insufficient_scope", &route);
             walked += 1;
         }
@@ -155,7 +146,7 @@ async fn a_client_lifecycle_over_the_admin_api() {
     ])
     .await;
     let admin = admin_client(&server).await;
-    let bearer = token(&server, &admin, "valet:admin").await;
+    let bearer = server.access_token(&admin, "valet:admin").await;
     let actor = format!("client:{}", admin.client_id);
 
     let made = post(
@@ -305,23 +296,12 @@ async fn a_client_lifecycle_over_the_admin_api() {
         .wait_ready(Some(Duration::from_secs(30)))
         .await
         .expect("SDK ready");
-    let issued = token(&server, &batch, "read").await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while validator.check(&issued).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the SDK never heard of the token"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let issued = server.access_token(&batch, "read").await;
+    until_valid_locally(&validator, &issued, Duration::from_secs(15)).await;
     let disabled = post(&server, &format!("{path}/disable"), &bearer, json!({})).await;
     assert_eq!(disabled.status, 200, "{}", disabled.describe());
     assert!(disabled.json()["revoked_grants"].as_u64() >= Some(1));
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while validator.check(&issued) != Err(Rejection::Revoked) {
-        assert!(Instant::now() < deadline, "the SDK still accepts the token");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_revoked_locally(&validator, &issued, Duration::from_secs(15)).await;
     let listed = get(&server, "/admin/v1/clients?status=disabled", &bearer).await;
     assert_eq!(listed["items"][0]["client_id"], batch.client_id.as_str());
 
@@ -394,7 +374,7 @@ async fn users_grants_and_audit_over_the_admin_api() {
     let mut fx = Fixture::new().await;
     let server = &fx.server;
     let admin = admin_client(server).await;
-    let bearer = token(server, &admin, "valet:admin").await;
+    let bearer = server.access_token(&admin, "valet:admin").await;
 
     let made = post(
         server,

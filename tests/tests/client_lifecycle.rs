@@ -287,18 +287,10 @@ async fn narrowing_a_clients_scopes_revokes_its_grants_that_hold_a_removed_scope
                 .scopes("read write"),
         )
         .await;
-    let issue = |scope: &'static str| {
-        let (server, client) = (&server, &client);
-        async move {
-            let resp = server.client_credentials(client, Some(scope)).await;
-            assert_eq!(resp.status, 200, "{}", resp.describe());
-            resp.json()["access_token"]
-                .as_str()
-                .expect("access_token")
-                .to_owned()
-        }
-    };
-    let (both, read_only) = (issue("read write").await, issue("read").await);
+    let (both, read_only) = (
+        server.access_token(&client, "read write").await,
+        server.access_token(&client, "read").await,
+    );
     let active = |token: String| {
         let (server, client) = (&server, &client);
         async move { server.introspection(client, &token).await["active"] == true }

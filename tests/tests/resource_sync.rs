@@ -30,6 +30,7 @@ use serde_json::Value;
 use valet_resource::valet_wire::{EventType, Message, RevocationReason, TokenEvent, STREAM};
 use valet_resource::{IntrospectionConfig, Rejection, Source, Validator, ValidatorConfig};
 use valet_tests::nats::TestNats;
+use valet_tests::sdk::{until_revoked_locally, until_valid_locally};
 use valet_tests::server::{
     sha256_hex, ClientCreds, ClientSpec, Fixture, TestServer, Tokens, APP_CB,
 };
@@ -157,37 +158,6 @@ async fn ready_validator(nats: &TestNats, proxy: &CountingProxy, rs: &ClientCred
         )
     });
     validator
-}
-
-/// Polls `probe` (every 2 ms) until it returns `Some`, or panics after `limit`.
-async fn eventually<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-/// Waits until the SDK knows `token` as valid (local store only).
-async fn until_valid_locally(validator: &Validator, token: &str) -> valet_resource::TokenInfo {
-    eventually("the SDK to receive the token", PROPAGATION, || {
-        validator.check(token).ok()
-    })
-    .await
-}
-
-/// Waits until the SDK refuses `token` as revoked (local store only).
-async fn until_revoked_locally(validator: &Validator, token: &str) {
-    eventually("the SDK to receive the revocation", PROPAGATION, || {
-        (validator.check(token) == Err(Rejection::Revoked)).then_some(())
-    })
-    .await
 }
 
 /// The stream's token events (asserting every message is a valid token or key event on
@@ -336,7 +306,7 @@ async fn a_revoked_token_is_refused_locally_without_introspection() {
     let validator = ready_validator(&nats, &proxy, &rs).await;
 
     let tokens = Tokens::from_resp(&server.client_credentials(&svc, Some("read")).await);
-    let info = until_valid_locally(&validator, &tokens.access_token).await;
+    let info = until_valid_locally(&validator, &tokens.access_token, PROPAGATION).await;
     assert_eq!(info.source, Source::Local);
     assert_eq!(info.client_id, svc.client_id);
     assert!(info.has_scope("read"));
@@ -353,7 +323,7 @@ async fn a_revoked_token_is_refused_locally_without_introspection() {
         .revoke(&svc.basic(), &tokens.access_token, None)
         .await;
     assert_eq!(resp.status, 200, "/revoke: {}", resp.describe());
-    until_revoked_locally(&validator, &tokens.access_token).await;
+    until_revoked_locally(&validator, &tokens.access_token, PROPAGATION).await;
     assert_eq!(
         validator.authenticate(&tokens.access_token).await,
         Err(Rejection::Revoked)
@@ -392,7 +362,7 @@ async fn code_replay_and_refresh_reuse_reach_the_sdk_as_grant_revocations() {
             .redeem(&fx.client, &code, APP_CB, Some(&pkce.verifier))
             .await,
     );
-    let info = until_valid_locally(&validator, &winner.access_token).await;
+    let info = until_valid_locally(&validator, &winner.access_token, PROPAGATION).await;
     assert_eq!(info.subject(), Some(fx.user.username.as_str()));
     let replay = fx
         .server
@@ -404,12 +374,12 @@ async fn code_replay_and_refresh_reuse_reach_the_sdk_as_grant_revocations() {
         "code replay: {}",
         replay.describe()
     );
-    until_revoked_locally(&validator, &winner.access_token).await;
+    until_revoked_locally(&validator, &winner.access_token, PROPAGATION).await;
 
     // Refresh reuse: rotate once, then present the rotated-out refresh token again.
     let first = fx.tokens(Some("read write")).await;
     let rotated = Tokens::from_resp(&fx.server.refresh(&fx.client, first.refresh(), None).await);
-    until_valid_locally(&validator, &rotated.access_token).await;
+    until_valid_locally(&validator, &rotated.access_token, PROPAGATION).await;
     let reuse = fx.server.refresh(&fx.client, first.refresh(), None).await;
     assert_eq!(
         (reuse.status, reuse.error().as_deref()),
@@ -417,8 +387,8 @@ async fn code_replay_and_refresh_reuse_reach_the_sdk_as_grant_revocations() {
         "refresh reuse: {}",
         reuse.describe()
     );
-    until_revoked_locally(&validator, &rotated.access_token).await;
-    until_revoked_locally(&validator, &first.access_token).await;
+    until_revoked_locally(&validator, &rotated.access_token, PROPAGATION).await;
+    until_revoked_locally(&validator, &first.access_token, PROPAGATION).await;
     assert_eq!(proxy.calls(), 0, "every answer was local");
 
     let events = stream_events(&nats).await;
@@ -455,8 +425,8 @@ async fn revoking_a_users_grants_reaches_the_sdk_per_app_or_for_all() {
         .server
         .user_tokens(&mut fx.browser, &fx.user, &other, Some("read"))
         .await;
-    until_valid_locally(&validator, &first.access_token).await;
-    until_valid_locally(&validator, &second.access_token).await;
+    until_valid_locally(&validator, &first.access_token, PROPAGATION).await;
+    until_valid_locally(&validator, &second.access_token, PROPAGATION).await;
 
     let revoke = |args: &[&str]| {
         let mut all = vec!["user", "revoke-grants", fx.user.username.as_str()];
@@ -480,7 +450,7 @@ async fn revoking_a_users_grants_reaches_the_sdk_per_app_or_for_all() {
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("revoked 1 grant(s) of user {}", fx.user.username)
     );
-    until_revoked_locally(&validator, &second.access_token).await;
+    until_revoked_locally(&validator, &second.access_token, PROPAGATION).await;
     assert!(
         validator.check(&first.access_token).is_ok(),
         "the other app keeps its grant"
@@ -492,7 +462,7 @@ async fn revoking_a_users_grants_reaches_the_sdk_per_app_or_for_all() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    until_revoked_locally(&validator, &first.access_token).await;
+    until_revoked_locally(&validator, &first.access_token, PROPAGATION).await;
     assert_eq!(proxy.calls(), 0, "every answer was local");
     let events = stream_events(&nats).await;
     for token in [&first.access_token, &second.access_token] {
@@ -515,7 +485,7 @@ async fn revoking_a_users_grants_reaches_the_sdk_per_app_or_for_all() {
         );
     }
     let again = fx.tokens(Some("read")).await;
-    until_valid_locally(&validator, &again.access_token).await;
+    until_valid_locally(&validator, &again.access_token, PROPAGATION).await;
     fx.stop().await;
 }
 

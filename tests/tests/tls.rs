@@ -24,8 +24,10 @@ use valet_resource::{
 };
 use valet_tests::ca::{scratch_dir, TestCa};
 use valet_tests::nats::TestNats;
+use valet_tests::sdk::until_valid_locally;
 use valet_tests::server::{
-    authorize_from, created_client, run_valet, serve_listening, Browser, TestUser,
+    authorize_from, client_credentials_token, created_client, run_valet, serve_listening, Browser,
+    TestUser,
 };
 use valet_tests::TestDb;
 
@@ -331,22 +333,8 @@ async fn the_sdk_speaks_https_to_valet_and_refuses_plain_http_off_loopback() {
     // A token issued over HTTPS: the SDK knows it, from the stream or by introspection.
     let http = https_client(&ca);
     let (id, secret) = client_credentials_client(&db).await;
-    let issued: Value = serde_json::from_slice(
-        &http
-            .post(format!("{base}/token"))
-            .basic_auth(id, Some(secret))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body("grant_type=client_credentials&scope=read")
-            .send()
-            .await
-            .expect("token")
-            .bytes()
-            .await
-            .expect("body"),
-    )
-    .expect("JSON");
-    let token = issued["access_token"].as_str().expect("access_token");
-    let info = trusting.authenticate(token).await.expect("a valid token");
+    let token = client_credentials_token(&http, &base, &id, &secret, "read").await;
+    let info = trusting.authenticate(&token).await.expect("a valid token");
     assert!(matches!(info.source, Source::Local | Source::Introspection));
 
     let system_roots = Validator::connect(
@@ -446,34 +434,10 @@ async fn issuance_reaches_the_sdk_over_mutual_tls_to_nats_and_an_untrusted_nats_
     .await
     .expect("validator");
     let (id, secret) = client_credentials_client(&db).await;
-    let issued: Value = serde_json::from_slice(
-        &reqwest::Client::new()
-            .post(format!("{base}/token"))
-            .basic_auth(id, Some(secret))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body("grant_type=client_credentials&scope=read")
-            .send()
-            .await
-            .expect("token")
-            .bytes()
-            .await
-            .expect("body"),
-    )
-    .expect("JSON");
-    let token = issued["access_token"].as_str().expect("access_token");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(info) = validator.check(token) {
-            assert_eq!(info.source, Source::Local);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the token never reached the SDK over TLS: {:?}",
-            validator.status()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let token =
+        client_credentials_token(&reqwest::Client::new(), &base, &id, &secret, "read").await;
+    let info = until_valid_locally(&validator, &token, Duration::from_secs(30)).await;
+    assert_eq!(info.source, Source::Local);
 
     child.kill().await.expect("kill valet");
     db.drop_database().await;

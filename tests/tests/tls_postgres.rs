@@ -10,7 +10,7 @@
 //!   `verify-ca` accepts the first (it checks only who signed).
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use valet_resource::{Source, Validator, ValidatorConfig};
@@ -18,7 +18,8 @@ use valet_store::PgEndpoint;
 use valet_tests::ca::{scratch_dir, TestCa};
 use valet_tests::nats::TestNats;
 use valet_tests::private_pg::PrivatePg;
-use valet_tests::server::{created_client, run_valet, serve_listening};
+use valet_tests::sdk::until_valid_locally;
+use valet_tests::server::{client_credentials_token, created_client, run_valet, serve_listening};
 
 /// A TLS-only cluster whose certificate names `localhost` only, and the CA file.
 fn tls_only_cluster(ca: &TestCa, dir: &Path) -> (PrivatePg, String) {
@@ -46,24 +47,6 @@ fn one_error_line(stderr: &str) -> String {
     let errors: Vec<_> = stderr.lines().filter(|l| l.starts_with("error")).collect();
     assert_eq!(errors.len(), 1, "{stderr}");
     errors[0].to_owned()
-}
-
-async fn token(base: &str, id: &str, secret: &str, scope: &str) -> String {
-    let issued: Value = reqwest::Client::new()
-        .post(format!("{base}/token"))
-        .basic_auth(id, Some(secret))
-        .form(&[("grant_type", "client_credentials"), ("scope", scope)])
-        .send()
-        .await
-        .expect("token")
-        .bytes()
-        .await
-        .map(|body| serde_json::from_slice(&body).expect("JSON"))
-        .expect("body");
-    issued["access_token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no token: {issued}"))
-        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,20 +113,10 @@ async fn postgres_with_tls_required_carries_issuance_the_relay_and_the_sdk_end_t
         &["--grant-type", "client_credentials", "--scope", "read"],
     )
     .await;
-    let access = token(&base, &id, &secret, "read").await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(info) = validator.check(&access) {
-            assert_eq!(info.source, Source::Local);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the token never reached the SDK: {:?}",
-            validator.status()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let http = reqwest::Client::new();
+    let access = client_credentials_token(&http, &base, &id, &secret, "read").await;
+    let info = until_valid_locally(&validator, &access, Duration::from_secs(30)).await;
+    assert_eq!(info.source, Source::Local);
 
     // The admin API's lists read through sea-orm's pool, over the same TLS.
     let (admin_id, admin_secret) = created_client(
@@ -156,7 +129,8 @@ async fn postgres_with_tls_required_carries_issuance_the_relay_and_the_sdk_end_t
         ],
     )
     .await;
-    let admin = token(&base, &admin_id, &admin_secret, "valet:admin").await;
+    let admin =
+        client_credentials_token(&http, &base, &admin_id, &admin_secret, "valet:admin").await;
     let listed: Value = reqwest::Client::new()
         .get(format!("{base}/admin/v1/clients"))
         .bearer_auth(admin)

@@ -1,6 +1,8 @@
 //! Publishing a batch to JetStream and reading where the stream ends: the relay's wire
 //! side. Which acks to ask for and what their answers prove is `confirm`'s.
 
+use std::borrow::Cow;
+
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
 use async_nats::HeaderMap;
 use valet_app::outbox::Confirmation;
@@ -10,14 +12,14 @@ use valet_wire::{event_id_of_msg_id, Message, MSG_ID_HEADER, STREAM};
 use crate::confirm::{self, Answer, Chain, LastRewind, Plan, Rewind, StreamEnd, Verdict};
 use crate::{nats_error, RelayError};
 
-/// The `Nats-Msg-Id` of each message: its event id, or with `reissue` a new id JetStream
-/// has not seen (`<event id>:<reissue>`).
-pub(crate) fn message_ids(messages: &[Message], reissue: Option<u64>) -> Vec<String> {
+/// The `Nats-Msg-Id` of each message: its event id (borrowed: no copy on the relay's
+/// usual path), or with `reissue` a new id JetStream has not seen (`<event id>:<reissue>`).
+pub(crate) fn message_ids(messages: &[Message], reissue: Option<u64>) -> Vec<Cow<'_, str>> {
     messages
         .iter()
         .map(|message| match reissue {
-            Some(suffix) => format!("{}:{suffix}", message.event_id()),
-            None => message.event_id().to_owned(),
+            Some(suffix) => Cow::Owned(format!("{}:{suffix}", message.event_id())),
+            None => Cow::Borrowed(message.event_id()),
         })
         .collect()
 }
@@ -62,14 +64,14 @@ pub(crate) async fn publish(
     nats: &async_nats::Client,
     js: &jetstream::Context,
     messages: &[Message],
-    ids: &[String],
+    ids: &[Cow<'_, str>],
     chain: &mut Chain,
 ) -> Result<Published, RelayError> {
     let Some((last, rest)) = messages.split_last() else {
         // A batch of events resource services do not see: nothing to confirm.
         return Ok(Published::Confirmed(None, 0));
     };
-    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let ids: Vec<&str> = ids.iter().map(|id| id.as_ref()).collect();
     let last_id = ids[ids.len() - 1];
     let plan = chain.plan();
     if plan == Plan::LastAck {

@@ -297,6 +297,7 @@ fn client_config(mode: PgSslMode, roots: Option<&PgRoots>) -> Result<ClientConfi
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions");
     let verifier: Arc<dyn ServerCertVerifier> = match (mode, roots) {
+        // Never used (no TLS is attempted), but the connector needs a configuration.
         (PgSslMode::Disable, _) => Arc::new(AnyCertificate(provider())),
         // libpq: a root file given to prefer/require checks the chain as verify-ca does.
         (PgSslMode::Prefer | PgSslMode::Require, None) => Arc::new(AnyCertificate(provider())),
